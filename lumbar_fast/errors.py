@@ -1,0 +1,15 @@
+"""User-facing errors: raised anywhere, printed by the CLI as one line with a non-zero exit code."""
+
+from __future__ import annotations
+
+
+class LumbarFastError(Exception):
+    """An error caused by the user's input (files, arguments, data); the CLI prints `error: <message>`."""
+
+
+class CacheError(LumbarFastError):
+    """A cache that is missing, unreadable, or of another schema version / parameters."""
+
+
+class DataError(LumbarFastError):
+    """An RSNA data folder that is missing pieces or has malformed CSVs."""

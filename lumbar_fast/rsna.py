@@ -1,0 +1,90 @@
+"""Names and spellings of the RSNA 2024 data set: conditions, levels, severities, series types, sequences.
+
+Every other module takes its vocabulary from here, so the CSV spellings live in one place.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from lumbar_fast.errors import LumbarFastError
+
+#: label-column condition names (train.csv, sample_submission row_id), in the competition's order
+CONDITIONS: tuple[str, ...] = (
+    "spinal_canal_stenosis",
+    "left_neural_foraminal_narrowing",
+    "right_neural_foraminal_narrowing",
+    "left_subarticular_stenosis",
+    "right_subarticular_stenosis",
+)
+#: label-column level names
+LEVELS: tuple[str, ...] = ("l1_l2", "l2_l3", "l3_l4", "l4_l5", "l5_s1")
+
+#: train_label_coordinates.csv spellings
+CONDITION_TITLES: dict[str, str] = {
+    "spinal_canal_stenosis": "Spinal Canal Stenosis",
+    "left_neural_foraminal_narrowing": "Left Neural Foraminal Narrowing",
+    "right_neural_foraminal_narrowing": "Right Neural Foraminal Narrowing",
+    "left_subarticular_stenosis": "Left Subarticular Stenosis",
+    "right_subarticular_stenosis": "Right Subarticular Stenosis",
+}
+LEVEL_TITLES: dict[str, str] = {
+    "l1_l2": "L1/L2", "l2_l3": "L2/L3", "l3_l4": "L3/L4", "l4_l5": "L4/L5", "l5_s1": "L5/S1",
+}
+CONDITION_FROM_TITLE = {title: name for name, title in CONDITION_TITLES.items()}
+LEVEL_FROM_TITLE = {title: name for name, title in LEVEL_TITLES.items()}
+
+#: train.csv severity values; the index is the class id used everywhere (0, 1, 2; -1 = missing)
+SEVERITIES: tuple[str, ...] = ("Normal/Mild", "Moderate", "Severe")
+SEVERITY_FROM_NAME = {name: i for i, name in enumerate(SEVERITIES)}
+MISSING = -1
+#: sample_submission.csv probability columns, in class order
+SUBMISSION_COLUMNS: tuple[str, ...] = ("normal_mild", "moderate", "severe")
+#: the competition's sample weights per class
+CLASS_WEIGHTS: tuple[float, ...] = (1.0, 2.0, 4.0)
+
+#: metric groups: each condition belongs to one (left and right pooled)
+CONDITION_GROUP: dict[str, str] = {
+    "spinal_canal_stenosis": "spinal",
+    "left_neural_foraminal_narrowing": "foraminal",
+    "right_neural_foraminal_narrowing": "foraminal",
+    "left_subarticular_stenosis": "subarticular",
+    "right_subarticular_stenosis": "subarticular",
+}
+
+
+@dataclass(frozen=True)
+class Sequence:
+    """One MRI sequence: its short name, its SeriesDescription and the conditions graded on it."""
+
+    name: str
+    description: str
+    conditions: tuple[str, ...]
+
+
+SEQUENCES: dict[str, Sequence] = {
+    "sag_t1": Sequence("sag_t1", "Sagittal T1",
+                       ("left_neural_foraminal_narrowing", "right_neural_foraminal_narrowing")),
+    "sag_t2": Sequence("sag_t2", "Sagittal T2/STIR", ("spinal_canal_stenosis",)),
+    "ax_t2": Sequence("ax_t2", "Axial T2", ("left_subarticular_stenosis", "right_subarticular_stenosis")),
+}
+SEQUENCE_FROM_DESCRIPTION = {seq.description: seq.name for seq in SEQUENCES.values()}
+SEQUENCE_OF_CONDITION = {cond: seq.name for seq in SEQUENCES.values() for cond in seq.conditions}
+
+#: train.csv label columns, `{condition}_{level}`, in the competition's order
+LABEL_COLUMNS: tuple[str, ...] = tuple(f"{c}_{lv}" for c in CONDITIONS for lv in LEVELS)
+
+
+def get_sequence(name: str) -> Sequence:
+    """The Sequence called `name`, or a one-line error listing the valid names."""
+    try:
+        return SEQUENCES[name]
+    except KeyError:
+        raise LumbarFastError(
+            f"unknown sequence {name!r}; choose one of {', '.join(SEQUENCES)}"
+        ) from None
+
+
+def row_id(study_id: int, condition: str, level: str) -> str:
+    """The submission row id of one (study, condition, level)."""
+    return f"{study_id}_{condition}_{level}"

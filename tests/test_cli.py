@@ -1,0 +1,45 @@
+"""The CLI shell: version, help, and one-line errors."""
+
+import subprocess
+import sys
+
+import pytest
+
+from lumbar_fast import __version__
+from lumbar_fast.cli import COMMANDS
+from lumbar_fast.errors import LumbarFastError
+from lumbar_fast.rsna import LABEL_COLUMNS, get_sequence
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "lumbar_fast", *args], capture_output=True, text=True)
+
+
+def test_version():
+    result = run_cli("--version")
+    assert result.returncode == 0
+    assert __version__ in result.stdout
+
+
+def test_unknown_command_fails_cleanly():
+    result = run_cli("frobnicate")
+    assert result.returncode != 0
+    assert "Traceback" not in result.stderr
+
+
+def test_every_command_has_help():
+    for name in COMMANDS:
+        result = run_cli(name, "--help")
+        assert result.returncode == 0, (name, result.stderr)
+        assert "Usage:" in result.stdout
+
+
+def test_unknown_sequence_is_one_line_error():
+    with pytest.raises(LumbarFastError, match="unknown sequence 'sag_t3'"):
+        get_sequence("sag_t3")
+
+
+def test_label_columns_are_the_competitions():
+    assert len(LABEL_COLUMNS) == 25
+    assert LABEL_COLUMNS[0] == "spinal_canal_stenosis_l1_l2"
+    assert LABEL_COLUMNS[-1] == "right_subarticular_stenosis_l5_s1"
