@@ -170,6 +170,12 @@ def parse_row_ids(row_ids: pd.Series) -> pd.DataFrame:
     }, index=row_ids.index)
 
 
+def submission_frame(row_ids: Sequence[str] | pd.Series, p: np.ndarray) -> pd.DataFrame:
+    """A sample_submission-format frame (row_id, normal_mild, moderate, severe) from (N, 3) probabilities."""
+    columns = dict(zip(rsna.SUBMISSION_COLUMNS, np.asarray(p, dtype=np.float64).T, strict=True))
+    return pd.DataFrame({"row_id": [str(row_id) for row_id in row_ids], **columns})
+
+
 def _first(values: pd.Series) -> str:
     """'N row_id(s), first X' for error messages."""
     return f"{len(values)} row_id(s), first {values.iloc[0]!r}"

@@ -22,10 +22,6 @@ def random_labels(rng: np.random.Generator, n_studies: int, missing: float = 0.2
     return frame
 
 
-def submission_for(rows: pd.DataFrame, p: np.ndarray) -> pd.DataFrame:
-    return pd.DataFrame({"row_id": rows["row_id"], **dict(zip(rsna.SUBMISSION_COLUMNS, p.T, strict=True))})
-
-
 def reference_score(train: pd.DataFrame, submission: pd.DataFrame, eps: float = metrics.EPS) -> dict:
     """DESIGN §3 written as plain loops over train.csv cells, independent of metrics.py."""
     probs = {r.row_id: (r.normal_mild, r.moderate, r.severe) for r in submission.itertuples()}
@@ -92,7 +88,7 @@ def test_rsna_score_by_hand_with_constant_predictions():
     train.loc[0, "spinal_canal_stenosis_l1_l2"] = None
     rows = metrics.labels_to_rows(train)
     p = np.tile([0.5, 0.3, 0.2], (len(rows), 1))
-    result = metrics.rsna_score(rows, submission_for(rows, p))
+    result = metrics.rsna_score(rows, metrics.submission_frame(rows["row_id"], p))
     for group in metrics.GROUPS:
         in_group = rows[(rows["condition"].map(rsna.CONDITION_GROUP) == group) & (rows["severity"] >= 0)]
         counts = np.bincount(in_group["severity"], minlength=3)
@@ -114,7 +110,8 @@ def test_rsna_score_matches_loop_reference(seed):
     rows = metrics.labels_to_rows(train)
     p = rng.dirichlet([0.5, 0.5, 0.5], len(rows))
     p[rng.random(len(rows)) < 0.05] = [1.0, 0.0, 0.0]     # exact zeros exercise the clipping
-    submission = submission_for(rows, p).sample(frac=1.0, random_state=seed)  # row order must not matter
+    submission = metrics.submission_frame(rows["row_id"], p)
+    submission = submission.sample(frac=1.0, random_state=seed)  # row order must not matter
     result = metrics.rsna_score(rows, submission)
     expected = reference_score(train, submission)
     for key, value in expected.items():
@@ -127,9 +124,10 @@ def test_rsna_score_scores_only_the_submissions_studies():
     rows = metrics.labels_to_rows(train)
     part = rows[rows["study_id"].isin(train["study_id"][:5])]
     p = rng.dirichlet([1, 1, 1], len(part))
-    result = metrics.rsna_score(rows, submission_for(part, p))
+    submission = metrics.submission_frame(part["row_id"], p)
+    result = metrics.rsna_score(rows, submission)
     assert result["n_studies"] == 5
-    assert result["score"] == pytest.approx(reference_score(train[:5], submission_for(part, p))["score"])
+    assert result["score"] == pytest.approx(reference_score(train[:5], submission)["score"])
 
 
 def test_labels_to_rows_accepts_names_and_class_ids():
@@ -168,7 +166,7 @@ def test_undefined_group_is_an_error():
     train[[c for c in rsna.LABEL_COLUMNS if "foraminal" in c]] = None
     rows = metrics.labels_to_rows(train)
     with pytest.raises(LumbarFastError, match="no labelled rows for foraminal"):
-        metrics.rsna_score(rows, submission_for(rows, np.full((len(rows), 3), 1 / 3)))
+        metrics.rsna_score(rows, metrics.submission_frame(rows["row_id"], np.full((len(rows), 3), 1 / 3)))
 
 
 def test_classification_summary_by_hand():
