@@ -61,10 +61,9 @@ def weighted_log_loss(
     Each row is weighted by `class_weights[y]` (the competition's 1/2/4); NaN when no row is labelled.
     """
     y = np.asarray(y, dtype=np.int64)
-    p = np.asarray(p, dtype=np.float64).reshape(len(y), -1)
     keep = y != rsna.MISSING
     y = y[keep]
-    p_true = clip_normalise(p[keep], eps)[np.arange(len(y)), y]
+    p_true = clip_normalise(np.asarray(p, dtype=np.float64)[keep], eps)[np.arange(len(y)), y]
     return _weighted_nll(p_true, np.asarray(class_weights, dtype=np.float64)[y])
 
 
@@ -261,9 +260,8 @@ def classification_summary(y: Sequence[int] | np.ndarray, p: np.ndarray, prior: 
     Undefined ratios (a class never predicted / absent) are None, so the dict stays JSON-serialisable.
     """
     y = np.asarray(y, dtype=np.int64)
-    p = np.asarray(p, dtype=np.float64).reshape(len(y), -1)
     keep = y != rsna.MISSING
-    y, p = y[keep], p[keep]
+    y, p = y[keep], np.asarray(p, dtype=np.float64)[keep]
     if len(y) == 0:
         raise LumbarFastError("no labelled items to summarise")
     prior = np.asarray(prior, dtype=np.float64)

@@ -130,6 +130,15 @@ def test_rsna_score_scores_only_the_submissions_studies():
     assert result["score"] == pytest.approx(reference_score(train[:5], submission)["score"])
 
 
+def test_a_group_without_rows_is_nan():
+    """Per-sequence evaluation may hold one group only: the others are NaN, and so is the mean."""
+    conditions = np.array(["spinal_canal_stenosis"] * 5)
+    losses = metrics.competition_losses(np.zeros(5), conditions, np.zeros(5), np.full((5, 3), 1 / 3))
+    assert losses["spinal"] == pytest.approx(math.log(3)) and losses["any_severe_spinal"] > 0
+    assert math.isnan(losses["foraminal"]) and math.isnan(losses["score"])
+    assert math.isnan(metrics.weighted_log_loss([], np.zeros((0, 3))))
+
+
 def test_labels_to_rows_accepts_names_and_class_ids():
     rng = np.random.default_rng(4)
     train = random_labels(rng, n_studies=4)
