@@ -1,0 +1,225 @@
+"""An analytic 3-D lumbar spine in patient coordinates (mm, DICOM LPS: +x left, +y posterior, +z superior).
+
+`sample_anatomy` draws one study's shapes from its random generator; `intensity` evaluates the MR signal of
+any set of world points for one sequence. Each labelled (condition, level) narrows one structure locally
+(the canal, a foramen or a subarticular recess), so its severity shows at its labelled point and nowhere else.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from lumbar_fast import rsna
+
+#: tissue -> signal per sequence (sag_t1, T2 for sag_t2 and ax_t2), on a 0..1 scale
+TISSUES: dict[str, tuple[float, float]] = {
+    "muscle": (0.32, 0.26),
+    "fat": (0.90, 0.62),
+    "marrow": (0.62, 0.42),
+    "annulus": (0.34, 0.30),
+    "nucleus": (0.40, 0.82),
+    "csf": (0.14, 0.95),
+    "ligament": (0.16, 0.14),
+    "bone": (0.50, 0.36),
+    "foramen_fat": (0.95, 0.60),
+}
+#: narrowing fraction of each severity class at signal strength 1 (uniform range)
+NARROWING: tuple[tuple[float, float], ...] = ((0.0, 0.2), (0.38, 0.55), (0.68, 0.85))
+#: a narrowing is full within PLATEAU_MM of its level and gone beyond FADE_MM (levels are >= 25 mm apart)
+PLATEAU_MM, FADE_MM = 2.5, 8.0
+EDGE_MM = 0.8  # width of the partial-volume edge of every shape
+
+
+@dataclass(frozen=True)
+class Anatomy:
+    """One study's spine: shapes, tissue contrast and the narrowing of each (condition, level)."""
+
+    disc_z: tuple[float, ...]  # z of the five disc centres, L1/L2 first (descending)
+    disc_half_height: float
+    body_y: float  # centre y of the vertebral bodies
+    body_half: tuple[float, float]  # half width (x), half depth (y)
+    canal_y: float  # centre y of the spinal canal
+    canal_half: tuple[float, float]  # half width (x), half depth (y)
+    recess: tuple[float, float, float]  # |x|, y, radius of the subarticular recesses
+    foramen: tuple[float, float, float]  # |x|, y, dz above the disc of the foramen centres
+    foramen_radii: tuple[float, float, float]  # x, y, z semi-axes
+    contrast: tuple[float, ...]  # per-tissue gain (order of TISSUES)
+    narrowing: dict[tuple[str, str], float]  # (condition, level) -> fraction of the structure closed
+
+    def labelled_point(self, condition: str, level: str) -> np.ndarray:
+        """The world point a radiologist marks for (condition, level): canal, foramen or recess centre."""
+        z = self.disc_z[rsna.LEVELS.index(level)]
+        side = 1.0 if condition.startswith("left") else -1.0  # LPS: +x is the patient's left
+        if condition == "spinal_canal_stenosis":
+            return np.array([0.0, self.canal_y, z])
+        if "foraminal" in condition:
+            fx, fy, fdz = self.foramen
+            return np.array([side * fx, fy, z + fdz])
+        rx, ry, _ = self.recess
+        return np.array([side * rx, ry, z])
+
+
+def sample_anatomy(rng: np.random.Generator, severity: dict[tuple[str, str], int], signal: float) -> Anatomy:
+    """Draw a spine whose narrowing per (condition, level) follows `severity` (class ids), times `signal`."""
+    top = rng.uniform(60.0, 75.0)
+    gaps = rng.uniform(30.0, 38.0, size=4)
+    disc_z = tuple(float(z) for z in top - np.concatenate([[0.0], np.cumsum(gaps)]))
+    body_half = (float(rng.uniform(19, 24)), float(rng.uniform(14, 17)))
+    posterior_wall = float(rng.uniform(-4.0, 4.0))
+    canal_half = (float(rng.uniform(9.0, 11.5)), float(rng.uniform(6.0, 8.0)))
+    canal_y = posterior_wall + canal_half[1] + 0.5
+    recess_r = float(rng.uniform(3.2, 4.2))
+    recess = (canal_half[0] + recess_r * 0.45, canal_y - canal_half[1] * 0.45, recess_r)
+    foramen = (float(rng.uniform(15.0, 21.0)), posterior_wall + float(rng.uniform(4.0, 6.0)),
+               float(rng.uniform(2.5, 4.5)))
+    foramen_radii = (6.5, float(rng.uniform(4.0, 5.0)), float(rng.uniform(6.0, 7.5)))
+    narrowing = {}
+    for key, cls in severity.items():
+        low, high = NARROWING[cls]
+        narrowing[key] = float(min(0.95, signal * rng.uniform(low, high)))
+    return Anatomy(
+        disc_z=disc_z, disc_half_height=float(rng.uniform(4.0, 5.5)),
+        body_y=posterior_wall - body_half[1], body_half=body_half,
+        canal_y=canal_y, canal_half=canal_half, recess=recess, foramen=foramen,
+        foramen_radii=foramen_radii, contrast=tuple(rng.uniform(0.9, 1.1, size=len(TISSUES))),
+        narrowing=narrowing,
+    )
+
+
+def intensity(anatomy: Anatomy, sequence: str, points: np.ndarray) -> np.ndarray:
+    """MR signal (about 0..1) of `sequence` at world points `points` (rows, cols, 3), noise-free."""
+    column = 0 if sequence == "sag_t1" else 1
+    gains = zip(TISSUES.items(), anatomy.contrast, strict=True)
+    value = {name: gain * pair[column] for (name, pair), gain in gains}
+    full = _Canvas(points, np.zeros(points.shape[:2], np.float32), value)
+    full.paint(_ellipse(full.x, full.y + 20.0, 140.0, 115.0), "fat")
+    full.paint(_ellipse(full.x, full.y + 20.0, 128.0, 103.0), "muscle")
+    spine = full.crop(_spine_box(anatomy, points))
+    if spine is not None:
+        _paint_column(anatomy, spine)
+        _paint_foramina(anatomy, spine)
+        _paint_canal(anatomy, spine)
+    return full.image
+
+
+class _Canvas:
+    """World coordinates of a block of pixels and the image painted on it, tissue by tissue."""
+
+    def __init__(self, points: np.ndarray, image: np.ndarray, value: dict[str, float]) -> None:
+        self.points, self.image, self.value = points, image, value
+        self.x, self.y, self.z = (points[..., i] for i in range(3))
+
+    def paint(self, alpha: np.ndarray, tissue: str) -> None:
+        """Blend `tissue` over the image with partial-volume weight `alpha`."""
+        self.image += alpha * (self.value[tissue] - self.image)
+
+    def crop(self, mask: np.ndarray) -> _Canvas | None:
+        """The canvas cut to the bounding rectangle of `mask` (a view: painting it paints the image)."""
+        rows, cols = np.nonzero(mask.any(axis=1))[0], np.nonzero(mask.any(axis=0))[0]
+        if not len(rows):
+            return None
+        block = (slice(rows[0], rows[-1] + 1), slice(cols[0], cols[-1] + 1))
+        return _Canvas(self.points[block], self.image[block], self.value)
+
+    def reaches(self, axis: int, centre: float, radius: float) -> bool:
+        """Whether any pixel lies within `radius` of `centre` along world axis `axis`."""
+        coords = (self.x, self.y, self.z)[axis]
+        return bool(coords.min() <= centre + radius and coords.max() >= centre - radius)
+
+
+def _spine_box(anatomy: Anatomy, points: np.ndarray) -> np.ndarray:
+    """Pixels near the spine (bodies to spinous processes, foramen to foramen), where the detail lives."""
+    x, y = points[..., 0], points[..., 1]
+    front = anatomy.body_y - anatomy.body_half[1] - 3.0
+    back = anatomy.canal_y + anatomy.canal_half[1] + 40.0
+    half_width = max(anatomy.body_half[0], anatomy.canal_half[0] + 30.0) + 3.0
+    return (np.abs(x) <= half_width) & (y >= front) & (y <= back)
+
+
+def _paint_column(anatomy: Anatomy, c: _Canvas) -> None:
+    """Vertebral bodies with discs between them, and the posterior elements behind the canal."""
+    bx, by = anatomy.body_half
+    body = _ellipse(c.x, c.y - anatomy.body_y, bx, by)
+    c.paint(body, "marrow")
+    disc_distance = np.min(np.abs(c.z[..., None] - np.asarray(anatomy.disc_z, np.float32)), axis=-1)
+    disc = body * _soft_below(disc_distance, anatomy.disc_half_height)
+    c.paint(disc, "annulus")
+    c.paint(disc * _ellipse(c.x, c.y - anatomy.body_y, bx * 0.6, by * 0.55), "nucleus")
+    cx, cy = anatomy.canal_half
+    behind = anatomy.canal_y + cy
+    c.paint(_box(c.x, c.y - behind - 16.0, 5.0, 16.0), "bone")  # laminae and spinous processes
+    pedicles = _box(np.abs(c.x) - (cx + 14.0), c.y - (anatomy.canal_y + 2.0), 13.0, cy + 3.0)
+    c.paint(pedicles, "bone")
+
+
+def _paint_foramina(anatomy: Anatomy, c: _Canvas) -> None:
+    """Fat-filled foramina between the pedicles; narrowing closes each from below and from the front."""
+    fx, fy, fdz = anatomy.foramen
+    rx, ry, rz = anatomy.foramen_radii
+    for side, condition in ((1.0, rsna.CONDITIONS[1]), (-1.0, rsna.CONDITIONS[2])):
+        if not c.reaches(0, side * fx, rx + EDGE_MM):
+            continue
+        for level, disc_z in zip(rsna.LEVELS, anatomy.disc_z, strict=True):
+            n = anatomy.narrowing.get((condition, level), 0.0)
+            centre_z = disc_z + fdz + rz * n
+            if not c.reaches(2, centre_z, rz + EDGE_MM):
+                continue
+            alpha = _ellipsoid(c.x - side * fx, c.y - fy - ry * n * 0.5, c.z - centre_z,
+                               rx, ry * (1.0 - 0.5 * n), rz * (1.0 - n))
+            c.paint(alpha, "foramen_fat")
+
+
+def _paint_canal(anatomy: Anatomy, c: _Canvas) -> None:
+    """The thecal sac and subarticular recesses; spinal narrowing closes the sac from behind at each disc."""
+    cx, cy = anatomy.canal_half
+    c.paint(_ellipse(c.x, c.y - anatomy.canal_y, cx + 1.5, cy + 1.5), "ligament")
+    spinal = _level_profile(anatomy, "spinal_canal_stenosis", c)
+    c.paint(_ellipse(c.x, c.y - (anatomy.canal_y - cy * spinal), cx, cy * (1.0 - spinal)), "csf")
+    rx, ry, rr = anatomy.recess
+    for side, condition in ((1.0, rsna.CONDITIONS[3]), (-1.0, rsna.CONDITIONS[4])):
+        n = _level_profile(anatomy, condition, c)
+        shift = rr * n  # the recess retreats towards the midline as it closes
+        c.paint(_ellipse(c.x - side * (rx - shift), c.y - ry, rr * (1.0 - n), rr * (1.0 - n)), "csf")
+
+
+def _level_profile(anatomy: Anatomy, condition: str, c: _Canvas) -> np.ndarray:
+    """Narrowing of `condition` at each pixel's z: each level's value near its disc, 0 between levels."""
+    profile = np.zeros(c.z.shape, np.float32)
+    for level, disc_z in zip(rsna.LEVELS, anatomy.disc_z, strict=True):
+        n = anatomy.narrowing.get((condition, level), 0.0)
+        if n and c.reaches(2, disc_z, FADE_MM):
+            profile += n * _bump(np.abs(c.z - disc_z))
+    return profile
+
+
+def _bump(distance: np.ndarray) -> np.ndarray:
+    """1 within PLATEAU_MM, a cosine fall to 0 at FADE_MM."""
+    t = np.clip((distance - PLATEAU_MM) / (FADE_MM - PLATEAU_MM), 0.0, 1.0)
+    return (0.5 + 0.5 * np.cos(np.pi * t)).astype(np.float32)
+
+
+def _soft_below(distance: np.ndarray, limit: float) -> np.ndarray:
+    """Partial-volume membership of `distance <= limit`."""
+    return np.clip(0.5 - (distance - limit) / EDGE_MM, 0.0, 1.0).astype(np.float32)
+
+
+def _ellipse(u: np.ndarray, v: np.ndarray, a, b) -> np.ndarray:
+    """Membership of the ellipse (u/a)^2 + (v/b)^2 <= 1 (a, b may be arrays), with a soft edge."""
+    a = np.maximum(a, 1e-3)
+    b = np.maximum(b, 1e-3)
+    q = np.sqrt((u / a) ** 2 + (v / b) ** 2)
+    return _soft_below((q - 1.0) * np.minimum(a, b), 0.0)
+
+
+def _ellipsoid(u, v, w, a, b, c) -> np.ndarray:
+    """Membership of an axis-aligned ellipsoid, with a soft edge."""
+    scale = max(min(a, b, c), 1e-3)
+    q = np.sqrt((u / a) ** 2 + (v / max(b, 1e-3)) ** 2 + (w / max(c, 1e-3)) ** 2)
+    return _soft_below((q - 1.0) * scale, 0.0)
+
+
+def _box(u: np.ndarray, v: np.ndarray, half_u: float, half_v: float) -> np.ndarray:
+    """Membership of the rectangle |u| <= half_u, |v| <= half_v, with soft edges."""
+    return _soft_below(np.abs(u), half_u) * _soft_below(np.abs(v), half_v)

@@ -1,0 +1,43 @@
+"""Shared fixtures: phantom RSNA folders built once per test session."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from lumbar_fast.phantom import PhantomOptions, PitfallRates, generate
+
+#: the shared folder's pitfall rates: the defaults, raised so that every pitfall occurs at least once
+SYNTH_DATA_PITFALLS = PitfallRates().with_rates(
+    corrupt=0.25, duplicate_series=0.2, j2k=0.1, monochrome1=0.15, missing_condition=0.2, missing_label=0.02,
+)
+
+
+@pytest.fixture(scope="session")
+def make_synth(tmp_path_factory) -> Callable[..., Path]:
+    """Factory: `make_synth(n_studies, n_test_studies=0, **PhantomOptions fields)` -> a phantom RSNA folder.
+
+    Small images (image_size 128) unless asked otherwise; folders with the same arguments are built once.
+    """
+    built: dict[tuple, Path] = {}
+
+    def make(n_studies: int = 4, n_test_studies: int = 0, **options) -> Path:
+        options.setdefault("image_size", 128)
+        key = (n_studies, n_test_studies, tuple(sorted(options.items())))
+        if key not in built:
+            out = tmp_path_factory.mktemp("synth") / "rsna"
+            generate(out, n_studies, n_test_studies, PhantomOptions(**options), workers=2, progress=False)
+            built[key] = out
+        return built[key]
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def synth_data(make_synth) -> Path:
+    """A small RSNA-layout folder: 12 train + 3 test studies, balanced classes, 160-pixel base size,
+    every pitfall present (see its phantom_manifest.json), the test answer key in test_labels.csv and
+    test_label_coordinates.csv."""
+    return make_synth(12, 3, seed=0, image_size=160, balanced=True, pitfalls=SYNTH_DATA_PITFALLS)
