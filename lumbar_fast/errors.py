@@ -13,3 +13,9 @@ class CacheError(LumbarFastError):
 
 class DataError(LumbarFastError):
     """An RSNA data folder that is missing pieces or has malformed CSVs."""
+
+
+def first_line(exc: BaseException) -> str:
+    """The first non-empty line of an exception's message (its type name if empty), for one-line errors."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    return lines[0] if lines else type(exc).__name__
