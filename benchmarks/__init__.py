@@ -1,0 +1,1 @@
+"""Throughput benchmarks: `python -m benchmarks.<ingest|loader|train>`; see docs/benchmarks.md."""

@@ -1,0 +1,200 @@
+"""What every benchmark shares: interleaved repeats, medians and spread, hardware, versions, JSON, Markdown.
+
+A comparison runs its contenders A, B, A, B, … so that slow drift of a shared machine (other processes, page
+cache, clocks) falls on every contender alike; each figure is reported as the median of the repeats with the
+range around it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+#: a contender runs once per call and returns its figures (name -> number) for that repeat
+Contender = Callable[[], dict[str, float]]
+
+
+def interleaved(contenders: dict[str, Contender], repeats: int, log: Callable[[str], None] = print,
+                ) -> dict[str, list[dict[str, float]]]:
+    """Run the contenders in turn, A, B, A, B, …, `repeats` times; the figures of every run, per contender."""
+    runs: dict[str, list[dict[str, float]]] = {name: [] for name in contenders}
+    for repeat in range(repeats):
+        for name, contender in contenders.items():
+            figures = contender()
+            runs[name].append(figures)
+            shown = ", ".join(f"{key} {value:.4g}" for key, value in figures.items())
+            log(f"  repeat {repeat + 1}/{repeats} {name}: {shown}")
+    return runs
+
+
+def spread(values: Sequence[float]) -> dict[str, float]:
+    """Median, minimum, maximum and the half-range as a percentage of the median."""
+    median = statistics.median(values)
+    low, high = min(values), max(values)
+    half_range = 100.0 * (high - low) / 2 / median if median else 0.0
+    return {"median": median, "min": low, "max": high, "spread_pct": half_range}
+
+
+def summarise(runs: dict[str, list[dict[str, float]]]) -> dict[str, dict[str, dict[str, float]]]:
+    """Per contender and figure: the spread() of its repeats."""
+    return {name: {key: spread([figures[key] for figures in repeats]) for key in repeats[0]}
+            for name, repeats in runs.items() if repeats}
+
+
+def cell(stats: dict[str, float], digits: int = 0) -> str:
+    """One table cell: the median with its ± half-range in percent."""
+    return f"{stats['median']:.{digits}f} ±{stats['spread_pct']:.0f}%"
+
+
+def markdown_table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    """A GitHub Markdown table."""
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(str(value) for value in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def ratio(numerator: float, denominator: float) -> float:
+    """numerator / denominator, NaN when the denominator is zero (a contender that did no work)."""
+    return numerator / denominator if denominator else float("nan")
+
+
+# -- the machine ---------------------------------------------------------------------------------------------
+def hardware() -> dict[str, Any]:
+    """CPU model, cores, memory, load and GPUs; GPUs through nvidia-smi, so that CUDA is never initialised
+    here (DALI's workers must start before anything touches CUDA)."""
+    info: dict[str, Any] = {
+        "machine": platform.machine(),
+        "cpu": _cpu_model(),
+        "logical_cpus": os.cpu_count(),
+        "usable_cpus": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
+        "memory_gib": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1),
+        "load_average_1min": round(os.getloadavg()[0], 2),
+        "gpus": _gpus(),
+    }
+    return info
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def _gpus() -> list[str]:
+    try:
+        result = subprocess.run(["nvidia-smi", "--query-gpu=name,memory.total,driver_version",
+                                 "--format=csv,noheader"], capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.TimeoutExpired):
+        return []
+    if result.returncode != 0:
+        return []
+    return [line.strip() for line in result.stdout.splitlines() if line.strip()]
+
+
+def versions() -> dict[str, str]:
+    """The versions a run's config.json records, plus the packages the benchmarks touch."""
+    from lumbar_fast.runfolder import environment
+
+    found = environment()
+    for name in ("zarr", "h5py", "pydicom", "PIL", "torchvision"):
+        try:
+            found[name] = __import__(name).__version__
+        except ImportError:
+            found[name] = "missing"
+    return found
+
+
+# -- running and reporting -----------------------------------------------------------------------------------
+def base_parser(description: str, repeats: int = 5) -> argparse.ArgumentParser:
+    """The options every benchmark takes: repeats, where to write JSON, where to keep its generated data."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--repeats", type=int, default=repeats,
+                        help="interleaved repeats per contender (≥ 5 for figures worth reporting)")
+    parser.add_argument("--json", type=Path, help="write the results here as JSON")
+    parser.add_argument("--workdir", type=Path, default=Path(tempfile.gettempdir()) / "lumbar-fast-bench",
+                        help="generated data sets and caches (reused between runs when the sizes match)")
+    return parser
+
+
+def run_measured(command: Sequence[str], env: dict[str, str] | None = None) -> dict[str, float]:
+    """Run a command to completion; its wall seconds and the peak RSS (MiB) of its largest process.
+
+    `os.wait4` reports the child's own rusage, in which Linux folds the peak of every descendant it waited
+    for, so worker processes count too; the figure is the largest single process, not their sum.
+    """
+    start = time.perf_counter()
+    process = subprocess.Popen(list(command), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    stderr = process.stderr.read() if process.stderr else b""
+    _, status, usage = os.wait4(process.pid, 0)
+    process.returncode = os.waitstatus_to_exitcode(status)
+    seconds = time.perf_counter() - start
+    if process.returncode != 0:
+        raise RuntimeError(f"{' '.join(command)} failed ({process.returncode}):\n{stderr.decode()[-2000:]}")
+    return {"seconds": seconds, "peak_rss_mib": usage.ru_maxrss / 1024}
+
+
+def own_peak_rss_mib() -> float:
+    """This process's peak RSS so far, in MiB."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def directory_mib(path: Path) -> float:
+    """Size on disk of a file or folder tree, in MiB (allocated blocks, as `du` counts)."""
+    paths = [path] if path.is_file() else [p for p in path.rglob("*") if p.is_file()]
+    return sum(p.stat().st_blocks * 512 for p in paths) / 2**20
+
+
+def report(benchmark: str, args: argparse.Namespace, results: dict[str, Any], table: str) -> dict[str, Any]:
+    """Print the Markdown table; write the JSON record (hardware, versions, arguments, figures) if asked."""
+    record = {
+        "benchmark": benchmark,
+        "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "command": " ".join([Path(sys.executable).name, "-m", f"benchmarks.{benchmark}", *sys.argv[1:]]),
+        "hardware": hardware(),
+        "versions": versions(),
+        "args": {key: str(value) if isinstance(value, Path) else value for key, value in vars(args).items()},
+        "results": results,
+        "table": table,
+    }
+    print(f"\n## {benchmark}\n\n{table}\n", flush=True)
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(record, indent=2, default=float) + "\n")
+    return record
+
+
+def summary_markdown(record: dict[str, Any]) -> str:
+    """A JSON record as Markdown: the benchmark, its machine and versions, its table."""
+    machine = record["hardware"]
+    gpus = "; ".join(machine["gpus"]) or "no GPU"
+    software = ", ".join(f"{name} {version}" for name, version in record["versions"].items())
+    return (f"## {record['benchmark']} — {record['date']}\n\n"
+            f"{machine['cpu']} ({machine['usable_cpus']} usable CPUs, {machine['memory_gib']} GiB, load "
+            f"{machine['load_average_1min']}); {gpus}\n\n{software}\n\n`{record['command']}`\n\n"
+            f"{record['table']}\n")
+
+
+def main(paths: Sequence[str]) -> None:
+    """Print the Markdown of each JSON record named (the ones missing are named as such)."""
+    for path in map(Path, paths):
+        print(summary_markdown(json.loads(path.read_text())) if path.exists() else f"## {path}: missing\n")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

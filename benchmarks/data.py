@@ -1,0 +1,91 @@
+"""The data every benchmark runs on: a synth RSNA-layout folder and its ingest cache, made once per size.
+
+Both are kept under the work folder, keyed by their parameters, so repeated runs (and the benchmarks that
+share a size) reuse them; a half-made one (killed run) is detected by its missing completion mark and redone.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from lumbar_fast import rsna
+from lumbar_fast.cache import CacheReader, open_cache
+
+DONE = ".complete"
+
+
+def lumbar_fast_command(*args: str) -> list[str]:
+    """The argv that runs one lumbar-fast command with this interpreter (the package may not be installed)."""
+    return [sys.executable, "-m", "lumbar_fast", *args]
+
+
+def synth_data(workdir: Path, studies: int, seed: int = 0, workers: int | None = None) -> Path:
+    """A synth data set of `studies` studies, made once: uncompressed 512×512 12-bit slices without
+    pitfalls, like most real series."""
+    folder = workdir / f"synth-{studies}-s{seed}"
+    if not (folder / DONE).exists():
+        shutil.rmtree(folder, ignore_errors=True)
+        command = lumbar_fast_command("synth", str(folder), "--studies", str(studies), "--seed", str(seed),
+                                      "--image-size", "512", "--no-pitfalls", "--quiet")
+        subprocess.run(command + (["--workers", str(workers)] if workers else []), check=True,
+                       stdout=subprocess.DEVNULL)
+        (folder / DONE).touch()
+    return folder
+
+
+def ingested_cache(data: Path, workdir: Path, workers: int, fmt: str = "zarr") -> Path:
+    """The ingest cache of `data` (made once with `workers` processes)."""
+    cache = workdir / f"{data.name}.{fmt}"
+    if not (workdir / f"{cache.name}{DONE}").exists():
+        shutil.rmtree(cache, ignore_errors=True)
+        subprocess.run(ingest_command(data, cache, workers, fmt), check=True, stdout=subprocess.DEVNULL)
+        (workdir / f"{cache.name}{DONE}").touch()
+    return cache
+
+
+def ingest_command(data: Path, cache: Path, workers: int, fmt: str) -> list[str]:
+    """The argv of `lumbar-fast ingest` for one benchmark run."""
+    return lumbar_fast_command("ingest", str(data), "--out", str(cache), "--workers", str(workers),
+                               "--format", fmt, "--no-progress")
+
+
+@dataclass
+class LevelItems:
+    """The labelled level crops of one sequence, as every contender sees them: item i is image `rows[i]` of
+    the cache's levels array (also the DICOM `dicoms[i]` it was cut from) with class `labels[i]`."""
+
+    images_path: Path
+    rows: np.ndarray
+    labels: np.ndarray
+    dicoms: list[Path]
+
+    def tiled(self, count: int) -> LevelItems:
+        """`count` items cycling through these (a small cache makes an epoch of realistic length)."""
+        take = np.arange(count) % len(self.rows)
+        dicoms = [self.dicoms[i] for i in take]
+        return LevelItems(self.images_path, self.rows[take], self.labels[take], dicoms)
+
+
+def level_items(cache: CacheReader, data: Path, sequence: str) -> LevelItems:
+    """Every labelled level crop of `sequence` in the cache, with the DICOM file of its labelled slice."""
+    table: pd.DataFrame = cache.level_labels(sequence).reset_index(drop=True)
+    table = table[table["severity"] != rsna.MISSING]
+    dicoms = [data / "train_images" / str(row.study_id) / str(row.series_id) / f"{row.instance_number}.dcm"
+              for row in table.itertuples()]
+    return LevelItems(Path(cache.array_path(sequence, "levels")), table.index.to_numpy(np.int64),
+                      table["severity"].to_numpy(np.int64), dicoms)
+
+
+def prepared_items(workdir: Path, studies: int, sequence: str, items: int, workers: int = 2) -> LevelItems:
+    """Synth data, its cache and `items` level items of `sequence` from it: the loader and train benchmarks'
+    data."""
+    data = synth_data(workdir, studies, workers=workers)
+    cache = open_cache(ingested_cache(data, workdir, workers))
+    return level_items(cache, data, sequence).tiled(items)

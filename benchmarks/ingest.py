@@ -1,0 +1,121 @@
+"""Ingest benchmark: `lumbar-fast ingest` against a bare loop that only decodes and resizes the same files.
+
+Contenders, per worker count: ingest to Zarr, ingest to HDF5, and the bare loop (the same DICOM files decoded
+and resized to 224 in a process pool, results dropped). Every run is a fresh process, so start-up counts for
+all alike; reported: slices/s, the peak RSS of the largest process, the cache's size on disk, and the time to
+read the finished cache's arrays into RAM.
+
+    python -m benchmarks.ingest [--workers 1,2] [--studies 8] [--json out.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import sys
+import time
+from functools import partial
+from multiprocessing import Pool
+from pathlib import Path
+
+from benchmarks import common
+from benchmarks.data import ingest_command, synth_data
+from benchmarks.peers import decode_and_resize
+from lumbar_fast.cache import open_cache
+
+FORMATS = ("zarr", "hdf5")
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = common.base_parser(__doc__.splitlines()[0])
+    parser.add_argument("--workers", default="1,2", help="comma-separated worker counts")
+    parser.add_argument("--formats", default=",".join(FORMATS), help="cache formats: zarr, hdf5")
+    parser.add_argument("--studies", type=int, default=8, help="synth studies to ingest")
+    parser.add_argument("--bare", type=Path, help=argparse.SUPPRESS)  # internal: run the bare loop on DATA
+    parser.add_argument("--bare-workers", type=int, default=1, help=argparse.SUPPRESS)
+    return parser.parse_args(argv)
+
+
+def dicom_files(data: Path) -> list[Path]:
+    """Every DICOM file of the data set's training images."""
+    return sorted((data / "train_images").rglob("*.dcm"))
+
+
+def bare_loop(data: Path, workers: int) -> None:
+    """Decode and resize every DICOM file in a pool of `workers` processes, keeping nothing."""
+    with Pool(workers) as pool:
+        for _ in pool.imap_unordered(partial(decode_and_resize, size=224), dicom_files(data), chunksize=8):
+            pass
+
+
+def read_seconds(cache: Path) -> float:
+    """Seconds to open a finished cache and read every sequence's stacks and level crops into RAM."""
+    start = time.perf_counter()
+    reader = open_cache(cache)
+    for sequence in reader.sequences():
+        reader.stack_images(sequence)
+        reader.level_images(sequence)
+    return time.perf_counter() - start
+
+
+def ingest_run(data: Path, cache: Path, workers: int, fmt: str, slices: int) -> dict[str, float]:
+    """One ingest from scratch: slices/s, peak RSS, cache size and its read time."""
+    shutil.rmtree(cache, ignore_errors=True)
+    cache.unlink(missing_ok=True)
+    measured = common.run_measured(ingest_command(data, cache, workers, fmt))
+    return {"slices_s": slices / measured["seconds"], "peak_rss_mib": measured["peak_rss_mib"],
+            "cache_mib": common.directory_mib(cache), "read_s": read_seconds(cache)}
+
+
+def bare_run(data: Path, workers: int, slices: int) -> dict[str, float]:
+    """One bare decode+resize loop in a fresh process: slices/s and peak RSS."""
+    command = [sys.executable, "-m", "benchmarks.ingest", "--bare", str(data), "--bare-workers", str(workers)]
+    measured = common.run_measured(command)
+    return {"slices_s": slices / measured["seconds"], "peak_rss_mib": measured["peak_rss_mib"]}
+
+
+def table(summary: dict, workers: list[int], formats: list[str]) -> str:
+    """Slices/s, memory and size per contender; ingest / bare time ratios and the worker speed-ups."""
+    rows = []
+    for name, stats in summary.items():
+        rows.append([name, common.cell(stats["slices_s"]), f"{stats['peak_rss_mib']['median']:.0f}",
+                     f"{stats['cache_mib']['median']:.1f}" if "cache_mib" in stats else "",
+                     common.cell(stats["read_s"], 2) if "read_s" in stats else ""])
+    speed = {name: stats["slices_s"]["median"] for name, stats in summary.items()}
+    notes = []
+    for fmt in formats:
+        for count in workers:
+            notes.append(f"ingest {fmt} / bare time, {count} worker(s): "
+                         f"{common.ratio(speed[f'bare-w{count}'], speed[f'{fmt}-w{count}']):.2f}×")
+        if len(workers) > 1:
+            speed_up = common.ratio(speed[f"{fmt}-w{workers[-1]}"], speed[f"{fmt}-w{workers[0]}"])
+            notes.append(f"{fmt} speed-up {workers[0]}→{workers[-1]} workers: {speed_up:.2f}×")
+    header = ["contender", "slices/s", "peak RSS MiB", "cache MiB", "read s"]
+    return common.markdown_table(header, rows) + "\n\n" + "\n".join(f"- {note}" for note in notes)
+
+
+def main(argv: list[str] | None = None) -> dict | None:
+    args = parse_args(argv)
+    if args.bare:
+        bare_loop(args.bare, args.bare_workers)
+        return None
+    workers = [int(count) for count in args.workers.split(",")]
+    formats = [fmt for fmt in args.formats.split(",") if fmt]
+    data = synth_data(args.workdir, args.studies)
+    slices = len(dicom_files(data))
+    print(f"ingest benchmark: {args.studies} studies, {slices} slices, workers {workers}, "
+          f"{args.repeats} interleaved repeats", flush=True)
+    contenders = {}
+    for count in workers:
+        for fmt in formats:
+            cache = args.workdir / f"ingest-bench-w{count}.{fmt}"
+            contenders[f"{fmt}-w{count}"] = partial(ingest_run, data, cache, count, fmt, slices)
+        contenders[f"bare-w{count}"] = partial(bare_run, data, count, slices)
+    runs = common.interleaved(contenders, args.repeats)
+    summary = common.summarise(runs)
+    return common.report("ingest", args, {"slices": slices, "runs": runs, "summary": summary},
+                         table(summary, workers, formats))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,121 @@
+"""Loader benchmark: cache → normalised batch on the device, images/s, ours against the usual peers.
+
+Contenders, same items, batch size, worker processes and output dtype (float32), all shuffled:
+  dali, torch          our loaders over the ingest cache, no augmentation (like the peers);
+  dali-aug, torch-aug  the same with the default training augmentation (rotate, scale, shift, flip,
+                       intensity);
+  seed                 the seed's way: a DataLoader decoding the labelled DICOM on every epoch;
+  png                  the Kaggle-standard cache: one PNG per item, PIL + ToTensor + Normalize.
+Each repeat builds a contender, times its first epoch (start-up included) and then the steady epochs.
+
+    python -m benchmarks.loader [--device cuda] [--workers 2] [--items 2048] [--json out.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from collections.abc import Callable, Iterator
+from functools import partial
+
+import numpy as np
+import torch
+
+from benchmarks import common
+from benchmarks.data import LevelItems, prepared_items
+from benchmarks.peers import PeerLoader, PngDataset, SeedDicomDataset, write_png_cache
+from lumbar_fast.loaders import AugmentConfig, LoaderConfig, build_loader
+
+CONTENDERS = ("dali", "torch", "seed", "png", "dali-aug", "torch-aug")
+OURS = ("dali", "torch", "dali-aug", "torch-aug")
+PEERS = ("seed", "png")
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = common.base_parser(__doc__.splitlines()[0])
+    parser.add_argument("--contenders", default=",".join(CONTENDERS), help="comma-separated subset of "
+                        + ", ".join(CONTENDERS))
+    parser.add_argument("--device", default="cpu", help="cpu or cuda")
+    parser.add_argument("--workers", type=int, default=2, help="worker processes of every contender")
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--studies", type=int, default=10, help="synth studies behind the cache")
+    parser.add_argument("--sequence", default="ax_t2")
+    parser.add_argument("--items", type=int, default=512, help="items per epoch (cycling the cache's items)")
+    parser.add_argument("--epochs", type=int, default=2,
+                        help="epochs per repeat: the first, then steady ones")
+    return parser.parse_args(argv)
+
+
+def make_loader(name: str, items: LevelItems, args: argparse.Namespace) -> Callable[[], object]:
+    """A function that builds contender `name` (a fresh loader with our Loader's face)."""
+    device = torch.device(args.device)
+    if name in OURS:
+        kind, _, augmented = name.partition("-")
+        cfg = LoaderConfig(batch_size=args.batch_size, device=args.device, workers=args.workers,
+                           augment=AugmentConfig() if augmented else None, dtype=torch.float32)
+        return partial(build_loader, kind, items.images_path, items.rows, items.labels, cfg, True)
+    if name == "seed":
+        dataset = SeedDicomDataset(items.dicoms, items.labels, size=224)
+    elif name == "png":
+        images = np.load(items.images_path, mmap_mode="r")
+        pngs = write_png_cache(np.asarray(images), args.workdir / f"{items.images_path.stem}-png")
+        dataset = PngDataset([pngs[row] for row in items.rows], items.labels)
+    else:
+        raise SystemExit(f"unknown contender {name!r}; choose from {', '.join(CONTENDERS)}")
+    return partial(PeerLoader, dataset, args.batch_size, args.workers, device)
+
+
+def timed_epoch(batches: Iterator, device: torch.device) -> int:
+    """Drain one epoch, touching every batch on the device; the number of images."""
+    count = 0
+    for batch in batches:
+        count += batch.images.shape[0]
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return count
+
+
+def contender(build: Callable[[], object], epochs: int, device: torch.device) -> dict[str, float]:
+    """Build one loader, run `epochs` epochs: first-epoch and steady-state images/s."""
+    start = time.perf_counter()
+    loader = build()
+    first = timed_epoch(loader.epoch(0), device)
+    first_done = time.perf_counter()
+    steady = sum(timed_epoch(loader.epoch(epoch), device) for epoch in range(1, epochs))
+    end = time.perf_counter()
+    loader.close()
+    return {"first_epoch_img_s": first / (first_done - start),
+            "steady_img_s": steady / (end - first_done) if steady else float("nan")}
+
+
+def table(summary: dict, names: list[str]) -> str:
+    """Median images/s (± half-range) per contender, and ours against each peer."""
+    rows = []
+    for name in names:
+        stats = summary[name]
+        rows.append([name, common.cell(stats["first_epoch_img_s"]), common.cell(stats["steady_img_s"])])
+    steady = {name: summary[name]["steady_img_s"]["median"] for name in names}
+    for ours in OURS:
+        for peer in PEERS:
+            if ours in steady and peer in steady:
+                speed_up = common.ratio(steady[ours], steady[peer])
+                rows.append([f"{ours} / {peer} (steady)", "", f"{speed_up:.2f}×"])
+    return common.markdown_table(["contender", "first epoch img/s", "steady img/s"], rows)
+
+
+def main(argv: list[str] | None = None) -> dict:
+    args = parse_args(argv)
+    names = [name.strip() for name in args.contenders.split(",") if name.strip()]
+    items = prepared_items(args.workdir, args.studies, args.sequence, args.items)
+    device = torch.device(args.device)
+    builders = {name: make_loader(name, items, args) for name in names}
+    print(f"loader benchmark: {len(items.rows)} items, batch {args.batch_size}, {args.workers} workers, "
+          f"{args.device}, {args.repeats} interleaved repeats", flush=True)
+    runs = common.interleaved({name: partial(contender, build, args.epochs, device)
+                               for name, build in builders.items()}, args.repeats)
+    summary = common.summarise(runs)
+    return common.report("loader", args, {"runs": runs, "summary": summary}, table(summary, names))
+
+
+if __name__ == "__main__":
+    main()
