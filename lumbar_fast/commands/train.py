@@ -1,0 +1,67 @@
+"""`lumbar-fast train`: one classifier per MRI sequence on the ingest cache (thin wrapper of train.train)."""
+
+from __future__ import annotations
+
+import click
+
+from lumbar_fast.errors import LumbarFastError
+from lumbar_fast.rsna import SEQUENCES
+
+
+@click.command("train")
+@click.option("--sequence", type=click.Choice(list(SEQUENCES)), help="MRI sequence (one model per sequence).")
+@click.option("--cache", type=click.Path(), help="Cache written by `lumbar-fast ingest`.")
+@click.option("--out", type=click.Path(), help="Runs folder: the run gets a new sub-folder in it.")
+@click.option("--run-dir", type=click.Path(), help="The run's folder itself (instead of --out).")
+@click.option("--fold", default=0, show_default=True, help="Validation fold.")
+@click.option("--folds", default=5, show_default=True, help="Number of study-level folds.")
+@click.option("--split-seed", default=0, show_default=True, help="Seed of the study-level split.")
+@click.option("--split-file", type=click.Path(), help="A split CSV (study_id, fold) instead of the cache's.")
+@click.option("--model", default="tf_efficientnetv2_s", show_default=True, help="timm model name.")
+@click.option("--weights", type=click.Path(), help="Local pretrained weights file (offline machines).")
+@click.option("--no-pretrained", is_flag=True, help="Start from random weights.")
+@click.option("--epochs", default=5, show_default=True, help="Most epochs (the seed's 5).")
+@click.option("--batch-size", default=32, show_default=True)
+@click.option("--lr", default=1e-3, show_default=True, help="Adam learning rate (torch's default).")
+@click.option("--patience", default=3, show_default=True, help="Early-stopping patience in epochs.")
+@click.option("--monitor", type=click.Choice(["accuracy", "loss", "rsna"]), default="accuracy",
+              show_default=True, help="Validation value for early stopping and best.pt.")
+@click.option("--class-weights", type=click.Choice(["none", "metric", "inverse"]), default="none",
+              show_default=True, help="Cross-entropy weights: none, the metric's 1/2/4, inverse frequency.")
+@click.option("--amp", type=click.Choice(["auto", "bf16", "fp16", "none"]), default="auto", show_default=True,
+              help="Mixed precision; auto = bf16 on Ampere+, fp16 on older GPUs, none on CPU.")
+@click.option("--cuda-graphs", is_flag=True, help="Capture the whole training step as one CUDA graph.")
+@click.option("--compile", "compile_", is_flag=True, help="torch.compile the model.")
+@click.option("--view", type=click.Choice(["level", "slice"]), default="level", show_default=True,
+              help="level: 2.5D crop per labelled level; slice: the seed's whole labelled slice (reference).")
+@click.option("--control", type=click.Choice(["none", "shuffled-labels", "level-off"]), default="none",
+              show_default=True, help="Negative control that must not learn: training labels shuffled "
+              "across items, or every item's crop taken from the adjacent level.")
+@click.option("--no-augment", is_flag=True, help="Train without augmentation.")
+@click.option("--loader", type=click.Choice(["auto", "dali", "torch"]), default="auto", show_default=True)
+@click.option("--workers", default=2, show_default=True, help="Loader worker processes.")
+@click.option("--device", type=click.Choice(["auto", "cuda", "cpu"]), default="auto", show_default=True)
+@click.option("--seed", default=0, show_default=True, help="Seed of model init, shuffling, augmentation.")
+@click.option("--limit-batches", type=int, help="Stop each epoch after N batches (smoke runs).")
+@click.option("--resume", "resume_dir", type=click.Path(), help="Continue this run from its last.pt.")
+@click.option("--no-progress", is_flag=True, help="No progress bar.")
+def command(sequence, cache, out, run_dir, fold, folds, split_seed, split_file, model, weights,
+            no_pretrained, epochs, batch_size, lr, patience, monitor, class_weights, amp, cuda_graphs,
+            compile_, view, control, no_augment, loader, workers, device, seed, limit_batches, resume_dir,
+            no_progress) -> None:
+    """Train one sequence's classifier; writes a run folder (config, metrics, curves, checkpoints)."""
+    from lumbar_fast.train import TrainConfig, resume, train
+
+    if resume_dir is not None:
+        click.echo(f"run folder: {resume(resume_dir)}")
+        return
+    if sequence is None or cache is None:
+        raise LumbarFastError("--sequence and --cache are required (or --resume RUN_DIR)")
+    config = TrainConfig(
+        sequence=sequence, cache=cache, out=out, run_dir=run_dir, fold=fold, folds=folds,
+        split_seed=split_seed, split_file=split_file, model=model, weights=weights,
+        pretrained=not no_pretrained, epochs=epochs, batch_size=batch_size, lr=lr, patience=patience,
+        monitor=monitor, class_weights=class_weights, amp=amp, cuda_graphs=cuda_graphs, compile=compile_,
+        view=view, control=control, augment=not no_augment, loader=loader, workers=workers, device=device,
+        seed=seed, limit_batches=limit_batches, progress=not no_progress)
+    click.echo(f"run folder: {train(config)}")
