@@ -11,7 +11,8 @@ from lumbar_fast.phantom import PhantomOptions, PitfallRates, generate
 
 #: the shared folder's pitfall rates: the defaults, raised so that every pitfall occurs at least once
 SYNTH_DATA_PITFALLS = PitfallRates().with_rates(
-    corrupt=0.25, duplicate_series=0.2, j2k=0.1, monochrome1=0.15, missing_condition=0.2, missing_label=0.02,
+    corrupt=0.25, duplicate_series=0.2, multi_stack=0.3, j2k=0.1, monochrome1=0.15,
+    missing_condition=0.2, missing_label=0.02,
 )
 
 

@@ -47,18 +47,26 @@ class Anatomy:
     foramen_radii: tuple[float, float, float]  # x, y, z semi-axes
     contrast: tuple[float, ...]  # per-tissue gain (order of TISSUES)
     narrowing: dict[tuple[str, str], float]  # (condition, level) -> fraction of the structure closed
+    lordosis: float  # curvature: the spine lies lordosis * (z - mid)^2 mm further back away from its middle
+
+    def spine_offset(self, z: np.ndarray | float) -> np.ndarray | float:
+        """Posterior shift (mm) of the curved spine at height z; the shapes above are for the straight one."""
+        mid = (self.disc_z[0] + self.disc_z[-1]) / 2
+        return self.lordosis * (z - mid) ** 2
 
     def labelled_point(self, condition: str, level: str) -> np.ndarray:
         """The world point a radiologist marks for (condition, level): canal, foramen or recess centre."""
         z = self.disc_z[rsna.LEVELS.index(level)]
         side = 1.0 if condition.startswith("left") else -1.0  # LPS: +x is the patient's left
         if condition == "spinal_canal_stenosis":
-            return np.array([0.0, self.canal_y, z])
-        if "foraminal" in condition:
-            fx, fy, fdz = self.foramen
-            return np.array([side * fx, fy, z + fdz])
-        rx, ry, _ = self.recess
-        return np.array([side * rx, ry, z])
+            x, y = 0.0, self.canal_y
+        elif "foraminal" in condition:
+            fx, y, fdz = self.foramen
+            x, z = side * fx, z + fdz
+        else:
+            rx, y, _ = self.recess
+            x = side * rx
+        return np.array([x, y + self.spine_offset(z), z])
 
 
 def sample_anatomy(rng: np.random.Generator, severity: dict[tuple[str, str], int], signal: float) -> Anatomy:
@@ -84,7 +92,7 @@ def sample_anatomy(rng: np.random.Generator, severity: dict[tuple[str, str], int
         body_y=posterior_wall - body_half[1], body_half=body_half,
         canal_y=canal_y, canal_half=canal_half, recess=recess, foramen=foramen,
         foramen_radii=foramen_radii, contrast=tuple(rng.uniform(0.9, 1.1, size=len(TISSUES))),
-        narrowing=narrowing,
+        narrowing=narrowing, lordosis=float(rng.uniform(0.0004, 0.0012)),
     )
 
 
@@ -96,7 +104,9 @@ def intensity(anatomy: Anatomy, sequence: str, points: np.ndarray) -> np.ndarray
     full = _Canvas(points, np.zeros(points.shape[:2], np.float32), value)
     full.paint(_ellipse(full.x, full.y + 20.0, 140.0, 115.0), "fat")
     full.paint(_ellipse(full.x, full.y + 20.0, 128.0, 103.0), "muscle")
-    spine = full.crop(_spine_box(anatomy, points))
+    straight = points.copy()
+    straight[..., 1] -= anatomy.spine_offset(points[..., 2])
+    spine = _Canvas(straight, full.image, value).crop(_spine_box(anatomy, straight))
     if spine is not None:
         _paint_column(anatomy, spine)
         _paint_foramina(anatomy, spine)

@@ -77,49 +77,59 @@ def uid_for(*parts: object) -> str:
     return generate_uid(UID_PREFIX, entropy_srcs=[str(p) for p in parts])
 
 
-def write_slice(path: Path, image: np.ndarray, plane, header: SeriesHeader, instance_number: int) -> None:
-    """Write one rendered slice (`plane` a render.SlicePlane) as an MR DICOM file at `path`."""
-    encoding = header.encoding
-    sop_uid = uid_for("instance", header.study_id, header.series_id, instance_number)
-    ds = Dataset()
-    ds.file_meta = FileMetaDataset()
-    ds.file_meta.MediaStorageSOPClassUID = MRImageStorage
-    ds.file_meta.MediaStorageSOPInstanceUID = sop_uid
-    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds.SOPClassUID = MRImageStorage
-    ds.SOPInstanceUID = sop_uid
-    ds.StudyInstanceUID = header.study_uid
-    ds.SeriesInstanceUID = header.series_uid
-    ds.FrameOfReferenceUID = uid_for("frame", header.study_id)
-    ds.Modality = "MR"
-    ds.PatientID = str(header.study_id)
-    ds.StudyID = str(header.study_id)
-    ds.BodyPartExamined = "LSPINE"
-    ds.PatientPosition = "HFS"
-    ds.SeriesNumber = header.series_number
-    ds.SeriesDescription = header.description
-    ds.InstanceNumber = instance_number
-    ds.ImagePositionPatient = [_ds_float(v) for v in plane.position]
-    ds.ImageOrientationPatient = [_ds_float(v) for v in plane.orientation]
-    ds.PixelSpacing = [_ds_float(v) for v in plane.spacing]
-    ds.SliceThickness = _ds_float(plane.thickness)
-    ds.Rows, ds.Columns = plane.rows, plane.cols
-    ds.SamplesPerPixel = 1
-    ds.PhotometricInterpretation = "MONOCHROME1" if encoding.monochrome1 else "MONOCHROME2"
-    ds.BitsAllocated = 16
-    ds.BitsStored = encoding.bits_stored
-    ds.HighBit = encoding.bits_stored - 1
-    ds.PixelRepresentation = 0
-    if encoding.rescale:
-        ds.RescaleSlope, ds.RescaleIntercept = (_ds_float(v) for v in encoding.rescale)
-        ds.RescaleType = "US"
-    center, width = encoding.window()
-    ds.WindowCenter, ds.WindowWidth = _ds_float(center), _ds_float(width)
-    stored = encoding.stored(image)
-    ds.PixelData = stored.tobytes()
-    if encoding.transfer_syntax != "explicit_little":
-        ds.compress(TRANSFER_SYNTAXES[encoding.transfer_syntax], stored, encoding_plugin="pylibjpeg")
-    ds.save_as(path, enforce_file_format=True)
+class SeriesWriter:
+    """Writes the slices of one series as MR DICOM files; the tags shared by the series are set once."""
+
+    def __init__(self, header: SeriesHeader) -> None:
+        self.header = header
+        encoding = header.encoding
+        ds = Dataset()
+        ds.file_meta = FileMetaDataset()
+        ds.file_meta.MediaStorageSOPClassUID = MRImageStorage
+        ds.SOPClassUID = MRImageStorage
+        ds.StudyInstanceUID = header.study_uid
+        ds.SeriesInstanceUID = header.series_uid
+        ds.FrameOfReferenceUID = uid_for("frame", header.study_id)
+        ds.Modality = "MR"
+        ds.PatientID = str(header.study_id)
+        ds.StudyID = str(header.study_id)
+        ds.BodyPartExamined = "LSPINE"
+        ds.PatientPosition = "HFS"
+        ds.SeriesNumber = header.series_number
+        ds.SeriesDescription = header.description
+        ds.SamplesPerPixel = 1
+        ds.PhotometricInterpretation = "MONOCHROME1" if encoding.monochrome1 else "MONOCHROME2"
+        ds.BitsAllocated = 16
+        ds.BitsStored = encoding.bits_stored
+        ds.HighBit = encoding.bits_stored - 1
+        ds.PixelRepresentation = 0
+        if encoding.rescale:
+            ds.RescaleSlope, ds.RescaleIntercept = (_ds_float(v) for v in encoding.rescale)
+            ds.RescaleType = "US"
+        center, width = encoding.window()
+        ds.WindowCenter, ds.WindowWidth = _ds_float(center), _ds_float(width)
+        self.dataset = ds
+
+    def write(self, path: Path, image: np.ndarray, plane, instance_number: int) -> None:
+        """Write one rendered slice (`plane` a render.SlicePlane) as instance `instance_number` at `path`."""
+        header, ds = self.header, self.dataset
+        sop_uid = uid_for("instance", header.study_id, header.series_id, instance_number)
+        ds.file_meta.MediaStorageSOPInstanceUID = sop_uid
+        ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+        ds.SOPInstanceUID = sop_uid
+        ds.InstanceNumber = instance_number
+        ds.ImagePositionPatient = [_ds_float(v) for v in plane.position]
+        ds.ImageOrientationPatient = [_ds_float(v) for v in plane.orientation]
+        ds.PixelSpacing = [_ds_float(v) for v in plane.spacing]
+        ds.SliceThickness = _ds_float(plane.thickness)
+        ds.Rows, ds.Columns = plane.rows, plane.cols
+        stored = header.encoding.stored(image)
+        ds.PixelData = stored.tobytes()
+        syntax = header.encoding.transfer_syntax
+        if syntax != "explicit_little":
+            ds.compress(TRANSFER_SYNTAXES[syntax], stored, encoding_plugin="pylibjpeg",
+                        generate_instance_uid=False)
+        ds.save_as(path, enforce_file_format=True)
 
 
 def damage_file(path: Path, kind: str, rng: np.random.Generator) -> None:

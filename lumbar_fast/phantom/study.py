@@ -10,7 +10,7 @@ import numpy as np
 
 from lumbar_fast import rsna
 from lumbar_fast.phantom.anatomy import Anatomy, sample_anatomy
-from lumbar_fast.phantom.dicom_writer import Encoding, SeriesHeader, damage_file, write_slice
+from lumbar_fast.phantom.dicom_writer import Encoding, SeriesHeader, SeriesWriter, damage_file
 from lumbar_fast.phantom.options import PhantomOptions
 from lumbar_fast.phantom.render import (
     SlicePlane,
@@ -87,7 +87,7 @@ def build_study(job: StudyJob) -> StudyResult:
     """Sample, render and write one study under job.root; return its rows for the CSVs and manifest."""
     options, rates = job.options, job.options.pitfalls
     rng = np.random.default_rng([options.seed, SPLIT_CODES[job.split], job.index])
-    severity = _sample_severity(rng, options)
+    severity = sample_severity(rng, options.frequencies)
     missing = _sample_missing(rng, options)
     anatomy = sample_anatomy(rng, severity, options.signal)
     plans = _plan_series(rng, anatomy, job, options)
@@ -99,9 +99,10 @@ def build_study(job: StudyJob) -> StudyResult:
         series_dir = study_dir / str(plan.series_id)
         series_dir.mkdir(parents=True, exist_ok=True)
         noise, bias = float(rng.uniform(0.025, 0.05)), rng.uniform(-0.15, 0.15, size=3)
+        writer = SeriesWriter(header)
         for plane, instance in zip(plan.planes, plan.instance_numbers, strict=True):
             image = render(anatomy, plan.sequence, plane, noise, bias, rng)
-            write_slice(series_dir / f"{instance}.dcm", image, plane, header, instance)
+            writer.write(series_dir / f"{instance}.dcm", image, plane, instance)
         result.series.append((plan.series_id, header.description))
         result.manifest.append(_series_entry(job, plan))
         result.files += len(plan.planes)
@@ -113,9 +114,9 @@ def build_study(job: StudyJob) -> StudyResult:
     return result
 
 
-def _sample_severity(rng: np.random.Generator, options: PhantomOptions) -> dict[tuple[str, str], int]:
+def sample_severity(rng: np.random.Generator,
+                    frequencies: dict[str, tuple[float, float, float]]) -> dict[tuple[str, str], int]:
     """A class id per (condition, level), drawn from its metric group's class frequencies."""
-    frequencies = options.frequencies
     return {(c, lv): int(rng.choice(3, p=frequencies[rsna.CONDITION_GROUP[c]]))
             for c in rsna.CONDITIONS for lv in rsna.LEVELS}
 

@@ -1,0 +1,352 @@
+"""The phantom RSNA folder: CSV layout, readable DICOM, pitfalls, label geometry, determinism, the signal."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pydicom
+import pytest
+from pydicom.pixels import apply_modality_lut
+from pydicom.uid import JPEG2000Lossless, RLELossless
+
+from lumbar_fast import rsna
+from lumbar_fast.phantom import MANIFEST_NAME, PhantomOptions, PitfallRates, generate
+from lumbar_fast.phantom.anatomy import sample_anatomy
+from lumbar_fast.phantom.options import REAL_FREQUENCIES
+from lumbar_fast.phantom.study import sample_severity
+
+
+def manifest(root: Path) -> dict:
+    return json.loads((root / MANIFEST_NAME).read_text())
+
+
+def read_csv(root: Path, name: str) -> pd.DataFrame:
+    return pd.read_csv(root / name, keep_default_na=False, na_values=[""])
+
+
+def labelled_rows(root: Path, split: str = "train") -> pd.DataFrame:
+    """Coordinate rows joined with their severity class id."""
+    coords = read_csv(root, f"{split}_label_coordinates.csv")
+    labels = read_csv(root, "train.csv" if split == "train" else "test_labels.csv").set_index("study_id")
+    columns = [f"{rsna.CONDITION_FROM_TITLE[c]}_{rsna.LEVEL_FROM_TITLE[lv]}"
+               for c, lv in zip(coords.condition, coords.level, strict=True)]
+    coords["severity"] = [rsna.SEVERITY_FROM_NAME[labels.at[s, col]]
+                          for s, col in zip(coords.study_id, columns, strict=True)]
+    return coords
+
+
+def instance_path(root: Path, split: str, row) -> Path:
+    return root / f"{split}_images" / str(row.study_id) / str(row.series_id) / f"{row.instance_number}.dcm"
+
+
+def read_intensity(path: Path) -> tuple[np.ndarray, pydicom.Dataset]:
+    """Pixels in modality units, MONOCHROME1 turned into MONOCHROME2 (brighter = more signal)."""
+    ds = pydicom.dcmread(path)
+    pixels = apply_modality_lut(ds.pixel_array, ds).astype(np.float64)
+    if ds.PhotometricInterpretation == "MONOCHROME1":
+        ends = apply_modality_lut(np.array([0, (1 << ds.BitsStored) - 1]), ds)
+        pixels = ends.sum() - pixels
+    return pixels, ds
+
+
+def disc_mean(pixels: np.ndarray, ds: pydicom.Dataset, x: float, y: float, radius_mm: float = 2.5) -> float:
+    """Mean signal within `radius_mm` of pixel (x, y), relative to the slice's bright end (99.5 %ile)."""
+    rows, cols = np.mgrid[: pixels.shape[0], : pixels.shape[1]]
+    spacing = float(ds.PixelSpacing[0])
+    inside = (cols - x) ** 2 + (rows - y) ** 2 <= (radius_mm / spacing) ** 2
+    return float(pixels[inside].mean() / np.percentile(pixels, 99.5))
+
+
+def world_point(ds: pydicom.Dataset, x: float, y: float) -> np.ndarray:
+    """World position (mm, LPS) of pixel (x = column, y = row) of a slice."""
+    iop = np.array(ds.ImageOrientationPatient, float)
+    row_spacing, col_spacing = (float(v) for v in ds.PixelSpacing)
+    return np.array(ds.ImagePositionPatient, float) + x * col_spacing * iop[:3] + y * row_spacing * iop[3:]
+
+
+# --- CSV layout -------------------------------------------------------------------------------------------
+
+def test_csv_files_have_the_competition_layout(synth_data):
+    names = {p.name for p in synth_data.iterdir()}
+    assert {"train.csv", "train_label_coordinates.csv", "train_series_descriptions.csv",
+            "test_series_descriptions.csv", "sample_submission.csv", "train_images", "test_images",
+            "test_labels.csv", "test_label_coordinates.csv", MANIFEST_NAME} <= names
+
+    train = read_csv(synth_data, "train.csv")
+    assert list(train.columns) == ["study_id", *rsna.LABEL_COLUMNS]
+    values = train[list(rsna.LABEL_COLUMNS)].to_numpy().ravel()
+    assert set(values[pd.notna(values)]) <= set(rsna.SEVERITIES)
+    assert train.study_id.is_unique and len(train) == 12
+
+    coords = read_csv(synth_data, "train_label_coordinates.csv")
+    assert list(coords.columns) == ["study_id", "series_id", "instance_number", "condition", "level",
+                                    "x", "y"]
+    assert set(coords.condition) <= set(rsna.CONDITION_TITLES.values())
+    assert set(coords.level) == set(rsna.LEVEL_TITLES.values())
+    assert coords.x.dtype == float and coords.y.dtype == float
+    assert coords[["study_id", "series_id", "instance_number"]].dtypes.eq(np.int64).all()
+
+    series = read_csv(synth_data, "train_series_descriptions.csv")
+    assert list(series.columns) == ["study_id", "series_id", "series_description"]
+    assert set(series.series_description) == set(rsna.SEQUENCE_FROM_DESCRIPTION)
+    assert set(series.study_id) == set(train.study_id)
+
+    test_series = read_csv(synth_data, "test_series_descriptions.csv")
+    submission = read_csv(synth_data, "sample_submission.csv")
+    assert list(submission.columns) == ["row_id", *rsna.SUBMISSION_COLUMNS]
+    expected_ids = [rsna.row_id(s, c, lv) for s in test_series.study_id.unique()
+                    for c in rsna.CONDITIONS for lv in rsna.LEVELS]
+    assert submission.row_id.tolist() == expected_ids
+    assert np.allclose(submission[list(rsna.SUBMISSION_COLUMNS)].sum(axis=1), 1.0, atol=1e-5)
+
+    test_labels = read_csv(synth_data, "test_labels.csv")
+    assert list(test_labels.columns) == list(train.columns)
+    assert set(test_labels.study_id) == set(test_series.study_id)
+    assert not set(test_labels.study_id) & set(train.study_id)
+
+
+def test_a_label_has_a_coordinate_row_exactly_when_it_is_present(synth_data):
+    for split, labels_name in (("train", "train.csv"), ("test", "test_labels.csv")):
+        labels = read_csv(synth_data, labels_name).set_index("study_id")
+        present = {(s, col) for s in labels.index for col in rsna.LABEL_COLUMNS
+                   if isinstance(labels.at[s, col], str)}
+        coords = read_csv(synth_data, f"{split}_label_coordinates.csv")
+        rows = [(s, f"{rsna.CONDITION_FROM_TITLE[c]}_{rsna.LEVEL_FROM_TITLE[lv]}")
+                for s, c, lv in zip(coords.study_id, coords.condition, coords.level, strict=True)]
+        assert len(rows) == len(set(rows))
+        assert set(rows) == present
+    missing = manifest(synth_data)["missing_labels"]
+    assert {m["kind"] for m in missing} == {"missing_condition", "missing_label"}
+
+
+# --- DICOM files ------------------------------------------------------------------------------------------
+
+REQUIRED_TAGS = ("SOPClassUID", "SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID",
+                 "SeriesDescription", "InstanceNumber", "ImagePositionPatient", "ImageOrientationPatient",
+                 "PixelSpacing", "SliceThickness", "Rows", "Columns", "BitsAllocated", "BitsStored",
+                 "HighBit", "PixelRepresentation", "PhotometricInterpretation")
+
+
+@pytest.mark.filterwarnings("ignore:End of file reached")  # the truncated files
+def test_every_dicom_decodes_except_the_damaged_ones(synth_data):
+    damaged = {d["path"] for d in manifest(synth_data)["damaged_files"]}
+    assert damaged
+    failed = set()
+    for path in sorted(synth_data.glob("*_images/*/*/*.dcm")):
+        try:
+            ds = pydicom.dcmread(path)
+            pixels = ds.pixel_array
+        except Exception:
+            failed.add(path.relative_to(synth_data).as_posix())
+            continue
+        assert ds.Modality == "MR" and ds.SOPClassUID == pydicom.uid.MRImageStorage
+        assert all(tag in ds for tag in REQUIRED_TAGS), path
+        assert pixels.shape == (ds.Rows, ds.Columns)
+        assert int(pixels.max()) < (1 << ds.BitsStored)
+    assert failed == damaged
+
+
+def test_damaged_files_are_never_labelled_slices(synth_data):
+    coords = pd.concat([read_csv(synth_data, f"{s}_label_coordinates.csv").assign(split=s)
+                        for s in ("train", "test")])
+    labelled = {instance_path(synth_data, r.split, r).relative_to(synth_data).as_posix()
+                for r in coords.itertuples()}
+    assert not labelled & {d["path"] for d in manifest(synth_data)["damaged_files"]}
+
+
+def series_facts(root: Path, entry: dict, damaged: set[str]) -> dict:
+    """What the intact files of one series show, in the manifest's vocabulary."""
+    folder = root / f"{entry['split']}_images" / str(entry["study_id"]) / str(entry["series_id"])
+    headers = [pydicom.dcmread(p, stop_before_pixels=True) for p in folder.glob("*.dcm")
+               if p.relative_to(root).as_posix() not in damaged]
+    orientations = {tuple(round(float(v), 4) for v in h.ImageOrientationPatient) for h in headers}
+    normal = np.cross(*np.reshape(sorted(orientations)[0], (2, 3)))
+    first_stack = [h for h in headers
+                   if tuple(round(float(v), 4) for v in h.ImageOrientationPatient) == sorted(orientations)[0]]
+    spatial = [int(h.InstanceNumber) for h in sorted(first_stack,
+                                                     key=lambda h: np.dot(h.ImagePositionPatient, normal))]
+    syntaxes = {h.file_meta.TransferSyntaxUID for h in headers}
+    return {
+        "multi_stack": len(orientations) > 1,
+        "shuffled_instances": min(int(h.InstanceNumber) for h in headers) > 1 or spatial != sorted(spatial),
+        "monochrome1": {h.PhotometricInterpretation for h in headers} == {"MONOCHROME1"},
+        "rescale": all(float(h.get("RescaleSlope", 1)) != 1 for h in headers),
+        "bits16": {int(h.BitsStored) for h in headers} == {16},
+        "rle": syntaxes == {RLELossless},
+        "j2k": syntaxes == {JPEG2000Lossless},
+    }
+
+
+def test_each_pitfall_is_present_and_the_manifest_matches_the_files(synth_data):
+    found = manifest(synth_data)
+    assert set(found["pitfalls"]) == {"shuffled_instances", "multi_stack", "varied_size", "monochrome1",
+                                      "rescale", "bits16", "rle", "j2k", "duplicate_series"}
+    damaged = {d["path"] for d in found["damaged_files"]}
+    for entry in found["series"]:
+        facts = series_facts(synth_data, entry, damaged)
+        for name, present in facts.items():
+            assert present == (name in entry["pitfalls"]), (name, entry)
+    shapes = {tuple(shape) for entry in found["series"] for shape in entry["shapes"]}
+    spacings = {tuple(s) for entry in found["series"] for s in entry["pixel_spacing"]}
+    assert len(shapes) > 2 and len(spacings) > 2
+
+
+def test_duplicate_series_share_a_type_and_only_one_is_labelled(synth_data):
+    series = read_csv(synth_data, "train_series_descriptions.csv")
+    coords = read_csv(synth_data, "train_label_coordinates.csv")
+    duplicates = [e for e in manifest(synth_data)["series"]
+                  if "duplicate_series" in e["pitfalls"] and e["split"] == "train"]
+    assert duplicates
+    for entry in duplicates:
+        same_type = series[(series.study_id == entry["study_id"])
+                           & (series.series_description == entry["series_description"])]
+        assert len(same_type) == 2
+        assert entry["series_id"] not in set(coords.series_id)
+
+
+def test_clean_mode_has_no_pitfalls(make_synth):
+    root = make_synth(2, 0, seed=3, image_size=96, pitfalls=PitfallRates.none())
+    found = manifest(root)
+    assert found["pitfalls"] == {} and found["damaged_files"] == [] and found["missing_labels"] == []
+    assert not read_csv(root, "train.csv")[list(rsna.LABEL_COLUMNS)].isna().any().any()
+    for path in root.glob("train_images/*/*/*.dcm"):
+        ds = pydicom.dcmread(path, stop_before_pixels=True)
+        assert (ds.Rows, ds.Columns, ds.BitsStored) == (96, 96, 12)
+        assert ds.PhotometricInterpretation == "MONOCHROME2"
+        assert ds.file_meta.TransferSyntaxUID == pydicom.uid.ExplicitVRLittleEndian
+        assert "RescaleSlope" not in ds
+
+
+# --- label geometry -----------------------------------------------------------------------------------------
+
+def test_coordinates_point_inside_existing_instances_of_the_right_series(synth_data):
+    for split in ("train", "test"):
+        series = read_csv(synth_data, f"{split}_series_descriptions.csv").set_index("series_id")
+        for row in read_csv(synth_data, f"{split}_label_coordinates.csv").itertuples():
+            ds = pydicom.dcmread(instance_path(synth_data, split, row), stop_before_pixels=True)
+            assert 0 <= row.x < ds.Columns and 0 <= row.y < ds.Rows
+            sequence = rsna.SEQUENCE_FROM_DESCRIPTION[series.at[row.series_id, "series_description"]]
+            assert rsna.SEQUENCE_OF_CONDITION[rsna.CONDITION_FROM_TITLE[row.condition]] == sequence
+
+
+def test_coordinates_sit_where_a_radiologist_marks_them(synth_data):
+    """Canal on the midline, left structures at +x (LPS), levels descending from L1/L2 to L5/S1."""
+    coords = read_csv(synth_data, "train_label_coordinates.csv")
+    headers = [pydicom.dcmread(instance_path(synth_data, "train", r), stop_before_pixels=True)
+               for r in coords.itertuples()]
+    points = np.array([world_point(h, r.x, r.y) for h, r in zip(headers, coords.itertuples(), strict=True)])
+    coords[["wx", "wy", "wz"]] = points
+    spinal = coords[coords.condition == "Spinal Canal Stenosis"]
+    assert spinal.wx.abs().max() < 4.0  # within half a sagittal slice gap of the midline
+    for side, sign in (("Left", 1), ("Right", -1)):
+        for kind, low, high in (("Neural Foraminal Narrowing", 12, 26), ("Subarticular Stenosis", 7, 16)):
+            lateral = sign * coords[coords.condition == f"{side} {kind}"].wx
+            assert lateral.between(low, high).all(), (side, kind)
+    axial_and_canal = coords[coords.condition.str.contains("Spinal|Subarticular")]
+    for _, study in axial_and_canal.groupby(["study_id", "condition"]):
+        z = study.sort_values("level").wz.to_numpy()
+        assert (np.diff(z) < -25).all()  # levels at least 25 mm apart, L1/L2 on top
+
+
+# --- determinism --------------------------------------------------------------------------------------------
+
+def test_same_seed_same_bytes_whatever_the_worker_count(make_synth, tmp_path):
+    reference = make_synth(2, 1, seed=7, image_size=64)
+    generate(tmp_path / "again", 2, 1, PhantomOptions(seed=7, image_size=64), workers=1, progress=False)
+    files = sorted(p.relative_to(reference) for p in reference.rglob("*") if p.is_file())
+    assert files == sorted(p.relative_to(tmp_path / "again") for p in (tmp_path / "again").rglob("*")
+                           if p.is_file())
+    for relative in files:
+        assert (reference / relative).read_bytes() == (tmp_path / "again" / relative).read_bytes(), relative
+
+
+def test_another_seed_gives_another_data_set(make_synth):
+    first, second = make_synth(2, seed=7, image_size=64), make_synth(2, seed=8, image_size=64)
+    assert (first / "train.csv").read_bytes() != (second / "train.csv").read_bytes()
+
+
+# --- the planted signal -------------------------------------------------------------------------------------
+
+def signal_table(root: Path) -> pd.DataFrame:
+    """Per labelled row: the measurement at its own point, and at its condition's point one level away."""
+    coords = labelled_rows(root)
+    coords["group"] = [rsna.CONDITION_GROUP[rsna.CONDITION_FROM_TITLE[c]] for c in coords.condition]
+    measured = {}
+    for row in coords.itertuples():
+        pixels, ds = read_intensity(instance_path(root, "train", row))
+        measured[row.Index] = disc_mean(pixels, ds, row.x, row.y)
+    coords["here"] = pd.Series(measured)
+    level_index = coords.level.map(list(rsna.LEVEL_TITLES.values()).index)
+    neighbour = coords.assign(level_index=level_index).set_index(["study_id", "condition", "level_index"])
+    coords["other_level"] = [
+        neighbour.here.get((r.study_id, r.condition, i + 1 if i < 4 else i - 1), np.nan)
+        for r, i in zip(coords.itertuples(), level_index, strict=True)
+    ]
+    return coords
+
+
+def test_a_measurement_at_the_label_separates_the_classes_and_one_level_away_does_not(synth_data):
+    table = signal_table(synth_data)
+    for group, rows in table.groupby("group"):
+        means = rows.groupby("severity").here.mean()
+        spread = rows.groupby("severity").here.std().max()
+        assert list(means.index) == [0, 1, 2], group
+        assert means[0] - means[1] > spread and means[1] - means[2] > spread, (group, means, spread)
+        here = np.corrcoef(rows.severity, rows.here)[0, 1]
+        other = rows.dropna(subset=["other_level"])
+        elsewhere = np.corrcoef(other.severity, other.other_level)[0, 1]
+        assert here < -0.8 and abs(elsewhere) < 0.3, (group, here, elsewhere)
+
+
+def test_signal_knob_scales_the_narrowing():
+    severity = sample_severity(np.random.default_rng(0), REAL_FREQUENCIES)
+    full = sample_anatomy(np.random.default_rng(1), severity, 1.0).narrowing
+    subtle = sample_anatomy(np.random.default_rng(1), severity, 0.4).narrowing
+    assert all(subtle[k] == pytest.approx(0.4 * full[k]) for k in full)
+
+
+@pytest.mark.parametrize("balanced", [False, True])
+def test_class_frequencies_follow_the_setting(balanced):
+    options = PhantomOptions(balanced=balanced)
+    rng = np.random.default_rng(0)
+    draws = [sample_severity(rng, options.frequencies) for _ in range(600)]
+    for group, expected in options.frequencies.items():
+        classes = [d[key] for d in draws for key in d if rsna.CONDITION_GROUP[key[0]] == group]
+        observed = np.bincount(classes, minlength=3) / len(classes)
+        assert np.allclose(observed, expected, atol=0.025), (group, observed)
+
+
+# --- the command line ---------------------------------------------------------------------------------------
+
+def run_synth(*args: str) -> subprocess.CompletedProcess:
+    command = [sys.executable, "-m", "lumbar_fast", "synth", *args]
+    return subprocess.run(command, capture_output=True, text=True)
+
+
+def test_cli_writes_a_folder_with_the_pitfalls_asked_for(tmp_path):
+    out = tmp_path / "rsna"
+    result = run_synth(str(out), "--studies", "1", "--image-size", "64", "--no-pitfalls",
+                       "--pitfall", "rle=1", "--quiet", "--workers", "1")
+    assert result.returncode == 0, result.stderr
+    assert "1 train + 0 test studies" in result.stdout
+    assert {e["transfer_syntax"] for e in manifest(out)["series"]} == {"rle"}
+
+
+@pytest.mark.parametrize("make_args, message", [
+    (lambda d: [str(d), "--studies", "1"], "not an empty folder"),
+    (lambda d: [str(d / "new"), "--studies", "0"], "at least 1"),
+    (lambda d: [str(d / "file.txt" / "sub"), "--studies", "1"], "cannot create"),
+    (lambda d: [str(d / "new"), "--studies", "1", "--pitfall", "rle=2"], "outside [0, 1]"),
+    (lambda d: [str(d / "new"), "--studies", "1", "--pitfall", "nope=0.1"], "unknown pitfall"),
+])
+def test_cli_bad_input_is_one_line_error(tmp_path, make_args, message):
+    (tmp_path / "file.txt").write_text("occupied")
+    result = run_synth(*make_args(tmp_path))
+    assert result.returncode != 0
+    assert result.stderr.strip().count("\n") == 0 and message in result.stderr, result.stderr
+    assert not (tmp_path / "new").exists()
