@@ -301,19 +301,37 @@ def bootstrap_interval(
     rows, `copies[j]` numbers the drawn study copy of rows[j] — use it as the study key of per-study terms
     (any_severe_spinal), since one study can be drawn twice. NaN replicates are ignored.
     """
+    return bootstrap_intervals(study_ids, lambda rows, copies: {"value": statistic(rows, copies)},
+                               n_boot, seed, confidence)["value"]
+
+
+def bootstrap_intervals(
+    study_ids: Sequence[int] | np.ndarray,
+    statistics: Callable[[np.ndarray, np.ndarray], dict[str, float]],
+    n_boot: int = 1000,
+    seed: int = 0,
+    confidence: float = 0.95,
+) -> dict[str, tuple[float, float]]:
+    """`bootstrap_interval` of several figures at once: `statistics(rows, copies)` returns them by name from
+    one replicate, so figures that share their work (a classification summary) compute it once."""
     _, row_study = np.unique(np.asarray(study_ids), return_inverse=True)
     by_study = np.argsort(row_study, kind="stable")
     sizes = np.bincount(row_study)
     starts = np.concatenate([[0], np.cumsum(sizes)[:-1]])
     rng = np.random.default_rng(seed)
-    values = np.empty(n_boot)
-    for b in range(n_boot):
+    replicates = []
+    for _ in range(n_boot):
         drawn = rng.integers(0, len(sizes), len(sizes))
         rows = np.concatenate([by_study[starts[s]:starts[s] + sizes[s]] for s in drawn])
         copies = np.repeat(np.arange(len(drawn)), sizes[drawn])
-        values[b] = statistic(rows, copies)
-    if np.isnan(values).all():
-        return float("nan"), float("nan")
+        replicates.append(statistics(rows, copies))
     tail = 50.0 * (1.0 - confidence)
-    low, high = np.nanpercentile(values, [tail, 100.0 - tail])
-    return float(low), float(high)
+    intervals = {}
+    for name in replicates[0]:
+        values = np.array([replicate[name] for replicate in replicates], dtype=np.float64)
+        if np.isnan(values).all():
+            intervals[name] = (float("nan"), float("nan"))
+            continue
+        low, high = np.nanpercentile(values, [tail, 100.0 - tail])
+        intervals[name] = (float(low), float(high))
+    return intervals

@@ -1,0 +1,37 @@
+"""`lumbar-fast evaluate`: a validation report of trained runs, every number beside its baseline."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+
+@click.command("evaluate")
+@click.argument("runs", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("--out", "out_dir", required=True, type=click.Path(path_type=Path),
+              help="Folder for report.md, report.json, predictions.csv and the pictures.")
+@click.option("--cache", "cache_path", type=click.Path(path_type=Path),
+              help="Cache to evaluate on (default: the one the runs trained on).")
+@click.option("--bootstrap", "n_boot", default=1000, show_default=True, type=click.IntRange(min=10),
+              help="Bootstrap replicates (studies resampled) for the 95 % intervals.")
+@click.option("--seed", default=0, show_default=True, help="Seed of the bootstrap.")
+@click.option("--gallery", "gallery_items", default=12, show_default=True, type=click.IntRange(min=1),
+              help="Crops in each most-wrong gallery.")
+@click.option("--tta", is_flag=True, help="Average each crop's prediction with its horizontal mirror's.")
+@click.option("--device", type=click.Choice(["auto", "cuda", "cpu"]), default="auto", show_default=True)
+@click.option("--amp", type=click.Choice(["auto", "bf16", "fp16", "none"]), default="auto", show_default=True,
+              help="Mixed precision; auto = bf16 on Ampere+, fp16 on older GPUs, none on CPU.")
+@click.option("--batch-size", default=64, show_default=True, type=click.IntRange(min=1))
+def command(runs: tuple[Path, ...], out_dir: Path, cache_path: Path | None, n_boot: int, seed: int,
+            gallery_items: int, tta: bool, device: str, amp: str, batch_size: int) -> None:
+    """Evaluate classifier RUNS on their validation studies (the shared split; out-of-fold over all studies
+    with runs for every fold): per sequence and, with all three sequences, the competition score."""
+    from lumbar_fast.evaluate import EvaluateOptions, evaluate, format_report
+    from lumbar_fast.predict import InferenceOptions
+
+    options = EvaluateOptions(InferenceOptions(device=device, amp=amp, batch_size=batch_size, tta=tta),
+                              n_boot=n_boot, seed=seed, gallery_items=gallery_items)
+    report = evaluate(runs, out_dir, cache_path, options)
+    click.echo(format_report(report))
+    click.echo(f"\nreport: {out_dir / 'report.md'} (and report.json, predictions.csv, pictures)")

@@ -1,0 +1,282 @@
+"""Submission files: trained classifier runs predict every study of a cache, 25 rows per study.
+
+Each run classifies the cache's level crops of its sequence (crops placed at the labelled coordinates, or at
+the coordinates given to `ingest --coordinates`); runs of one sequence (folds) are averaged, as are several
+crops of one (study, condition, level) (two series of one type). Rows without a crop are an error, or filled
+with the runs' training prior when asked. `evaluate` predicts the same way, so its numbers are what `score`
+gives for predict's output on the same studies.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import nn
+
+from lumbar_fast import metrics, rsna
+from lumbar_fast.cache import CacheReader, open_cache
+from lumbar_fast.errors import LumbarFastError
+from lumbar_fast.inference import LoadedRun, load_run, predict_items, resolve_device
+from lumbar_fast.loaders import LoaderConfig, build_loader
+from lumbar_fast.runfolder import BEST, CONFIG, SPLIT, RunFolder, atomic_write
+
+PROBABILITY_COLUMNS: tuple[str, ...] = tuple(f"p_{name}" for name in rsna.SUBMISSION_COLUMNS)
+LOCATION = ["study_id", "condition", "level"]
+
+
+@dataclass(frozen=True)
+class ClassifierRun:
+    """A trained classifier's run folder, with what evaluate and predict need to know before loading it."""
+
+    path: Path
+    sequence: str
+    fold: int
+    folds: int
+    view: str
+    cache: Path  # the cache it trained on
+    prior: np.ndarray  # training class frequencies, the baseline's prediction
+
+    @property
+    def name(self) -> str:
+        """A short label for tables: sequence and fold."""
+        return f"{self.sequence} fold {self.fold}"
+
+
+def read_run(path: Path) -> ClassifierRun:
+    """A classifier run folder checked for use: config, best.pt, the level view; one-line errors otherwise."""
+    if not path.is_dir():
+        raise LumbarFastError(f"run folder {path} does not exist")
+    if not (path / CONFIG).is_file():
+        raise LumbarFastError(f"{path} is not a run folder (no {CONFIG})")
+    folder = RunFolder(path)
+    config = folder.read_config()
+    if not {"sequence", "fold", "folds", "view", "cache"} <= config.keys():
+        raise LumbarFastError(f"{path} is not a classifier run of `lumbar-fast train`")
+    if not folder.file(BEST).is_file():
+        raise LumbarFastError(f"run {path} has no {BEST}: it has not finished an epoch")
+    if config["view"] != "level":
+        raise LumbarFastError(f"run {path} was trained on the {config['view']} view; evaluate and predict "
+                              "use level crops (train with --view level)")
+    records = folder.read_metrics()
+    if not records or "val_prior" not in records[-1]:
+        raise LumbarFastError(f"run {path} has no training prior in its metrics")
+    return ClassifierRun(path, config["sequence"], int(config["fold"]), int(config["folds"]), config["view"],
+                         Path(config["cache"]), np.asarray(records[-1]["val_prior"], dtype=np.float64))
+
+
+def read_runs(paths: Sequence[Path]) -> list[ClassifierRun]:
+    """The given runs, each (sequence, fold) at most once (twice would count its studies twice)."""
+    if not paths:
+        raise LumbarFastError("give at least one run folder")
+    runs = [read_run(Path(path)) for path in paths]
+    seen: dict[tuple[str, int], Path] = {}
+    for run in runs:
+        key = (run.sequence, run.fold)
+        if key in seen:
+            raise LumbarFastError(f"runs {seen[key]} and {run.path} are both {run.name}; give each once")
+        seen[key] = run.path
+    return runs
+
+
+def runs_by_sequence(runs: Sequence[ClassifierRun]) -> dict[str, list[ClassifierRun]]:
+    """The runs grouped by sequence, in rsna.SEQUENCES order."""
+    return {seq: [r for r in runs if r.sequence == seq] for seq in rsna.SEQUENCES
+            if any(r.sequence == seq for r in runs)}
+
+
+def read_run_split(run: ClassifierRun) -> pd.DataFrame:
+    """The study-level split (study_id, fold) the run trained and validated on (its split.csv)."""
+    path = run.path / SPLIT
+    if not path.is_file():
+        raise LumbarFastError(f"run {run.path} has no {SPLIT}")
+    return pd.read_csv(path).sort_values("study_id").reset_index(drop=True)
+
+
+class FlipAverage(nn.Module):
+    """Test-time augmentation: the class probabilities of an image and of its horizontal mirror, averaged.
+
+    Returns their log, so that the softmax `predict_items` applies gives the average back. The mirror is the
+    training augmentation's horizontal flip (on by default), so the model has seen such images.
+    """
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        mirrored = images.flip(-1).contiguous(memory_format=torch.channels_last)
+        probs = (self.model(images).float().softmax(dim=1) + self.model(mirrored).float().softmax(dim=1)) / 2
+        return probs.log()
+
+
+@dataclass(frozen=True)
+class InferenceOptions:
+    """How runs predict: device, mixed precision, batch size, test-time augmentation."""
+
+    device: str = "auto"
+    amp: str = "auto"
+    batch_size: int = 64
+    tta: bool = False
+
+
+def check_crops(run: ClassifierRun, loaded: LoadedRun, cache: CacheReader) -> Path:
+    """The cache's level-crop array of the run's sequence, checked against the run's input geometry."""
+    if run.sequence not in cache.sequences():
+        raise LumbarFastError(f"cache {cache.path} has no {run.sequence} crops (needed by run {run.path})")
+    images_path = cache.array_path(run.sequence, "levels")
+    shape = np.load(images_path, mmap_mode="r").shape
+    expected = (loaded.meta["image_size"], loaded.meta["image_size"], loaded.meta["channels"])
+    if tuple(shape[1:]) != expected:
+        raise LumbarFastError(f"cache {cache.path} has {run.sequence} crops of shape {tuple(shape[1:])}; run "
+                              f"{run.path} expects {expected}")
+    return images_path
+
+
+def predict_crops(run: ClassifierRun, cache: CacheReader, rows: np.ndarray,
+                  options: InferenceOptions) -> np.ndarray:
+    """(len(rows), 3) class probabilities of the given rows of the cache's level crops by one run.
+
+    Batched on the GPU (AMP, channels_last) when there is one, else on the CPU. The torch loader holds the
+    rows on the device and normalises them there; each crop is read once, so DALI's workers would only add
+    start-up time.
+    """
+    loaded = load_run(run.path, device=options.device, amp=options.amp)
+    images_path = check_crops(run, loaded, cache)
+    if len(rows) == 0:
+        return np.zeros((0, len(rsna.SEVERITIES)))
+    cfg = LoaderConfig(batch_size=options.batch_size, device=str(loaded.device), augment=None,
+                       dtype=torch.float32 if loaded.amp_dtype is None else None,
+                       mean=tuple(loaded.meta["mean"]), std=tuple(loaded.meta["std"]))
+    loader = build_loader("torch", images_path, rows, np.zeros(len(rows), np.int64), cfg, train=False)
+    model = FlipAverage(loaded.model) if options.tta else loaded.model
+    try:
+        order, probs = predict_items(model, loader, loaded.amp_dtype)
+    finally:
+        loader.close()
+    result = np.empty_like(probs)
+    result[order] = probs
+    return result
+
+
+def crop_predictions(runs: Sequence[ClassifierRun], cache: CacheReader,
+                     studies: dict[Path, np.ndarray] | None, options: InferenceOptions) -> pd.DataFrame:
+    """One row per level crop predicted: its label row (study_id, series_id, condition, level, severity), the
+    predicting run's fold, the probabilities (p_*) and the run's training prior (prior_*).
+
+    `studies[run.path]`: the studies that run predicts (its validation fold, for evaluate); None: all.
+    """
+    tables = []
+    for run in runs:
+        labels = cache.level_labels(run.sequence).reset_index(drop=True)
+        keep = np.ones(len(labels), bool) if studies is None else labels["study_id"].isin(studies[run.path])
+        rows = np.flatnonzero(np.asarray(keep))
+        probs = predict_crops(run, cache, rows, options)
+        table = labels.loc[rows, ["study_id", "series_id", "condition", "level", "severity"]]
+        table = table.assign(sequence=run.sequence, fold=run.fold, crop_row=rows)
+        table[list(PROBABILITY_COLUMNS)] = probs
+        table[[f"prior_{name}" for name in rsna.SUBMISSION_COLUMNS]] = np.tile(run.prior, (len(rows), 1))
+        tables.append(table)
+    return pd.concat(tables, ignore_index=True)
+
+
+def location_probabilities(crops: pd.DataFrame) -> pd.DataFrame:
+    """Probabilities per (study, condition, level): the mean over its crops and the runs that predicted it."""
+    return crops.groupby(LOCATION, as_index=False)[list(PROBABILITY_COLUMNS)].mean()
+
+
+@dataclass
+class FilledRows:
+    """Submission rows: probabilities for every row, and which rows took the training prior (no crop)."""
+
+    rows: pd.DataFrame  # row_id, study_id, condition, level, severity, p_* (labels_to_rows order)
+    filled: np.ndarray = field(repr=False)  # bool per row
+
+    @property
+    def probabilities(self) -> np.ndarray:
+        """(N, 3) probabilities in rsna.SUBMISSION_COLUMNS order."""
+        return self.rows[list(PROBABILITY_COLUMNS)].to_numpy(dtype=np.float64)
+
+    def submission(self) -> pd.DataFrame:
+        """The sample_submission-format frame of these rows."""
+        return metrics.submission_frame(self.rows["row_id"], self.probabilities)
+
+
+def sequence_priors(runs: Sequence[ClassifierRun]) -> dict[str, np.ndarray]:
+    """Each sequence's training prior: the mean of its runs' class frequencies."""
+    return {seq: np.mean([r.prior for r in group], axis=0) for seq, group in runs_by_sequence(runs).items()}
+
+
+def fill_rows(solution: pd.DataFrame, located: pd.DataFrame, priors: dict[str, np.ndarray],
+              allow_prior: bool) -> FilledRows:
+    """Join the located probabilities onto submission rows (labels_to_rows output); rows without a crop get
+    their sequence's prior when `allow_prior`, else a one-line error naming the first such study."""
+    rows = solution.merge(located, on=LOCATION, how="left", validate="one_to_one")
+    filled = rows[PROBABILITY_COLUMNS[0]].isna().to_numpy()
+    if filled.any() and not allow_prior:
+        studies = rows.loc[filled, "study_id"].unique()
+        first = rows.loc[filled].iloc[0]
+        raise LumbarFastError(
+            f"{len(studies)} studies lack crops for {filled.sum()} rows (first: study {first.study_id}, "
+            f"{first.condition} {first.level}); locate them and ingest with --coordinates, or pass "
+            "--allow-prior to fill those rows with the training prior")
+    if filled.any():
+        sequences = rows.loc[filled, "condition"].map(rsna.SEQUENCE_OF_CONDITION)
+        rows.loc[filled, list(PROBABILITY_COLUMNS)] = np.stack([priors[seq] for seq in sequences])
+    return FilledRows(rows, filled)
+
+
+@dataclass
+class PredictSummary:
+    """What predict did, for its printed summary."""
+
+    out: Path
+    studies: int
+    rows: int
+    filled_rows: int
+    filled_studies: int
+    crops: int
+    runs: dict[str, int]
+    device: str
+    tta: bool
+    seconds: float
+
+    def lines(self) -> str:
+        """The summary printed after writing the file."""
+        runs = ", ".join(f"{seq} ×{n}" for seq, n in self.runs.items())
+        text = (f"wrote {self.out}: {self.studies} studies, {self.rows} rows from {self.crops} crops "
+                f"(runs: {runs}; {self.device}{', flip TTA' if self.tta else ''}; {self.seconds:.1f} s)")
+        if self.filled_rows:
+            text += (f"\n{self.filled_rows} rows of {self.filled_studies} studies had no crop and hold the "
+                     "training prior (--allow-prior)")
+        return text
+
+
+def predict(run_paths: Sequence[Path], cache_path: Path, out: Path, allow_prior: bool = False,
+            options: InferenceOptions | None = None) -> PredictSummary:
+    """Write a sample_submission-format CSV for every study of the cache; returns what it did."""
+    options = options or InferenceOptions()
+    started = time.perf_counter()
+    runs = read_runs(run_paths)
+    cache = open_cache(cache_path)
+    missing = sorted(set(rsna.SEQUENCES) - {r.sequence for r in runs})
+    if missing:
+        raise LumbarFastError(f"no run for sequence(s) {', '.join(missing)}: a submission needs all three")
+    crops = crop_predictions(runs, cache, None, options)
+    solution = metrics.labels_to_rows(cache.study_labels())
+    result = fill_rows(solution, location_probabilities(crops), sequence_priors(runs), allow_prior)
+    submission = result.submission()
+    metrics.check_submission(submission)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write(out, lambda tmp: submission.to_csv(tmp, index=False))
+    return PredictSummary(
+        out=out, studies=int(solution["study_id"].nunique()), rows=len(submission),
+        filled_rows=int(result.filled.sum()),
+        filled_studies=int(result.rows.loc[result.filled, "study_id"].nunique()), crops=len(crops),
+        runs={seq: len(group) for seq, group in runs_by_sequence(runs).items()},
+        device=str(resolve_device(options.device)), tta=options.tta, seconds=time.perf_counter() - started)
