@@ -1,0 +1,353 @@
+"""The ingest cache: schema, one writer (Zarr v3 or HDF5) and the reader every later stage uses.
+
+Layout (both formats; a table is a group of equal-length 1-D column arrays, text columns stored as int32
+codes with their categories in the group's attributes):
+
+    stacks/{seq}/images (N, S, S) uint8    stacks/{seq}/index   table, row i <-> images[i]
+    levels/{seq}/images (N, S, S, C) uint8 levels/{seq}/labels  table, row i <-> images[i]
+    study_labels table                     errors table
+    root attributes: schema_version, params, split, source, lumbar_fast_version, cache_id (written last:
+    a store without them is an unfinished ingest)
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import uuid
+from pathlib import Path
+from typing import Any
+
+import h5py
+import numpy as np
+import pandas as pd
+import zarr
+
+from lumbar_fast import rsna
+from lumbar_fast.errors import CacheError, LumbarFastError
+
+SCHEMA_VERSION = 1
+FORMATS = ("zarr", "hdf5")
+#: images per chunk along the item axis (a chunk of 224² slices is ~1.6 MB)
+CHUNK_ITEMS = 32
+
+STACK_INDEX_COLUMNS: dict[str, str] = {
+    "study_id": "int64", "series_id": "int64", "stack": "int32", "slice": "int32",
+    "instance_number": "int64", "position": "float64", "rows": "int32", "cols": "int32",
+    "spacing_row": "float64", "spacing_col": "float64",
+}
+LEVEL_LABEL_COLUMNS: dict[str, str] = {
+    "study_id": "int64", "series_id": "int64", "condition": "object", "level": "object", "severity": "int8",
+    "stack": "int32", "slice": "int32", "instance_number": "int64", "x": "float64", "y": "float64",
+    "stack_row": "int64",
+}
+ERROR_COLUMNS: dict[str, str] = {
+    "study_id": "int64", "series_id": "int64", "path": "object", "reason": "object",
+}
+STUDY_LABEL_COLUMNS: dict[str, str] = {"study_id": "int64", **{c: "int8" for c in rsna.LABEL_COLUMNS}}
+
+
+def empty_table(columns: dict[str, str]) -> pd.DataFrame:
+    """A zero-row table with the given column dtypes."""
+    return pd.DataFrame({name: pd.Series([], dtype=dtype) for name, dtype in columns.items()})
+
+
+def typed_table(rows: list[dict] | pd.DataFrame, columns: dict[str, str]) -> pd.DataFrame:
+    """Rows as a table with exactly `columns`, in their order and dtypes."""
+    frame = pd.DataFrame(rows) if len(rows) else empty_table(columns)
+    return frame[list(columns)].astype(columns).reset_index(drop=True)
+
+
+def cache_format(path: Path) -> str:
+    """"zarr" for a Zarr directory, "hdf5" for an HDF5 file; CacheError when it is neither."""
+    if (path / "zarr.json").is_file():
+        return "zarr"
+    if path.is_file() and h5py.is_hdf5(path):
+        return "hdf5"
+    if not path.exists():
+        raise CacheError(f"no cache at {path}")
+    raise CacheError(f"{path} is not a lumbar-fast cache (neither a Zarr store nor an HDF5 file)")
+
+
+class _Store:
+    """The few storage operations the cache needs, over a Zarr group or an HDF5 file."""
+
+    def __init__(self, path: Path, fmt: str, mode: str) -> None:
+        self.path, self.fmt, self.mode = Path(path), fmt, mode
+        self._pid, self._root = -1, None
+
+    @property
+    def root(self) -> Any:
+        """The open root, reopened after a fork (HDF5 handles must not cross processes)."""
+        if self._root is None or self._pid != os.getpid():
+            if self.fmt == "zarr":
+                self._root = zarr.open_group(self.path, mode=self.mode)
+            else:
+                self._root = h5py.File(self.path, "w" if self.mode == "w" else "r")
+            self._pid = os.getpid()
+        return self._root
+
+    def has(self, name: str) -> bool:
+        return name in self.root
+
+    def array(self, name: str) -> Any:
+        """A lazily read array (slice it to read)."""
+        return self.root[name]
+
+    def create(self, name: str, shape: tuple[int, ...], dtype: str, chunks: tuple[int, ...]) -> Any:
+        if self.fmt == "zarr":
+            chunks = tuple(max(1, c) for c in chunks)
+            return self.root.create_array(name, shape=shape, dtype=dtype, chunks=chunks)
+        if not all(shape):  # HDF5 cannot chunk an empty dataset
+            return self.root.create_dataset(name, shape=shape, dtype=dtype)
+        chunks = tuple(min(c, s) for c, s in zip(chunks, shape, strict=True))
+        return self.root.create_dataset(name, shape=shape, dtype=dtype, chunks=chunks, compression="lzf")
+
+    def write(self, name: str, values: np.ndarray) -> None:
+        target = self.create(name, values.shape, values.dtype.str, values.shape)
+        if values.size:
+            target[...] = values
+
+    def attrs(self, name: str = "") -> dict:
+        node = self.root[name] if name else self.root
+        if self.fmt == "zarr":
+            return node.attrs.asdict()
+        return json.loads(node.attrs["json"]) if "json" in node.attrs else {}
+
+    def set_attrs(self, values: dict, name: str = "") -> None:
+        node = self.root[name] if name else self.root
+        if self.fmt == "zarr":
+            node.attrs.update(values)
+        else:
+            node.attrs["json"] = json.dumps(values)
+
+    def flush(self) -> None:
+        if self.fmt == "hdf5":
+            self.root.flush()
+
+    def close(self) -> None:
+        if self.fmt == "hdf5" and self._root is not None and self._pid == os.getpid():
+            self._root.close()
+        self._root = None
+
+
+def write_table(store: _Store, name: str, table: pd.DataFrame) -> None:
+    """Store a table as 1-D column arrays under group `name`; text columns as codes + categories."""
+    categories = {}
+    for column in table.columns:
+        values = table[column]
+        if values.dtype == object:
+            codes, uniques = pd.factorize(values, sort=True)
+            categories[column] = [str(u) for u in uniques]
+            store.write(f"{name}/{column}", codes.astype(np.int32))
+        else:
+            store.write(f"{name}/{column}", values.to_numpy())
+    store.set_attrs({"columns": list(table.columns), "rows": len(table), "categories": categories}, name)
+
+
+def read_table(store: _Store, name: str) -> pd.DataFrame:
+    """A table written by write_table, same columns, order and dtypes."""
+    meta = store.attrs(name)
+    columns = {}
+    for column in meta["columns"]:
+        values = np.asarray(store.array(f"{name}/{column}")[...])
+        if column in meta["categories"]:
+            values = np.asarray(meta["categories"][column], dtype=object)[values]
+        columns[column] = values
+    return pd.DataFrame(columns)
+
+
+class ImageAppender:
+    """Appends images to a preallocated array in chunk-aligned blocks (each chunk written once)."""
+
+    def __init__(self, store: _Store, target: Any, block: int) -> None:
+        self.store, self.target, self.block = store, target, block
+        self.written = 0
+        self.pending: list[np.ndarray] = []
+        self.pending_count = 0
+
+    def append(self, images: np.ndarray) -> None:
+        if len(images):
+            self.pending.append(images)
+            self.pending_count += len(images)
+        if self.pending_count >= self.block:
+            self._write(self.pending_count - self.pending_count % self.block)
+
+    def close(self) -> None:
+        """Write what is left; the array must then be full."""
+        if self.pending_count:
+            self._write(self.pending_count)
+        if self.written != self.target.shape[0]:
+            raise RuntimeError(f"wrote {self.written} of {self.target.shape[0]} images")
+
+    def _write(self, count: int) -> None:
+        data = np.concatenate(self.pending)
+        self.target[self.written:self.written + count] = data[:count]
+        self.written += count
+        rest = data[count:]
+        self.pending, self.pending_count = ([rest] if len(rest) else []), len(rest)
+        self.store.flush()
+
+
+class CacheWriter:
+    """Writes one cache from a single process; `finish` writes the root attributes last: the done mark."""
+
+    def __init__(self, path: Path, fmt: str) -> None:
+        if fmt not in FORMATS:
+            raise LumbarFastError(f"unknown cache format {fmt!r}; choose one of {', '.join(FORMATS)}")
+        self.store = _Store(path, fmt, "w")
+
+    def images(self, name: str, shape: tuple[int, ...]) -> ImageAppender:
+        """An appender into a new uint8 image array of `shape` (items first)."""
+        target = self.store.create(name, shape, "uint8", (CHUNK_ITEMS, *shape[1:]))
+        return ImageAppender(self.store, target, CHUNK_ITEMS)
+
+    def table(self, name: str, table: pd.DataFrame) -> None:
+        write_table(self.store, name, table)
+
+    def finish(self, attrs: dict) -> None:
+        self.store.set_attrs({**attrs, "schema_version": SCHEMA_VERSION, "cache_id": uuid.uuid4().hex})
+        self.store.flush()
+        self.store.close()
+
+
+class CacheReader:
+    """Read access to a finished cache (see docs/architecture.md for the contract)."""
+
+    def __init__(self, path: Path, store: _Store, attrs: dict) -> None:
+        self.path = path
+        self.attrs = attrs
+        self._store = store
+        self._tables: dict[str, pd.DataFrame] = {}
+
+    def sequences(self) -> list[str]:
+        """Sequences with stacks in this cache, in rsna.SEQUENCES order."""
+        return [seq for seq in rsna.SEQUENCES if self._store.has(f"stacks/{seq}")]
+
+    def study_labels(self) -> pd.DataFrame:
+        return self._table("study_labels").copy()
+
+    def stack_index(self, seq: str) -> pd.DataFrame:
+        return self._table(f"stacks/{self._checked(seq)}/index").copy()
+
+    def stack_images(self, seq: str) -> np.ndarray:
+        return np.asarray(self._store.array(f"stacks/{self._checked(seq)}/images")[...])
+
+    def level_labels(self, seq: str) -> pd.DataFrame:
+        return self._table(f"levels/{self._checked(seq)}/labels").copy()
+
+    def level_images(self, seq: str) -> np.ndarray:
+        return np.asarray(self._store.array(f"levels/{self._checked(seq)}/images")[...])
+
+    def errors(self) -> pd.DataFrame:
+        return self._table("errors").copy()
+
+    def lookup(self, study_id: int, condition: str, level: str) -> tuple[np.ndarray, pd.Series]:
+        """The level crop of one (study, condition, level) and its label row; LumbarFastError if absent."""
+        seq = rsna.SEQUENCE_OF_CONDITION.get(condition)
+        if seq is None or level not in rsna.LEVELS:
+            raise LumbarFastError(f"unknown condition/level {condition!r} {level!r}")
+        labels = self._table(f"levels/{self._checked(seq)}/labels")
+        hits = np.flatnonzero((labels["study_id"] == study_id).to_numpy()
+                              & (labels["condition"] == condition).to_numpy()
+                              & (labels["level"] == level).to_numpy())
+        if not len(hits):
+            raise LumbarFastError(f"no level crop for study {study_id} {condition} {level} in {self.path}")
+        row = int(hits[0])
+        return np.asarray(self._store.array(f"levels/{seq}/images")[row]), labels.iloc[row].copy()
+
+    def array_path(self, seq: str, kind: str) -> Path:
+        """An uncompressed .npy copy of `kind` ("levels" | "stacks") images of `seq`, written once beside the
+        cache (`<cache>.npy/`) and reused while the cache is the same (its cache_id is in the name)."""
+        if kind not in ("levels", "stacks"):
+            raise LumbarFastError(f"unknown array kind {kind!r}; choose levels or stacks")
+        folder = Path(f"{self.path}.npy")
+        target = folder / f"{kind}-{self._checked(seq)}-{self.attrs['cache_id']}.npy"
+        if not target.exists():
+            folder.mkdir(exist_ok=True)
+            for stale in folder.glob(f"{kind}-{seq}-*.npy"):
+                stale.unlink(missing_ok=True)
+            self._export_npy(self._store.array(f"{kind}/{seq}/images"), target)
+        return target
+
+    def _export_npy(self, source: Any, target: Path) -> None:
+        """Copy an array chunk by chunk into a .npy file that appears atomically."""
+        partial = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+        out = np.lib.format.open_memmap(partial, mode="w+", dtype=np.uint8, shape=source.shape)
+        for start in range(0, source.shape[0], CHUNK_ITEMS * 8):
+            out[start:start + CHUNK_ITEMS * 8] = source[start:start + CHUNK_ITEMS * 8]
+        out.flush()
+        del out
+        os.replace(partial, target)
+
+    def _checked(self, seq: str) -> str:
+        if seq not in self.sequences():
+            rsna.get_sequence(seq)
+            raise LumbarFastError(f"the cache {self.path} has no {seq} images (it has "
+                                  f"{', '.join(self.sequences()) or 'none'})")
+        return seq
+
+    def _table(self, name: str) -> pd.DataFrame:
+        if name not in self._tables:
+            self._tables[name] = read_table(self._store, name)
+        return self._tables[name]
+
+
+def open_cache(path: str | Path) -> CacheReader:
+    """Open a finished cache; CacheError when it is missing, unfinished or of another schema version."""
+    path = Path(path)
+    store = _Store(path, cache_format(path), "r")
+    try:
+        attrs = store.attrs()
+    except Exception as exc:  # a store damaged by a killed writer fails inside zarr / h5py
+        raise CacheError(f"{path} cannot be read ({type(exc).__name__}); re-run ingest") from exc
+    if "schema_version" not in attrs:
+        raise CacheError(f"{path} is not a finished lumbar-fast cache (an interrupted ingest: run the same "
+                         "ingest again to finish it)")
+    if attrs["schema_version"] != SCHEMA_VERSION:
+        raise CacheError(f"{path} has cache schema version {attrs['schema_version']}; this lumbar-fast reads "
+                         f"version {SCHEMA_VERSION}: ingest the data again into a new cache")
+    return CacheReader(path, store, attrs)
+
+
+def disk_bytes(path: Path) -> int:
+    """Bytes on disk of a cache file or directory."""
+    if path.is_file():
+        return path.stat().st_size
+    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+
+
+def describe(reader: CacheReader) -> dict:
+    """What `lumbar-fast info` reports: counts per sequence, label distributions, errors, size, parameters."""
+    sequences = {}
+    for seq in reader.sequences():
+        index, labels = reader.stack_index(seq), reader.level_labels(seq)
+        severities = labels["severity"].value_counts().to_dict()
+        sequences[seq] = {
+            "studies": int(index["study_id"].nunique()), "series": int(index["series_id"].nunique()),
+            "stack_images": len(index), "level_crops": len(labels),
+            "level_severity": {_severity_name(k): int(severities.get(k, 0)) for k in (0, 1, 2, rsna.MISSING)},
+        }
+    studies = reader.study_labels()
+    conditions = {}
+    for condition in rsna.CONDITIONS:
+        values = studies[[f"{condition}_{lv}" for lv in rsna.LEVELS]].to_numpy().ravel()
+        conditions[condition] = {_severity_name(k): int((values == k).sum()) for k in (0, 1, 2, rsna.MISSING)}
+    errors = reader.errors()
+    return {
+        "path": str(reader.path), "schema_version": reader.attrs["schema_version"],
+        "split": reader.attrs["split"], "studies": len(studies), "sequences": sequences,
+        "labels": conditions, "errors": len(errors),
+        "error_reasons": reason_counts(errors),
+        "size_bytes": disk_bytes(reader.path), "params": reader.attrs["params"],
+        "source": reader.attrs["source"], "lumbar_fast_version": reader.attrs["lumbar_fast_version"],
+    }
+
+
+def reason_counts(errors: pd.DataFrame) -> dict[str, int]:
+    """Error counts by kind (a reason up to its first colon)."""
+    return {str(k): int(v) for k, v in errors["reason"].str.split(":").str[0].value_counts().items()}
+
+
+def _severity_name(value: int) -> str:
+    return "missing" if value == rsna.MISSING else rsna.SEVERITIES[value]

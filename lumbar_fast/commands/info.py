@@ -1,0 +1,42 @@
+"""`lumbar-fast info`: what a cache holds, from its own tables and attributes."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+
+
+@click.command(help="Counts per sequence, label distribution per condition, errors, size on disk, schema "
+                    "version and ingest parameters of CACHE.")
+@click.argument("cache", type=click.Path(path_type=Path))
+@click.option("--json", "as_json", is_flag=True, help="print the report as JSON")
+def command(cache: Path, as_json: bool) -> None:
+    from lumbar_fast.cache import describe, open_cache
+
+    report = describe(open_cache(cache))
+    click.echo(json.dumps(report, indent=1) if as_json else format_report(report))
+
+
+def format_report(report: dict) -> str:
+    """The info report as aligned text lines."""
+    params = report["params"]
+    lines = [
+        f"cache       {report['path']}  (schema {report['schema_version']}, lumbar-fast "
+        f"{report['lumbar_fast_version']}, {report['size_bytes'] / 2**20:.1f} MiB on disk)",
+        f"split       {report['split']}, {report['studies']} studies, from {report['source']['data_dir']}",
+        f"parameters  size {params['size']}, channels {params['channels']}, crop_mm "
+        + ", ".join(f"{seq} {mm:g}" for seq, mm in params["crop_mm"].items())
+        + f", format {params['fmt']}, limit_studies {params['limit_studies']}",
+    ]
+    for seq, counts in report["sequences"].items():
+        severity = ", ".join(f"{name} {n}" for name, n in counts["level_severity"].items())
+        lines.append(f"{seq:<11} {counts['studies']} studies, {counts['series']} series, "
+                     f"{counts['stack_images']} stack images, {counts['level_crops']} level crops "
+                     f"({severity})")
+    for condition, counts in report["labels"].items():
+        lines.append(f"  {condition:<34} " + ", ".join(f"{name} {n}" for name, n in counts.items()))
+    reasons = ", ".join(f"{n} {reason}" for reason, n in report["error_reasons"].items())
+    lines.append(f"errors      {report['errors']}" + (f" ({reasons})" if reasons else ""))
+    return "\n".join(lines)

@@ -1,0 +1,491 @@
+"""Parallel, resumable DICOM -> cache conversion (the one place where DICOM decoding is paid).
+
+Worker processes each turn one series into uint8 stack images, level crops and tables, and commit it as
+one part file (`<out>.ingest/parts/{study}_{series}.pkl`, written under a temporary name and renamed, so a
+part is complete or absent). When every series has its part, the main process alone consolidates the parts
+in sorted (study_id, series_id) order into the final Zarr or HDF5 cache and writes its attributes last.
+A killed run is resumed by running it again: complete parts are kept, temporary files dropped, an
+unfinished final store rebuilt from the parts; the result equals an uninterrupted run's.
+"""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+import os
+import pickle
+import shutil
+import time
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
+from functools import partial
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from tqdm import tqdm
+
+from lumbar_fast import __version__, cache, dicom, rsna
+from lumbar_fast.errors import CacheError, DataError, LumbarFastError
+
+SPLITS = ("train", "test")
+#: default level-crop window width in millimetres per sequence
+DEFAULT_CROP_MM: dict[str, float] = {"sag_t1": 40.0, "sag_t2": 40.0, "ax_t2": 50.0}
+COORDINATE_COLUMNS = ("study_id", "series_id", "instance_number", "condition", "level", "x", "y")
+DESCRIPTION_COLUMNS = ("study_id", "series_id", "series_description")
+
+
+@dataclass(frozen=True)
+class IngestParams:
+    """Everything that determines a cache's contents; a rerun with other values is refused."""
+
+    data_dir: str
+    split: str = "train"
+    fmt: str = "zarr"
+    size: int = 224
+    channels: int = 3
+    crop_mm: dict[str, float] = field(default_factory=lambda: dict(DEFAULT_CROP_MM))
+    limit_studies: int | None = None
+    coordinates: str | None = None
+    labels: str | None = None
+
+    def check(self) -> None:
+        """One-line errors for impossible values."""
+        if self.split not in SPLITS:
+            raise LumbarFastError(f"unknown split {self.split!r}; choose train or test")
+        if self.fmt not in cache.FORMATS:
+            raise LumbarFastError(f"unknown format {self.fmt!r}; choose one of {', '.join(cache.FORMATS)}")
+        if not 8 <= self.size <= 2048:
+            raise LumbarFastError(f"--size {self.size} is outside 8..2048")
+        if self.channels < 1 or self.channels % 2 == 0:
+            raise LumbarFastError(f"--channels must be odd and positive (got {self.channels})")
+        if any(mm <= 0 for mm in self.crop_mm.values()):
+            raise LumbarFastError(f"crop widths must be positive (got {self.crop_mm})")
+        if self.limit_studies is not None and self.limit_studies < 1:
+            raise LumbarFastError(f"--limit-studies must be at least 1 (got {self.limit_studies})")
+
+
+@dataclass(frozen=True)
+class LevelLabel:
+    """One labelled point to crop: where (instance, x, y) and what (condition, level, severity)."""
+
+    condition: str
+    level: str
+    instance_number: int
+    x: float
+    y: float
+    severity: int
+
+
+@dataclass(frozen=True)
+class SeriesTask:
+    """One series to convert."""
+
+    study_id: int
+    series_id: int
+    sequence: str
+    folder: Path
+    labels: tuple[LevelLabel, ...]
+
+    @property
+    def part_name(self) -> str:
+        return f"{self.study_id}_{self.series_id}.pkl"
+
+
+@dataclass
+class SeriesPart:
+    """A converted series: its tables (stack_row local to this part) and its images."""
+
+    task: SeriesTask
+    stack_index: pd.DataFrame
+    level_labels: pd.DataFrame
+    errors: pd.DataFrame
+    stack_images: np.ndarray  # (n, S, S) uint8
+    level_images: np.ndarray  # (m, S, S, C) uint8
+
+
+@dataclass
+class IngestPlan:
+    """What the CSVs ask for: the series to convert, the studies' labels and the problems found already."""
+
+    tasks: list[SeriesTask]
+    study_labels: pd.DataFrame
+    errors: pd.DataFrame
+    series_listed: int
+
+
+@dataclass
+class IngestSummary:
+    """What one `ingest` call did."""
+
+    out: Path
+    up_to_date: bool = False
+    series: int = 0
+    series_converted: int = 0
+    series_resumed: int = 0
+    slices: int = 0
+    level_crops: int = 0
+    errors: int = 0
+    error_reasons: dict[str, int] = field(default_factory=dict)
+    seconds: float = 0.0
+
+    @property
+    def slices_per_second(self) -> float:
+        return self.slices / self.seconds if self.seconds else 0.0
+
+
+def ingest(data_dir: str | Path, out: str | Path, split: str = "train", workers: int | None = None,
+           fmt: str = "zarr", size: int = 224, channels: int = 3, crop_mm: dict[str, float] | None = None,
+           limit_studies: int | None = None, coordinates: str | Path | None = None,
+           labels: str | Path | None = None, progress: bool = True) -> IngestSummary:
+    """Convert an RSNA-layout folder into a cache at `out` (resuming an interrupted run, a no-op when the
+    cache is already finished with the same parameters)."""
+    started = time.perf_counter()
+    params = IngestParams(
+        data_dir=str(Path(data_dir).resolve()), split=split, fmt=fmt, size=size, channels=channels,
+        crop_mm={**DEFAULT_CROP_MM, **(crop_mm or {})}, limit_studies=limit_studies,
+        coordinates=str(Path(coordinates).resolve()) if coordinates else None,
+        labels=str(Path(labels).resolve()) if labels else None,
+    )
+    params.check()
+    out = Path(out)
+    finished = _finished_summary(out, params)
+    if finished is not None:
+        return finished
+    plan = plan_ingest(params)
+    work = _prepare_work_dir(out, params)
+    parts = work / "parts"
+    done = {p.name for p in parts.glob("*.pkl")}
+    todo = [task for task in plan.tasks if task.part_name not in done]
+    counts = _convert_all(todo, params, parts, _worker_count(workers), progress)
+    summary = consolidate(plan, params, parts, out)
+    shutil.rmtree(work)
+    summary.series_converted = counts["series"]
+    summary.series_resumed = len(plan.tasks) - len(todo)
+    summary.seconds = time.perf_counter() - started
+    return summary
+
+
+def plan_ingest(params: IngestParams) -> IngestPlan:
+    """Read the split's CSVs into series tasks, study labels and the errors visible without decoding."""
+    root = Path(params.data_dir)
+    if not root.is_dir():
+        raise DataError(f"data folder {root} does not exist")
+    images = root / f"{params.split}_images"
+    descriptions = _read_csv(root / f"{params.split}_series_descriptions.csv", DESCRIPTION_COLUMNS)
+    if not images.is_dir():
+        raise DataError(f"{root} has no {images.name}/ folder: is it an RSNA 2024 data folder?")
+    if descriptions.empty:
+        raise DataError(f"{params.split}_series_descriptions.csv in {root} lists no series")
+    studies = sorted(descriptions["study_id"].unique())[:params.limit_studies]
+    descriptions = descriptions[descriptions["study_id"].isin(studies)]
+    labels_file = params.labels or (root / "train.csv" if params.split == "train" else None)
+    coordinates_file = params.coordinates or (
+        root / "train_label_coordinates.csv" if params.split == "train" else None)
+    study_labels = read_study_labels(labels_file, studies)
+    coordinates = (_read_csv(Path(coordinates_file), COORDINATE_COLUMNS) if coordinates_file
+                   else pd.DataFrame(columns=COORDINATE_COLUMNS))
+    level_labels, errors = _level_labels(coordinates, descriptions, study_labels)
+    tasks = []
+    for row in descriptions.sort_values(["study_id", "series_id"]).itertuples(index=False):
+        folder = images / str(row.study_id) / str(row.series_id)
+        sequence = rsna.SEQUENCE_FROM_DESCRIPTION.get(row.series_description)
+        problem = (f"unknown series description: {row.series_description!r}" if sequence is None
+                   else None if folder.is_dir() else "series folder missing")
+        if problem:
+            errors.append(_error(row.study_id, row.series_id, folder, problem))
+            continue
+        tasks.append(SeriesTask(int(row.study_id), int(row.series_id), sequence, folder,
+                                tuple(level_labels.get((row.study_id, row.series_id), ()))))
+    return IngestPlan(tasks, study_labels, cache.typed_table(errors, cache.ERROR_COLUMNS), len(descriptions))
+
+
+def read_study_labels(path: str | Path | None, studies: list[int]) -> pd.DataFrame:
+    """train.csv-format labels as int8 class ids for `studies` (-1 where missing or the file is absent)."""
+    table = pd.DataFrame({"study_id": np.asarray(studies, dtype=np.int64)})
+    if path is None:
+        return cache.typed_table(table.assign(**{c: rsna.MISSING for c in rsna.LABEL_COLUMNS}),
+                                 cache.STUDY_LABEL_COLUMNS)
+    raw = _read_csv(Path(path), ("study_id", *rsna.LABEL_COLUMNS), dtype=str)
+    raw["study_id"] = raw["study_id"].astype(np.int64)
+    for column in rsna.LABEL_COLUMNS:
+        unknown = set(raw[column].dropna()) - set(rsna.SEVERITY_FROM_NAME)
+        if unknown:
+            raise DataError(f"{Path(path).name}: unknown severity {sorted(unknown)[0]!r} in column {column}")
+        raw[column] = raw[column].map(rsna.SEVERITY_FROM_NAME).fillna(rsna.MISSING)
+    merged = table.merge(raw.drop_duplicates("study_id"), on="study_id", how="left")
+    return cache.typed_table(merged.fillna(rsna.MISSING), cache.STUDY_LABEL_COLUMNS)
+
+
+def convert_series(task: SeriesTask, params: IngestParams) -> SeriesPart:
+    """Decode one series into windowed, resized stack images and its level crops, with their tables."""
+    scan = dicom.read_series(task.folder)
+    errors = [_error(task.study_id, task.series_id, path, reason) for path, reason in scan.errors]
+    slices = scan.slices
+    if not slices:
+        reason = "empty series: no usable image" if scan.errors else "empty series: no .dcm files"
+        errors.append(_error(task.study_id, task.series_id, task.folder, reason))
+    window = dicom.series_window(slices) if slices else (0.0, 1.0)
+    stack_images, index_rows, originals = [], [], []
+    for stack_id, stack in enumerate(scan.stacks):
+        images = [dicom.to_uint8(s.pixels, window) for s in stack.slices]
+        originals.append(images)
+        for slice_id, (item, image) in enumerate(zip(stack.slices, images, strict=True)):
+            stack_images.append(dicom.resize(image, params.size))
+            index_rows.append({
+                "study_id": task.study_id, "series_id": task.series_id, "stack": stack_id, "slice": slice_id,
+                "instance_number": item.instance_number, "position": item.location,
+                "rows": image.shape[0], "cols": image.shape[1],
+                "spacing_row": item.spacing[0], "spacing_col": item.spacing[1],
+            })
+    level_rows, crops = [], []
+    stack_start = np.cumsum([0] + [len(s.slices) for s in scan.stacks])
+    for label in task.labels:
+        found = scan.find_instance(label.instance_number)
+        if found is None:
+            errors.append(_error(task.study_id, task.series_id, task.folder / f"{label.instance_number}.dcm",
+                                 f"labelled instance missing or unusable: {label.condition} {label.level}"))
+            continue
+        stack_id, slice_id = found
+        spacing = scan.stacks[stack_id].slices[slice_id].spacing
+        crops.append(dicom.level_crop(originals[stack_id], slice_id, label.x, label.y, spacing,
+                                      params.crop_mm[task.sequence], params.size, params.channels))
+        level_rows.append({
+            "study_id": task.study_id, "series_id": task.series_id, "condition": label.condition,
+            "level": label.level, "severity": label.severity, "stack": stack_id, "slice": slice_id,
+            "instance_number": label.instance_number, "x": label.x, "y": label.y,
+            "stack_row": int(stack_start[stack_id] + slice_id),
+        })
+    size, channels = params.size, params.channels
+    return SeriesPart(
+        task=task,
+        stack_index=cache.typed_table(index_rows, cache.STACK_INDEX_COLUMNS),
+        level_labels=cache.typed_table(level_rows, cache.LEVEL_LABEL_COLUMNS),
+        errors=cache.typed_table(errors, cache.ERROR_COLUMNS),
+        stack_images=np.stack(stack_images) if stack_images else np.zeros((0, size, size), np.uint8),
+        level_images=np.stack(crops) if crops else np.zeros((0, size, size, channels), np.uint8),
+    )
+
+
+def consolidate(plan: IngestPlan, params: IngestParams, parts: Path, out: Path) -> IngestSummary:
+    """Write the final cache from every part, in task order, by this one process; attributes last."""
+    tables = list(_part_tables(plan.tasks, parts))
+    writer = cache.CacheWriter(out, params.fmt)
+    size, channels = params.size, params.channels
+    counts = {"slices": 0, "level_crops": 0}
+    for seq in rsna.SEQUENCES:
+        mine = [(task, part) for task, part in zip(plan.tasks, tables, strict=True) if task.sequence == seq]
+        index = [part.stack_index for _, part in mine]
+        if not sum(len(t) for t in index):
+            continue
+        offsets = np.cumsum([0] + [len(t) for t in index])
+        labels = [part.level_labels.assign(stack_row=part.level_labels["stack_row"] + offset)
+                  for (_, part), offset in zip(mine, offsets, strict=False)]
+        stack_index = pd.concat(index, ignore_index=True)
+        level_labels = cache.typed_table(pd.concat(labels, ignore_index=True), cache.LEVEL_LABEL_COLUMNS)
+        stacks = writer.images(f"stacks/{seq}/images", (len(stack_index), size, size))
+        levels = writer.images(f"levels/{seq}/images", (len(level_labels), size, size, channels))
+        for task, _ in mine:
+            stack_images, level_images = _part_images(parts / task.part_name)
+            stacks.append(stack_images)
+            levels.append(level_images)
+        stacks.close()
+        levels.close()
+        writer.table(f"stacks/{seq}/index", stack_index)
+        writer.table(f"levels/{seq}/labels", level_labels)
+        counts["slices"] += len(stack_index)
+        counts["level_crops"] += len(level_labels)
+    errors = pd.concat([plan.errors, *(part.errors for part in tables)], ignore_index=True)
+    errors = cache.typed_table(errors.sort_values(list(cache.ERROR_COLUMNS)), cache.ERROR_COLUMNS)
+    writer.table("errors", errors)
+    writer.table("study_labels", plan.study_labels)
+    source = {"data_dir": params.data_dir, "studies": len(plan.study_labels),
+              "series_listed": plan.series_listed, "series_ingested": len(plan.tasks), **counts,
+              "errors": len(errors)}
+    writer.finish({"params": _param_attrs(params), "split": params.split, "source": source,
+                   "lumbar_fast_version": __version__})
+    return IngestSummary(out=out, series=len(plan.tasks), slices=counts["slices"],
+                         level_crops=counts["level_crops"], errors=len(errors),
+                         error_reasons=cache.reason_counts(errors))
+
+
+def _convert_all(tasks: list[SeriesTask], params: IngestParams, parts: Path, workers: int,
+                 progress: bool) -> dict[str, int]:
+    """Convert `tasks` into part files with `workers` processes (in-process for 1); a progress bar shows
+    series/s, slices/s and the ETA."""
+    counts = {"series": 0, "slices": 0}
+    job = partial(_convert_and_commit, params=params, parts=parts)
+    started = time.perf_counter()
+    with tqdm(total=len(tasks), desc="ingest", unit="series", disable=not progress or not tasks) as bar:
+        for slices in _map(job, tasks, workers):
+            counts["series"] += 1
+            counts["slices"] += slices
+            bar.set_postfix_str(f"{counts['slices'] / (time.perf_counter() - started):.0f} slices/s")
+            bar.update()
+    return counts
+
+
+def _map(job, tasks: list[SeriesTask], workers: int) -> Iterator[int]:
+    """Results of `job` over `tasks`, in completion order; only `workers` series are in flight at once."""
+    if workers == 1 or len(tasks) <= 1:
+        yield from map(job, tasks)
+        return
+    with multiprocessing.get_context().Pool(min(workers, len(tasks))) as pool:
+        yield from pool.imap_unordered(job, tasks)
+
+
+def _convert_and_commit(task: SeriesTask, params: IngestParams, parts: Path) -> int:
+    """Convert one series and commit it as a part file (temporary name, then an atomic rename); returns
+    its slice count. The tables are pickled first so consolidation can read them without the images."""
+    part = convert_series(task, params)
+    target = parts / task.part_name
+    partial_file = target.with_suffix(f".{os.getpid()}.tmp")
+    with open(partial_file, "wb") as handle:
+        pickle.dump(SeriesPart(part.task, part.stack_index, part.level_labels, part.errors,
+                               np.zeros(0), np.zeros(0)), handle, protocol=pickle.HIGHEST_PROTOCOL)
+        pickle.dump((part.stack_images, part.level_images), handle, protocol=pickle.HIGHEST_PROTOCOL)
+    os.replace(partial_file, target)
+    return len(part.stack_images)
+
+
+def _part_tables(tasks: list[SeriesTask], parts: Path) -> Iterator[SeriesPart]:
+    """The tables of each task's part (images not loaded)."""
+    for task in tasks:
+        with open(parts / task.part_name, "rb") as handle:
+            yield pickle.load(handle)
+
+
+def _part_images(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    with open(path, "rb") as handle:
+        pickle.load(handle)
+        return pickle.load(handle)
+
+
+def _finished_summary(out: Path, params: IngestParams) -> IngestSummary | None:
+    """For a finished cache at `out`: a no-op summary when its parameters match, CacheError otherwise;
+    None when there is no finished cache (nothing there, or an unfinished one of this same ingest)."""
+    if not out.exists():
+        return None
+    try:
+        reader = cache.open_cache(out)
+    except CacheError:
+        if _work_params(out) == _param_attrs(params):
+            return None  # our own unfinished consolidation: it will be rebuilt from the parts
+        raise
+    wanted = {"params": _param_attrs(params), "split": params.split}
+    made = {"params": reader.attrs["params"], "split": reader.attrs["split"]}
+    if made != wanted:
+        changed = sorted(k for k in wanted["params"] if wanted["params"][k] != made["params"].get(k))
+        raise CacheError(f"{out} was made with other parameters ({', '.join(changed) or 'split'} changed); "
+                         "choose another --out or remove it")
+    shutil.rmtree(_work_dir(out), ignore_errors=True)  # left over if a run was killed while cleaning up
+    source = reader.attrs["source"]
+    errors = reader.errors()
+    return IngestSummary(out=out, up_to_date=True, series=source["series_ingested"], slices=source["slices"],
+                         level_crops=source["level_crops"], errors=len(errors),
+                         error_reasons=cache.reason_counts(errors))
+
+
+def _prepare_work_dir(out: Path, params: IngestParams) -> Path:
+    """The work folder of this ingest: reused when its parameters match (temporary files and an unfinished
+    final store removed), created otherwise; CacheError for another ingest's work folder."""
+    work = _work_dir(out)
+    if work.exists():
+        if _work_params(out) != _param_attrs(params):
+            raise CacheError(f"{work} holds an interrupted ingest with other parameters; "
+                             "run that ingest again or remove the folder")
+        for stale in (work / "parts").glob("*.tmp"):
+            stale.unlink()
+        _remove(out)
+        return work
+    if out.exists():
+        raise CacheError(f"{out} exists and is not a lumbar-fast cache of this data; choose another --out")
+    fresh = work.with_name(work.name + ".new")
+    shutil.rmtree(fresh, ignore_errors=True)
+    (fresh / "parts").mkdir(parents=True)
+    (fresh / "params.json").write_text(json.dumps(_param_attrs(params), indent=1))
+    os.replace(fresh, work)
+    return work
+
+
+def _work_dir(out: Path) -> Path:
+    return out.with_name(out.name + ".ingest")
+
+
+def _work_params(out: Path) -> dict | None:
+    file = _work_dir(out) / "params.json"
+    return json.loads(file.read_text()) if file.is_file() else None
+
+
+def _param_attrs(params: IngestParams) -> dict:
+    return json.loads(json.dumps(asdict(params)))
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir():
+        shutil.rmtree(path)
+    elif path.exists():
+        path.unlink()
+
+
+def _level_labels(coordinates: pd.DataFrame, descriptions: pd.DataFrame, study_labels: pd.DataFrame
+                  ) -> tuple[dict[tuple[int, int], list[LevelLabel]], list[dict]]:
+    """Coordinate rows of the cache's studies grouped by (study, series), with their severities; rows that
+    cannot be used become error rows."""
+    series_sequence = {(s, r): rsna.SEQUENCE_FROM_DESCRIPTION.get(d) for s, r, d in
+                       descriptions[list(DESCRIPTION_COLUMNS)].itertuples(index=False)}
+    severities = study_labels.set_index("study_id")
+    grouped: dict[tuple[int, int], list[LevelLabel]] = {}
+    errors = []
+    rows = coordinates[coordinates["study_id"].isin(severities.index)]
+    for row in rows.sort_values(list(COORDINATE_COLUMNS[:5])).itertuples(index=False):
+        key = (row.study_id, row.series_id)
+        condition, level = rsna.CONDITION_FROM_TITLE.get(row.condition), rsna.LEVEL_FROM_TITLE.get(row.level)
+        problem = _label_problem(row, condition, level, series_sequence)
+        if problem:
+            errors.append(_error(row.study_id, row.series_id, "", problem))
+            continue
+        severity = int(severities.at[row.study_id, f"{condition}_{level}"])
+        grouped.setdefault(key, []).append(
+            LevelLabel(condition, level, int(row.instance_number), float(row.x), float(row.y), severity))
+    return grouped, errors
+
+
+def _label_problem(row, condition: str | None, level: str | None,
+                   series_sequence: dict[tuple[int, int], str | None]) -> str | None:
+    """Why a coordinate row cannot become a level crop, or None when it can."""
+    key = (row.study_id, row.series_id)
+    if key not in series_sequence:
+        return "labelled series not listed in the series descriptions"
+    if condition is None or level is None:
+        return f"unknown condition or level: {row.condition!r} {row.level!r}"
+    sequence = series_sequence[key]
+    if sequence is not None and sequence != rsna.SEQUENCE_OF_CONDITION[condition]:
+        return f"condition labelled on another sequence: {row.condition} on a {sequence} series"
+    return None
+
+
+def _read_csv(path: Path, columns: tuple[str, ...], dtype: type | None = None) -> pd.DataFrame:
+    """A CSV with at least `columns`; DataError when it is missing or lacks one."""
+    if not path.is_file():
+        raise DataError(f"{path} is missing: is {path.parent} an RSNA 2024 data folder?")
+    try:
+        table = pd.read_csv(path, dtype=dtype)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
+        raise DataError(f"{path} is not a readable CSV ({type(exc).__name__})") from None
+    absent = [c for c in columns if c not in table.columns]
+    if absent:
+        raise DataError(f"{path.name} lacks the column(s) {', '.join(absent)}")
+    if dtype is None:
+        for column in ("study_id", "series_id", "instance_number"):
+            if column in columns:
+                table[column] = table[column].astype(np.int64)
+    return table
+
+
+def _error(study_id: int, series_id: int, path: Path | str, reason: str) -> dict:
+    return {"study_id": int(study_id), "series_id": int(series_id), "path": str(path), "reason": reason}
+
+
+def _worker_count(workers: int | None) -> int:
+    return max(1, workers if workers else len(os.sched_getaffinity(0)))
