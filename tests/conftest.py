@@ -42,3 +42,31 @@ def synth_data(make_synth) -> Path:
     every pitfall present (see its phantom_manifest.json), the test answer key in test_labels.csv and
     test_label_coordinates.csv."""
     return make_synth(12, 3, seed=0, image_size=160, balanced=True, pitfalls=SYNTH_DATA_PITFALLS)
+
+
+@pytest.fixture(scope="session")
+def make_cache(tmp_path_factory) -> Callable[..., Path]:
+    """Factory: `make_cache(data_dir, **lumbar_fast.ingest.ingest options)` -> a finished cache; caches with
+    the same arguments are built once. Small images (size 64) and 2 workers unless asked otherwise."""
+    from lumbar_fast.ingest import ingest
+
+    built: dict[tuple, Path] = {}
+
+    def make(data_dir: Path, **options) -> Path:
+        options.setdefault("size", 64)
+        options.setdefault("workers", 2)
+        key = (str(data_dir), tuple(sorted((k, str(v)) for k, v in options.items())))
+        if key not in built:
+            out = tmp_path_factory.mktemp("cache") / f"cache.{options.get('fmt', 'zarr')}"
+            ingest(data_dir, out, progress=False, **options)
+            built[key] = out
+        return built[key]
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def synth_cache(make_cache, synth_data) -> Path:
+    """synth_data's train split ingested into a Zarr cache: 64×64 images, 3-channel level crops, default
+    crop widths (its errors table lists the phantom's damaged files)."""
+    return make_cache(synth_data)
