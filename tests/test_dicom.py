@@ -1,0 +1,179 @@
+"""dicom.py on pydicom's bundled third-party files and on series built from them: every supported transfer
+syntax decodes, compressed twins equal their uncompressed originals, rescale / MONOCHROME1, geometry and
+ordering, windowing, and millimetre crops centred on their point."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pydicom
+import pytest
+from pydicom.data import get_testdata_file
+
+from lumbar_fast import dicom
+
+#: bundled files (never downloaded) of each transfer syntax ingest supports
+SYNTAX_FILES = {
+    "explicit VR little endian": "MR_small.dcm",
+    "implicit VR little endian": "MR_small_implicit.dcm",
+    "explicit VR big endian": "MR_small_bigendian.dcm",
+    "deflated explicit VR little endian": "image_dfl.dcm",
+    "RLE lossless": "MR_small_RLE.dcm",
+    "JPEG baseline": "SC_rgb_jpeg_dcmtk.dcm",
+    "JPEG extended 12-bit": "JPGExtended.dcm",
+    "JPEG lossless process 14": "SC_rgb_jpeg_gdcm.dcm",
+    "JPEG-LS lossless": "MR_small_jpeg_ls_lossless.dcm",
+    "JPEG-LS near-lossless": "JPEGLSNearLossless_16.dcm",
+    "JPEG 2000 lossless": "MR_small_jp2klossless.dcm",
+    "JPEG 2000": "693_J2KI.dcm",
+}
+#: (original, lossless twin) pairs that must decode to identical pixels
+TWINS = [
+    ("MR_small.dcm", "MR_small_implicit.dcm"),
+    ("MR_small.dcm", "MR_small_bigendian.dcm"),
+    ("MR_small.dcm", "MR_small_RLE.dcm"),
+    ("MR_small.dcm", "MR_small_jpeg_ls_lossless.dcm"),
+    ("MR_small.dcm", "MR_small_jp2klossless.dcm"),
+    ("SC_rgb_rle.dcm", "SC_rgb_jpeg_gdcm.dcm"),
+    ("rtdose_1frame.dcm", "rtdose_rle_1frame.dcm"),
+    ("liver_1frame.dcm", "liver_expb_1frame.dcm"),
+]
+
+
+def bundled(name: str) -> Path:
+    return Path(get_testdata_file(name, download=False))
+
+
+def decoded(name: str) -> np.ndarray:
+    return dicom.decode_pixels(pydicom.dcmread(bundled(name)))
+
+
+@pytest.mark.parametrize("syntax", SYNTAX_FILES)
+def test_every_supported_transfer_syntax_decodes(syntax):
+    ds = pydicom.dcmread(bundled(SYNTAX_FILES[syntax]))
+    pixels = dicom.decode_pixels(ds)
+    assert pixels.shape == (ds.Rows, ds.Columns) and pixels.dtype == np.float32
+    assert np.isfinite(pixels).all() and pixels.std() > 0
+
+
+@pytest.mark.parametrize("original, twin", TWINS)
+def test_compressed_twins_decode_to_the_same_pixels(original, twin):
+    np.testing.assert_array_equal(decoded(original), decoded(twin))
+
+
+def test_lossy_jpeg_stays_close_to_its_original():
+    difference = np.abs(decoded("SC_rgb_jpeg_dcmtk.dcm") - decoded("SC_rgb_rle.dcm"))
+    assert difference.mean() < 3
+
+
+def test_rescale_and_monochrome1(tmp_path):
+    ds = pydicom.dcmread(bundled("MR_small.dcm"))
+    raw = ds.pixel_array.astype(np.float32)
+    ds.RescaleSlope, ds.RescaleIntercept = 2, -100
+    np.testing.assert_array_equal(dicom.decode_pixels(ds), raw * 2 - 100)
+    ds.PhotometricInterpretation = "MONOCHROME1"
+    low, high = -(2.0 ** (ds.BitsStored - 1)), 2.0 ** (ds.BitsStored - 1) - 1  # signed 16-bit
+    np.testing.assert_array_equal(dicom.decode_pixels(ds), ((low + high) - raw) * 2 - 100)
+
+
+def test_unusable_files_raise_with_their_reason(tmp_path):
+    garbage = tmp_path / "garbage.dcm"
+    garbage.write_bytes(b"\x00\x01not a dicom file" * 50)
+    cases = {bundled("MR_truncated.dcm"): "pixel data cannot be decoded",
+             bundled("rtplan.dcm"): "no pixel data",
+             garbage: "not a readable DICOM file",
+             bundled("SC_rgb_rle.dcm"): "no ImagePositionPatient"}
+    for path, reason in cases.items():
+        with pytest.raises(dicom.DicomReadError, match=reason):
+            dicom.read_slice(path)
+    with pytest.raises(dicom.DicomReadError, match="multi-frame"):
+        dicom.decode_pixels(pydicom.dcmread(bundled("SC_rgb_rle_2frame.dcm")))
+
+
+# --- series built from MR_small ---------------------------------------------------------------------------
+
+SAGITTAL = (0.0, 1.0, 0.0, 0.0, 0.0, -1.0)  # normal = -x
+TILTED = (1.0, 0.0, 0.0, 0.0, 0.8, -0.6)
+
+
+def write_slice(folder: Path, instance: int, location: float, orientation=SAGITTAL, value: int = 0,
+                size: int = 64, spacing: float = 1.0, dot: tuple[int, int] | None = None) -> None:
+    """An MR_small-based file whose plane lies at `location` along its normal (shifted in-plane by an
+    amount that must not matter), filled with `value` (plus a bright pixel at `dot` = (x, y))."""
+    ds = pydicom.dcmread(bundled("MR_small.dcm"))
+    row_cos, col_cos = np.array(orientation[:3]), np.array(orientation[3:])
+    in_plane = row_cos * (instance % 3) - col_cos * 5
+    ds.ImageOrientationPatient = list(orientation)
+    ds.ImagePositionPatient = [float(v) for v in np.cross(row_cos, col_cos) * location + in_plane]
+    ds.InstanceNumber = instance
+    ds.PixelSpacing = [spacing, spacing]
+    pixels = np.full((size, size), value, dtype=np.int16)
+    if dot is not None:
+        pixels[dot[1], dot[0]] = 1000
+    ds.Rows = ds.Columns = size
+    ds.PixelData = pixels.tobytes()
+    ds.save_as(folder / f"{instance}.dcm")
+
+
+def test_series_splits_by_orientation_and_orders_by_position_not_instance(tmp_path):
+    locations = {7: 2.0, 3: -4.0, 12: 0.0, 5: 6.0, 9: -2.0}  # instance -> location along the normal
+    for instance, location in locations.items():
+        write_slice(tmp_path, instance, location, value=int(location * 10) + 100)
+    for instance, location in {20: 5.0, 21: -5.0}.items():
+        write_slice(tmp_path, instance, location, orientation=TILTED, value=50, size=48)
+    (tmp_path / "notes.dcm").write_text("not dicom")
+    scan = dicom.read_series(tmp_path)
+    assert [len(stack.slices) for stack in scan.stacks] == [5, 2]  # stack 0 holds the lowest instance (3)
+    first = scan.stacks[0]
+    assert [s.instance_number for s in first.slices] == [3, 9, 12, 7, 5]
+    assert [s.location for s in first.slices] == sorted(locations.values())
+    assert [int(s.pixels[0, 0]) for s in first.slices] == [60, 80, 100, 120, 160]
+    assert [s.instance_number for s in scan.stacks[1].slices] == [21, 20]
+    assert scan.stacks[1].slices[0].pixels.shape == (48, 48)
+    assert scan.find_instance(7) == (0, 3) and scan.find_instance(20) == (1, 1)
+    assert scan.find_instance(99) is None
+    assert [(p.name, r.split(":")[0]) for p, r in scan.errors] == [("notes.dcm", "not a readable DICOM file")]
+
+
+def test_window_is_robust_to_a_few_extreme_pixels():
+    rng = np.random.default_rng(0)
+    image = rng.normal(500, 50, (128, 128)).astype(np.float32)
+    image[:2, :2] = 60000  # 4 hot pixels
+    item = dicom.DicomSlice(Path("x"), 1, image, np.array(SAGITTAL), np.zeros(3), (1.0, 1.0))
+    low, high = dicom.series_window([item])
+    assert 300 < low < 400 and 600 < high < 700
+    scaled = dicom.to_uint8(image, (low, high))
+    assert scaled.dtype == np.uint8 and scaled.min() == 0 and scaled.max() == 255
+    assert 120 < np.median(scaled) < 135
+
+
+def test_crop_is_centred_on_its_point_and_sized_in_millimetres():
+    image = np.zeros((100, 120), np.uint8)
+    image[40, 70] = 255
+    crop = dicom.crop_mm(image, 70, 40, (1.0, 1.0), 21.0, 21)  # 1 px per output pixel
+    assert np.argwhere(crop == crop.max()).tolist() == [[10, 10]]
+    square = np.zeros((100, 100), np.uint8)
+    square[40:60, 40:60] = 200  # 20 px = 10 mm at 0.5 mm/px, 20 mm at 1 mm/px
+    fine = dicom.crop_mm(square, 49.5, 49.5, (0.5, 0.5), 20.0, 40)
+    coarse = dicom.crop_mm(square, 49.5, 49.5, (1.0, 1.0), 40.0, 40)
+    assert (fine > 100).sum(axis=1).max() == 20 and (coarse > 100).sum(axis=1).max() == 20
+    corner = dicom.crop_mm(square, 0, 0, (1.0, 1.0), 20.0, 20)
+    assert (corner[:9, :9] == 0).all()  # outside the image: zero padding
+
+
+def test_level_crop_channels_are_spatial_neighbours_with_edges_repeated():
+    images = [np.full((50, 50), 10 * (i + 1), np.uint8) for i in range(4)]
+    middle = dicom.level_crop(images, 2, 25, 25, (1.0, 1.0), 20.0, 16, 3)
+    assert middle.shape == (16, 16, 3)
+    assert [int(middle[8, 8, c]) for c in range(3)] == [20, 30, 40]
+    edge = dicom.level_crop(images, 0, 25, 25, (1.0, 1.0), 20.0, 16, 5)
+    assert [int(edge[8, 8, c]) for c in range(5)] == [10, 10, 10, 20, 30]
+
+
+def test_resize_keeps_the_contract_mapping():
+    image = np.zeros((60, 90), np.uint8)
+    image[30:33, 45:48] = 255  # around (x, y) = (46, 31)
+    small = dicom.resize(image, 30)
+    y, x = np.unravel_index(np.argmax(small), small.shape)
+    assert abs(x - 46 * 30 / 90) <= 1 and abs(y - 31 * 30 / 60) <= 1
