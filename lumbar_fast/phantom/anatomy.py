@@ -102,15 +102,16 @@ def intensity(anatomy: Anatomy, sequence: str, points: np.ndarray) -> np.ndarray
     gains = zip(TISSUES.items(), anatomy.contrast, strict=True)
     value = {name: gain * pair[column] for (name, pair), gain in gains}
     full = _Canvas(points, np.zeros(points.shape[:2], np.float32), value)
-    full.paint(_ellipse(full.x, full.y + 20.0, 140.0, 115.0), "fat")
-    full.paint(_ellipse(full.x, full.y + 20.0, 128.0, 103.0), "muscle")
+    torso_depth = (np.hypot(full.x / 140.0, (full.y + 20.0) / 115.0) - 1.0) * 115.0  # ~ mm outside the skin
+    full.paint(_soft_below(torso_depth, 0.0), "fat")
+    full.paint(_soft_below(torso_depth, -12.0), "muscle")
     straight = points.copy()
     straight[..., 1] -= anatomy.spine_offset(points[..., 2])
-    spine = _Canvas(straight, full.image, value).crop(_spine_box(anatomy, straight))
-    if spine is not None:
-        _paint_column(anatomy, spine)
-        _paint_foramina(anatomy, spine)
-        _paint_canal(anatomy, spine)
+    spine = _Canvas(straight, full.image, value).region(*_spine_box(anatomy))
+    if spine is None:
+        return full.image
+    for paint_part in (_paint_bodies, _paint_posterior_elements, _paint_foramina, _paint_canal):
+        paint_part(anatomy, spine)
     return full.image
 
 
@@ -120,6 +121,7 @@ class _Canvas:
     def __init__(self, points: np.ndarray, image: np.ndarray, value: dict[str, float]) -> None:
         self.points, self.image, self.value = points, image, value
         self.x, self.y, self.z = (points[..., i] for i in range(3))
+        self._bounds: np.ndarray | None = None
 
     def paint(self, alpha: np.ndarray, tissue: str) -> None:
         """Blend `tissue` over the image with partial-volume weight `alpha`."""
@@ -133,43 +135,65 @@ class _Canvas:
         block = (slice(rows[0], rows[-1] + 1), slice(cols[0], cols[-1] + 1))
         return _Canvas(self.points[block], self.image[block], self.value)
 
+    def region(self, x: tuple[float, float], y: tuple[float, float]) -> _Canvas | None:
+        """The canvas cut to the pixels whose world (x, y) fall in the given ranges (mm), or None."""
+        inside = (self.x >= x[0]) & (self.x <= x[1]) & (self.y >= y[0]) & (self.y <= y[1])
+        return self.crop(inside)
+
     def reaches(self, axis: int, centre: float, radius: float) -> bool:
-        """Whether any pixel lies within `radius` of `centre` along world axis `axis`."""
-        coords = (self.x, self.y, self.z)[axis]
-        return bool(coords.min() <= centre + radius and coords.max() >= centre - radius)
+        """Whether the canvas' extent along world axis `axis` comes within `radius` of `centre`."""
+        if self._bounds is None:
+            flat = self.points.reshape(-1, 3)
+            self._bounds = np.stack([flat.min(axis=0), flat.max(axis=0)])
+        return bool(self._bounds[0, axis] <= centre + radius and self._bounds[1, axis] >= centre - radius)
 
 
-def _spine_box(anatomy: Anatomy, points: np.ndarray) -> np.ndarray:
-    """Pixels near the spine (bodies to spinous processes, foramen to foramen), where the detail lives."""
-    x, y = points[..., 0], points[..., 1]
+def _spine_box(anatomy: Anatomy) -> tuple[tuple[float, float], tuple[float, float]]:
+    """World (x, y) ranges of the spine, from the front of the bodies to the spinous processes."""
+    half_width = max(anatomy.body_half[0], anatomy.canal_half[0] + 28.0) + 3.0
     front = anatomy.body_y - anatomy.body_half[1] - 3.0
-    back = anatomy.canal_y + anatomy.canal_half[1] + 40.0
-    half_width = max(anatomy.body_half[0], anatomy.canal_half[0] + 30.0) + 3.0
-    return (np.abs(x) <= half_width) & (y >= front) & (y <= back)
+    back = anatomy.canal_y + anatomy.canal_half[1] + 35.0
+    return (-half_width, half_width), (front, back)
 
 
-def _paint_column(anatomy: Anatomy, c: _Canvas) -> None:
-    """Vertebral bodies with discs between them, and the posterior elements behind the canal."""
+def _paint_bodies(anatomy: Anatomy, spine: _Canvas) -> None:
+    """Vertebral bodies with the discs between them."""
     bx, by = anatomy.body_half
+    c = spine.region((-bx - 2, bx + 2), (anatomy.body_y - by - 2, anatomy.body_y + by + 2))
+    if c is None:
+        return
     body = _ellipse(c.x, c.y - anatomy.body_y, bx, by)
     c.paint(body, "marrow")
-    disc_distance = np.min(np.abs(c.z[..., None] - np.asarray(anatomy.disc_z, np.float32)), axis=-1)
-    disc = body * _soft_below(disc_distance, anatomy.disc_half_height)
+    height = anatomy.disc_half_height
+    disc = np.zeros_like(body)
+    for disc_z in anatomy.disc_z:
+        if c.reaches(2, disc_z, height + EDGE_MM):
+            disc += _soft_below(np.abs(c.z - disc_z), height)
+    disc *= body
     c.paint(disc, "annulus")
     c.paint(disc * _ellipse(c.x, c.y - anatomy.body_y, bx * 0.6, by * 0.55), "nucleus")
+
+
+def _paint_posterior_elements(anatomy: Anatomy, spine: _Canvas) -> None:
+    """Bone behind and beside the canal: laminae and spinous processes, pedicles and facets."""
     cx, cy = anatomy.canal_half
     behind = anatomy.canal_y + cy
-    c.paint(_box(c.x, c.y - behind - 16.0, 5.0, 16.0), "bone")  # laminae and spinous processes
-    pedicles = _box(np.abs(c.x) - (cx + 14.0), c.y - (anatomy.canal_y + 2.0), 13.0, cy + 3.0)
-    c.paint(pedicles, "bone")
+    c = spine.region((-6.0, 6.0), (behind - 1.0, behind + 33.0))
+    if c is not None:
+        c.paint(_box(c.x, c.y - behind - 16.0, 5.0, 16.0), "bone")
+    centre_y, half_y = anatomy.canal_y + 2.0, cy + 3.0
+    c = spine.region((-cx - 28.0, cx + 28.0), (centre_y - half_y - 1.0, centre_y + half_y + 1.0))
+    if c is not None:
+        c.paint(_box(np.abs(c.x) - (cx + 14.0), c.y - centre_y, 13.0, half_y), "bone")
 
 
-def _paint_foramina(anatomy: Anatomy, c: _Canvas) -> None:
+def _paint_foramina(anatomy: Anatomy, spine: _Canvas) -> None:
     """Fat-filled foramina between the pedicles; narrowing closes each from below and from the front."""
     fx, fy, fdz = anatomy.foramen
     rx, ry, rz = anatomy.foramen_radii
     for side, condition in ((1.0, rsna.CONDITIONS[1]), (-1.0, rsna.CONDITIONS[2])):
-        if not c.reaches(0, side * fx, rx + EDGE_MM):
+        c = spine.region((side * fx - rx - 1.0, side * fx + rx + 1.0), (fy - ry - 1.0, fy + ry + 1.0))
+        if c is None:
             continue
         for level, disc_z in zip(rsna.LEVELS, anatomy.disc_z, strict=True):
             n = anatomy.narrowing.get((condition, level), 0.0)
@@ -181,9 +205,13 @@ def _paint_foramina(anatomy: Anatomy, c: _Canvas) -> None:
             c.paint(alpha, "foramen_fat")
 
 
-def _paint_canal(anatomy: Anatomy, c: _Canvas) -> None:
+def _paint_canal(anatomy: Anatomy, spine: _Canvas) -> None:
     """The thecal sac and subarticular recesses; spinal narrowing closes the sac from behind at each disc."""
     cx, cy = anatomy.canal_half
+    reach = cx + 1.5 * anatomy.recess[2] + 2.0
+    c = spine.region((-reach, reach), (anatomy.canal_y - cy - 3.0, anatomy.canal_y + cy + 3.0))
+    if c is None:
+        return
     c.paint(_ellipse(c.x, c.y - anatomy.canal_y, cx + 1.5, cy + 1.5), "ligament")
     spinal = _level_profile(anatomy, "spinal_canal_stenosis", c)
     c.paint(_ellipse(c.x, c.y - (anatomy.canal_y - cy * spinal), cx, cy * (1.0 - spinal)), "csf")

@@ -114,9 +114,9 @@ def render(anatomy: Anatomy, sequence: str, plane: SlicePlane, noise: float, bia
     """Noisy image (rows, cols) float32 of `sequence` on `plane`; `bias` are the coefficients of a smooth
     multiplicative field over the image, `noise` the standard deviation of Rician noise."""
     image = intensity(anatomy, sequence, plane.world())
-    v, u = np.meshgrid(np.linspace(-1, 1, plane.rows), np.linspace(-1, 1, plane.cols), indexing="ij")
-    field = 1.0 + bias[0] * u + bias[1] * v + bias[2] * u * v
-    image = image * field.astype(np.float32)
+    u = np.linspace(-1, 1, plane.cols, dtype=np.float32)[None, :]
+    v = np.linspace(-1, 1, plane.rows, dtype=np.float32)[:, None]
+    image *= 1.0 + np.float32(bias[0]) * u + v * (np.float32(bias[1]) + np.float32(bias[2]) * u)
     real = image + noise * rng.standard_normal(image.shape, dtype=np.float32)
     imag = noise * rng.standard_normal(image.shape, dtype=np.float32)
     return np.sqrt(real * real + imag * imag)
