@@ -22,7 +22,7 @@ mkdir -p "$RESULTS" "$WORK"
 if [[ ${1:-} == --dry-run ]]; then
   PY=${PYTHON:-.venv/bin/python}
   DEVICE=cpu MODEL=test_efficientnet BATCH=8 AMP=none WORKERS=1 STUDIES=${DRY_STUDIES:-3} STEPS=2 WARMUP=1
-  TRAIN_ITEMS=64 EPOCH_ITEMS=32 LOADER_ITEMS=64 LOADER_BATCH=8 REPEATS=5 STEP_LIMIT=600
+  TRAIN_ITEMS=32 EPOCH_ITEMS=32 LOADER_ITEMS=32 LOADER_BATCH=8 REPEATS=${DRY_REPEATS:-5} STEP_LIMIT=600
   WORK=${DRY_WORKDIR:-$WORK}
 else
   PY=python3
@@ -76,7 +76,7 @@ run_step() {  # run_step NAME COMMAND...: one benchmark, bounded in time, its lo
 COMMON=(--workdir "$WORK" --repeats "$REPEATS")
 run_step train $PY -m benchmarks.train "${COMMON[@]}" --device "$DEVICE" --model "$MODEL" --batch-size "$BATCH" \
   --amp "$AMP" --loaders "$LOADERS" --workers "$WORKERS" --studies "$STUDIES" --steps "$STEPS" --warmup "$WARMUP" \
-  --items "$TRAIN_ITEMS" --epoch-items "$EPOCH_ITEMS" --json "$RESULTS/train.json"
+  --items "$TRAIN_ITEMS" --epoch-items "$EPOCH_ITEMS" --epoch-repeats "$REPEATS" --json "$RESULTS/train.json"
 run_step loader $PY -m benchmarks.loader "${COMMON[@]}" --device "$DEVICE" --contenders "$LOADER_CONTENDERS" \
   --workers "$WORKERS" --batch-size "$LOADER_BATCH" --studies "$STUDIES" --items "$LOADER_ITEMS" --epochs 2 \
   --json "$RESULTS/loader.json"

@@ -15,12 +15,11 @@ import shutil
 import sys
 import time
 from functools import partial
-from multiprocessing import Pool
 from pathlib import Path
 
 from benchmarks import common
 from benchmarks.data import ingest_command, synth_data
-from benchmarks.peers import decode_and_resize
+from benchmarks.decode import dicom_files
 from lumbar_fast.cache import open_cache
 
 FORMATS = ("zarr", "hdf5")
@@ -31,21 +30,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--workers", default="1,2", help="comma-separated worker counts")
     parser.add_argument("--formats", default=",".join(FORMATS), help="cache formats: zarr, hdf5")
     parser.add_argument("--studies", type=int, default=8, help="synth studies to ingest")
-    parser.add_argument("--bare", type=Path, help=argparse.SUPPRESS)  # internal: run the bare loop on DATA
-    parser.add_argument("--bare-workers", type=int, default=1, help=argparse.SUPPRESS)
     return parser.parse_args(argv)
-
-
-def dicom_files(data: Path) -> list[Path]:
-    """Every DICOM file of the data set's training images."""
-    return sorted((data / "train_images").rglob("*.dcm"))
-
-
-def bare_loop(data: Path, workers: int) -> None:
-    """Decode and resize every DICOM file in a pool of `workers` processes, keeping nothing."""
-    with Pool(workers) as pool:
-        for _ in pool.imap_unordered(partial(decode_and_resize, size=224), dicom_files(data), chunksize=8):
-            pass
 
 
 def read_seconds(cache: Path) -> float:
@@ -69,7 +54,7 @@ def ingest_run(data: Path, cache: Path, workers: int, fmt: str, slices: int) -> 
 
 def bare_run(data: Path, workers: int, slices: int) -> dict[str, float]:
     """One bare decode+resize loop in a fresh process: slices/s and peak RSS."""
-    command = [sys.executable, "-m", "benchmarks.ingest", "--bare", str(data), "--bare-workers", str(workers)]
+    command = [sys.executable, "-m", "benchmarks.decode", str(data), "--workers", str(workers)]
     measured = common.run_measured(command)
     return {"slices_s": slices / measured["seconds"], "peak_rss_mib": measured["peak_rss_mib"]}
 
@@ -94,11 +79,8 @@ def table(summary: dict, workers: list[int], formats: list[str]) -> str:
     return common.markdown_table(header, rows) + "\n\n" + "\n".join(f"- {note}" for note in notes)
 
 
-def main(argv: list[str] | None = None) -> dict | None:
+def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
-    if args.bare:
-        bare_loop(args.bare, args.bare_workers)
-        return None
     workers = [int(count) for count in args.workers.split(",")]
     formats = [fmt for fmt in args.formats.split(",") if fmt]
     data = synth_data(args.workdir, args.studies)

@@ -14,20 +14,13 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
-import pydicom
 import torch
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 from torchvision import transforms
 
+from benchmarks.decode import decode_and_resize
 from lumbar_fast.loaders import IMAGENET_MEAN, IMAGENET_STD, Batch
-
-def decode_and_resize(path: str | Path, size: int) -> np.ndarray:
-    """One DICOM slice decoded, min-max windowed to uint8 and resized to size×size (bilinear)."""
-    pixels = pydicom.dcmread(path).pixel_array.astype(np.float32)
-    low, high = float(pixels.min()), float(pixels.max())
-    scaled = (pixels - low) * (255.0 / max(high - low, 1e-6))
-    return np.asarray(Image.fromarray(scaled.astype(np.uint8)).resize((size, size), Image.BILINEAR))
 
 
 def _to_normalised_tensor() -> transforms.Compose:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import itertools
+import math
 import time
 from collections.abc import Iterator
 from functools import partial
@@ -26,8 +27,14 @@ from benchmarks.data import LevelItems, prepared_items
 from benchmarks.peers import PeerLoader, SeedDicomDataset
 from lumbar_fast.inference import amp_dtype_for
 from lumbar_fast.loaders import build_loader
-from lumbar_fast.train import (TrainConfig, build_model, loader_config, make_optimizer, make_step,
-                               train_one_epoch)
+from lumbar_fast.train import (
+    TrainConfig,
+    build_model,
+    loader_config,
+    make_optimizer,
+    make_step,
+    train_one_epoch,
+)
 
 SEED_BATCH_SIZE = 32
 
@@ -50,7 +57,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--epoch-items", type=int, default=1024, help="items of the full-epoch comparison "
                         "(0: skip it)")
     parser.add_argument("--epoch-repeats", type=int, default=5, help="interleaved repeats of the full epoch")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if 0 < args.epoch_items < SEED_BATCH_SIZE:
+        parser.error(f"--epoch-items must be 0 or at least one batch of the seed recipe ({SEED_BATCH_SIZE})")
+    return args
 
 
 def train_config(args: argparse.Namespace, batch_size: int, graphs: bool = False) -> TrainConfig:
@@ -142,18 +152,24 @@ def full_epoch(args: argparse.Namespace, items: LevelItems, device: torch.device
     dicoms = SeedDicomDataset(items.dicoms, items.labels, 224)
     seed = PeerLoader(dicoms, SEED_BATCH_SIZE, args.workers, device)
     trainer = Trainer(config, 3, device)
-    epochs = itertools.count()
 
-    def one_epoch(loader) -> dict[str, float]:
+    def one_epoch(loader, epochs: Iterator[int]) -> dict[str, float]:
         start = time.perf_counter()
         train_one_epoch(trainer.step, trainer.model, loader, next(epochs), None, False, device)
         return {"seconds": time.perf_counter() - start}
 
-    runs = common.interleaved({f"seed-dicom ({type(seed).__name__})": partial(one_epoch, seed),
-                               f"ours ({type(ours).__name__})": partial(one_epoch, ours)}, args.epoch_repeats)
+    # each loader sees its epochs in order (0, 1, 2, …), as in training: no pipeline restarts
+    contenders = {"seed-dicom (PeerLoader)": partial(one_epoch, seed, itertools.count()),
+                  f"ours ({type(ours).__name__})": partial(one_epoch, ours, itertools.count())}
+    runs = common.interleaved(contenders, args.epoch_repeats)
     ours.close()
     seed.close()
     return {"runs": runs, "summary": common.summarise(runs), "items": len(items.rows)}
+
+
+def device_less(stats: dict) -> bool:
+    """True when a contender ran without a CUDA device (no GPU memory figure)."""
+    return math.isnan(stats["peak_gpu_mib"]["max"])
 
 
 def table(result: dict, epoch: dict | None, args: argparse.Namespace) -> str:
@@ -166,7 +182,7 @@ def table(result: dict, epoch: dict | None, args: argparse.Namespace) -> str:
             stats = summary[f"{feed}-{mode}"]
             rows.append([feed, mode, common.cell(stats["img_s"]),
                          f"{common.ratio(stats['img_s']['median'], ceiling):.3f}",
-                         f"{stats['peak_gpu_mib']['max']:.0f}"])
+                         "n/a" if device_less(stats) else f"{stats['peak_gpu_mib']['max']:.0f}"])
     text = (f"{args.model}, batch {args.batch_size}, amp {args.amp}, {args.steps}-step windows\n\n"
             + common.markdown_table(["feed", "mode", "img/s", "of ceiling", "peak GPU MiB"], rows))
     if epoch:

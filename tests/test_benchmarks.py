@@ -1,0 +1,98 @@
+"""The benchmarks at a tiny size, so that they do not rot: each prints its table and writes its JSON record."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from benchmarks import common, ingest, loader, train
+
+REPO = Path(__file__).resolve().parents[1]
+STUDIES = "2"
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory) -> Path:
+    """One work folder for the module: the synth data and its cache are made once and reused."""
+    return tmp_path_factory.mktemp("bench")
+
+
+def read_record(path: Path, benchmark: str) -> dict:
+    """The JSON record, checked for the fields every benchmark writes."""
+    record = json.loads(path.read_text())
+    assert record["benchmark"] == benchmark
+    assert {"date", "hardware", "versions", "args", "results", "table"} <= set(record)
+    assert record["hardware"]["logical_cpus"] >= 1
+    assert record["versions"]["torch"] and record["versions"]["zarr"] != "missing"
+    return record
+
+
+def test_interleaving_and_spread():
+    calls = []
+    runs = common.interleaved({"a": lambda: calls.append("a") or {"x": 1.0},
+                               "b": lambda: calls.append("b") or {"x": 3.0}}, repeats=3, log=lambda _: None)
+    assert calls == ["a", "b"] * 3
+    assert common.summarise(runs)["b"]["x"] == {"median": 3.0, "min": 3.0, "max": 3.0, "spread_pct": 0.0}
+    stats = common.spread([1.0, 2.0, 4.0])
+    assert stats["median"] == 2.0 and stats["spread_pct"] == pytest.approx(75.0)
+    assert common.markdown_table(["a", "b"], [[1, 2]]).splitlines()[2] == "| 1 | 2 |"
+
+
+def test_run_measured_reports_the_child_peak_memory():
+    allocate = "import numpy; a = numpy.ones(64 * 2**20, numpy.uint8); print(a.sum())"
+    measured = common.run_measured([sys.executable, "-c", allocate])
+    assert measured["peak_rss_mib"] > 64 and measured["seconds"] > 0
+    with pytest.raises(RuntimeError, match="failed"):
+        common.run_measured([sys.executable, "-c", "raise SystemExit(3)"])
+
+
+def test_ingest_benchmark(workdir, capsys):
+    out = workdir / "ingest.json"
+    ingest.main(["--workdir", str(workdir), "--studies", STUDIES, "--workers", "1", "--repeats", "1",
+                 "--json", str(out)])
+    record = read_record(out, "ingest")
+    summary = record["results"]["summary"]
+    assert set(summary) == {"zarr-w1", "hdf5-w1", "bare-w1"}
+    assert summary["zarr-w1"]["cache_mib"]["median"] > 0 and summary["bare-w1"]["slices_s"]["median"] > 0
+    assert "ingest zarr / bare time, 1 worker(s)" in capsys.readouterr().out
+
+
+def test_loader_benchmark(workdir, capsys):
+    out = workdir / "loader.json"
+    loader.main(["--workdir", str(workdir), "--studies", STUDIES, "--workers", "1", "--repeats", "1",
+                 "--items", "16", "--batch-size", "8", "--json", str(out)])
+    record = read_record(out, "loader")
+    summary = record["results"]["summary"]
+    assert set(summary) == set(loader.CONTENDERS)
+    assert all(np.isfinite(stats["steady_img_s"]["median"]) for stats in summary.values())
+    assert "dali / seed (steady)" in capsys.readouterr().out
+
+
+def test_train_benchmark(workdir, capsys):
+    out = workdir / "train.json"
+    train.main(["--workdir", str(workdir), "--studies", STUDIES, "--model", "test_efficientnet", "--batch-size",
+                "4", "--amp", "none", "--steps", "1", "--warmup", "1", "--workers", "1", "--repeats", "1",
+                "--items", "8", "--epoch-items", "32", "--epoch-repeats", "1", "--json", str(out)])
+    record = read_record(out, "train")
+    summary = record["results"]["throughput"]["summary"]
+    assert set(summary) == {"ceiling-eager", "dali-eager", "torch-eager"}
+    assert len(record["results"]["full_epoch"]["summary"]) == 2
+    assert "of ceiling" in capsys.readouterr().out
+
+
+def test_gpu_check_dry_run(workdir, tmp_path):
+    """The GPU-machine script itself, on CPU at a tiny size: it runs both benchmarks and prints the tables last."""
+    env = {**os.environ, "PYTHON": sys.executable, "DRY_WORKDIR": str(workdir), "DRY_STUDIES": STUDIES,
+           "DRY_REPEATS": "1", "OUT": str(tmp_path)}
+    result = subprocess.run(["bash", str(REPO / "benchmarks" / "gpu_check.sh"), "--dry-run"], env=env,
+                            capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    tail = result.stdout[result.stdout.index("# GPU suite results"):]
+    assert "## train" in tail and "## loader" in tail and "missing" not in tail
+    assert {"train.json", "loader.json"} <= {path.name for path in tmp_path.iterdir()}
