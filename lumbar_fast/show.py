@@ -48,12 +48,13 @@ POINT_COLUMNS = ("study_id", "series_id", "instance_number", "x", "y")
 
 @dataclass(frozen=True)
 class Marker:
-    """A point drawn on a panel's images: (x, y) in pixels of those images, a short label, and its kind."""
+    """A point drawn on a panel's images: (x, y) in pixels of those images, a short name, and its kind."""
 
     x: float
     y: float
     label: str
     kind: str = "label"  # "label" (the cache's labelled points) | "points" (a --points file)
+    name_left: bool = False  # name on the image-left of the point (the patient's right on an axial image)
 
 
 @dataclass(frozen=True)
@@ -95,7 +96,7 @@ class Picture:
 # ---- coordinates -------------------------------------------------------------------------------------
 
 
-def to_stack_pixels(x: float, y: float, rows: int, cols: int, size: int) -> tuple[float, float]:
+def to_stack_pixels(x: float, y: float, *, rows: int, cols: int, size: int) -> tuple[float, float]:
     """Map (x, y) in pixels of an original `cols` × `rows` instance onto its S×S stack image (contract)."""
     return x * size / cols, y * size / rows
 
@@ -106,15 +107,15 @@ def tile_point(marker: Marker, image_shape: tuple[int, ...], tile: int,
     return origin[0] + marker.x * tile / image_shape[1], origin[1] + marker.y * tile / image_shape[0]
 
 
-def marker_label(condition: object, level: object) -> str:
-    """A marker's short name: the level title, plus L or R for a sided condition ("L4/L5 R")."""
+def level_marker(x: float, y: float, condition: object, level: object, kind: str) -> Marker:
+    """A marker named by its level plus L or R for a sided condition ("L4/L5 R"); either CSV spelling."""
     level_name = rsna.LEVEL_FROM_TITLE.get(str(level), str(level))
-    text = rsna.LEVEL_TITLES.get(level_name, "")
     condition_name = rsna.CONDITION_FROM_TITLE.get(str(condition), str(condition))
-    side = condition_name.split("_")[0]
+    side = condition_name.split("_")[0] if condition_name in rsna.CONDITIONS else ""
+    label = rsna.LEVEL_TITLES.get(level_name, "")
     if side in ("left", "right"):
-        text = f"{text} {side[0].upper()}".strip()
-    return text
+        label = f"{label} {side[0].upper()}".strip()
+    return Marker(x, y, label, kind, name_left=side == "right")
 
 
 # ---- layout and drawing ------------------------------------------------------------------------------
@@ -165,12 +166,12 @@ def _fit(text: str, width: int) -> str:
     return text + "…"
 
 
-def _draw_marker_label(draw: ImageDraw.ImageDraw, marker: Marker, px: float, py: float, tile_left: int,
-                       tile: int) -> None:
-    """A marker's name beside it (labels right, points left), outlined in black, kept inside its tile."""
+def _draw_marker_name(draw: ImageDraw.ImageDraw, marker: Marker, px: float, py: float, tile_left: int,
+                      tile: int) -> None:
+    """A marker's name beside it (right, or left if `name_left`), outlined in black, kept inside its tile."""
     width = _font().getlength(marker.label)
     gap = MARKER_RADIUS + 2
-    x = px + gap if marker.kind == "label" and px + gap + width <= tile_left + tile else px - gap - width
+    x = px - gap - width if marker.name_left else px + gap
     x = min(max(x, tile_left), tile_left + tile - width)
     draw.text((x, py - LINE / 2), marker.label, fill=MARKER_TEXT[marker.kind], font=_font(),
               stroke_width=1, stroke_fill=(0, 0, 0))
@@ -186,13 +187,19 @@ def _draw_marker_shape(draw: ImageDraw.ImageDraw, marker: Marker, px: float, py:
         draw.line((px - r - 1, py + r + 1, px + r + 1, py - r - 1), fill=colour)
 
 
+def _named(marker: Marker, panel: Panel) -> bool:
+    """Whether to write a marker's name: not for a --points marker beside a labelled one of that name."""
+    return marker.kind == "label" or not any(
+        other.kind == "label" and other.label == marker.label for other in panel.markers)
+
+
 def draw(plan: Layout) -> Picture:
     """Render a layout: tiles resized to the tile size, captions, marker names, then markers on top."""
     picture = Picture(Image.new("RGB", plan.size, BACKGROUND), plan, [])
     canvas = ImageDraw.Draw(picture.image)
     for x, y, text, colour in plan.texts:
         canvas.text((x, y), _fit(text, plan.size[0] - x - MARGIN), fill=colour, font=_font())
-    tile, tile_lefts = plan.tile, []
+    tile, names = plan.tile, []
     for panel, x, y in plan.panels:
         panel_width, _ = panel_size(panel, tile)
         for line, text in enumerate(panel.caption):
@@ -202,10 +209,12 @@ def draw(plan: Layout) -> Picture:
             thumbnail = Image.fromarray(np.ascontiguousarray(image, dtype=np.uint8), "L")
             picture.image.paste(thumbnail.resize((tile, tile), Image.Resampling.BILINEAR), origin)
             for marker in panel.markers:
-                picture.drawn.append((marker, *tile_point(marker, image.shape, tile, origin)))
-                tile_lefts.append(origin[0])
-    for (marker, px, py), tile_left in zip(picture.drawn, tile_lefts, strict=True):
-        _draw_marker_label(canvas, marker, px, py, tile_left, tile)
+                px, py = tile_point(marker, image.shape, tile, origin)
+                picture.drawn.append((marker, px, py))
+                if _named(marker, panel):
+                    names.append((marker, px, py, origin[0]))
+    for marker, px, py, tile_left in names:
+        _draw_marker_name(canvas, marker, px, py, tile_left, tile)
     for marker, px, py in picture.drawn:
         _draw_marker_shape(canvas, marker, px, py)
     return picture
@@ -213,7 +222,7 @@ def draw(plan: Layout) -> Picture:
 
 def save_png(picture: Picture, out_png: Path) -> None:
     """Write the picture as a PNG in one step (a temporary file, then a rename): never a torn file."""
-    atomic_write(Path(out_png), lambda tmp: picture.image.save(tmp, format="PNG", optimize=True))
+    atomic_write(Path(out_png), lambda tmp: picture.image.save(tmp, format="PNG"))
 
 
 # ---- galleries (grid of one class; evaluate's worst predictions) --------------------------------------
@@ -334,8 +343,8 @@ def _markers_by_row(points: pd.DataFrame, index: pd.DataFrame, rows: Iterable[in
         if row < 0:
             continue
         image = index.loc[row]
-        x, y = to_stack_pixels(point.x, point.y, image["rows"], image["cols"], size)
-        result.setdefault(row, []).append(Marker(x, y, marker_label(point.condition, point.level), kind))
+        x, y = to_stack_pixels(point.x, point.y, rows=image["rows"], cols=image["cols"], size=size)
+        result.setdefault(row, []).append(level_marker(x, y, point.condition, point.level, kind))
     return result
 
 

@@ -2,29 +2,39 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
+import pandas as pd
 import pytest
 from PIL import Image
 from scipy import ndimage
 
-from lumbar_fast import show
+from lumbar_fast import rsna, show
+from lumbar_fast.cache import open_cache
+from lumbar_fast.cli import main
 from lumbar_fast.errors import LumbarFastError
 
 
-def colour_centroids(png_path, colour) -> np.ndarray:
-    """(x, y) centroids of the connected blobs of exactly `colour` in a PNG, in pixel-centre coordinates."""
-    pixels = np.asarray(Image.open(png_path).convert("RGB"))
+def read_png(path) -> np.ndarray:
+    """The RGB pixels of a PNG file, after checking that it is one."""
+    with Image.open(path) as png:
+        assert png.format == "PNG"
+        return np.asarray(png.convert("RGB")).astype(int)
+
+
+def colour_centroids(pixels: np.ndarray, colour: tuple[int, int, int]) -> np.ndarray:
+    """(x, y) centroids of the connected blobs of exactly `colour`, in continuous pixel coordinates."""
     blobs, count = ndimage.label(np.all(pixels == colour, axis=-1), structure=np.ones((3, 3)))
     centres = ndimage.center_of_mass(np.ones(blobs.shape), blobs, range(1, count + 1))
     return np.array([(x + 0.5, y + 0.5) for y, x in centres]).reshape(-1, 2)
 
 
-def assert_blob_at(png_path, colour, x: float, y: float, tolerance: float = 1.5) -> None:
-    """A blob of `colour` is centred within `tolerance` px of (x, y)."""
-    centres = colour_centroids(png_path, colour)
-    assert len(centres), f"no {colour} marker in {png_path}"
+def assert_blob_at(centres: np.ndarray, x: float, y: float, tolerance: float = 1.5) -> None:
+    """One of the blob `centres` lies within `tolerance` px of (x, y)."""
+    assert len(centres), "no marker of that colour"
     distance = np.hypot(*(centres - (x, y)).T).min()
-    assert distance <= tolerance, f"nearest {colour} marker is {distance:.1f} px from ({x:.1f}, {y:.1f})"
+    assert distance <= tolerance, f"nearest marker is {distance:.1f} px from ({x:.1f}, {y:.1f})"
 
 
 def test_stack_mapping_is_the_contracts():
@@ -32,10 +42,12 @@ def test_stack_mapping_is_the_contracts():
     assert show.to_stack_pixels(100, 50, rows=400, cols=200, size=224) == (112.0, 28.0)
 
 
-def test_marker_labels_name_level_and_side():
-    assert show.marker_label("Spinal Canal Stenosis", "L4/L5") == "L4/L5"
-    assert show.marker_label("left_neural_foraminal_narrowing", "l5_s1") == "L5/S1 L"
-    assert show.marker_label("Right Subarticular Stenosis", "L1/L2") == "L1/L2 R"
+def test_markers_are_named_by_level_and_side():
+    spinal = show.level_marker(1, 2, "Spinal Canal Stenosis", "L4/L5", "label")
+    assert (spinal.x, spinal.y, spinal.label, spinal.name_left) == (1, 2, "L4/L5", False)
+    assert show.level_marker(0, 0, "left_neural_foraminal_narrowing", "l5_s1", "label").label == "L5/S1 L"
+    right = show.level_marker(0, 0, "Right Subarticular Stenosis", "L1/L2", "points")
+    assert (right.label, right.kind, right.name_left) == ("L1/L2 R", "points", True)
 
 
 def test_gallery_has_planned_size_and_markers_where_they_map(tmp_path):
@@ -51,10 +63,9 @@ def test_gallery_has_planned_size_and_markers_where_they_map(tmp_path):
 
     tile, row_height = show.GALLERY_TILE, show.GALLERY_TILE + 2 * show.LINE + show.GAP
     columns = 3  # ceil(sqrt(5))
-    with Image.open(out) as png:
-        assert png.format == "PNG"
-        assert png.size == (2 * show.MARGIN + columns * tile + (columns - 1) * show.GAP,
-                            2 * show.MARGIN + show.HEADER + 2 * row_height - show.GAP)
+    pixels = read_png(out)
+    assert pixels.shape[1::-1] == (2 * show.MARGIN + columns * tile + (columns - 1) * show.GAP,
+                                   2 * show.MARGIN + show.HEADER + 2 * row_height - show.GAP)
     for i, item in enumerate(items):
         h, w = shapes[i]
         left = show.MARGIN + (i % columns) * (tile + show.GAP)
@@ -62,7 +73,7 @@ def test_gallery_has_planned_size_and_markers_where_they_map(tmp_path):
         marker = item.markers[0]
         expected = (left + marker.x * tile / w, top + marker.y * tile / h)
         assert picture.drawn[i][1:] == pytest.approx(expected)
-        assert_blob_at(out, show.MARKER_COLOURS[marker.kind], *expected)
+        assert_blob_at(colour_centroids(pixels, show.MARKER_COLOURS[marker.kind]), *expected)
 
 
 def test_prediction_caption():
@@ -82,3 +93,140 @@ def test_severity_and_condition_spellings():
 def test_empty_gallery_is_a_user_error(tmp_path):
     with pytest.raises(LumbarFastError, match="empty"):
         show.render_gallery([], tmp_path / "x.png")
+
+
+# ---- on a real cache (synth_data ingested) -----------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def reader(synth_cache):
+    return open_cache(synth_cache)
+
+
+def tile_origin(plan: show.Layout, image: np.ndarray, caption: str) -> tuple[int, int]:
+    """The corner of the one tile on a sheet that shows `image` under `caption`."""
+    found = [(x, y) for panel, x, y in plan.panels
+             if panel.caption == (caption,) and np.array_equal(panel.images[0], image)]
+    assert len(found) == 1, f"{len(found)} tiles show {caption}"
+    return found[0]
+
+
+def expected_sheet_height(reader, study: int, seq: str) -> int:
+    """Sheet height from the counts: a title, per stack a title and rows of 12 slices, then rows of crops."""
+    index, labels = reader.stack_index(seq), reader.level_labels(seq)
+    stacks = index[index.study_id == study].groupby(["series_id", "stack"]).size()
+    crops = int((labels.study_id == study).sum())
+    channels = reader.level_images(seq).shape[-1]
+    tile, gap = show.SHEET_TILE, show.GAP
+    crops_per_row = (show.SHEET_WIDTH - 2 * show.MARGIN + gap) // (channels * (tile + gap))
+    height = show.HEADER + sum(show.HEADER + -(-n // 12) * (tile + show.LINE + gap) for n in stacks)
+    if crops:
+        height += show.HEADER + -(-crops // crops_per_row) * (tile + 2 * show.LINE + gap)
+    return height + 2 * show.MARGIN - gap
+
+
+@pytest.mark.parametrize("seq", ["sag_t1", "sag_t2", "ax_t2"])
+def test_contact_sheet_draws_every_label_where_it_maps(reader, tmp_path, seq):
+    labels, index, stacks = reader.level_labels(seq), reader.stack_index(seq), reader.stack_images(seq)
+    study = int(labels.study_id.iloc[0])
+    labels = labels[labels.study_id == study]
+    plan, unplaced = show.study_sheet(reader, study, [seq])
+    out = tmp_path / "sheet.png"
+    picture = show.draw(plan)
+    show.save_png(picture, out)
+
+    pixels = read_png(out)
+    assert pixels.shape[1::-1] == (show.SHEET_WIDTH, expected_sheet_height(reader, study, seq))
+    dots = colour_centroids(pixels, show.MARKER_COLOURS["label"])
+    drawn = {marker.label: (px, py) for marker, px, py in picture.drawn}
+    assert len(drawn) == len(picture.drawn) == len(labels)
+    size, tile = stacks.shape[-1], show.SHEET_TILE
+    for label in labels.itertuples():
+        slice_row = index.loc[label.stack_row]
+        left, top = tile_origin(plan, stacks[label.stack_row], f"#{label.slice} i{label.instance_number}")
+        # the label's (x, y) on the S×S stack image (contract), then that image scaled onto its tile
+        expected = (left + label.x * size / slice_row.cols * tile / size,
+                    top + label.y * size / slice_row.rows * tile / size)
+        name = show.level_marker(0, 0, label.condition, label.level, "label").label
+        assert drawn[name] == pytest.approx(expected)
+        assert_blob_at(dots, *expected)
+        # the tile really shows that slice: its grey pixels are the slice's resized image
+        shown = pixels[top:top + tile, left:left + tile]
+        grey = (shown[..., 0] == shown[..., 1]) & (shown[..., 1] == shown[..., 2])
+        thumbnail = np.asarray(Image.fromarray(stacks[label.stack_row]).resize((tile, tile),
+                                                                              Image.Resampling.BILINEAR))
+        same = (shown[..., 0] == thumbnail)[grey]
+        assert grey.mean() > 0.8 and same.mean() > 0.8  # (names' black outlines are grey too; shifted: ~0.2)
+
+
+def test_points_file_draws_green_crosses_where_they_map(reader, tmp_path):
+    seq = "ax_t2"
+    labels, index, stacks = reader.level_labels(seq), reader.stack_index(seq), reader.stack_images(seq)
+    study = int(labels.study_id.iloc[-1])
+    labels = labels[labels.study_id == study].reset_index(drop=True)
+    cols = index.loc[labels.stack_row, "cols"].to_numpy()
+    shift = np.where(labels.x < cols / 2, 0.2, -0.2) * cols  # well clear of the labelled dot
+    points = pd.DataFrame({
+        "study_id": study, "series_id": labels.series_id, "instance_number": labels.instance_number,
+        "condition": labels.condition.map(rsna.CONDITION_TITLES),
+        "level": labels.level.map(rsna.LEVEL_TITLES), "x": labels.x + shift, "y": labels.y})
+    off_cache = points.iloc[:1].assign(instance_number=10**6)
+    csv = tmp_path / "points.csv"
+    pd.concat([points, off_cache]).to_csv(csv, index=False)
+
+    plan, unplaced = show.study_sheet(reader, study, [seq], show.read_points(csv))
+    out = tmp_path / "sheet.png"
+    show.save_png(show.draw(plan), out)
+    assert unplaced == 1
+    crosses = colour_centroids(read_png(out), show.MARKER_COLOURS["points"])
+    size, tile = stacks.shape[-1], show.SHEET_TILE
+    for point, label in zip(points.itertuples(), labels.itertuples(), strict=True):
+        slice_row = index.loc[label.stack_row]
+        left, top = tile_origin(plan, stacks[label.stack_row], f"#{label.slice} i{label.instance_number}")
+        assert_blob_at(crosses, left + point.x * size / slice_row.cols * tile / size,
+                       top + point.y * size / slice_row.rows * tile / size)
+
+
+def test_grid_shows_random_crops_of_one_class(reader, synth_cache, tmp_path, capsys):
+    labels, crops = reader.level_labels("sag_t2"), reader.level_images("sag_t2")
+    of_class = labels.index[(labels.condition == "spinal_canal_stenosis") & (labels.severity == 2)]
+    n = min(7, len(of_class))
+    assert n >= 2
+    out = tmp_path / "grid.png"
+    main(["show", str(synth_cache), "--grid", "--condition", "spinal_canal_stenosis", "--severity", "Severe",
+          "--n", str(n), "--seed", "3", "--out", str(out)])
+    assert f"wrote {out}" in capsys.readouterr().out
+
+    columns, rows = math.ceil(math.sqrt(n)), math.ceil(n / math.ceil(math.sqrt(n)))
+    tile, gap = show.GALLERY_TILE, show.GAP
+    assert read_png(out).shape[1::-1] == (
+        2 * show.MARGIN + columns * tile + (columns - 1) * gap,
+        2 * show.MARGIN + show.HEADER + rows * (tile + 2 * show.LINE + gap) - gap)
+    panels, _ = show.class_grid(reader, "spinal_canal_stenosis", 2, n, seed=3)
+    middles = [crops[row][..., crops.shape[-1] // 2] for row in of_class]
+    assert len(panels) == n
+    assert all(any(np.array_equal(p.images[0], m) for m in middles) for p in panels)
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["--study", "1"], "study 1 is not in the cache"),
+    (["--study", "{study}", "--sequence", "sag_t3"], "unknown sequence 'sag_t3'"),
+    (["--grid", "--condition", "scoliosis", "--severity", "Severe"], "unknown condition 'scoliosis'"),
+    (["--grid", "--condition", "spinal_canal_stenosis", "--severity", "awful"], "unknown severity 'awful'"),
+    (["--grid", "--condition", "spinal_canal_stenosis"], "--grid needs --condition and --severity"),
+    ([], "give --study ID"),
+])
+def test_bad_input_is_a_one_line_error(reader, synth_cache, tmp_path, capsys, args, message):
+    study = str(reader.study_labels().study_id.iloc[0])
+    out = tmp_path / "x.png"
+    with pytest.raises(SystemExit) as exit_info:
+        main(["show", str(synth_cache), *[a.format(study=study) for a in args], "--out", str(out)])
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2
+    assert err.startswith("error: ") and message in err and err.count("\n") == 1
+    assert not out.exists()
+
+
+def test_a_sequence_the_study_lacks_is_a_user_error(reader):
+    with pytest.raises(LumbarFastError, match="study 1 has no sag_t1 series"):
+        show.study_sections(reader, 1, "sag_t1", None)
