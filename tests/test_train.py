@@ -5,12 +5,26 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pandas as pd
 import pytest
 import torch
 
+from lumbar_fast.cache import open_cache
 from lumbar_fast.errors import LumbarFastError
 from lumbar_fast.runfolder import CHECKPOINT_FORMAT, RunFolder
+from lumbar_fast.train import (
+    EarlyStopping,
+    TrainConfig,
+    adjacent_level_rows,
+    build_items,
+    class_frequencies,
+    class_weight_tensor,
+    restore_training_state,
+    slice_neighbours,
+    snapshot_training_state,
+    train,
+)
 
 
 # -- run folder ------------------------------------------------
@@ -56,3 +70,119 @@ def test_metrics_files_and_curves(tmp_path):
     assert list(table["epoch"]) == [1, 2]
     assert list(table["val_confusion_2_0"]) == [7, 7] and list(table["val_recall_1"]) == [0.2, 0.2]
     assert (tmp_path / "curves.png").read_bytes()[:4] == b"\x89PNG"
+
+
+# -- pieces of the loop ------------------------------------------------
+def test_early_stopping_counts_epochs_without_improvement():
+    stopper = EarlyStopping("max", patience=2)
+    assert [stopper.update(v, e) for e, v in enumerate([0.5, 0.7, 0.6, 0.7])] == [True, True, False, False]
+    assert stopper.should_stop and stopper.best_epoch == 1 and stopper.best == 0.7
+    restored = EarlyStopping("min", patience=9)
+    restored.load_state_dict(stopper.state_dict())
+    assert restored.state_dict() == stopper.state_dict()
+    lower = EarlyStopping("min", patience=1)
+    assert [lower.update(v, e) for e, v in enumerate([1.0, 0.8, 0.9])] == [True, True, False]
+    assert lower.should_stop
+
+
+def test_level_off_control_takes_the_adjacent_level():
+    labels = pd.DataFrame({"study_id": [1] * 3 + [2], "series_id": [10] * 3 + [20],
+                           "condition": ["spinal_canal_stenosis"] * 4,
+                           "level": ["l1_l2", "l2_l3", "l5_s1", "l3_l4"]})
+    # l1_l2 → l2_l3, l2_l3 → l3_l4 missing so l1_l2, l5_s1 has no neighbour present, study 2 has one level
+    assert adjacent_level_rows(labels).tolist() == [1, 0, -1, -1]
+
+
+def test_slice_neighbours_follow_position_within_each_stack():
+    # rows 0..4: one stack stored out of order; rows 5, 6: another stack
+    index = pd.DataFrame({"study_id": [1] * 7, "series_id": [1] * 7, "stack": [0] * 5 + [1] * 2,
+                          "slice": [2, 0, 4, 1, 3, 0, 1]})
+    assert slice_neighbours(index, np.array([0, 1, 2, 5]), 3).tolist() == [
+        [3, 0, 4], [1, 1, 3], [4, 2, 2], [5, 5, 6]]
+
+
+def test_class_weights():
+    labels = np.array([0, 0, 0, 1, 2, 2])
+    assert class_weight_tensor("none", labels, torch.device("cpu")) is None
+    assert class_weight_tensor("metric", labels, torch.device("cpu")).tolist() == [1.0, 2.0, 4.0]
+    inverse = class_weight_tensor("inverse", labels, torch.device("cpu"))
+    assert inverse.tolist() == pytest.approx([2 / 3, 2, 1])
+    assert class_frequencies(labels).tolist() == pytest.approx([0.5, 1 / 6, 1 / 3])
+
+
+def test_warmup_state_is_restored_in_place():
+    """The CUDA-graph warm-up trains a few steps; restoring must undo them without new tensors."""
+    model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.BatchNorm1d(8), torch.nn.Linear(8, 3))
+    optimizer = torch.optim.Adam(model.parameters())
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    saved = snapshot_training_state(model, optimizer)
+    weight = model[0].weight
+    for _ in range(2):
+        optimizer.zero_grad()
+        model(torch.randn(5, 4)).sum().backward()
+        optimizer.step()
+    restore_training_state(model, optimizer, saved)
+    assert model[0].weight is weight
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    assert all(float(t.abs().sum()) == 0 for s in optimizer.state.values() for t in s.values())
+
+
+# -- on a real cache ------------------------------------------------
+#: timing fields differ from run to run; everything else in a metrics record must repeat exactly
+TIMINGS = ("train_seconds", "train_images_per_s", "epoch_seconds")
+
+
+@pytest.fixture(scope="module")
+def learning_cache(make_synth, make_cache):
+    """A class-balanced phantom (36 studies) ingested at 64 pixels: with 3 folds, sag_t1's validation fold
+    holds about 120 level crops, at least 30 of each class."""
+    return make_cache(make_synth(36, seed=1, image_size=128, balanced=True), size=64)
+
+
+def quick_config(cache, run_dir, **changes) -> TrainConfig:
+    """A run small enough for a shared 2-core CPU: tiny timm model, 64-pixel crops, DALI on the CPU."""
+    settings = dict(sequence="sag_t1", cache=str(cache), run_dir=str(run_dir), model="test_efficientnet",
+                    pretrained=False, epochs=3, batch_size=16, folds=3, loader="dali", workers=1,
+                    device="cpu", progress=False)
+    return TrainConfig(**{**settings, **changes})
+
+
+def final_record(run_dir) -> dict:
+    return RunFolder(run_dir).read_metrics()[-1]
+
+
+@pytest.mark.parametrize("control", ["none", "shuffled-labels", "level-off"])
+def test_level_view_learns_and_negative_controls_do_not(learning_cache, tmp_path, control):
+    run_dir = train(quick_config(learning_cache, tmp_path / "run", control=control))
+    record = final_record(run_dir)
+    assert min(record["val_support"]) >= 30
+    ratio = record["val_weighted_log_loss"] / record["val_prior_weighted_log_loss"]
+    print(f"{control}: balanced accuracy {record['val_balanced_accuracy']:.3f}, weighted log loss "
+          f"{record['val_weighted_log_loss']:.3f} = {ratio:.2f} x the prior's")
+    if control == "none":
+        assert record["val_balanced_accuracy"] >= 0.6 and ratio <= 0.8
+    else:  # chance is 1/3: the pipeline must not find the label where it is not
+        assert record["val_balanced_accuracy"] <= 0.45 and ratio >= 0.9
+    for name in ("config.json", "split.csv", "metrics.jsonl", "metrics.csv", "curves.png", "best.pt",
+                 "last.pt", "val_predictions.csv"):
+        assert (run_dir / name).is_file(), name
+    predictions = pd.read_csv(run_dir / "val_predictions.csv")
+    assert len(predictions) == record["val_n"]  # every validation item exactly once
+    assert not predictions.duplicated(["study_id", "condition", "level"]).any()
+    split = pd.read_csv(run_dir / "split.csv")
+    val_studies = set(split.loc[split["fold"] == 0, "study_id"])
+    assert set(predictions["study_id"]) <= val_studies
+
+
+def test_slice_view_gives_each_label_its_whole_slice(learning_cache, tmp_path):
+    config = quick_config(learning_cache, tmp_path / "run", view="slice")
+    cache = open_cache(learning_cache)
+    items = build_items(cache, config, RunFolder(tmp_path / "run"))
+    labels = cache.level_labels("sag_t1")
+    labelled = labels[labels["severity"] != -1].reset_index(drop=True)
+    images = np.load(items.images_path)
+    stacks = cache.stack_images("sag_t1")
+    assert len(items.rows) == len(labelled)
+    assert len(images) == labelled["stack_row"].nunique() < len(items.rows)  # items share their slice
+    for i in (0, len(items.rows) // 2, len(items.rows) - 1):  # the middle channel is the labelled slice
+        assert np.array_equal(images[items.rows[i], :, :, 1], stacks[labelled.loc[i, "stack_row"]])
