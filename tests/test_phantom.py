@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import subprocess
 import sys
 from pathlib import Path
@@ -15,14 +14,10 @@ from pydicom.pixels import apply_modality_lut
 from pydicom.uid import JPEG2000Lossless, RLELossless
 
 from lumbar_fast import rsna
-from lumbar_fast.phantom import MANIFEST_NAME, PhantomOptions, PitfallRates, generate
+from lumbar_fast.phantom import MANIFEST_NAME, PhantomOptions, PitfallRates, generate, load_manifest
 from lumbar_fast.phantom.anatomy import sample_anatomy
 from lumbar_fast.phantom.options import REAL_FREQUENCIES
 from lumbar_fast.phantom.study import sample_severity
-
-
-def manifest(root: Path) -> dict:
-    return json.loads((root / MANIFEST_NAME).read_text())
 
 
 def read_csv(root: Path, name: str) -> pd.DataFrame:
@@ -120,7 +115,7 @@ def test_a_label_has_a_coordinate_row_exactly_when_it_is_present(synth_data):
                 for s, c, lv in zip(coords.study_id, coords.condition, coords.level, strict=True)]
         assert len(rows) == len(set(rows))
         assert set(rows) == present
-    missing = manifest(synth_data)["missing_labels"]
+    missing = load_manifest(synth_data)["missing_labels"]
     assert {m["kind"] for m in missing} == {"missing_condition", "missing_label"}
 
 
@@ -134,7 +129,7 @@ REQUIRED_TAGS = ("SOPClassUID", "SOPInstanceUID", "StudyInstanceUID", "SeriesIns
 
 @pytest.mark.filterwarnings("ignore:End of file reached")  # the truncated files
 def test_every_dicom_decodes_except_the_damaged_ones(synth_data):
-    damaged = {d["path"] for d in manifest(synth_data)["damaged_files"]}
+    damaged = {d["path"] for d in load_manifest(synth_data)["damaged_files"]}
     assert damaged
     failed = set()
     for path in sorted(synth_data.glob("*_images/*/*/*.dcm")):
@@ -156,7 +151,7 @@ def test_damaged_files_are_never_labelled_slices(synth_data):
                         for s in ("train", "test")])
     labelled = {instance_path(synth_data, r.split, r).relative_to(synth_data).as_posix()
                 for r in coords.itertuples()}
-    assert not labelled & {d["path"] for d in manifest(synth_data)["damaged_files"]}
+    assert not labelled & {d["path"] for d in load_manifest(synth_data)["damaged_files"]}
 
 
 def series_facts(root: Path, entry: dict, damaged: set[str]) -> dict:
@@ -183,7 +178,7 @@ def series_facts(root: Path, entry: dict, damaged: set[str]) -> dict:
 
 
 def test_each_pitfall_is_present_and_the_manifest_matches_the_files(synth_data):
-    found = manifest(synth_data)
+    found = load_manifest(synth_data)
     assert set(found["pitfalls"]) == {"shuffled_instances", "multi_stack", "varied_size", "monochrome1",
                                       "rescale", "bits16", "rle", "j2k", "duplicate_series"}
     damaged = {d["path"] for d in found["damaged_files"]}
@@ -199,7 +194,7 @@ def test_each_pitfall_is_present_and_the_manifest_matches_the_files(synth_data):
 def test_duplicate_series_share_a_type_and_only_one_is_labelled(synth_data):
     series = read_csv(synth_data, "train_series_descriptions.csv")
     coords = read_csv(synth_data, "train_label_coordinates.csv")
-    duplicates = [e for e in manifest(synth_data)["series"]
+    duplicates = [e for e in load_manifest(synth_data)["series"]
                   if "duplicate_series" in e["pitfalls"] and e["split"] == "train"]
     assert duplicates
     for entry in duplicates:
@@ -211,7 +206,7 @@ def test_duplicate_series_share_a_type_and_only_one_is_labelled(synth_data):
 
 def test_clean_mode_has_no_pitfalls(make_synth):
     root = make_synth(2, 0, seed=3, image_size=96, pitfalls=PitfallRates.none())
-    found = manifest(root)
+    found = load_manifest(root)
     assert found["pitfalls"] == {} and found["damaged_files"] == [] and found["missing_labels"] == []
     assert not read_csv(root, "train.csv")[list(rsna.LABEL_COLUMNS)].isna().any().any()
     for path in root.glob("train_images/*/*/*.dcm"):
@@ -272,15 +267,25 @@ def test_another_seed_gives_another_data_set(make_synth):
 
 # --- the planted signal -------------------------------------------------------------------------------------
 
+LEFT, RIGHT = (rsna.CONDITION_TITLES[f"{side}_neural_foraminal_narrowing"] for side in ("left", "right"))
+OTHER_FORAMEN = {LEFT: RIGHT, RIGHT: LEFT}
+
+
 def signal_table(root: Path) -> pd.DataFrame:
-    """Per labelled row: the measurement at its own point, and at its condition's point one level away."""
+    """Per labelled row: the measurement at its own point; at its condition's point one level away; and,
+    for foramina, at its own (x, y) on the other side's labelled slice of the same level (a wrong slice)."""
     coords = labelled_rows(root)
     coords["group"] = [rsna.CONDITION_GROUP[rsna.CONDITION_FROM_TITLE[c]] for c in coords.condition]
-    measured = {}
+    slices = {(r.study_id, r.condition, r.level): r for r in coords.itertuples()}
+    here, wrong_slice = {}, {}
     for row in coords.itertuples():
         pixels, ds = read_intensity(instance_path(root, "train", row))
-        measured[row.Index] = disc_mean(pixels, ds, row.x, row.y)
-    coords["here"] = pd.Series(measured)
+        here[row.Index] = disc_mean(pixels, ds, row.x, row.y)
+        mirror = slices.get((row.study_id, OTHER_FORAMEN.get(row.condition), row.level))
+        if mirror is not None:
+            pixels, ds = read_intensity(instance_path(root, "train", mirror))
+            wrong_slice[row.Index] = disc_mean(pixels, ds, row.x, row.y)
+    coords["here"], coords["wrong_slice"] = pd.Series(here), pd.Series(wrong_slice)
     level_index = coords.level.map(list(rsna.LEVEL_TITLES.values()).index)
     neighbour = coords.assign(level_index=level_index).set_index(["study_id", "condition", "level_index"])
     coords["other_level"] = [
@@ -290,17 +295,23 @@ def signal_table(root: Path) -> pd.DataFrame:
     return coords
 
 
-def test_a_measurement_at_the_label_separates_the_classes_and_one_level_away_does_not(synth_data):
+def correlation(rows: pd.DataFrame, column: str) -> float:
+    known = rows.dropna(subset=[column])
+    return float(np.corrcoef(known.severity, known[column])[0, 1])
+
+
+def test_a_measurement_at_the_label_separates_the_classes_and_elsewhere_does_not(synth_data):
     table = signal_table(synth_data)
     for group, rows in table.groupby("group"):
         means = rows.groupby("severity").here.mean()
         spread = rows.groupby("severity").here.std().max()
         assert list(means.index) == [0, 1, 2], group
         assert means[0] - means[1] > spread and means[1] - means[2] > spread, (group, means, spread)
-        here = np.corrcoef(rows.severity, rows.here)[0, 1]
-        other = rows.dropna(subset=["other_level"])
-        elsewhere = np.corrcoef(other.severity, other.other_level)[0, 1]
-        assert here < -0.8 and abs(elsewhere) < 0.3, (group, here, elsewhere)
+        assert correlation(rows, "here") < -0.8, group
+        assert abs(correlation(rows, "other_level")) < 0.3, group
+    foramina = table[table.group == "foraminal"]
+    assert foramina.wrong_slice.notna().sum() > 50
+    assert abs(correlation(foramina, "wrong_slice")) < 0.3
 
 
 def test_signal_knob_scales_the_narrowing():
@@ -334,7 +345,7 @@ def test_cli_writes_a_folder_with_the_pitfalls_asked_for(tmp_path):
                        "--pitfall", "rle=1", "--quiet", "--workers", "1")
     assert result.returncode == 0, result.stderr
     assert "1 train + 0 test studies" in result.stdout
-    assert {e["transfer_syntax"] for e in manifest(out)["series"]} == {"rle"}
+    assert {e["transfer_syntax"] for e in load_manifest(out)["series"]} == {"rle"}
 
 
 @pytest.mark.parametrize("make_args, message", [

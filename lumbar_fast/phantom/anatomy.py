@@ -105,9 +105,7 @@ def intensity(anatomy: Anatomy, sequence: str, points: np.ndarray) -> np.ndarray
     torso_depth = (np.hypot(full.x / 140.0, (full.y + 20.0) / 115.0) - 1.0) * 115.0  # ~ mm outside the skin
     full.paint(_soft_below(torso_depth, 0.0), "fat")
     full.paint(_soft_below(torso_depth, -12.0), "muscle")
-    straight = points.copy()
-    straight[..., 1] -= anatomy.spine_offset(points[..., 2])
-    spine = _Canvas(straight, full.image, value).region(*_spine_box(anatomy))
+    spine = _straighten(anatomy, full)
     if spine is None:
         return full.image
     for paint_part in (_paint_bodies, _paint_posterior_elements, _paint_foramina, _paint_canal):
@@ -140,12 +138,30 @@ class _Canvas:
         inside = (self.x >= x[0]) & (self.x <= x[1]) & (self.y >= y[0]) & (self.y <= y[1])
         return self.crop(inside)
 
+    def bounds(self) -> np.ndarray:
+        """(2, 3): the smallest and largest world x, y, z of the canvas (y only before straightening)."""
+        if self._bounds is None:
+            corners = self.points[[0, 0, -1, -1], [0, -1, 0, -1]]  # a block of a plane: its corners bound it
+            self._bounds = np.stack([corners.min(axis=0), corners.max(axis=0)])
+        return self._bounds
+
     def reaches(self, axis: int, centre: float, radius: float) -> bool:
         """Whether the canvas' extent along world axis `axis` comes within `radius` of `centre`."""
-        if self._bounds is None:
-            flat = self.points.reshape(-1, 3)
-            self._bounds = np.stack([flat.min(axis=0), flat.max(axis=0)])
-        return bool(self._bounds[0, axis] <= centre + radius and self._bounds[1, axis] >= centre - radius)
+        low, high = self.bounds()[:, axis]
+        return bool(low <= centre + radius and high >= centre - radius)
+
+
+def _straighten(anatomy: Anatomy, full: _Canvas) -> _Canvas | None:
+    """The pixels around the spine, with y shifted so that the curved spine becomes the straight one."""
+    x_range, (front, back) = _spine_box(anatomy)
+    low, high = (full.bounds()[:, 2] - (anatomy.disc_z[0] + anatomy.disc_z[-1]) / 2)
+    largest_shift = anatomy.lordosis * max(low * low, high * high)
+    near = full.region(x_range, (front, back + largest_shift))  # the shift is posterior (+y) everywhere
+    if near is None:
+        return None
+    straight = near.points.copy()
+    straight[..., 1] -= anatomy.spine_offset(straight[..., 2])
+    return _Canvas(straight, near.image, near.value).region(x_range, (front, back))
 
 
 def _spine_box(anatomy: Anatomy) -> tuple[tuple[float, float], tuple[float, float]]:

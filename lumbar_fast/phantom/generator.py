@@ -68,6 +68,16 @@ def generate(out_dir: str | Path, n_studies: int, n_test_studies: int = 0,
     )
 
 
+def load_manifest(root: str | Path) -> dict:
+    """The phantom_manifest.json of a phantom folder: options, series (with their pitfalls), damaged files,
+    missing labels; other stages' tests check themselves against it."""
+    path = Path(root) / MANIFEST_NAME
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        raise LumbarFastError(f"{path} not found: {root} is not a phantom folder") from None
+
+
 def _prepare_out_dir(out_dir: str | Path, n_studies: int, n_test_studies: int) -> Path:
     """Check the arguments and create the output folder; user mistakes become one-line errors."""
     if n_studies < 1:
