@@ -1,7 +1,9 @@
-"""Shared fixtures: phantom RSNA folders built once per test session."""
+"""Shared fixtures: phantom RSNA folders, caches and trained runs built once per test session; the CLI."""
 
 from __future__ import annotations
 
+import contextlib
+import io
 from collections.abc import Callable
 from pathlib import Path
 
@@ -70,3 +72,37 @@ def synth_cache(make_cache, synth_data) -> Path:
     """synth_data's train split ingested into a Zarr cache: 64×64 images, 3-channel level crops, default
     crop widths (its errors table lists the phantom's damaged files)."""
     return make_cache(synth_data)
+
+
+@pytest.fixture(scope="session")
+def trained_runs(synth_cache, tmp_path_factory) -> dict[str, Path]:
+    """One classifier run per sequence, validated on fold 0 of 3 of synth_cache: test_efficientnet from
+    random weights, one epoch, CPU, torch loader — tiny runs for the stages that consume runs (evaluate,
+    predict); they learn little, which those tests do not need."""
+    from lumbar_fast.rsna import SEQUENCES
+    from lumbar_fast.train import TrainConfig, train
+
+    folder = tmp_path_factory.mktemp("runs")
+    return {seq: train(TrainConfig(sequence=seq, cache=str(synth_cache), run_dir=str(folder / seq),
+                                   model="test_efficientnet", pretrained=False, epochs=1, batch_size=8,
+                                   folds=3, loader="torch", workers=1, device="cpu", progress=False))
+            for seq in SEQUENCES}
+
+
+@pytest.fixture(scope="session")
+def run_cli() -> Callable[..., tuple[int, str, str]]:
+    """`run_cli(*args)` runs `lumbar-fast args...` in-process: (exit code, stdout, stderr). No capsys, so
+    module- and session-scoped fixtures can use it too."""
+    from lumbar_fast.cli import main
+
+    def run(*args: object) -> tuple[int, str, str]:
+        out, err = io.StringIO(), io.StringIO()
+        try:
+            with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+                main([str(arg) for arg in args])
+            code = 0
+        except SystemExit as exc:
+            code = exc.code
+        return code, out.getvalue(), err.getvalue()
+
+    return run

@@ -3,12 +3,18 @@ ingest → train three runs → predict → score gives the competition score ev
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
+import pytest
 
 from lumbar_fast import metrics, rsna
 from lumbar_fast.evaluate import format_table, item_losses, sequence_summary
 from lumbar_fast.predict import PROBABILITY_COLUMNS
+from lumbar_fast.runfolder import RunFolder
+from lumbar_fast.train import TrainConfig, train
 
 
 def test_item_losses_are_the_weighted_log_loss_terms():
@@ -54,3 +60,112 @@ def test_format_table_aligns_columns():
     lines = text.splitlines()
     columns = [line.index(value) for line, value in zip(lines, ["sag_t1", "0.9", "0.75"], strict=True)]
     assert columns == [len("  majority class") + 2] * 3
+
+
+# -- on runs trained on the phantom ------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def evaluated(trained_runs, tmp_path_factory, run_cli) -> tuple[Path, dict, str]:
+    """evaluate of the three trained runs: (report folder, report.json, stdout)."""
+    out = tmp_path_factory.mktemp("evaluate") / "report"
+    code, stdout, stderr = run_cli("evaluate", *trained_runs.values(), "--out", out,
+                                          "--bootstrap", 50, "--device", "cpu")
+    assert code == 0, stderr
+    return out, json.loads((out / "report.json").read_text()), stdout
+
+
+
+def validation_studies(run: Path) -> np.ndarray:
+    """The studies of a run's validation fold, from its split.csv."""
+    split = pd.read_csv(run / "split.csv")
+    return split.loc[split["fold"] == RunFolder(run).read_config()["fold"], "study_id"].to_numpy()
+
+
+def test_predict_then_score_gives_evaluates_competition_score(evaluated, trained_runs, synth_cache,
+                                                               synth_data, tmp_path, run_cli):
+    _, report, _ = evaluated
+    submission_path = tmp_path / "submission.csv"
+    code, _, stderr = run_cli("predict", *trained_runs.values(), "--cache", synth_cache, "--out",
+                              submission_path, "--allow-prior", "--device", "cpu")
+    assert code == 0, stderr
+    submission = pd.read_csv(submission_path)
+    study_of_row = metrics.parse_row_ids(submission["row_id"])["study_id"]
+    validation = submission[study_of_row.isin(validation_studies(trained_runs["sag_t2"])).to_numpy()]
+    validation_path = tmp_path / "validation.csv"
+    validation.to_csv(validation_path, index=False)
+    code, stdout, stderr = run_cli("score", "--labels", synth_data / "train.csv", "--submission",
+                                   validation_path)
+    assert code == 0, stderr
+    printed = float(stdout.split("score")[-1])
+    competition = report["competition"]
+    assert printed == pytest.approx(competition["model"]["score"], abs=1e-4)
+    solution = metrics.labels_to_rows(pd.read_csv(synth_data / "train.csv"))
+    scored = metrics.rsna_score(solution, validation)
+    for term in (*metrics.GROUPS, metrics.ANY_SEVERE, "score"):
+        assert scored[term] == pytest.approx(competition["model"][term], abs=1e-6)
+    assert scored["n_studies"] == competition["studies"] == len(validation_studies(trained_runs["sag_t2"]))
+
+
+def test_per_sequence_figures_are_the_runs_validation_figures(evaluated, trained_runs):
+    _, report, _ = evaluated
+    for seq, run in trained_runs.items():
+        best = [record for record in RunFolder(run).read_metrics() if record["best"]][-1]
+        figures = report["sequences"][seq]
+        assert figures["n"] == best["val_n"]
+        for key in ("accuracy", "majority_accuracy", "balanced_accuracy", "weighted_log_loss",
+                    "prior_weighted_log_loss"):
+            assert figures[key] == pytest.approx(best[f"val_{key}"], abs=1e-6)
+            low, high = figures["intervals"][key]
+            assert low <= high
+
+
+def test_report_files_state_baselines_and_oracle_localisation(evaluated, trained_runs):
+    out, report, stdout = evaluated
+    names = {"report.md", "report.json", "predictions.csv", "confusion.png",
+             *(f"most_wrong_{seq}.png" for seq in trained_runs)}
+    assert names <= {path.name for path in out.iterdir()}
+    for name in names - {"report.md", "report.json", "predictions.csv"}:
+        assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    markdown = (out / "report.md").read_text()
+    for text in ("oracle localisation", "majority class", "training prior", "prior only", "Competition score",
+                 "| Severe |"):
+        assert text in markdown
+    for text in ("oracle localisation", "majority class", "training prior", "competition score", "prior only",
+                 *trained_runs):
+        assert text in stdout
+    assert report["competition"]["prior"]["score"] > 0
+    predictions = pd.read_csv(out / "predictions.csv")
+    assert set(predictions["study_id"]) <= set(validation_studies(trained_runs["sag_t2"]))
+    assert np.allclose(predictions[list(PROBABILITY_COLUMNS)].sum(axis=1), 1.0, atol=1e-5)
+
+
+def test_runs_of_every_fold_give_out_of_fold_predictions(trained_runs, synth_cache, tmp_path, run_cli):
+    more = [train(TrainConfig(sequence="sag_t2", cache=str(synth_cache), run_dir=str(tmp_path / f"fold{k}"),
+                              model="test_efficientnet", pretrained=False, epochs=1, batch_size=8, folds=3,
+                              fold=k, loader="torch", workers=1, device="cpu", progress=False))
+            for k in (1, 2)]
+    out = tmp_path / "report"
+    code, stdout, stderr = run_cli("evaluate", trained_runs["sag_t2"], *more, "--out", out, "--bootstrap", 20,
+                                   "--device", "cpu")
+    assert code == 0, stderr
+    report = json.loads((out / "report.json").read_text())
+    figures = report["sequences"]["sag_t2"]
+    assert figures["coverage"] == "out-of-fold, all 3 folds" and "out-of-fold" in stdout
+    predictions = pd.read_csv(out / "predictions.csv")
+    split = pd.read_csv(trained_runs["sag_t2"] / "split.csv")
+    assert sorted(predictions.groupby("study_id")["fold"].first().items()) == \
+        sorted(split[split["study_id"].isin(predictions["study_id"])].itertuples(index=False, name=None))
+    assert figures["n"] == int((predictions["severity"] != rsna.MISSING).sum())
+    assert report["competition"] is None  # one sequence only
+
+
+def test_bad_input_is_one_line_error(trained_runs, tmp_path, run_cli):
+    runs = list(trained_runs.values())
+    cases = {
+        "does not exist": [tmp_path / "nowhere", "--out", tmp_path / "r"],
+        "both sag_t2 fold 0": [runs[1], runs[1], "--out", tmp_path / "r"],
+        "no-cache.zarr": [runs[0], "--cache", tmp_path / "no-cache.zarr", "--out", tmp_path / "r"],
+    }
+    for message, args in cases.items():
+        code, _, stderr = run_cli("evaluate", *args)
+        assert code == 2 and stderr.startswith("error:") and len(stderr.strip().splitlines()) == 1, stderr
+        assert message in stderr
