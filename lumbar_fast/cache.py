@@ -136,7 +136,7 @@ def write_table(store: _Store, name: str, table: pd.DataFrame) -> None:
     categories = {}
     for column in table.columns:
         values = table[column]
-        if values.dtype == object:
+        if pd.api.types.is_string_dtype(values) or values.dtype == object:
             codes, uniques = pd.factorize(values, sort=True)
             categories[column] = [str(u) for u in uniques]
             store.write(f"{name}/{column}", codes.astype(np.int32))

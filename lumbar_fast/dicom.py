@@ -16,8 +16,9 @@ import numpy as np
 import pydicom
 from PIL import Image
 
-#: largest per-component difference of ImageOrientationPatient cosines inside one stack
-ORIENTATION_TOLERANCE = 0.01
+#: largest per-component difference of ImageOrientationPatient cosines inside one stack (~0.06°: stacks
+#: of one scanner session repeat their IOP exactly, differently angled stacks differ by degrees)
+ORIENTATION_TOLERANCE = 1e-3
 #: robust intensity window: these percentiles of a series' pixels map to 0 and 255
 WINDOW_PERCENTILES = (0.5, 99.5)
 #: about this many pixels per series are sampled to find the window (a full sort per series is slow)
@@ -110,7 +111,7 @@ def read_slice(path: Path) -> DicomSlice:
     except Exception as exc:  # truncated / garbage files fail anywhere in the parser
         raise DicomReadError(f"not a readable DICOM file: {_first_line(exc)}") from exc
     if "PixelData" not in ds:
-        raise DicomReadError("no pixel data (not an image)")
+        raise DicomReadError("no pixel data (not an image, or cut short)")
     missing = [tag for tag in ("ImagePositionPatient", "ImageOrientationPatient", "PixelSpacing")
                if tag not in ds]
     if missing:

@@ -1,0 +1,131 @@
+"""cache.py: tables and chunk-aligned image writes in both formats, open_cache's refusals, the reader's
+array_path (.npy written once, reused while the cache is the same) and lookup."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+import zarr
+
+from lumbar_fast import cache, rsna
+from lumbar_fast.errors import CacheError, LumbarFastError
+
+
+def tiny_cache(path, fmt: str, parts: list[int], size: int = 4):
+    """A cache whose sag_t2 stacks come in `parts` pieces (image i is filled with i), one level crop per
+    stack image, and a two-row errors table."""
+    writer = cache.CacheWriter(path, fmt)
+    total = sum(parts)
+    stacks = writer.images("stacks/sag_t2/images", (total, size, size))
+    levels = writer.images("levels/sag_t2/images", (total, size, size, 3))
+    start = 0
+    for count in parts:
+        values = np.arange(start, start + count, dtype=np.uint8)
+        stacks.append(np.broadcast_to(values[:, None, None], (count, size, size)).copy())
+        levels.append(np.broadcast_to(values[:, None, None, None], (count, size, size, 3)).copy())
+        start += count
+    stacks.close()
+    levels.close()
+    index = pd.DataFrame({c: np.arange(total) for c in cache.STACK_INDEX_COLUMNS})
+    writer.table("stacks/sag_t2/index", cache.typed_table(index, cache.STACK_INDEX_COLUMNS))
+    labels = pd.DataFrame({c: np.arange(total) for c in cache.LEVEL_LABEL_COLUMNS})
+    labels["study_id"] = 100 + np.arange(total) // 5
+    labels["condition"] = "spinal_canal_stenosis"
+    labels["level"] = [rsna.LEVELS[i % 5] for i in range(total)]
+    labels["severity"] = np.arange(total) % 3
+    writer.table("levels/sag_t2/labels", cache.typed_table(labels, cache.LEVEL_LABEL_COLUMNS))
+    errors = [{"study_id": 1, "series_id": 2, "path": "a/b.dcm", "reason": "not a readable DICOM file: x"},
+              {"study_id": 3, "series_id": 4, "path": "ç/é.dcm", "reason": "empty series: no .dcm files"}]
+    writer.table("errors", cache.typed_table(errors, cache.ERROR_COLUMNS))
+    study_labels = pd.DataFrame({"study_id": [100, 101],
+                                 **{c: [0, rsna.MISSING] for c in rsna.LABEL_COLUMNS}})
+    writer.table("study_labels", cache.typed_table(study_labels, cache.STUDY_LABEL_COLUMNS))
+    writer.finish({"params": {"size": size}, "split": "train", "source": {}, "lumbar_fast_version": "test"})
+    return cache.open_cache(path)
+
+
+@pytest.mark.parametrize("fmt", cache.FORMATS)
+def test_images_and_tables_round_trip_whatever_the_part_sizes(tmp_path, fmt):
+    parts = [1, 40, 0, 7, 33, 2]  # crosses the 32-image chunks unevenly
+    reader = tiny_cache(tmp_path / f"c.{fmt}", fmt, parts)
+    assert reader.sequences() == ["sag_t2"]
+    total = sum(parts)
+    images = reader.stack_images("sag_t2")
+    assert images.shape == (total, 4, 4) and images.dtype == np.uint8
+    np.testing.assert_array_equal(images[:, 0, 0], np.arange(total))
+    np.testing.assert_array_equal(reader.level_images("sag_t2")[:, 1, 2, 2], np.arange(total))
+    index = reader.stack_index("sag_t2")
+    assert dict(index.dtypes.astype(str)) == cache.STACK_INDEX_COLUMNS
+    labels = reader.level_labels("sag_t2")
+    for column, dtype in cache.LEVEL_LABEL_COLUMNS.items():
+        text = dtype == "object" and pd.api.types.is_string_dtype(labels[column])
+        assert text or labels[column].dtype == dtype, column
+    assert list(labels["level"][:6]) == [*rsna.LEVELS, rsna.LEVELS[0]]
+    assert reader.errors()["path"].tolist() == ["a/b.dcm", "ç/é.dcm"]
+    assert cache.reason_counts(reader.errors()) == {"not a readable DICOM file": 1, "empty series": 1}
+    study_labels = reader.study_labels()
+    assert study_labels.dtypes[rsna.LABEL_COLUMNS[0]] == np.int8
+    assert study_labels[rsna.LABEL_COLUMNS[3]].tolist() == [0, rsna.MISSING]
+
+
+def test_empty_tables_and_arrays_round_trip_in_hdf5(tmp_path):
+    store = cache._Store(tmp_path / "e.h5", "hdf5", "w")
+    cache.write_table(store, "errors", cache.empty_table(cache.ERROR_COLUMNS))
+    store.create("levels/ax_t2/images", (0, 8, 8, 3), "uint8", (32, 8, 8, 3))
+    store.close()
+    reader = cache._Store(tmp_path / "e.h5", "hdf5", "r")
+    assert cache.read_table(reader, "errors").empty
+    assert reader.array("levels/ax_t2/images").shape == (0, 8, 8, 3)
+
+
+def test_lookup_finds_the_crop_and_its_row(tmp_path):
+    reader = tiny_cache(tmp_path / "c.zarr", "zarr", [12])
+    crop, row = reader.lookup(101, "spinal_canal_stenosis", "l3_l4")  # item 7
+    assert int(crop[0, 0, 0]) == 7 and row["stack_row"] == 7 and row["level"] == "l3_l4"
+    with pytest.raises(LumbarFastError, match="no level crop"):
+        reader.lookup(999, "spinal_canal_stenosis", "l3_l4")
+    with pytest.raises(LumbarFastError, match="has no ax_t2"):
+        reader.lookup(101, "left_subarticular_stenosis", "l3_l4")
+
+
+def test_array_path_writes_once_and_follows_the_cache(tmp_path):
+    path = tmp_path / "c.zarr"
+    reader = tiny_cache(path, "zarr", [5, 6])
+    npy = reader.array_path("sag_t2", "levels")
+    assert npy.parent == tmp_path / "c.zarr.npy"
+    np.testing.assert_array_equal(np.load(npy, mmap_mode="r"), reader.level_images("sag_t2"))
+    written = npy.stat().st_mtime_ns
+    assert cache.open_cache(path).array_path("sag_t2", "levels") == npy and npy.stat().st_mtime_ns == written
+    stacks = reader.array_path("sag_t2", "stacks")
+    np.testing.assert_array_equal(np.load(stacks), reader.stack_images("sag_t2"))
+    rebuilt = tiny_cache(path, "zarr", [3])  # the same path, another cache: a new file, the old one gone
+    fresh = rebuilt.array_path("sag_t2", "levels")
+    assert fresh != npy and not npy.exists() and np.load(fresh).shape[0] == 3
+    with pytest.raises(LumbarFastError, match="unknown array kind"):
+        rebuilt.array_path("sag_t2", "pngs")
+
+
+def test_open_cache_refuses_what_is_not_a_finished_cache_of_this_schema(tmp_path):
+    with pytest.raises(CacheError, match="no cache at"):
+        cache.open_cache(tmp_path / "absent.zarr")
+    (tmp_path / "folder").mkdir()
+    with pytest.raises(CacheError, match="not a lumbar-fast cache"):
+        cache.open_cache(tmp_path / "folder")
+    zarr.open_group(tmp_path / "unfinished.zarr", mode="w").create_array("x", shape=(1,), dtype="uint8")
+    with pytest.raises(CacheError, match="not a finished lumbar-fast cache"):
+        cache.open_cache(tmp_path / "unfinished.zarr")
+    reader = tiny_cache(tmp_path / "old.zarr", "zarr", [2])
+    zarr.open_group(reader.path, mode="r+").attrs["schema_version"] = cache.SCHEMA_VERSION + 1
+    with pytest.raises(CacheError, match="schema version"):
+        cache.open_cache(reader.path)
+    with pytest.raises(LumbarFastError, match="unknown sequence"):
+        tiny_cache(tmp_path / "c.h5", "hdf5", [2]).stack_images("sag_t3")
+
+
+def test_hdf5_attributes_are_json(tmp_path):
+    reader = tiny_cache(tmp_path / "c.h5", "hdf5", [2])
+    assert reader.attrs["schema_version"] == cache.SCHEMA_VERSION and reader.attrs["params"] == {"size": 4}
+    assert json.loads(json.dumps(reader.attrs)) == reader.attrs

@@ -1,0 +1,334 @@
+"""ingest on phantom folders: spatial order, crops centred on their labelled point, compressed twins, damaged
+files reported but not fatal, SIGKILL-and-resume equal to an uninterrupted run, reruns, HDF5, the test split,
+one-line errors for bad input, and `info` telling the truth."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pydicom
+import pytest
+from pydicom.data import get_testdata_file
+from pydicom.uid import JPEG2000Lossless, RLELossless
+
+from lumbar_fast import cache, rsna
+from lumbar_fast.cli import main
+from lumbar_fast.errors import CacheError, DataError
+from lumbar_fast.ingest import IngestParams, convert_series, ingest, plan_ingest
+from lumbar_fast.phantom import MANIFEST_NAME, PitfallRates
+
+
+@pytest.fixture(scope="module")
+def tiny_data(make_synth) -> Path:
+    """3 train + 1 test studies of 64-pixel images, one damaged file per study."""
+    return make_synth(3, 1, seed=5, image_size=64, pitfalls=PitfallRates().with_rates(corrupt=1.0))
+
+
+def manifest(root: Path) -> dict:
+    return json.loads((root / MANIFEST_NAME).read_text())
+
+
+def assert_same_cache(a: cache.CacheReader, b: cache.CacheReader) -> None:
+    """Same arrays, same tables, same parameters (but the format) and source summary."""
+    assert a.sequences() == b.sequences()
+    for seq in a.sequences():
+        np.testing.assert_array_equal(a.stack_images(seq), b.stack_images(seq))
+        np.testing.assert_array_equal(a.level_images(seq), b.level_images(seq))
+        pd.testing.assert_frame_equal(a.stack_index(seq), b.stack_index(seq))
+        pd.testing.assert_frame_equal(a.level_labels(seq), b.level_labels(seq))
+    pd.testing.assert_frame_equal(a.study_labels(), b.study_labels())
+    pd.testing.assert_frame_equal(a.errors(), b.errors())
+    assert {**a.attrs["params"], "fmt": ""} == {**b.attrs["params"], "fmt": ""}
+    assert (a.attrs["split"], a.attrs["source"]) == (b.attrs["split"], b.attrs["source"])
+
+
+def run_cli(*args: str, capsys) -> tuple[int, str, str]:
+    """Run the CLI in this process: (exit code, stdout, stderr)."""
+    try:
+        main(list(args))
+        code = 0
+    except SystemExit as exc:
+        code = exc.code
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+# --- geometry and content ---------------------------------------------------------------------------------
+
+def test_stacks_are_in_spatial_order_whatever_the_instance_numbers(synth_data, synth_cache):
+    reader = cache.open_cache(synth_cache)
+    series = {s["series_id"]: s for s in manifest(synth_data)["series"] if s["split"] == "train"}
+    shuffled = 0
+    for seq in reader.sequences():
+        index = reader.stack_index(seq)
+        for (series_id, stack), rows in index.groupby(["series_id", "stack"]):
+            assert rows["slice"].tolist() == list(range(len(rows)))
+            assert np.all(np.diff(rows["position"]) > 0), (series_id, stack)
+            shuffled += not np.all(np.diff(rows["instance_number"]) > 0)
+            for row in rows.iloc[[0, -1]].itertuples():  # positions recomputed from the headers
+                path = synth_data / "train_images" / str(row.study_id) / str(series_id) / \
+                    f"{row.instance_number}.dcm"
+                ds = pydicom.dcmread(path, stop_before_pixels=True)
+                iop = np.array(ds.ImageOrientationPatient, float)
+                normal = np.cross(iop[:3], iop[3:])
+                assert row.position == pytest.approx(float(np.array(ds.ImagePositionPatient, float) @ normal))
+                assert (row.rows, row.cols) == (ds.Rows, ds.Columns)
+        for series_id, rows in index.groupby("series_id"):
+            assert rows["stack"].nunique() == series[series_id]["stacks"]
+    assert shuffled >= 1 and "multi_stack" in manifest(synth_data)["pitfalls"]
+
+
+def test_level_crops_are_centred_on_their_labelled_point_on_the_labelled_slice(synth_data, synth_cache):
+    reader = cache.open_cache(synth_cache)
+    coordinates = pd.read_csv(synth_data / "train_label_coordinates.csv")
+    size = reader.attrs["params"]["size"]
+    for seq in reader.sequences():
+        labels, images = reader.level_labels(seq), reader.level_images(seq).astype(np.float64)
+        index = reader.stack_index(seq).iloc[labels["stack_row"]]
+        for column in ("study_id", "series_id", "instance_number"):
+            assert (index[column].to_numpy() == labels[column].to_numpy()).all()
+        wanted = coordinates[coordinates["condition"].map(rsna.CONDITION_FROM_TITLE).isin(
+            rsna.SEQUENCES[seq].conditions)]
+        assert len(labels) == len(wanted)  # the phantom never labels a damaged file
+        # the phantom darkens the labelled structure with severity, inside a few mm of its point
+        radius = 2.5 / reader.attrs["params"]["crop_mm"][seq] * size
+        rows, cols = np.mgrid[:size, :size]
+        centre = (rows - (size - 1) / 2) ** 2 + (cols - (size - 1) / 2) ** 2 <= radius ** 2
+        middle = images[..., images.shape[-1] // 2]
+        here = middle[:, centre].mean(axis=1) / np.percentile(middle, 99.5, axis=(1, 2))
+        severity = labels["severity"].to_numpy()
+        means = [here[severity == k].mean() for k in (0, 1, 2)]
+        assert means[0] > means[1] > means[2], (seq, means)
+        assert np.corrcoef(severity[severity >= 0], here[severity >= 0])[0, 1] < -0.7, seq
+
+
+def test_compressed_twins_give_the_same_arrays(tiny_data, tmp_path):
+    params = IngestParams(data_dir=str(tiny_data), size=32)
+    plan = plan_ingest(params)
+    damaged = {d["series_id"] for d in manifest(tiny_data)["damaged_files"]}
+    uncompressed = {s["series_id"] for s in manifest(tiny_data)["series"]
+                    if s["transfer_syntax"] == "explicit_little" and s["series_id"] not in damaged}
+    task = next(t for t in plan.tasks if t.series_id in uncompressed and t.labels)
+    reference = convert_series(task, params)
+    for syntax in (RLELossless, JPEG2000Lossless):
+        twin = tmp_path / syntax.name.replace(" ", "_")
+        twin.mkdir()
+        for path in task.folder.glob("*.dcm"):
+            ds = pydicom.dcmread(path)
+            ds.compress(syntax)
+            ds.save_as(twin / path.name)
+        part = convert_series(dataclasses.replace(task, folder=twin), params)
+        np.testing.assert_array_equal(part.stack_images, reference.stack_images)
+        np.testing.assert_array_equal(part.level_images, reference.level_images)
+        pd.testing.assert_frame_equal(part.level_labels, reference.level_labels)
+
+
+def test_damaged_files_are_reported_and_the_rest_is_ingested(synth_data, synth_cache):
+    reader = cache.open_cache(synth_cache)
+    damaged = [d for d in manifest(synth_data)["damaged_files"] if d["path"].startswith("train_images")]
+    assert damaged
+    errors = reader.errors()
+    assert sorted(Path(p).relative_to(synth_data).as_posix() for p in errors["path"]) == \
+        sorted(d["path"] for d in damaged)
+    assert set(cache.reason_counts(errors)) <= {"not a readable DICOM file", "pixel data cannot be decoded",
+                                                "no pixel data (not an image, or cut short)"}
+    files = {seq: 0 for seq in rsna.SEQUENCES}
+    descriptions = pd.read_csv(synth_data / "train_series_descriptions.csv")
+    for row in descriptions.itertuples():
+        folder = synth_data / "train_images" / str(row.study_id) / str(row.series_id)
+        files[rsna.SEQUENCE_FROM_DESCRIPTION[row.series_description]] += len(list(folder.glob("*.dcm")))
+    ingested = {seq: len(reader.stack_index(seq)) for seq in reader.sequences()}
+    assert sum(files.values()) - sum(ingested.values()) == len(damaged)
+
+
+def test_study_labels_are_train_csv_as_class_ids(synth_data, synth_cache):
+    labels = cache.open_cache(synth_cache).study_labels().set_index("study_id")
+    train = pd.read_csv(synth_data / "train.csv").set_index("study_id")
+    assert sorted(labels.index) == sorted(train.index)
+    expected = train.apply(lambda column: column.map(rsna.SEVERITY_FROM_NAME)).fillna(rsna.MISSING)
+    assert (labels.loc[train.index, list(rsna.LABEL_COLUMNS)].to_numpy() == expected.to_numpy()).all()
+    assert (labels.to_numpy() == rsna.MISSING).any()  # the phantom leaves some labels out
+
+
+# --- broken inputs ----------------------------------------------------------------------------------------
+
+def broken_copy(tiny_data: Path, tmp_path: Path) -> tuple[Path, dict[str, tuple[int, int]]]:
+    """A copy of tiny_data with one of each problem; returns it and the (study, series) of each."""
+    root = tmp_path / "broken"
+    shutil.copytree(tiny_data, root)
+    descriptions = pd.read_csv(root / "train_series_descriptions.csv")
+    coordinates = pd.read_csv(root / "train_label_coordinates.csv")
+    keys = list(descriptions[["study_id", "series_id"]].itertuples(index=False, name=None))
+    folder = {key: root / "train_images" / str(key[0]) / str(key[1]) for key in keys}
+    where = {"labelled truncated": keys[0], "empty": keys[1], "unknown description": keys[2],
+             "folder missing": keys[3], "non-image": keys[4], "label without file": keys[5]}
+    labelled = coordinates[coordinates["series_id"] == keys[0][1]].iloc[0]
+    victim = folder[keys[0]] / f"{labelled.instance_number}.dcm"
+    victim.write_bytes(victim.read_bytes()[:700])
+    for path in folder[keys[1]].glob("*.dcm"):
+        path.unlink()
+    descriptions.loc[2, "series_description"] = "Coronal T1"
+    shutil.rmtree(folder[keys[3]])
+    shutil.copy(get_testdata_file("rtplan.dcm", download=False), folder[keys[4]] / "9999.dcm")
+    extra = coordinates[coordinates["series_id"] == keys[5][1]].iloc[[0]].assign(instance_number=4242)
+    pd.concat([coordinates, extra]).to_csv(root / "train_label_coordinates.csv", index=False)
+    descriptions.to_csv(root / "train_series_descriptions.csv", index=False)
+    return root, where
+
+
+def test_broken_inputs_go_to_the_errors_table_and_the_rest_is_ingested(tiny_data, tmp_path):
+    root, where = broken_copy(tiny_data, tmp_path)
+    summary = ingest(root, tmp_path / "c.zarr", size=32, workers=1, progress=False)
+    errors = cache.open_cache(tmp_path / "c.zarr").errors()
+    assert summary.errors == len(errors)
+    found = {(r.study_id, r.series_id, r.reason.split(":")[0]) for r in errors.itertuples()}
+    reasons = {"labelled truncated": "labelled instance missing or unusable", "empty": "empty series",
+               "unknown description": "unknown series description", "folder missing": "series folder missing",
+               "non-image": "no pixel data (not an image, or cut short)",
+               "label without file": "labelled instance missing or unusable"}
+    for problem, reason in reasons.items():
+        assert (*where[problem], reason) in found, problem
+    reader = cache.open_cache(tmp_path / "c.zarr")
+    ingested = {sid for seq in reader.sequences() for sid in reader.stack_index(seq)["series_id"]}
+    gone = {where[p][1] for p in ("empty", "unknown description", "folder missing")}
+    assert not ingested & gone and len(ingested) == summary.series - 1  # the empty series has no image
+
+
+@pytest.mark.parametrize("make_args, message", [
+    (lambda tmp, data: [str(tmp / "nowhere")], "does not exist"),
+    (lambda tmp, data: [str(tmp)], "train_series_descriptions.csv is missing"),
+    (lambda tmp, data: [str(data), "--split", "test", "--coordinates", str(tmp / "none.csv")], "none.csv"),
+    (lambda tmp, data: [str(data), "--out", str(tmp / "occupied")], "not a lumbar-fast cache"),
+])
+def test_bad_input_is_a_one_line_error(tiny_data, tmp_path, capsys, make_args, message):
+    (tmp_path / "occupied").mkdir()
+    (tmp_path / "occupied" / "keep.txt").write_text("mine")
+    args = make_args(tmp_path, tiny_data)
+    if "--out" not in args:
+        args += ["--out", str(tmp_path / "c.zarr")]
+    code, _, err = run_cli("ingest", *args, "--no-progress", capsys=capsys)
+    assert code == 2 and message in err and len(err.strip().splitlines()) == 1, err
+    assert (tmp_path / "occupied" / "keep.txt").read_text() == "mine"
+
+
+def test_an_empty_descriptions_csv_is_a_data_error(tiny_data, tmp_path):
+    root = tmp_path / "empty"
+    (root / "train_images").mkdir(parents=True)
+    (root / "train_series_descriptions.csv").write_text("study_id,series_id,series_description\n")
+    with pytest.raises(DataError, match="lists no series"):
+        ingest(root, tmp_path / "c.zarr", progress=False)
+
+
+# --- resuming, reruns, formats, splits --------------------------------------------------------------------
+
+def killed_ingest(data: Path, out: Path, moment: str) -> None:
+    """Start `lumbar-fast ingest` and SIGKILL it (and its workers) at `moment`: once the first series is
+    committed ("parts") or once the final store appears ("consolidation")."""
+    command = [sys.executable, "-m", "lumbar_fast", "ingest", str(data), "--out", str(out), "--size", "32",
+               "--workers", "2", "--no-progress"]
+    process = subprocess.Popen(command, start_new_session=True, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL)
+    parts = out.with_name(out.name + ".ingest") / "parts"
+    deadline = time.monotonic() + 60
+    while process.poll() is None and time.monotonic() < deadline:
+        if (moment == "parts" and any(parts.glob("*.pkl"))) or (moment == "consolidation" and out.exists()):
+            break
+        time.sleep(0.002)
+    if process.poll() is None:
+        os.killpg(process.pid, signal.SIGKILL)
+    process.wait()
+
+
+@pytest.mark.parametrize("moment", ["parts", "consolidation"])
+def test_sigkill_then_rerun_equals_an_uninterrupted_run(tiny_data, make_cache, tmp_path, moment):
+    reference = cache.open_cache(make_cache(tiny_data, size=32, workers=1))
+    out = tmp_path / "c.zarr"
+    killed_ingest(tiny_data, out, moment)
+    work = out.with_name("c.zarr.ingest")
+    assert work.is_dir(), "the ingest finished before it could be killed"
+    assert out.exists() == (moment == "consolidation")
+    (work / "parts" / "1_2.pkl.999.tmp").write_bytes(b"half a part")
+    summary = ingest(tiny_data, out, size=32, workers=2, progress=False)
+    assert summary.series_resumed >= (1 if moment == "parts" else 0)
+    assert not work.exists()
+    assert_same_cache(cache.open_cache(out), reference)
+
+
+def test_rerun_is_a_no_op_and_other_parameters_are_refused(tiny_data, make_cache, capsys):
+    out = make_cache(tiny_data, size=32, workers=1)
+    before = cache.open_cache(out).attrs["cache_id"]
+    code, stdout, _ = run_cli("ingest", str(tiny_data), "--out", str(out), "--size", "32", capsys=capsys)
+    assert code == 0 and "up to date" in stdout
+    code, _, err = run_cli("ingest", str(tiny_data), "--out", str(out), "--size", "48", capsys=capsys)
+    assert code == 2 and "other parameters (size changed)" in err
+    with pytest.raises(CacheError, match="crop_mm changed"):
+        ingest(tiny_data, out, size=32, crop_mm={"ax_t2": 30.0}, progress=False)
+    assert cache.open_cache(out).attrs["cache_id"] == before
+
+
+def test_hdf5_cache_reads_the_same_as_zarr(tiny_data, make_cache):
+    zarr_cache = cache.open_cache(make_cache(tiny_data, size=32, workers=1))
+    hdf5_cache = cache.open_cache(make_cache(tiny_data, size=32, workers=1, fmt="hdf5"))
+    assert hdf5_cache.path.is_file()
+    assert_same_cache(zarr_cache, hdf5_cache)
+    assert hdf5_cache.attrs["params"]["fmt"] == "hdf5"
+
+
+def test_limit_studies_takes_the_first_studies(tiny_data, make_cache):
+    reader = cache.open_cache(make_cache(tiny_data, size=32, limit_studies=2))
+    train = sorted(pd.read_csv(tiny_data / "train_series_descriptions.csv")["study_id"].unique())
+    assert reader.study_labels()["study_id"].tolist() == train[:2]
+    assert set(reader.stack_index("sag_t2")["study_id"]) == set(train[:2])
+
+
+def test_test_split_has_stacks_and_level_crops_only_with_coordinates(tiny_data, make_cache):
+    bare = cache.open_cache(make_cache(tiny_data, split="test", size=32))
+    test_studies = manifest(tiny_data)["studies"]["test"]
+    assert bare.attrs["split"] == "test" and bare.study_labels()["study_id"].tolist() == sorted(test_studies)
+    assert (bare.study_labels()[list(rsna.LABEL_COLUMNS)] == rsna.MISSING).all().all()
+    assert all(len(bare.level_labels(seq)) == 0 and len(bare.stack_index(seq)) for seq in bare.sequences())
+    keyed = cache.open_cache(make_cache(tiny_data, split="test", size=32,
+                                        coordinates=tiny_data / "test_label_coordinates.csv",
+                                        labels=tiny_data / "test_labels.csv"))
+    answers = pd.read_csv(tiny_data / "test_labels.csv").set_index("study_id")
+    crops = pd.concat([keyed.level_labels(seq) for seq in keyed.sequences()])
+    assert len(crops) == len(pd.read_csv(tiny_data / "test_label_coordinates.csv"))
+    for row in crops.itertuples():
+        name = answers.at[row.study_id, f"{row.condition}_{row.level}"]
+        assert row.severity == (rsna.MISSING if pd.isna(name) else rsna.SEVERITY_FROM_NAME[name])
+
+
+# --- info -------------------------------------------------------------------------------------------------
+
+def test_info_tells_the_truth(synth_data, synth_cache, capsys):
+    code, stdout, _ = run_cli("info", str(synth_cache), "--json", capsys=capsys)
+    report = json.loads(stdout)
+    train = pd.read_csv(synth_data / "train.csv")
+    coordinates = pd.read_csv(synth_data / "train_label_coordinates.csv")
+    damaged = [d for d in manifest(synth_data)["damaged_files"] if d["path"].startswith("train_images")]
+    assert code == 0 and report["studies"] == len(train) and report["split"] == "train"
+    assert report["errors"] == len(damaged) and report["schema_version"] == cache.SCHEMA_VERSION
+    for condition in rsna.CONDITIONS:
+        values = train[[f"{condition}_{lv}" for lv in rsna.LEVELS]].to_numpy().ravel()
+        expected = {name: int((values == name).sum()) for name in rsna.SEVERITIES}
+        assert {k: report["labels"][condition][k] for k in rsna.SEVERITIES} == expected
+        assert report["labels"][condition]["missing"] == int(pd.isna(values).sum())
+    for seq, counts in report["sequences"].items():
+        conditions = [rsna.CONDITION_TITLES[c] for c in rsna.SEQUENCES[seq].conditions]
+        assert counts["level_crops"] == int(coordinates["condition"].isin(conditions).sum())
+        assert counts["studies"] == len(train)
+    assert report["size_bytes"] == sum(f.stat().st_size for f in synth_cache.rglob("*") if f.is_file())
+    assert report["params"]["size"] == 64 and report["params"]["crop_mm"] == {"sag_t1": 40, "sag_t2": 40,
+                                                                                "ax_t2": 50}
+    code, text, _ = run_cli("info", str(synth_cache), capsys=capsys)
+    assert code == 0 and f"errors      {len(damaged)}" in text and "schema 1" in text
