@@ -45,7 +45,7 @@ class LoaderConfig:
     dtype: torch.dtype | None = None  # of the images; None: float16 on CUDA, float32 on CPU
     mean: tuple[float, ...] | None = None  # per channel, in [0, 1]; None: normalisation_stats(channels)
     std: tuple[float, ...] | None = None
-    prefetch: int = 2  # batches prepared ahead of the training loop
+    prefetch: int = 2  # DALI: batches prepared ahead of the training loop
 
 
 class Batch(NamedTuple):

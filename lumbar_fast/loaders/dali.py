@@ -32,9 +32,8 @@ class DaliLoader:
         self._cuda = self._device.type == "cuda"
         self._dtype = cfg.dtype or (torch.float16 if self._cuda else torch.float32)
         self._plan = EpochPlan(len(rows), cfg.batch_size, cfg.seed, cfg.rank, cfg.world_size, train)
-        shape = np.load(images_path, mmap_mode="r").shape
-        self._size, self._channels = shape[1], shape[3]
-        mean, std = normalisation_stats(cfg, self._channels)
+        channels = np.load(images_path, mmap_mode="r").shape[3]
+        mean, std = normalisation_stats(cfg, channels)
         self._source = BatchSource(str(images_path), rows, labels, self._plan, mean, std,
                                    cfg.augment if train else None)
         self._pipe: Pipeline | None = None
@@ -76,7 +75,6 @@ class DaliLoader:
             prefetch_queue_depth=self._cfg.prefetch,
             py_num_workers=max(1, self._cfg.workers),
             py_start_method="spawn",
-            seed=self._cfg.seed,
         )
         with pipe:
             pipe.set_outputs(*self._graph())
