@@ -22,7 +22,6 @@ from pydicom.data import get_testdata_file
 from pydicom.uid import JPEG2000Lossless, RLELossless
 
 from lumbar_fast import cache, rsna
-from lumbar_fast.cli import main
 from lumbar_fast.errors import CacheError, DataError
 from lumbar_fast.ingest import IngestParams, convert_series, ingest, plan_ingest
 from lumbar_fast.phantom import MANIFEST_NAME, PitfallRates
@@ -50,17 +49,6 @@ def assert_same_cache(a: cache.CacheReader, b: cache.CacheReader) -> None:
     pd.testing.assert_frame_equal(a.errors(), b.errors())
     assert {**a.attrs["params"], "fmt": ""} == {**b.attrs["params"], "fmt": ""}
     assert (a.attrs["split"], a.attrs["source"]) == (b.attrs["split"], b.attrs["source"])
-
-
-def run_cli(*args: str, capsys) -> tuple[int, str, str]:
-    """Run the CLI in this process: (exit code, stdout, stderr)."""
-    try:
-        main(list(args))
-        code = 0
-    except SystemExit as exc:
-        code = exc.code
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
 
 
 # --- geometry and content ---------------------------------------------------------------------------------
@@ -210,13 +198,13 @@ def test_broken_inputs_go_to_the_errors_table_and_the_rest_is_ingested(tiny_data
     (lambda tmp, data: [str(data), "--split", "test", "--coordinates", str(tmp / "none.csv")], "none.csv"),
     (lambda tmp, data: [str(data), "--out", str(tmp / "occupied")], "not a lumbar-fast cache"),
 ])
-def test_bad_input_is_a_one_line_error(tiny_data, tmp_path, capsys, make_args, message):
+def test_bad_input_is_a_one_line_error(tiny_data, tmp_path, run_cli, make_args, message):
     (tmp_path / "occupied").mkdir()
     (tmp_path / "occupied" / "keep.txt").write_text("mine")
     args = make_args(tmp_path, tiny_data)
     if "--out" not in args:
         args += ["--out", str(tmp_path / "c.zarr")]
-    code, _, err = run_cli("ingest", *args, "--no-progress", capsys=capsys)
+    code, _, err = run_cli("ingest", *args, "--no-progress")
     assert code == 2 and message in err and len(err.strip().splitlines()) == 1, err
     assert (tmp_path / "occupied" / "keep.txt").read_text() == "mine"
 
@@ -264,12 +252,12 @@ def test_sigkill_then_rerun_equals_an_uninterrupted_run(tiny_data, make_cache, t
     assert_same_cache(cache.open_cache(out), reference)
 
 
-def test_rerun_is_a_no_op_and_other_parameters_are_refused(tiny_data, make_cache, capsys):
+def test_rerun_is_a_no_op_and_other_parameters_are_refused(tiny_data, make_cache, run_cli):
     out = make_cache(tiny_data, size=32, workers=1)
     before = cache.open_cache(out).attrs["cache_id"]
-    code, stdout, _ = run_cli("ingest", str(tiny_data), "--out", str(out), "--size", "32", capsys=capsys)
+    code, stdout, _ = run_cli("ingest", str(tiny_data), "--out", str(out), "--size", "32")
     assert code == 0 and "up to date" in stdout
-    code, _, err = run_cli("ingest", str(tiny_data), "--out", str(out), "--size", "48", capsys=capsys)
+    code, _, err = run_cli("ingest", str(tiny_data), "--out", str(out), "--size", "48")
     assert code == 2 and "other parameters (size changed)" in err
     with pytest.raises(CacheError, match="crop_mm changed"):
         ingest(tiny_data, out, size=32, crop_mm={"ax_t2": 30.0}, progress=False)
@@ -310,8 +298,8 @@ def test_test_split_has_stacks_and_level_crops_only_with_coordinates(tiny_data, 
 
 # --- info -------------------------------------------------------------------------------------------------
 
-def test_info_tells_the_truth(synth_data, synth_cache, capsys):
-    code, stdout, _ = run_cli("info", str(synth_cache), "--json", capsys=capsys)
+def test_info_tells_the_truth(synth_data, synth_cache, run_cli):
+    code, stdout, _ = run_cli("info", str(synth_cache), "--json")
     report = json.loads(stdout)
     train = pd.read_csv(synth_data / "train.csv")
     coordinates = pd.read_csv(synth_data / "train_label_coordinates.csv")
@@ -330,5 +318,5 @@ def test_info_tells_the_truth(synth_data, synth_cache, capsys):
     assert report["size_bytes"] == sum(f.stat().st_size for f in synth_cache.rglob("*") if f.is_file())
     assert report["params"]["size"] == 64 and report["params"]["crop_mm"] == {"sag_t1": 40, "sag_t2": 40,
                                                                                 "ax_t2": 50}
-    code, text, _ = run_cli("info", str(synth_cache), capsys=capsys)
+    code, text, _ = run_cli("info", str(synth_cache))
     assert code == 0 and f"errors      {len(damaged)}" in text and "schema 1" in text
