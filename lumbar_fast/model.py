@@ -7,10 +7,12 @@ and `--no-pretrained`, never a traceback.
 from __future__ import annotations
 
 import contextlib
+import functools
 import socket
 import urllib.parse
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import timm
 import torch
@@ -24,23 +26,26 @@ DEFAULT_MODEL = "tf_efficientnetv2_s"
 
 
 def create_model(name: str = DEFAULT_MODEL, num_classes: int = 3, in_chans: int = 3, pretrained: bool = True,
-                 weights: str | Path | None = None) -> torch.nn.Module:
+                 weights: str | Path | None = None, **timm_options: Any) -> torch.nn.Module:
     """A timm classifier with `num_classes` outputs and `in_chans` input channels.
 
     Weights: a local `weights` file when given (its classifier head may differ and is then left fresh),
-    else the hub's pretrained weights when `pretrained`, else random initialisation.
+    else the hub's pretrained weights when `pretrained`, else random initialisation. `timm_options` go to
+    timm.create_model as they are (e.g. `features_only=True` for the locator's backbone).
     """
     if not timm.is_model(name):
         raise LumbarFastError(f"unknown model {name!r}; timm.list_models('*pattern*') lists the names")
+    build = functools.partial(timm.create_model, name, num_classes=num_classes, in_chans=in_chans,
+                              **timm_options)
     if weights is not None:
-        model = timm.create_model(name, pretrained=False, num_classes=num_classes, in_chans=in_chans)
+        model = build(pretrained=False)
         load_weights(model, weights)
         return model
     if not pretrained:
-        return timm.create_model(name, pretrained=False, num_classes=num_classes, in_chans=in_chans)
+        return build(pretrained=False)
     try:
         with _offline_unless_reachable():
-            return timm.create_model(name, pretrained=True, num_classes=num_classes, in_chans=in_chans)
+            return build(pretrained=True)
     except LocalEntryNotFoundError:
         raise LumbarFastError(
             f"cannot load pretrained weights for {name}: the Hugging Face hub is unreachable (or "
