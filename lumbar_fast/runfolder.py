@@ -28,6 +28,16 @@ CURVES = "curves.png"
 PREDICTIONS = "val_predictions.csv"
 BEST = "best.pt"
 LAST = "last.pt"
+#: curves.png panels: title -> (record key, legend label) of each line
+Panels = dict[str, tuple[tuple[str, str], ...]]
+CLASSIFIER_PANELS: Panels = {
+    "loss": (("train_loss", "train loss"), ("val_loss", "val loss"),
+             ("val_weighted_log_loss", "val weighted log loss"),
+             ("val_prior_weighted_log_loss", "prior weighted log loss")),
+    "accuracy": (("train_accuracy", "train accuracy"), ("val_accuracy", "val accuracy"),
+                 ("val_balanced_accuracy", "val balanced accuracy"),
+                 ("val_majority_accuracy", "majority-class accuracy")),
+}
 #: bumped when a checkpoint's keys change, so that an old run is refused with a clear message
 CHECKPOINT_FORMAT = 1
 
@@ -115,12 +125,12 @@ class RunFolder:
             return []
         return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
-    def write_metrics(self, records: list[dict[str, Any]]) -> None:
+    def write_metrics(self, records: list[dict[str, Any]], panels: Panels = CLASSIFIER_PANELS) -> None:
         """metrics.jsonl (one record per epoch), metrics.csv (the same, flattened) and curves.png."""
         lines = "".join(json.dumps(record) + "\n" for record in records)
         atomic_write(self.file(METRICS_JSONL), lambda tmp: tmp.write_text(lines))
         self.write_table(METRICS_CSV, pd.json_normalize([_flatten_lists(r) for r in records]))
-        atomic_write(self.file(CURVES), lambda tmp: plot_curves(records, tmp))
+        atomic_write(self.file(CURVES), lambda tmp: plot_curves(records, tmp, panels))
 
     # -- checkpoints ------------------------------------------------
     def save_checkpoint(self, name: str, state: dict[str, Any]) -> None:
@@ -154,24 +164,19 @@ def _flatten_lists(record: dict[str, Any]) -> dict[str, Any]:
     return flat
 
 
-def plot_curves(records: list[dict[str, Any]], path: Path) -> None:
-    """curves.png: loss (with the prior's) and accuracy (with the majority class's) per epoch."""
+def plot_curves(records: list[dict[str, Any]], path: Path, panels: Panels = CLASSIFIER_PANELS) -> None:
+    """curves.png: one panel per entry of `panels`, each value per epoch (by default the classifier's loss
+    with the prior's, and accuracy with the majority class's)."""
     import matplotlib
 
     matplotlib.use("Agg")
     from matplotlib import pyplot as plt
 
     frame = pd.DataFrame(records)
-    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 4))
-    for column, label in (("train_loss", "train loss"), ("val_loss", "val loss"),
-                          ("val_weighted_log_loss", "val weighted log loss"),
-                          ("val_prior_weighted_log_loss", "prior weighted log loss")):
-        ax_loss.plot(frame["epoch"], frame[column], marker="o", label=label)
-    for column, label in (("train_accuracy", "train accuracy"), ("val_accuracy", "val accuracy"),
-                          ("val_balanced_accuracy", "val balanced accuracy"),
-                          ("val_majority_accuracy", "majority-class accuracy")):
-        ax_acc.plot(frame["epoch"], frame[column], marker="o", label=label)
-    for ax, title in ((ax_loss, "loss"), (ax_acc, "accuracy")):
+    fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 4), squeeze=False)
+    for ax, (title, lines) in zip(axes[0], panels.items(), strict=True):
+        for column, label in lines:
+            ax.plot(frame["epoch"], frame[column], marker="o", label=label)
         ax.set_xlabel("epoch")
         ax.set_title(title)
         ax.grid(alpha=0.3)
