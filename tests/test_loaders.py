@@ -182,15 +182,29 @@ def test_dali_and_torch_agree(augment, images, items):
             assert difference.max() < 0.03 and difference.mean() < 1e-3
 
 
-def test_horizontal_flip_mirrors_the_image(images, items):
-    """A known answer for the matrix convention: hflip with nothing else mirrors the columns exactly."""
+@pytest.mark.parametrize("kind", KINDS)
+def test_flips_mirror_columns_and_slices(kind, images, items):
+    """A known answer for the matrix convention and the slice flip: with nothing else, hflip mirrors the
+    columns exactly and slice_flip reverses the channels (before normalisation)."""
     path, array = images
     rows, labels = items
-    cfg = LoaderConfig(batch_size=8, workers=1, augment=AugmentConfig(rotate_deg=0, scale=0, shift=0,
-                                                                       brightness=0, contrast=0, hflip=1))
-    batch = next(TorchLoader(path, rows, labels, cfg, train=True).epoch(0))
-    expected = expected_images(array, rows[batch.items.numpy()], cfg).flip(3)
+    flips = AugmentConfig(rotate_deg=0, scale=0, shift=0, brightness=0, contrast=0, hflip=1, slice_flip=1)
+    cfg = LoaderConfig(batch_size=8, workers=1, augment=flips)
+    loader = build_loader(kind, path, rows, labels, cfg, train=True)
+    batch = next(iter(loader.epoch(0)))
+    loader.close()
+    flipped = np.ascontiguousarray(array[:, :, ::-1, ::-1])
+    expected = expected_images(flipped, rows[batch.items.numpy()], cfg)
     torch.testing.assert_close(batch.images, expected, atol=1e-5, rtol=1e-5)
+
+
+def test_normalisation_stats():
+    mean, std = normalisation_stats(LoaderConfig(), 3)
+    assert np.allclose(mean, np.array([0.485, 0.456, 0.406]) * 255)
+    grey_mean, grey_std = normalisation_stats(LoaderConfig(), 1)
+    assert grey_mean.shape == grey_std.shape == (1,) and np.isclose(grey_mean[0], mean.mean())
+    with pytest.raises(LumbarFastError, match="3 channels"):
+        normalisation_stats(LoaderConfig(mean=(0.5,), std=(0.2,)), 3)
 
 
 def test_auto_falls_back_to_torch_and_dali_fails_in_one_line(images, items, monkeypatch, caplog):
