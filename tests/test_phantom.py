@@ -239,7 +239,7 @@ def test_coordinates_sit_where_a_radiologist_marks_them(synth_data):
     spinal = coords[coords.condition == "Spinal Canal Stenosis"]
     assert spinal.wx.abs().max() < 4.0  # within half a sagittal slice gap of the midline
     for side, sign in (("Left", 1), ("Right", -1)):
-        for kind, low, high in (("Neural Foraminal Narrowing", 12, 26), ("Subarticular Stenosis", 7, 16)):
+        for kind, low, high in (("Neural Foraminal Narrowing", 17, 28), ("Subarticular Stenosis", 9, 15)):
             lateral = sign * coords[coords.condition == f"{side} {kind}"].wx
             assert lateral.between(low, high).all(), (side, kind)
     axial_and_canal = coords[coords.condition.str.contains("Spinal|Subarticular")]

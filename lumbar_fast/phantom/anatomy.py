@@ -30,6 +30,7 @@ NARROWING: tuple[tuple[float, float], ...] = ((0.0, 0.2), (0.38, 0.55), (0.68, 0
 #: a narrowing is full within PLATEAU_MM of its level and gone beyond FADE_MM (levels are >= 25 mm apart)
 PLATEAU_MM, FADE_MM = 2.5, 8.0
 EDGE_MM = 0.8  # width of the partial-volume edge of every shape
+FORAMEN_HALF_WIDTH = 5.5  # mm along x: a foramen shows on two or three sagittal slices
 
 
 @dataclass(frozen=True)
@@ -80,9 +81,10 @@ def sample_anatomy(rng: np.random.Generator, severity: dict[tuple[str, str], int
     canal_y = posterior_wall + canal_half[1] + 0.5
     recess_r = float(rng.uniform(3.2, 4.2))
     recess = (canal_half[0] + recess_r * 0.45, canal_y - canal_half[1] * 0.45, recess_r)
-    foramen = (float(rng.uniform(15.0, 21.0)), posterior_wall + float(rng.uniform(4.0, 6.0)),
-               float(rng.uniform(2.5, 4.5)))
-    foramen_radii = (6.5, float(rng.uniform(4.0, 5.0)), float(rng.uniform(6.0, 7.5)))
+    recess_reach = recess[0] + recess_r  # the foramina lie lateral to the recesses, never overlapping them
+    foramen = (recess_reach + FORAMEN_HALF_WIDTH + float(rng.uniform(0.0, 3.0)),
+               posterior_wall + float(rng.uniform(4.0, 6.0)), float(rng.uniform(2.5, 4.5)))
+    foramen_radii = (FORAMEN_HALF_WIDTH, float(rng.uniform(4.0, 5.0)), float(rng.uniform(6.0, 7.5)))
     narrowing = {}
     for key, cls in severity.items():
         low, high = NARROWING[cls]
