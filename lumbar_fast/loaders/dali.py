@@ -22,13 +22,21 @@ from lumbar_fast.loaders.schedule import EpochPlan
 from lumbar_fast.loaders.source import BatchSource
 
 
+def _pinned_device(device: torch.device) -> torch.device:
+    """`device` with its GPU index made explicit, so that DALI and torch use the same GPU: a bare "cuda" is
+    torch's current device (0 until this process initialises CUDA, e.g. set_device under torchrun)."""
+    if device.type != "cuda" or device.index is not None:
+        return device
+    return torch.device("cuda", torch.cuda.current_device() if torch.cuda.is_initialized() else 0)
+
+
 class DaliLoader:
     """Batches of (rows[i], labels[i]) items from a uint8 .npy through a DALI pipeline; see build_loader."""
 
     def __init__(self, images_path: str | Path, rows: np.ndarray, labels: np.ndarray, cfg: LoaderConfig,
                  train: bool) -> None:
         self._cfg = cfg
-        self._device = torch.device(cfg.device)
+        self._device = _pinned_device(torch.device(cfg.device))
         self._cuda = self._device.type == "cuda"
         self._dtype = cfg.dtype or (torch.float16 if self._cuda else torch.float32)
         self._plan = EpochPlan(len(rows), cfg.batch_size, cfg.seed, cfg.rank, cfg.world_size, train)
@@ -71,7 +79,7 @@ class DaliLoader:
         pipe = Pipeline(
             batch_size=self._cfg.batch_size,
             num_threads=max(1, self._cfg.workers),
-            device_id=(self._device.index or 0) if self._cuda else None,
+            device_id=self._device.index if self._cuda else None,
             prefetch_queue_depth=self._cfg.prefetch,
             py_num_workers=max(1, self._cfg.workers),
             py_start_method="spawn",
