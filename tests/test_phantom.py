@@ -349,15 +349,19 @@ def test_cli_writes_a_folder_with_the_pitfalls_asked_for(tmp_path):
 
 
 @pytest.mark.parametrize("make_args, message", [
-    (lambda d: [str(d), "--studies", "1"], "not an empty folder"),
-    (lambda d: [str(d / "new"), "--studies", "0"], "at least 1"),
-    (lambda d: [str(d / "file.txt" / "sub"), "--studies", "1"], "cannot create"),
-    (lambda d: [str(d / "new"), "--studies", "1", "--pitfall", "rle=2"], "outside [0, 1]"),
-    (lambda d: [str(d / "new"), "--studies", "1", "--pitfall", "nope=0.1"], "unknown pitfall"),
+    (lambda d: [d, "--studies", "1"], "not an empty folder"),
+    (lambda d: [d / "new", "--studies", "0"], "at least 1"),
+    (lambda d: [d / "new", "--studies", "1", "--test-studies", "-1"], "0 or more"),
+    (lambda d: [d / "file.txt" / "sub", "--studies", "1"], "cannot create"),
+    (lambda d: [d / "new", "--studies", "1", "--pitfall", "rle=2"], "outside [0, 1]"),
+    (lambda d: [d / "new", "--studies", "1", "--pitfall", "nope=0.1"], "unknown pitfall"),
+    (lambda d: [d / "new", "--studies", "1", "--pitfall", "rle"], "NAME=RATE"),
+    (lambda d: [d / "new", "--studies", "1", "--image-size", "8"], "outside 64..1024"),
+    (lambda d: [d / "new", "--studies", "1", "--workers", "0"], "at least 1"),
 ])
-def test_cli_bad_input_is_one_line_error(tmp_path, make_args, message):
+def test_cli_bad_input_is_one_line_error(tmp_path, run_cli, make_args, message):
     (tmp_path / "file.txt").write_text("occupied")
-    result = run_synth(*make_args(tmp_path))
-    assert result.returncode != 0
-    assert result.stderr.strip().count("\n") == 0 and message in result.stderr, result.stderr
+    code, _, stderr = run_cli("synth", *make_args(tmp_path))
+    assert code != 0
+    assert stderr.strip().count("\n") == 0 and message in stderr, stderr
     assert not (tmp_path / "new").exists()
