@@ -4,15 +4,18 @@ runs trained on the phantom (the round trip predict → score = evaluate is in t
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 import torch
+import zarr
 from torch import nn
 
 from lumbar_fast import metrics, rsna
+from lumbar_fast.cache import open_cache
 from lumbar_fast.errors import LumbarFastError
 from lumbar_fast.predict import (
     LOCATION,
@@ -109,3 +112,54 @@ def test_read_runs_refuses_bad_run_folders(tmp_path):
     runs = read_runs([good, fake_run(tmp_path / "fold1", fold=1)])
     assert [(r.sequence, r.fold) for r in runs] == [("sag_t2", 0), ("sag_t2", 1)]
     assert np.allclose(runs[0].prior, [0.8, 0.1, 0.1])
+
+
+# -- the command, on runs trained on the phantom ------------------------------------------------------------
+def test_predict_writes_every_study_and_fills_missing_crops_only_when_allowed(trained_runs, synth_cache,
+                                                                               tmp_path, run_cli):
+    runs = list(trained_runs.values())
+    out = tmp_path / "submission.csv"
+    code, _, stderr = run_cli("predict", *runs, "--cache", synth_cache, "--out", out, "--device", "cpu")
+    assert code == 2 and "lack crops" in stderr and "--allow-prior" in stderr and not out.exists()
+    code, stdout, stderr = run_cli("predict", *runs, "--cache", synth_cache, "--out", out, "--allow-prior",
+                                   "--device", "cpu")
+    assert code == 0, stderr
+    submission = pd.read_csv(out)
+    metrics.check_submission(submission)
+    cache = open_cache(synth_cache)
+    labels = cache.study_labels()
+    assert submission["row_id"].tolist() == metrics.labels_to_rows(labels)["row_id"].tolist()
+    assert len(submission) == 25 * len(labels)
+    located = {key for seq in rsna.SEQUENCES
+               for key in cache.level_labels(seq)[LOCATION].itertuples(index=False, name=None)}
+    rows = metrics.parse_row_ids(submission["row_id"])
+    no_crop = [key not in located for key in rows[LOCATION].itertuples(index=False, name=None)]
+    assert f"{sum(no_crop)} rows of" in stdout
+    priors = {seq: read_runs([run])[0].prior for seq, run in trained_runs.items()}
+    expected = np.stack([priors[rsna.SEQUENCE_OF_CONDITION[c]] for c in rows.loc[no_crop, "condition"]])
+    assert np.allclose(submission.loc[no_crop, list(rsna.SUBMISSION_COLUMNS)].to_numpy(), expected)
+
+    flipped = tmp_path / "tta.csv"
+    code, stdout, stderr = run_cli("predict", *runs, "--cache", synth_cache, "--out", flipped,
+                                   "--allow-prior", "--tta", "--device", "cpu")
+    assert code == 0 and "flip TTA" in stdout, stderr
+    with_tta = pd.read_csv(flipped)
+    metrics.check_submission(with_tta)
+    assert not np.allclose(with_tta[list(rsna.SUBMISSION_COLUMNS)], submission[list(rsna.SUBMISSION_COLUMNS)])
+
+
+def test_predict_bad_input_is_one_line_error(trained_runs, synth_cache, tmp_path, run_cli):
+    runs = list(trained_runs.values())
+    old = tmp_path / "old.zarr"
+    shutil.copytree(synth_cache, old)
+    zarr.open_group(old, mode="r+").attrs["schema_version"] = 0
+    cases = {
+        "no run for sequence(s) sag_t1": [*runs[1:], "--cache", synth_cache],
+        "schema version 0": [*runs, "--cache", old],
+        "does not exist": [*runs, tmp_path / "nowhere", "--cache", synth_cache],
+    }
+    for message, args in cases.items():
+        code, _, stderr = run_cli("predict", *args, "--out", tmp_path / "s.csv", "--allow-prior")
+        assert code == 2 and stderr.startswith("error:") and len(stderr.strip().splitlines()) == 1, stderr
+        assert message in stderr
+    assert not (tmp_path / "s.csv").exists()
