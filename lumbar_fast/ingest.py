@@ -158,7 +158,7 @@ def ingest(data_dir: str | Path, out: str | Path, split: str = "train", workers:
     done = {p.name for p in parts.glob("*.pkl")}
     todo = [task for task in plan.tasks if task.part_name not in done]
     counts = _convert_all(todo, params, parts, _worker_count(workers), progress)
-    summary = consolidate(plan, params, parts, out)
+    summary = consolidate(plan, params, parts, out, progress)
     shutil.rmtree(work)
     summary.series_converted = counts["series"]
     summary.series_resumed = len(plan.tasks) - len(todo)
@@ -267,16 +267,19 @@ def convert_series(task: SeriesTask, params: IngestParams) -> SeriesPart:
     )
 
 
-def consolidate(plan: IngestPlan, params: IngestParams, parts: Path, out: Path) -> IngestSummary:
+def consolidate(plan: IngestPlan, params: IngestParams, parts: Path, out: Path,
+                progress: bool = False) -> IngestSummary:
     """Write the final cache from every part, in task order, by this one process; attributes last."""
     tables = list(_part_tables(plan.tasks, parts))
     writer = cache.CacheWriter(out, params.fmt)
     size, channels = params.size, params.channels
     counts = {"slices": 0, "level_crops": 0}
+    bar = tqdm(total=len(plan.tasks), desc="write", unit="series", disable=not progress or not plan.tasks)
     for seq in rsna.SEQUENCES:
         mine = [(task, part) for task, part in zip(plan.tasks, tables, strict=True) if task.sequence == seq]
         index = [part.stack_index for _, part in mine]
         if not sum(len(t) for t in index):
+            bar.update(len(mine))
             continue
         offsets = np.cumsum([0] + [len(t) for t in index])
         labels = [part.level_labels.assign(stack_row=part.level_labels["stack_row"] + offset)
@@ -289,12 +292,14 @@ def consolidate(plan: IngestPlan, params: IngestParams, parts: Path, out: Path) 
             stack_images, level_images = _part_images(parts / task.part_name)
             stacks.append(stack_images)
             levels.append(level_images)
+            bar.update()
         stacks.close()
         levels.close()
         writer.table(f"stacks/{seq}/index", stack_index)
         writer.table(f"levels/{seq}/labels", level_labels)
         counts["slices"] += len(stack_index)
         counts["level_crops"] += len(level_labels)
+    bar.close()
     errors = pd.concat([plan.errors, *(part.errors for part in tables)], ignore_index=True)
     errors = cache.typed_table(errors.sort_values(list(cache.ERROR_COLUMNS)), cache.ERROR_COLUMNS)
     writer.table("errors", errors)
