@@ -165,24 +165,30 @@ def series_window(slices: list[DicomSlice]) -> tuple[float, float]:
 def to_uint8(pixels: np.ndarray, window: tuple[float, float]) -> np.ndarray:
     """Map the window linearly onto 0..255, clipping outside it."""
     low, high = window
-    scaled = (pixels - np.float32(low)) * np.float32(255.0 / (high - low))
-    return np.clip(scaled + 0.5, 0, 255).astype(np.uint8)
+    scaled = pixels - np.float32(low)
+    scaled *= np.float32(255.0 / (high - low))
+    scaled += np.float32(0.5)
+    return np.clip(scaled, 0, 255, out=scaled).astype(np.uint8)
 
 
 def resize(image: np.ndarray, size: int) -> np.ndarray:
-    """A whole uint8 slice resized to size×size (bilinear, antialiased): (x, y) maps to
-    (x·size/cols, y·size/rows)."""
-    return np.asarray(Image.fromarray(image).resize((size, size), Image.BILINEAR))
+    """A whole uint8 slice resized to size×size (an integer box reduction first, then bilinear: ~2× faster
+    than antialiased bilinear alone): (x, y) maps to (x·size/cols, y·size/rows)."""
+    return np.asarray(Image.fromarray(image).resize((size, size), Image.BILINEAR, reducing_gap=1.0))
 
 
 def crop_mm(image: np.ndarray, x: float, y: float, spacing: tuple[float, float], width_mm: float,
             size: int) -> np.ndarray:
     """A square window of `width_mm` millimetres centred on pixel (x, y) (column, row; pixel centres at
-    integers), sampled bilinearly from the original pixels into size×size, zero outside the image."""
+    integers), resampled bilinearly from the original pixels into size×size, zero outside the image."""
     width_px, height_px = width_mm / spacing[1], width_mm / spacing[0]
-    affine = (width_px / size, 0.0, x + 0.5 - width_px / 2, 0.0, height_px / size, y + 0.5 - height_px / 2)
-    return np.asarray(Image.fromarray(image).transform((size, size), Image.AFFINE, affine,
-                                                       resample=Image.BILINEAR, fillcolor=0))
+    left, top = x + 0.5 - width_px / 2, y + 0.5 - height_px / 2  # Pillow's continuous coordinates
+    rows, cols = image.shape
+    pad = max(0, int(np.ceil(max(-left, -top, left + width_px - cols, top + height_px - rows))) + 2)
+    if pad:
+        image = np.pad(image, pad)
+    box = (left + pad, top + pad, left + pad + width_px, top + pad + height_px)
+    return np.asarray(Image.fromarray(image).resize((size, size), Image.BILINEAR, box=box))
 
 
 def neighbour_indices(index: int, count: int, channels: int) -> list[int]:
