@@ -379,8 +379,6 @@ def make_step(model: nn.Module, optimizer: torch.optim.Optimizer, criterion: nn.
               cuda_graphs: bool) -> EagerStep | GraphStep:
     """The training step the configuration asks for."""
     if cuda_graphs:
-        if device.type != "cuda":
-            raise LumbarFastError("--cuda-graphs needs a CUDA device")
         return GraphStep(model, optimizer, criterion, amp_dtype, device)
     return EagerStep(model, optimizer, criterion, amp_dtype, device)
 
@@ -492,6 +490,8 @@ def prepare(config: TrainConfig, run: RunFolder) -> Session:
     """Open the cache, split, build model, items, optimiser and schedule for `config` (no training yet).
     Every input check happens here, before the run folder gets its first file."""
     device = resolve_device(config.device)
+    if config.cuda_graphs and device.type != "cuda":
+        raise LumbarFastError("--cuda-graphs needs a CUDA device")
     amp_dtype = amp_dtype_for(config.amp, device)
     cache = open_cache(config.cache)
     if config.sequence not in cache.sequences():
@@ -499,10 +499,10 @@ def prepare(config: TrainConfig, run: RunFolder) -> Session:
     seed_everything(config.seed)
     channels = np.load(cache.array_path(config.sequence, "levels"), mmap_mode="r").shape[-1]
     model = build_model(config, channels, device)
+    items = build_items(cache, config, run)
     split = load_or_create_split(cache.study_labels(), cache.path, config.folds, config.split_seed,
                                  config.split_file)
-    train_studies, val_studies = train_val_studies(split, config.fold)
-    train_items, val_items = split_items(build_items(cache, config, run), train_studies, val_studies)
+    train_items, val_items = split_items(items, *train_val_studies(split, config.fold))
     if len(train_items.labels) < config.batch_size or len(val_items.labels) == 0:
         raise LumbarFastError(f"fold {config.fold} leaves {len(train_items.labels)} training and "
                               f"{len(val_items.labels)} validation items: too few for batch size "

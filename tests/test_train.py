@@ -4,14 +4,22 @@ and the learning tests (the pipeline learns the phantom; the negative controls d
 from __future__ import annotations
 
 import json
+import shutil
+import signal
+import subprocess
+import sys
+import time
 
 import numpy as np
 import pandas as pd
 import pytest
 import torch
+import zarr
 
-from lumbar_fast.cache import open_cache
+from lumbar_fast.cache import SCHEMA_VERSION, open_cache
+from lumbar_fast.cli import main
 from lumbar_fast.errors import LumbarFastError
+from lumbar_fast.loaders.gpu import gpu_count
 from lumbar_fast.runfolder import CHECKPOINT_FORMAT, RunFolder
 from lumbar_fast.train import (
     EarlyStopping,
@@ -186,3 +194,87 @@ def test_slice_view_gives_each_label_its_whole_slice(learning_cache, tmp_path):
     assert len(images) == labelled["stack_row"].nunique() < len(items.rows)  # items share their slice
     for i in (0, len(items.rows) // 2, len(items.rows) - 1):  # the middle channel is the labelled slice
         assert np.array_equal(images[items.rows[i], :, :, 1], stacks[labelled.loc[i, "stack_row"]])
+
+
+def cli(*args: str) -> list[str]:
+    return [sys.executable, "-m", "lumbar_fast", *args]
+
+
+def test_resume_after_a_kill_equals_an_uninterrupted_run(learning_cache, tmp_path):
+    """SIGKILL a training process as soon as epoch 1's last.pt appears, --resume it, and compare with a run
+    that was never interrupted: the same weights and metrics, bit for bit (CPU, same seed)."""
+    args = ["train", "--sequence", "sag_t1", "--cache", str(learning_cache), "--model", "test_efficientnet",
+            "--no-pretrained", "--epochs", "3", "--batch-size", "8", "--folds", "3", "--limit-batches", "3",
+            "--loader", "torch", "--device", "cpu", "--no-progress"]
+    whole, killed = tmp_path / "whole", tmp_path / "killed"
+    subprocess.run(cli(*args, "--run-dir", str(whole)), check=True, capture_output=True)
+    process = subprocess.Popen(cli(*args, "--run-dir", str(killed)), stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 300
+    while not (killed / "last.pt").exists():
+        assert process.poll() is None, "training ended before it could be killed"
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert RunFolder(killed).load_checkpoint("last.pt")["epoch"] == 1
+    subprocess.run(cli("train", "--resume", str(killed)), check=True, capture_output=True)
+
+    for name in ("last.pt", "best.pt"):
+        expected, got = RunFolder(whole).load_checkpoint(name), RunFolder(killed).load_checkpoint(name)
+        assert got["epoch"] == expected["epoch"]
+        assert all(torch.equal(got["model"][k], v) for k, v in expected["model"].items()), name
+    drop_timings = [{k: v for k, v in r.items() if k not in TIMINGS} for r in RunFolder(whole).read_metrics()]
+    assert [{k: v for k, v in r.items() if k not in TIMINGS} for r in RunFolder(killed).read_metrics()] \
+        == drop_timings
+    assert len(drop_timings) == 3
+    assert (killed / "val_predictions.csv").read_text() == (whole / "val_predictions.csv").read_text()
+    # a finished run resumes to itself
+    subprocess.run(cli("train", "--resume", str(killed)), check=True, capture_output=True)
+    assert len(RunFolder(killed).read_metrics()) == 3
+
+
+def cli_error(capsys, *args: str) -> str:
+    """Run the CLI in-process; it must fail with exit code 2 and one `error:` line, no traceback."""
+    with pytest.raises(SystemExit) as exit_info:
+        main(["train", *args])
+    err = capsys.readouterr().err.strip()
+    assert exit_info.value.code == 2 and err.startswith("error: ") and "\n" not in err, err
+    return err
+
+
+def test_bad_input_is_a_one_line_error_and_leaves_no_run(synth_cache, tmp_path, capsys):
+    run = tmp_path / "run"
+    base = ["--run-dir", str(run), "--model", "test_efficientnet", "--no-pretrained", "--device", "cpu"]
+    missing = str(tmp_path / "no.zarr")
+    assert "no cache" in cli_error(capsys, "--sequence", "sag_t2", "--cache", missing, *base)
+    ok = ["--sequence", "sag_t2", "--cache", str(synth_cache)]
+    assert "unknown model" in cli_error(capsys, *ok, *base, "--model", "no_such_net")
+    assert "CUDA" in cli_error(capsys, *ok, *base, "--cuda-graphs")
+    if not gpu_count():
+        assert "no CUDA GPU" in cli_error(capsys, *ok, *base, "--device", "cuda")
+    other = tmp_path / "other.zarr"
+    shutil.copytree(synth_cache, other)
+    zarr.open_group(other, mode="r+").attrs["schema_version"] = SCHEMA_VERSION + 1
+    assert "schema version" in cli_error(capsys, "--sequence", "sag_t2", "--cache", str(other), *base)
+    assert "--sequence and --cache" in cli_error(capsys, "--sequence", "sag_t2")
+    assert not run.exists()
+    run.mkdir()
+    (run / "notes.txt").write_text("someone else's")
+    assert "already exists" in cli_error(capsys, *ok, *base)
+
+
+def test_resume_refuses_what_is_not_a_resumable_run(tmp_path, capsys):
+    assert "not a run folder" in cli_error(capsys, "--resume", str(tmp_path / "missing"))
+    folder = RunFolder(tmp_path / "run")
+    folder.write_config({"sequence": "sag_t2", "cache": "c", "run_dir": str(folder.path), "colour": "red"})
+    assert "incompatible" in cli_error(capsys, "--resume", str(folder.path))
+    folder.write_config({"sequence": "sag_t2", "cache": "c", "run_dir": str(folder.path)})
+    assert "no finished epoch" in cli_error(capsys, "--resume", str(folder.path))
+
+
+def test_a_test_split_cache_has_no_items_to_train_on(make_cache, synth_data, tmp_path, capsys):
+    cache = make_cache(synth_data, split="test")
+    error = cli_error(capsys, "--sequence", "sag_t2", "--cache", str(cache),
+                      "--run-dir", str(tmp_path / "run"), "--model", "test_efficientnet", "--no-pretrained")
+    assert "no labelled items" in error
