@@ -1,0 +1,55 @@
+"""`lumbar-fast train-locator`: a level locator per MRI sequence on the cache's stacks (locator_train)."""
+
+from __future__ import annotations
+
+import click
+
+from lumbar_fast.errors import LumbarFastError
+from lumbar_fast.rsna import SEQUENCES
+
+
+@click.command("train-locator")
+@click.option("--sequence", type=click.Choice(list(SEQUENCES)), help="MRI sequence (one locator each).")
+@click.option("--cache", type=click.Path(), help="Cache written by `lumbar-fast ingest` (train split).")
+@click.option("--out", type=click.Path(), help="Runs folder: the run gets a new sub-folder in it.")
+@click.option("--run-dir", type=click.Path(), help="The run's folder itself (instead of --out).")
+@click.option("--fold", default=0, show_default=True, help="Validation fold.")
+@click.option("--folds", default=5, show_default=True, help="Number of study-level folds.")
+@click.option("--split-seed", default=0, show_default=True, help="Seed of the study-level split.")
+@click.option("--split-file", type=click.Path(), help="A split CSV (study_id, fold) instead of the cache's.")
+@click.option("--model", default="resnet18", show_default=True, help="timm backbone name (features_only).")
+@click.option("--no-pretrained", is_flag=True, help="Start from random weights.")
+@click.option("--image-size", default=160, show_default=True, help="Side of the model's input slices.")
+@click.option("--epochs", default=30, show_default=True)
+@click.option("--lr", default=1e-3, show_default=True, help="AdamW learning rate (cosine schedule).")
+@click.option("--patience", default=6, show_default=True, help="Early-stopping patience in epochs.")
+@click.option("--monitor", type=click.Choice(["loss", "point-error"]), default="loss", show_default=True,
+              help="Validation value for early stopping and best.pt.")
+@click.option("--max-slices", default=24, show_default=True,
+              help="Training steps see a random window of at most this many consecutive slices.")
+@click.option("--no-augment", is_flag=True, help="Train without augmentation.")
+@click.option("--amp", type=click.Choice(["auto", "bf16", "fp16", "none"]), default="auto", show_default=True,
+              help="Mixed precision; auto = bf16 on Ampere+, fp16 on older GPUs, none on CPU.")
+@click.option("--device", type=click.Choice(["auto", "cuda", "cpu"]), default="auto", show_default=True)
+@click.option("--seed", default=0, show_default=True, help="Seed of model init, order, augmentation.")
+@click.option("--limit-series", type=int, help="Stop each epoch after N series (smoke runs).")
+@click.option("--resume", "resume_dir", type=click.Path(), help="Continue this run from last.pt.")
+@click.option("--no-progress", is_flag=True, help="No progress bar.")
+def command(sequence, cache, out, run_dir, fold, folds, split_seed, split_file, model, no_pretrained,
+            image_size, epochs, lr, patience, monitor, max_slices, no_augment, amp, device, seed,
+            limit_series, resume_dir, no_progress) -> None:
+    """Train a sequence's locator: which slice holds each level's point, and where on it."""
+    from lumbar_fast.locator_train import LocatorConfig, resume_locator, train_locator
+
+    if resume_dir is not None:
+        click.echo(f"run folder: {resume_locator(resume_dir)}")
+        return
+    if sequence is None or cache is None:
+        raise LumbarFastError("--sequence and --cache are required (or --resume RUN_DIR)")
+    config = LocatorConfig(
+        sequence=sequence, cache=cache, out=out, run_dir=run_dir, fold=fold, folds=folds,
+        split_seed=split_seed, split_file=split_file, model=model, pretrained=not no_pretrained,
+        image_size=image_size, epochs=epochs, lr=lr, patience=patience, monitor=monitor,
+        max_slices=max_slices, augment=not no_augment, amp=amp, device=device, seed=seed,
+        limit_series=limit_series, progress=not no_progress)
+    click.echo(f"run folder: {train_locator(config)}")

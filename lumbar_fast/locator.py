@@ -1,0 +1,416 @@
+"""Stage-1 level localisation: find each level's slice and point in a series, so unlabelled studies get crops.
+
+One model per sequence looks at every slice of a series as a 2.5D image (the slice and its two neighbours)
+and predicts, for each target (condition × level, e.g. "left foramen at L4/L5"):
+- which slice holds it — a per-slice score from the slice's pooled features and its place in the stack,
+  mixed along the stack by a 1-D convolution, softmax over the series' slices;
+- where on that slice — a heatmap (a light FPN decoder on the timm backbone's features, stride 2),
+  decoded by argmax plus a local soft-argmax for sub-cell precision.
+Points live in normalised image coordinates u = x / cols, v = y / rows, so mapping to the cache's S×S images
+and back to original pixels is exact.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from lumbar_fast import rsna
+from lumbar_fast.errors import LumbarFastError
+from lumbar_fast.model import create_model
+
+#: columns of train_label_coordinates.csv, the format `locate` writes
+COORDINATE_COLUMNS = ("study_id", "series_id", "instance_number", "condition", "level", "x", "y")
+#: heatmap width of the target Gaussian, in heatmap cells
+HEATMAP_SIGMA = 1.5
+#: width of the slice target (a Gaussian over neighbouring slices), in slices
+SLICE_SIGMA = 0.6
+#: half-width of the window around the heatmap peak used for the sub-cell soft-argmax, in cells
+REFINE_RADIUS = 2
+#: input normalisation of the uint8 slices (the 2.5D channels are not RGB, so one mean/std for all)
+PIXEL_MEAN, PIXEL_STD = 0.5, 0.25
+
+
+def locator_targets(sequence: str) -> list[tuple[str, str]]:
+    """The (condition, level) points a sequence's locator finds, in output-channel order."""
+    conditions = rsna.get_sequence(sequence).conditions
+    return [(condition, level) for condition in conditions for level in rsna.LEVELS]
+
+
+# -- series and targets --------------------------------------------------------------------------------------
+@dataclass
+class Series:
+    """One series of a sequence: its stack-image rows ordered by (stack, slice), with their geometry."""
+
+    study_id: int
+    series_id: int
+    rows: np.ndarray        # rows of stack_images / stack_index, ordered by (stack, slice)
+    stack: np.ndarray       # stack id of each row
+    prev_rows: np.ndarray   # the neighbouring slice below / above within the same stack (edge repeated)
+    next_rows: np.ndarray
+    rel_pos: np.ndarray     # slice / (stack length - 1), in [0, 1]
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def stack_segments(self) -> list[slice]:
+        """The runs of consecutive rows that form one stack each."""
+        return _segments(self.stack)
+
+
+def series_of(stack_index: pd.DataFrame) -> list[Series]:
+    """Group a sequence's stack index into series, each ordered by stack then slice position."""
+    frame = stack_index.reset_index(drop=True).assign(_row=np.arange(len(stack_index)))
+    result = []
+    for (study_id, series_id), group in frame.groupby(["study_id", "series_id"], sort=True):
+        group = group.sort_values(["stack", "slice"])
+        rows = group["_row"].to_numpy()
+        stack = group["stack"].to_numpy()
+        prev_rows, next_rows, rel_pos = rows.copy(), rows.copy(), np.zeros(len(rows))
+        for seg in _segments(stack):
+            seg_rows = rows[seg]
+            prev_rows[seg] = np.r_[seg_rows[:1], seg_rows[:-1]]
+            next_rows[seg] = np.r_[seg_rows[1:], seg_rows[-1:]]
+            rel_pos[seg] = np.linspace(0.0, 1.0, len(seg_rows)) if len(seg_rows) > 1 else 0.5
+        result.append(Series(int(study_id), int(series_id), rows, stack, prev_rows, next_rows, rel_pos))
+    return result
+
+
+def _segments(stack: np.ndarray) -> list[slice]:
+    """The runs of equal consecutive stack ids, as slices."""
+    bounds = np.flatnonzero(np.diff(stack)) + 1
+    edges = [0, *bounds.tolist(), len(stack)]
+    return [slice(a, b) for a, b in zip(edges[:-1], edges[1:], strict=True)]
+
+
+@dataclass
+class SeriesTargets:
+    """A series' labelled points: for each target, its position in `Series.rows` (-1 if absent) and (u, v)."""
+
+    position: np.ndarray  # (K,) int
+    uv: np.ndarray        # (K, 2) float, normalised image coordinates
+
+    @property
+    def present(self) -> np.ndarray:
+        return self.position >= 0
+
+
+def to_normalised(x: np.ndarray, y: np.ndarray, cols: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """Original pixel coordinates → normalised (u, v) = (x / cols, y / rows)."""
+    return np.stack([np.asarray(x, float) / cols, np.asarray(y, float) / rows], axis=-1)
+
+
+def to_original(uv: np.ndarray, cols: np.ndarray, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Normalised (u, v) → original pixel coordinates (x, y), the inverse of `to_normalised`."""
+    return uv[..., 0] * cols, uv[..., 1] * rows
+
+
+def series_targets(series: Series, labels: pd.DataFrame, stack_index: pd.DataFrame,
+                   targets: list[tuple[str, str]]) -> SeriesTargets:
+    """The targets of one series from the cache's level labels (rows with this study and series)."""
+    position = np.full(len(targets), -1)
+    uv = np.zeros((len(targets), 2))
+    where = {row: i for i, row in enumerate(series.rows)}
+    target_index = {t: k for k, t in enumerate(targets)}
+    for label in labels.itertuples(index=False):
+        k = target_index.get((label.condition, label.level))
+        if k is None or position[k] >= 0 or label.stack_row not in where:
+            continue
+        geometry = stack_index.iloc[label.stack_row]
+        position[k] = where[label.stack_row]
+        uv[k] = to_normalised(label.x, label.y, geometry["cols"], geometry["rows"])
+    return SeriesTargets(position, uv)
+
+
+def all_targets(series: list[Series], level_labels: pd.DataFrame, stack_index: pd.DataFrame,
+                targets: list[tuple[str, str]]) -> list[SeriesTargets]:
+    """`series_targets` for every series (series without labels get all targets absent)."""
+    by_series = {key: group for key, group in level_labels.groupby(["study_id", "series_id"])}
+    empty = level_labels.iloc[:0]
+    return [series_targets(s, by_series.get((s.study_id, s.series_id), empty), stack_index, targets)
+            for s in series]
+
+
+# -- the model -----------------------------------------------------------------------------------------------
+class Locator(nn.Module):
+    """A timm backbone with a heatmap decoder (one channel per target) and a stack-aware slice head."""
+
+    def __init__(self, model_name: str, num_targets: int, pretrained: bool = False, width: int = 64) -> None:
+        super().__init__()
+        try:
+            self.backbone = create_model(model_name, in_chans=3, pretrained=pretrained, features_only=True,
+                                         out_indices=(0, 1, 2, 3, 4))
+        except RuntimeError as exc:  # timm: a model without a feature-extraction mode
+            raise LumbarFastError(f"timm model {model_name!r} has no feature maps for a locator: "
+                                  f"{exc}") from None
+        channels = self.backbone.feature_info.channels()
+        self.lateral = nn.ModuleList(nn.Conv2d(c, width, 1) for c in channels)
+        self.heatmap_head = nn.Sequential(nn.Conv2d(width, width, 3, padding=1), nn.ReLU(inplace=True),
+                                          nn.Conv2d(width, num_targets, 1))
+        self.slice_embed = nn.Sequential(nn.Linear(channels[-1] + width, width), nn.ReLU(inplace=True))
+        self.slice_mix = nn.Sequential(nn.Conv1d(width + 1, width, 5, padding=2), nn.ReLU(inplace=True),
+                                       nn.Conv1d(width, num_targets, 5, padding=2))
+
+    def forward(self, images: torch.Tensor, rel_pos: torch.Tensor,
+                segments: list[slice]) -> tuple[torch.Tensor, torch.Tensor]:
+        """images (N, 3, H, W) of consecutive stacks → heatmaps (N, K, H/2, W/2) and slice logits (N, K)."""
+        features = self.backbone(images)
+        top = self.lateral[-1](features[-1])
+        for lateral, feature in zip(reversed(self.lateral[:-1]), reversed(features[:-1]), strict=True):
+            top = lateral(feature) + F.interpolate(top, size=feature.shape[-2:], mode="nearest")
+        heatmaps = self.heatmap_head(top)
+        pooled = torch.cat([features[-1].mean(dim=(2, 3)), top.mean(dim=(2, 3))], dim=1)
+        embedded = torch.cat([self.slice_embed(pooled), rel_pos[:, None]], dim=1)
+        slice_logits = torch.cat([self.slice_mix(embedded[seg].T[None])[0].T for seg in segments])
+        return heatmaps, slice_logits
+
+
+def series_input(images: np.ndarray, series: Series) -> torch.Tensor:
+    """The 2.5D input of every slice of a series: (N, 3, S, S) in [0, 1], channels (previous, slice, next)."""
+    stacked = np.stack([images[series.prev_rows], images[series.rows], images[series.next_rows]], axis=1)
+    return torch.from_numpy(stacked).float() / 255.0
+
+
+def normalise(images: torch.Tensor) -> torch.Tensor:
+    """Images in [0, 1] → the model's input scale."""
+    return (images - PIXEL_MEAN) / PIXEL_STD
+
+
+def resize_input(images: torch.Tensor, size: int) -> torch.Tensor:
+    """Resize a batch of (N, C, S, S) inputs to the model's image size (a no-op when it already fits)."""
+    if images.shape[-1] == size and images.shape[-2] == size:
+        return images
+    return F.interpolate(images, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+
+
+# -- losses --------------------------------------------------------------------------------------------------
+def gaussian_heatmap(uv: torch.Tensor, height: int, width: int, sigma: float = HEATMAP_SIGMA) -> torch.Tensor:
+    """(M, 2) normalised points → (M, H·W) target distributions: a Gaussian at each point, summing to 1."""
+    ys = (torch.arange(height, dtype=uv.dtype) + 0.5) / height
+    xs = (torch.arange(width, dtype=uv.dtype) + 0.5) / width
+    dx = (xs[None, None, :] - uv[:, 0, None, None]) * width
+    dy = (ys[None, :, None] - uv[:, 1, None, None]) * height
+    weights = torch.exp(-(dx**2 + dy**2) / (2 * sigma**2)).reshape(len(uv), -1)
+    return weights / weights.sum(dim=1, keepdim=True).clamp_min(1e-12)
+
+
+def slice_distribution(position: int, length: int, sigma: float = SLICE_SIGMA) -> torch.Tensor:
+    """A target distribution over a series' slices centred on `position`."""
+    offsets = torch.arange(length, dtype=torch.float32) - position
+    weights = torch.exp(-(offsets**2) / (2 * sigma**2))
+    return weights / weights.sum()
+
+
+def series_loss(heatmaps: torch.Tensor, slice_logits: torch.Tensor,
+                target: SeriesTargets) -> tuple[torch.Tensor, torch.Tensor]:
+    """(heatmap loss, slice loss) of one series: cross-entropies against the Gaussian targets."""
+    present = np.flatnonzero(target.present)
+    if len(present) == 0:
+        zero = heatmaps.sum() * 0.0
+        return zero, zero
+    k = torch.from_numpy(present)
+    positions = torch.from_numpy(target.position[present])
+    height, width = heatmaps.shape[-2:]
+    logits = heatmaps[positions, k].reshape(len(present), -1)
+    wanted = gaussian_heatmap(torch.from_numpy(target.uv[present]).float(), height, width)
+    heatmap_loss = -(wanted * F.log_softmax(logits, dim=1)).sum(dim=1).mean()
+    log_p = F.log_softmax(slice_logits[:, k], dim=0)  # (N, M): softmax over the series' slices
+    wanted_slices = torch.stack([slice_distribution(int(p), len(slice_logits)) for p in positions], dim=1)
+    slice_loss = -(wanted_slices * log_p).sum(dim=0).mean()
+    return heatmap_loss, slice_loss
+
+
+# -- decoding ------------------------------------------------------------------------------------------------
+def decode_heatmap(logits: torch.Tensor, radius: int = REFINE_RADIUS) -> np.ndarray:
+    """(K, H, W) heatmap logits → (K, 2) normalised points: the argmax, refined by a local soft-argmax."""
+    num, height, width = logits.shape
+    probs = F.softmax(logits.reshape(num, -1).float(), dim=1).reshape(num, height, width)
+    peak = probs.reshape(num, -1).argmax(dim=1)
+    result = np.zeros((num, 2))
+    for k in range(num):
+        row, col = divmod(int(peak[k]), width)
+        r0, r1 = max(row - radius, 0), min(row + radius + 1, height)
+        c0, c1 = max(col - radius, 0), min(col + radius + 1, width)
+        window = probs[k, r0:r1, c0:c1].double()
+        total = window.sum().clamp_min(1e-12)
+        ys = (torch.arange(r0, r1, dtype=torch.float64) + 0.5) / height
+        xs = (torch.arange(c0, c1, dtype=torch.float64) + 0.5) / width
+        result[k] = [float((window.sum(dim=0) * xs).sum() / total),
+                     float((window.sum(dim=1) * ys).sum() / total)]
+    return result
+
+
+@dataclass
+class SeriesPrediction:
+    """A series' decoded targets: chosen position in `Series.rows`, its (u, v), that slice's probability."""
+
+    position: np.ndarray  # (K,)
+    uv: np.ndarray        # (K, 2)
+    confidence: np.ndarray  # (K,) softmax probability of the chosen slice
+
+
+def decode_series(heatmaps: torch.Tensor, slice_logits: torch.Tensor) -> SeriesPrediction:
+    """For each target: the most likely slice of the series, then the point on that slice's heatmap."""
+    probs = F.softmax(slice_logits.float(), dim=0)
+    confidence, position = probs.max(dim=0)
+    k = torch.arange(heatmaps.shape[1])
+    uv = decode_heatmap(heatmaps[position, k])
+    return SeriesPrediction(position.numpy(), uv, confidence.numpy())
+
+
+@torch.no_grad()
+def predict_series(model: Locator, images: np.ndarray, series: Series, size: int,
+                   device: torch.device) -> tuple[SeriesPrediction, tuple[torch.Tensor, torch.Tensor]]:
+    """Run the model on every slice of one series and decode it; also returns the raw outputs (for losses)."""
+    inputs = normalise(resize_input(series_input(images, series), size))
+    inputs = inputs.to(device, memory_format=torch.channels_last)
+    rel_pos = torch.from_numpy(series.rel_pos).float().to(device)
+    heatmaps, slice_logits = model(inputs, rel_pos, series.stack_segments())
+    heatmaps, slice_logits = heatmaps.float().cpu(), slice_logits.float().cpu()
+    return decode_series(heatmaps, slice_logits), (heatmaps, slice_logits)
+
+
+def prediction_table(series: Series, prediction: SeriesPrediction, stack_index: pd.DataFrame,
+                     targets: list[tuple[str, str]]) -> pd.DataFrame:
+    """A series' predictions, one row per target: ids, condition, level, stack, slice, instance, x, y and
+    confidence."""
+    rows = series.rows[prediction.position]
+    geometry = stack_index.iloc[rows]
+    x, y = to_original(prediction.uv, geometry["cols"].to_numpy(), geometry["rows"].to_numpy())
+    return pd.DataFrame({
+        "study_id": series.study_id, "series_id": series.series_id,
+        "condition": [c for c, _ in targets], "level": [lv for _, lv in targets],
+        "stack": geometry["stack"].to_numpy(), "slice": geometry["slice"].to_numpy(),
+        "instance_number": geometry["instance_number"].to_numpy().astype(np.int64),
+        "x": x, "y": y, "confidence": prediction.confidence,
+    })
+
+
+def to_coordinates_csv(predictions: pd.DataFrame) -> pd.DataFrame:
+    """Predictions → train_label_coordinates.csv rows: per (study, condition, level) the surest series'."""
+    best = (predictions.sort_values("confidence", ascending=False)
+            .drop_duplicates(["study_id", "condition", "level"])
+            .sort_values(["study_id", "condition", "level"]))
+    return pd.DataFrame({
+        "study_id": best["study_id"].astype(np.int64), "series_id": best["series_id"].astype(np.int64),
+        "instance_number": best["instance_number"].astype(np.int64),
+        "condition": best["condition"].map(rsna.CONDITION_TITLES),
+        "level": best["level"].map(rsna.LEVEL_TITLES),
+        "x": best["x"], "y": best["y"],
+    }).reset_index(drop=True)
+
+
+# -- metrics -------------------------------------------------------------------------------------------------
+def localisation_metrics(predictions: pd.DataFrame, labels: pd.DataFrame,
+                         stack_index: pd.DataFrame) -> dict[str, float]:
+    """Point error in mm (median, p90; in-plane, original pixels × PixelSpacing), slice error, level naming.
+
+    `predictions` as from `prediction_table`; `labels` as the cache's level_labels. A point has the right
+    level name when its predicted slice position and point lie nearer to the true point of its own level than
+    to any other level's true point of the same condition in that series.
+    """
+    keys = ["study_id", "series_id", "condition", "level"]
+    truth = labels.drop_duplicates(keys)[[*keys, "stack", "slice", "x", "y", "stack_row"]]
+    merged = predictions.merge(truth, on=keys, suffixes=("", "_true"))
+    if merged.empty:
+        names = ("point_error_median_mm", "point_error_p90_mm", "slice_within_1", "slice_exact",
+                 "level_name_accuracy")
+        return {"points": 0, **{name: float("nan") for name in names}}
+    geometry = stack_index.iloc[merged["stack_row"].to_numpy()]
+    spacing_row, spacing_col = geometry["spacing_row"].to_numpy(), geometry["spacing_col"].to_numpy()
+    error_mm = np.hypot((merged["x"] - merged["x_true"]).to_numpy() * spacing_col,
+                        (merged["y"] - merged["y_true"]).to_numpy() * spacing_row)
+    same_stack = (merged["stack"] == merged["stack_true"]).to_numpy()
+    slice_error = np.where(same_stack, (merged["slice"] - merged["slice_true"]).abs().to_numpy(), np.inf)
+    return {
+        "points": int(len(merged)),
+        "point_error_median_mm": float(np.median(error_mm)),
+        "point_error_p90_mm": float(np.percentile(error_mm, 90)),
+        "slice_within_1": float(np.mean(slice_error <= 1)),
+        "slice_exact": float(np.mean(slice_error == 0)),
+        "level_name_accuracy": float(np.mean(_level_name_right(merged, truth, stack_index))),
+    }
+
+
+def _level_name_right(merged: pd.DataFrame, truth: pd.DataFrame, stack_index: pd.DataFrame) -> np.ndarray:
+    """For each predicted point: is the nearest true point (3-D, mm) of its condition the one of its level?"""
+    world = _world_mm(stack_index)
+    truth_world = world[truth["stack_row"].to_numpy()] + _in_plane_mm(truth, stack_index, "stack_row")
+    truth = truth.assign(wx=truth_world[:, 0], wy=truth_world[:, 1], wz=truth_world[:, 2])
+    pred_rows = _rows_of(merged, stack_index)
+    pred_world = world[pred_rows] + _in_plane_mm(merged.assign(_r=pred_rows), stack_index, "_r")
+    groups = {key: g for key, g in truth.groupby(["study_id", "series_id", "condition"])}
+    right = np.zeros(len(merged), dtype=bool)
+    for i, row in enumerate(merged.itertuples(index=False)):
+        candidates = groups[(row.study_id, row.series_id, row.condition)]
+        distance = np.linalg.norm(candidates[["wx", "wy", "wz"]].to_numpy() - pred_world[i], axis=1)
+        right[i] = candidates["level"].to_numpy()[np.argmin(distance)] == row.level
+    return right
+
+
+def _world_mm(stack_index: pd.DataFrame) -> np.ndarray:
+    """A per-row offset (mm) that separates stacks and slices: position along the stack, stacks far apart."""
+    offset = np.zeros((len(stack_index), 3))
+    offset[:, 2] = stack_index["position"].to_numpy() + 1e4 * stack_index["stack"].to_numpy()
+    return offset
+
+
+def _in_plane_mm(frame: pd.DataFrame, stack_index: pd.DataFrame, row_column: str) -> np.ndarray:
+    geometry = stack_index.iloc[frame[row_column].to_numpy()]
+    return np.stack([frame["x"].to_numpy() * geometry["spacing_col"].to_numpy(),
+                     frame["y"].to_numpy() * geometry["spacing_row"].to_numpy(),
+                     np.zeros(len(frame))], axis=1)
+
+
+def _rows_of(frame: pd.DataFrame, stack_index: pd.DataFrame) -> np.ndarray:
+    """The stack_index row of each (study, series, stack, slice) in `frame`."""
+    index = stack_index.reset_index(drop=True).assign(_row=np.arange(len(stack_index)))
+    keyed = frame[["study_id", "series_id", "stack", "slice"]].merge(
+        index[["study_id", "series_id", "stack", "slice", "_row"]], how="left")
+    return keyed["_row"].to_numpy()
+
+
+# -- checkpoints and the locate API --------------------------------------------------------------------------
+def checkpoint_model(state: dict) -> Locator:
+    """The Locator stored in a locator checkpoint (its weights loaded, in eval mode)."""
+    model = Locator(state["model_name"], len(state["targets"]), width=state["width"])
+    model.load_state_dict(state["state_dict"])
+    return model.eval()
+
+
+def locate(runs: list[Path], cache, device: str | torch.device = "cpu") -> pd.DataFrame:
+    """Coordinates (train_label_coordinates.csv format) for every study of `cache`, from locator runs."""
+    from lumbar_fast.runfolder import BEST, RunFolder
+
+    device = torch.device(device)
+    tables = []
+    for run in runs:
+        state = RunFolder.open_existing(run).load_checkpoint(BEST)
+        if state.get("kind") != "locator":
+            raise LumbarFastError(f"{run} is not a locator run (train it with `lumbar-fast train-locator`)")
+        sequence = state["sequence"]
+        if sequence not in cache.sequences():
+            raise LumbarFastError(f"cache {cache.path} has no {sequence} stacks for locator run {run}")
+        model = checkpoint_model(state).to(device)
+        stack_index, images = cache.stack_index(sequence), cache.stack_images(sequence)
+        targets = [tuple(t) for t in state["targets"]]
+        for series in series_of(stack_index):
+            prediction, _ = predict_series(model, images, series, state["image_size"], device)
+            tables.append(prediction_table(series, prediction, stack_index, targets))
+    if not tables:
+        return pd.DataFrame(columns=list(COORDINATE_COLUMNS))
+    return to_coordinates_csv(pd.concat(tables, ignore_index=True))
+
+
+def write_coordinates(coordinates: pd.DataFrame, path: Path) -> None:
+    """Write located points as a train_label_coordinates.csv file, atomically (never a half-written file)."""
+    from lumbar_fast.runfolder import atomic_write
+
+    columns = list(COORDINATE_COLUMNS)
+    atomic_write(Path(path), lambda tmp: coordinates.to_csv(tmp, index=False, columns=columns))

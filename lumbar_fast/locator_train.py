@@ -1,0 +1,407 @@
+"""Training a level locator (`lumbar-fast train-locator`): the cache's ordered stacks in, labelled points out.
+
+It shares the classifier's split, run folder, checkpoints, early stopping, resume and RNG handling
+(`lumbar_fast.train`, `lumbar_fast.runfolder`); what differs is the unit of work — one series, all its
+slices (or a window of at most `max_slices` of them) per step — and the metrics: point error in mm,
+slice error and level naming (`locator.localisation_metrics`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+
+from lumbar_fast import locator as loc
+from lumbar_fast import rsna
+from lumbar_fast.cache import open_cache
+from lumbar_fast.errors import LumbarFastError
+from lumbar_fast.inference import amp_dtype_for, resolve_device
+from lumbar_fast.runfolder import BEST, LAST, PREDICTIONS, SPLIT, Panels, RunFolder
+from lumbar_fast.split import load_or_create_split, train_val_studies
+from lumbar_fast.train import EarlyStopping, rng_state, seed_everything, set_rng_state
+
+#: validation value watched by early stopping and best.pt -> (metrics key, mode)
+MONITORS = {"loss": ("val_loss", "min"), "point-error": ("val_point_error_median_mm", "min")}
+#: curves.png of a locator run
+PANELS: Panels = {
+    "loss": (("train_loss", "train loss"), ("val_loss", "val loss")),
+    "point error (mm)": (("val_point_error_median_mm", "val median"), ("val_point_error_p90_mm", "val p90"),
+                         ("baseline_point_error_median_mm", "mean-position baseline median")),
+    "share of points": (("val_slice_within_1", "slice within ±1"),
+                        ("val_level_name_accuracy", "right level name")),
+}
+#: which run a checkpoint belongs to: classifier checkpoints lack it, locator checkpoints say "locator"
+KIND = "locator"
+
+
+@dataclass
+class LocatorConfig:
+    """Every argument of a locator run; stored in config.json, so `resume` rebuilds the identical run."""
+
+    sequence: str
+    cache: str
+    out: str | None = None
+    run_dir: str | None = None
+    fold: int = 0
+    folds: int = 5
+    split_seed: int = 0
+    split_file: str | None = None
+    model: str = "resnet18"
+    pretrained: bool = True
+    image_size: int = 160
+    width: int = 64
+    epochs: int = 30
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+    patience: int = 6
+    monitor: str = "loss"
+    max_slices: int = 24
+    augment: bool = True
+    amp: str = "auto"
+    device: str = "auto"
+    seed: int = 0
+    limit_series: int | None = None
+    progress: bool = True
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def check(self) -> None:
+        """Refuse inconsistent arguments with one line each, before any work starts."""
+        rsna.get_sequence(self.sequence)
+        if self.monitor not in MONITORS:
+            raise LumbarFastError(f"--monitor must be one of {', '.join(MONITORS)}")
+        if (self.out is None) == (self.run_dir is None):
+            raise LumbarFastError("give exactly one of --out RUNS_DIR and --run-dir DIR")
+        if not 0 <= self.fold < self.folds:
+            raise LumbarFastError(f"--fold {self.fold} is outside 0..{self.folds - 1}")
+        if self.epochs < 1 or self.patience < 1 or self.max_slices < 3 or self.image_size < 32:
+            raise LumbarFastError("--epochs and --patience must be at least 1, --max-slices at least 3 "
+                                  "and --image-size at least 32")
+
+
+# -- data ----------------------------------------------------------------------------------------------------
+@dataclass
+class LocatorData:
+    """A sequence's stacks in RAM, grouped into series, with each series' targets."""
+
+    stack_index: pd.DataFrame
+    images: np.ndarray
+    labels: pd.DataFrame
+    series: list[loc.Series]
+    targets: list[loc.SeriesTargets]
+    names: list[tuple[str, str]]
+
+    def indices_of(self, studies: np.ndarray, labelled_only: bool) -> list[int]:
+        """Positions in `series` of the given studies' series (optionally only those with labelled points)."""
+        wanted = set(studies.tolist())
+        return [i for i, s in enumerate(self.series)
+                if s.study_id in wanted and (not labelled_only or self.targets[i].present.any())]
+
+
+def load_data(cache, sequence: str) -> LocatorData:
+    """Read a sequence's stacks, index and labels from the cache and build every series' targets."""
+    if sequence not in cache.sequences():
+        raise LumbarFastError(f"the cache {cache.path} has no {sequence} stacks")
+    stack_index = cache.stack_index(sequence).reset_index(drop=True)
+    labels = cache.level_labels(sequence).reset_index(drop=True)
+    names = loc.locator_targets(sequence)
+    series = loc.series_of(stack_index)
+    return LocatorData(stack_index, cache.stack_images(sequence), labels, series,
+                       loc.all_targets(series, labels, stack_index, names), names)
+
+
+def window(series: loc.Series, target: loc.SeriesTargets, start: int,
+           length: int) -> tuple[loc.Series, loc.SeriesTargets]:
+    """Rows [start, start + length) of a series, with the targets outside the window marked absent."""
+    part = slice(start, start + length)
+    cut = loc.Series(series.study_id, series.series_id, series.rows[part], series.stack[part],
+                     series.prev_rows[part], series.next_rows[part], series.rel_pos[part])
+    position = np.where((target.position >= start) & (target.position < start + length),
+                        target.position - start, -1)
+    return cut, loc.SeriesTargets(position, target.uv)
+
+
+# -- augmentation --------------------------------------------------------------------------------------------
+def augment_params(seed: int, epoch: int, item: int) -> dict[str, float]:
+    """Random in-plane affine and intensity change of one series in one epoch: a pure function of its inputs,
+    so a resumed run sees the same augmentations."""
+    rng = np.random.default_rng([seed, epoch, item])
+    return {"scale": rng.uniform(0.85, 1.15), "angle": rng.uniform(-10, 10),
+            "shift_x": rng.uniform(-0.1, 0.1), "shift_y": rng.uniform(-0.1, 0.1),
+            "gamma": math.exp(rng.uniform(-0.25, 0.25)),
+            "contrast": rng.uniform(0.85, 1.15), "brightness": rng.uniform(-0.05, 0.05),
+            "window_start": rng.uniform()}
+
+
+def augment(images: torch.Tensor, uv: np.ndarray,
+            params: dict[str, float]) -> tuple[torch.Tensor, np.ndarray]:
+    """Apply one affine (same for every slice) and intensity change to (N, C, H, W) images in [0, 1];
+    returns the images and the targets' (u, v) moved with them."""
+    angle = math.radians(params["angle"])
+    cos, sin = math.cos(angle), math.sin(angle)
+    rotation = params["scale"] * np.array([[cos, -sin], [sin, cos]])
+    shift = np.array([params["shift_x"], params["shift_y"]])
+    theta = torch.tensor(np.concatenate([rotation, shift[:, None]], axis=1), dtype=images.dtype)
+    grid = torch.nn.functional.affine_grid(theta[None].expand(len(images), 2, 3), list(images.shape),
+                                           align_corners=False)
+    moved = torch.nn.functional.grid_sample(images, grid, align_corners=False, padding_mode="zeros")
+    moved = moved.clamp(0, 1) ** params["gamma"] * params["contrast"] + params["brightness"]
+    # grid_sample reads the input at rotation·p_out + shift: a point p_in lands at rotation⁻¹·(p_in - shift)
+    p_out = (np.linalg.inv(rotation) @ (2 * uv - 1 - shift).T).T
+    return moved, (p_out + 1) / 2
+
+
+# -- one epoch -----------------------------------------------------------------------------------------------
+@dataclass
+class LocatorSession:
+    """Everything a locator run holds while it trains."""
+
+    config: LocatorConfig
+    run: RunFolder
+    device: torch.device
+    amp_dtype: torch.dtype | None
+    split: pd.DataFrame
+    data: LocatorData
+    train_series: list[int]
+    val_series: list[int]
+    model: loc.Locator
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    stopper: EarlyStopping
+    records: list[dict[str, Any]]
+    start_epoch: int = 0
+
+
+def training_step(session: LocatorSession, item: int, epoch: int) -> tuple[float, float, int]:
+    """One optimiser step on one series (a random window of it); returns heatmap loss, slice loss, slices."""
+    config, data = session.config, session.data
+    series, target = data.series[item], data.targets[item]
+    params = augment_params(config.seed, epoch, item)
+    if len(series) > config.max_slices:
+        start = int(params["window_start"] * (len(series) - config.max_slices + 1))
+        series, target = window(series, target, start, config.max_slices)
+    images = loc.resize_input(loc.series_input(data.images, series), config.image_size)
+    uv = target.uv
+    if config.augment:
+        images, uv = augment(images, uv, params)
+    target = loc.SeriesTargets(target.position, uv)
+    rel_pos = torch.from_numpy(series.rel_pos).float().to(session.device)
+    inputs = loc.normalise(images).to(session.device, memory_format=torch.channels_last)
+    session.optimizer.zero_grad(set_to_none=True)
+    with torch.autocast(session.device.type, dtype=session.amp_dtype or torch.float32,
+                        enabled=session.amp_dtype is not None):
+        heatmaps, slice_logits = session.model(inputs, rel_pos, series.stack_segments())
+    heatmap_loss, slice_loss = loc.series_loss(heatmaps.float().cpu(), slice_logits.float().cpu(), target)
+    (heatmap_loss + slice_loss).backward()
+    session.optimizer.step()
+    return heatmap_loss.item(), slice_loss.item(), len(series)
+
+
+def train_epoch(session: LocatorSession, epoch: int) -> dict[str, float]:
+    """One pass over the training series in a seeded order, with a progress bar in slices/s."""
+    from tqdm import tqdm
+
+    session.model.train()
+    order = np.random.default_rng([session.config.seed, epoch]).permutation(session.train_series)
+    order = order[:session.config.limit_series]
+    sums = np.zeros(2)
+    slices = 0
+    start = time.perf_counter()
+    with tqdm(order, desc=f"epoch {epoch + 1}", unit="series", disable=not session.config.progress,
+              leave=False) as bar:
+        for item in bar:
+            heatmap_loss, slice_loss, count = training_step(session, int(item), epoch)
+            sums += (heatmap_loss, slice_loss)
+            slices += count
+            bar.set_postfix_str(f"{slices / (time.perf_counter() - start):.0f} slices/s", refresh=False)
+    seconds = time.perf_counter() - start
+    heatmap_loss, slice_loss = sums / max(len(order), 1)
+    return {"train_loss": heatmap_loss + slice_loss, "train_heatmap_loss": heatmap_loss,
+            "train_slice_loss": slice_loss, "train_seconds": seconds, "train_slices_per_s": slices / seconds}
+
+
+def validate(model: loc.Locator, data: LocatorData, items: list[int], image_size: int,
+             device: torch.device) -> tuple[dict[str, Any], pd.DataFrame]:
+    """Losses and localisation metrics over the given series (every slice), and their predictions table."""
+    model.eval()
+    tables, losses = [], []
+    for item in items:
+        prediction, (heatmaps, slice_logits) = loc.predict_series(model, data.images, data.series[item],
+                                                                  image_size, device)
+        losses.append([loss.item() for loss in loc.series_loss(heatmaps, slice_logits, data.targets[item])])
+        tables.append(loc.prediction_table(data.series[item], prediction, data.stack_index, data.names))
+    predictions = pd.concat(tables, ignore_index=True)
+    heatmap_loss, slice_loss = np.mean(losses, axis=0) if losses else (float("nan"), float("nan"))
+    metrics = loc.localisation_metrics(predictions, data.labels, data.stack_index)
+    return ({"val_loss": heatmap_loss + slice_loss, "val_heatmap_loss": heatmap_loss,
+             "val_slice_loss": slice_loss, **{f"val_{k}": v for k, v in metrics.items()}}, predictions)
+
+
+def mean_position_predictions(data: LocatorData, train_items: list[int], items: list[int]) -> pd.DataFrame:
+    """The trivial baseline every locator must beat: each target at its mean training (u, v), on the slice at
+    its mean relative place in the series."""
+    present = [(data.targets[i], len(data.series[i])) for i in train_items]
+    weights = np.stack([t.present for t, _ in present]).astype(float)
+    uv = np.einsum("sk,skc->kc", weights, np.stack([t.uv for t, _ in present])) / weights.sum(0)[:, None]
+    relative = np.stack([t.position / max(n - 1, 1) for t, n in present])
+    mean_relative = (weights * relative).sum(0) / weights.sum(0)
+    tables = []
+    for i in items:
+        series = data.series[i]
+        position = np.rint(mean_relative * (len(series) - 1)).astype(int)
+        prediction = loc.SeriesPrediction(position, uv, np.ones(len(position)))
+        tables.append(loc.prediction_table(series, prediction, data.stack_index, data.names))
+    return pd.concat(tables, ignore_index=True)
+
+
+# -- runs ----------------------------------------------------------------------------------------------------
+def new_run_folder(config: LocatorConfig) -> RunFolder:
+    """--run-dir itself, or a new `locator-{sequence}-fold{k}-{time}` folder in --out."""
+    if config.run_dir is not None:
+        return RunFolder.create(Path(config.run_dir))
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    return RunFolder.create(Path(config.out) / f"locator-{config.sequence}-fold{config.fold}-{stamp}")
+
+
+def prepare(config: LocatorConfig, run: RunFolder) -> LocatorSession:
+    """Open the cache, split, build data, model, optimiser and schedule (all input checks before training)."""
+    device = resolve_device(config.device)
+    amp_dtype = amp_dtype_for(config.amp, device)
+    cache = open_cache(config.cache)
+    data = load_data(cache, config.sequence)
+    split = load_or_create_split(cache.study_labels(), cache.path, config.folds, config.split_seed,
+                                 config.split_file)
+    train_studies, val_studies = train_val_studies(split, config.fold)
+    train_series = data.indices_of(train_studies, labelled_only=True)
+    val_series = data.indices_of(val_studies, labelled_only=True)
+    if not train_series or not val_series:
+        raise LumbarFastError(f"fold {config.fold} leaves {len(train_series)} training and {len(val_series)} "
+                              f"validation series with labelled points for {config.sequence}")
+    seed_everything(config.seed)
+    model = loc.Locator(config.model, len(data.names), pretrained=config.pretrained, width=config.width)
+    model = model.to(device, memory_format=torch.channels_last)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=config.epochs)
+    return LocatorSession(config, run, device, amp_dtype, split, data, train_series, val_series, model,
+                          optimizer, scheduler, EarlyStopping(MONITORS[config.monitor][1], config.patience),
+                          records=[])
+
+
+def checkpoint_meta(config: LocatorConfig, names: list[tuple[str, str]]) -> dict[str, Any]:
+    """What `locate` needs besides the weights."""
+    return {"kind": KIND, "model_name": config.model, "sequence": config.sequence, "width": config.width,
+            "image_size": config.image_size, "targets": [list(t) for t in names],
+            "config": dataclasses.asdict(config)}
+
+
+def fit(session: LocatorSession) -> Path:
+    """Train from session.start_epoch to the last epoch or an early stop, checkpointing every epoch."""
+    config, run = session.config, session.run
+    meta = checkpoint_meta(config, session.data.names)
+    if not run.file(SPLIT).is_file():
+        run.write_table(SPLIT, session.split)
+    baseline = loc.localisation_metrics(
+        mean_position_predictions(session.data, session.train_series, session.val_series),
+        session.data.labels, session.data.stack_index)
+    for epoch in range(session.start_epoch, config.epochs):
+        if session.stopper.should_stop:
+            break
+        lr = session.optimizer.param_groups[0]["lr"]
+        started = time.perf_counter()
+        train_metrics = train_epoch(session, epoch)
+        val_metrics, predictions = validate(session.model, session.data, session.val_series,
+                                            config.image_size, session.device)
+        session.scheduler.step()
+        improved = session.stopper.update(float(val_metrics[MONITORS[config.monitor][0]]), epoch)
+        record = {"epoch": epoch + 1, "lr": float(lr), **train_metrics, **val_metrics,
+                  **{f"baseline_{k}": v for k, v in baseline.items()}, "best": improved,
+                  "epoch_seconds": time.perf_counter() - started}
+        session.records.append(plain(record))
+        if improved:
+            run.save_checkpoint(BEST, {**meta, "epoch": epoch + 1, "state_dict": session.model.state_dict(),
+                                       "metrics": session.records[-1]})
+            run.write_table(PREDICTIONS, predictions)
+        run.save_checkpoint(LAST, {**meta, "epoch": epoch + 1, "state_dict": session.model.state_dict(),
+                                   "optimizer": session.optimizer.state_dict(),
+                                   "scheduler": session.scheduler.state_dict(),
+                                   "early_stopping": session.stopper.state_dict(), "rng": rng_state(),
+                                   "records": session.records})
+        run.write_metrics(session.records, PANELS)
+        print(epoch_line(session.records[-1]), flush=True)
+    return run.path
+
+
+def plain(record: dict[str, Any]) -> dict[str, Any]:
+    """JSON-ready record: numpy scalars become Python numbers, non-finite values None."""
+    def one(value: Any) -> Any:
+        value = value.item() if isinstance(value, np.generic) else value
+        return None if isinstance(value, float) and not math.isfinite(value) else value
+    return {key: one(value) for key, value in record.items()}
+
+
+def epoch_line(record: dict[str, Any]) -> str:
+    """One line per epoch on stdout: losses and the localisation numbers."""
+    def number(key: str, digits: int) -> str:
+        value = record.get(key)
+        return "n/a" if value is None else f"{value:.{digits}f}"
+    return (f"epoch {record['epoch']}: train loss {number('train_loss', 3)} "
+            f"| val loss {number('val_loss', 3)} "
+            f"point error median {number('val_point_error_median_mm', 2)} mm "
+            f"p90 {number('val_point_error_p90_mm', 2)} mm "
+            f"(mean-position baseline {number('baseline_point_error_median_mm', 2)} mm) "
+            f"| slice ±1 {number('val_slice_within_1', 3)} "
+            f"| level name {number('val_level_name_accuracy', 3)} "
+            f"| {record['train_slices_per_s']:.0f} slices/s")
+
+
+def train_locator(config: LocatorConfig) -> Path:
+    """Start a new locator run for `config`; returns its folder."""
+    config.check()
+    run = new_run_folder(config)
+    session = prepare(config, run)
+    run.write_config(dataclasses.asdict(config))
+    return fit(session)
+
+
+def resume_locator(run_dir: str | Path) -> Path:
+    """Continue a locator run from its last.pt to the same result as an uninterrupted run."""
+    run = RunFolder.open_existing(Path(run_dir))
+    try:
+        config = LocatorConfig(**run.read_config())
+    except TypeError as exc:
+        raise LumbarFastError(f"{run_dir} is not a locator run of this version: {exc}") from None
+    state = run.load_checkpoint(LAST)
+    session = prepare(config, run)
+    try:
+        session.model.load_state_dict(state["state_dict"])
+        session.optimizer.load_state_dict(state["optimizer"])
+    except (RuntimeError, ValueError, KeyError) as exc:
+        raise LumbarFastError(f"{run.file(LAST)} does not fit this run's model: {exc}") from None
+    session.scheduler.load_state_dict(state["scheduler"])
+    session.stopper.load_state_dict(state["early_stopping"])
+    session.records = list(state["records"])
+    session.start_epoch = state["epoch"]
+    set_rng_state(state["rng"])
+    return fit(session)
+
+
+def evaluate_run(run_dir: str | Path, cache_path: str | Path | None = None,
+                 device: str = "auto") -> dict[str, Any]:
+    """Localisation metrics of a locator run's best checkpoint on its validation studies (for `evaluate`)."""
+    run = RunFolder.open_existing(Path(run_dir))
+    config = LocatorConfig(**run.read_config())
+    state = run.load_checkpoint(BEST)
+    target = resolve_device(device)
+    data = load_data(open_cache(cache_path or config.cache), config.sequence)
+    split = pd.read_csv(run.file(SPLIT))
+    _, val_studies = train_val_studies(split, config.fold)
+    metrics, _ = validate(loc.checkpoint_model(state).to(target), data,
+                          data.indices_of(val_studies, labelled_only=True), config.image_size, target)
+    return metrics

@@ -1,0 +1,203 @@
+"""Level locator: coordinate round trips, heatmap decoding, augmentation geometry, metrics on perfect and
+trivial predictions, a short training that beats the mean-position baseline, resume, locate → ingest."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from lumbar_fast import locator as loc
+from lumbar_fast.cache import open_cache
+from lumbar_fast.errors import LumbarFastError
+from lumbar_fast.locator_train import (
+    LocatorConfig,
+    augment,
+    augment_params,
+    load_data,
+    mean_position_predictions,
+    resume_locator,
+    train_locator,
+    window,
+)
+from lumbar_fast.runfolder import RunFolder
+
+SMALL = {"model": "test_efficientnet", "pretrained": False, "image_size": 64, "folds": 3, "device": "cpu",
+         "progress": False, "width": 16}
+
+
+def perfect_predictions(data) -> pd.DataFrame:
+    """Prediction tables that place every labelled target exactly where its label is."""
+    tables = []
+    for series, target in zip(data.series, data.targets, strict=True):
+        if target.present.any():
+            keep = target.present
+            prediction = loc.SeriesPrediction(target.position[keep], target.uv[keep], np.ones(keep.sum()))
+            names = [name for name, present in zip(data.names, keep, strict=True) if present]
+            tables.append(loc.prediction_table(series, prediction, data.stack_index, names))
+    return pd.concat(tables, ignore_index=True)
+
+
+@pytest.fixture(scope="module")
+def sag_t1(synth_cache):
+    return load_data(open_cache(synth_cache), "sag_t1")
+
+
+# -- geometry and encoding -----------------------------------------------------------------------------------
+def test_normalised_coordinates_round_trip_exactly():
+    rng = np.random.default_rng(0)
+    x, y = rng.uniform(0, 512, 100), rng.uniform(0, 384, 100)
+    cols, rows = rng.integers(256, 513, 100), rng.integers(256, 513, 100)
+    back_x, back_y = loc.to_original(loc.to_normalised(x, y, cols, rows), cols, rows)
+    np.testing.assert_allclose(back_x, x, rtol=0, atol=1e-9)
+    np.testing.assert_allclose(back_y, y, rtol=0, atol=1e-9)
+
+
+def test_series_are_ordered_stacks_with_edge_repeating_neighbours(synth_cache):
+    cache = open_cache(synth_cache)
+    index = cache.stack_index("ax_t2")
+    for series in loc.series_of(index):
+        table = index.iloc[series.rows]
+        assert (table["study_id"] == series.study_id).all() and (table["series_id"] == series.series_id).all()
+        for segment in series.stack_segments():
+            part = table.iloc[segment]
+            assert part["stack"].nunique() == 1
+            assert list(part["slice"]) == list(range(len(part)))  # every slice, in position order
+            assert (np.diff(part["position"].to_numpy()) > 0).all()
+            rows = series.rows[segment]
+            assert series.prev_rows[segment][0] == rows[0] and series.next_rows[segment][-1] == rows[-1]
+            np.testing.assert_array_equal(series.prev_rows[segment][1:], rows[:-1])
+            np.testing.assert_array_equal(series.next_rows[segment][:-1], rows[1:])
+
+
+def test_perfect_predictions_encode_back_to_the_labels_exactly(sag_t1):
+    predictions = perfect_predictions(sag_t1)
+    keys = ["study_id", "series_id", "condition", "level"]
+    merged = predictions.merge(sag_t1.labels, on=keys, suffixes=("", "_label"))
+    assert len(merged) == len(predictions) == len(sag_t1.labels.drop_duplicates(keys))
+    np.testing.assert_array_equal(merged["instance_number"], merged["instance_number_label"])
+    np.testing.assert_allclose(merged["x"], merged["x_label"], atol=1e-9)
+    np.testing.assert_allclose(merged["y"], merged["y_label"], atol=1e-9)
+    metrics = loc.localisation_metrics(predictions, sag_t1.labels, sag_t1.stack_index)
+    assert metrics["point_error_median_mm"] == pytest.approx(0, abs=1e-9)
+    assert metrics["slice_exact"] == metrics["slice_within_1"] == metrics["level_name_accuracy"] == 1.0
+
+
+def test_coordinates_csv_is_the_label_format(sag_t1, tmp_path):
+    coordinates = loc.to_coordinates_csv(perfect_predictions(sag_t1))
+    path = tmp_path / "coordinates.csv"
+    loc.write_coordinates(coordinates, path)
+    written = pd.read_csv(path)
+    assert tuple(written.columns) == loc.COORDINATE_COLUMNS
+    assert set(written["condition"]) == {loc.rsna.CONDITION_TITLES[c] for c in loc.rsna.CONDITIONS[1:3]}
+    assert set(written["level"]) <= set(loc.rsna.LEVEL_TITLES.values())
+    assert not written.duplicated(["study_id", "condition", "level"]).any()
+
+
+def test_swapped_levels_are_counted_as_wrong_names(sag_t1):
+    predictions = perfect_predictions(sag_t1)
+    swap = {"l1_l2": "l2_l3", "l2_l3": "l1_l2"}
+    swapped = predictions.assign(level=predictions["level"].map(lambda lv: swap.get(lv, lv)))
+    metrics = loc.localisation_metrics(swapped, sag_t1.labels, sag_t1.stack_index)
+    share_swapped = predictions["level"].isin(list(swap)).mean()
+    assert metrics["level_name_accuracy"] == pytest.approx(1 - share_swapped)
+
+
+def test_heatmap_decoding_is_sub_cell_precise():
+    points = torch.tensor([[0.3137, 0.7071], [0.5, 0.5], [0.05, 0.93]], dtype=torch.float64)
+    target = loc.gaussian_heatmap(points, 40, 40)
+    decoded = loc.decode_heatmap(target.log().reshape(3, 40, 40))
+    np.testing.assert_allclose(decoded, points.numpy(), atol=0.02 / 40)  # 2 % of a cell (edges clip a bit)
+
+
+def test_augmentation_moves_the_targets_with_the_image():
+    image = torch.zeros(1, 3, 64, 64)
+    uv = np.array([[0.3, 0.6]])
+    row, col = int(uv[0, 1] * 64), int(uv[0, 0] * 64)
+    image[..., row - 1:row + 2, col - 1:col + 2] = 1.0
+    for item in range(5):
+        params = {**augment_params(0, 0, item), "gamma": 1.0, "contrast": 1.0, "brightness": 0.0}
+        moved, moved_uv = augment(image, uv, params)
+        peak = np.unravel_index(int(moved[0, 1].argmax()), (64, 64))
+        assert abs(peak[1] + 0.5 - moved_uv[0, 0] * 64) < 1.5
+        assert abs(peak[0] + 0.5 - moved_uv[0, 1] * 64) < 1.5
+
+
+def test_window_keeps_only_the_targets_inside(sag_t1):
+    item = next(i for i, t in enumerate(sag_t1.targets) if t.present.all())
+    series, target = sag_t1.series[item], sag_t1.targets[item]
+    cut, cut_target = window(series, target, 2, 5)
+    np.testing.assert_array_equal(cut.rows, series.rows[2:7])
+    inside = (target.position >= 2) & (target.position < 7)
+    np.testing.assert_array_equal(cut_target.present, inside)
+    np.testing.assert_array_equal(cut_target.position[inside], target.position[inside] - 2)
+
+
+# -- training ------------------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def sag_t2_run(synth_cache, tmp_path_factory):
+    """A locator trained for a few epochs (about a minute on a 2-core CPU) on the shared synth cache."""
+    run_dir = tmp_path_factory.mktemp("locator") / "sag_t2"
+    config = LocatorConfig(sequence="sag_t2", cache=str(synth_cache), run_dir=str(run_dir), epochs=8,
+                           lr=3e-3, patience=8, **SMALL)
+    return train_locator(config)
+
+
+def test_trained_locator_beats_the_mean_position_baseline(sag_t2_run):
+    records = RunFolder.open_existing(sag_t2_run).read_metrics()
+    best = min(records, key=lambda r: r["val_loss"])
+    assert best["val_point_error_median_mm"] < 0.6 * best["baseline_point_error_median_mm"]
+    assert best["val_slice_within_1"] >= 0.8
+    assert records[-1]["train_loss"] < records[0]["train_loss"]
+    for name in ("best.pt", "last.pt", "metrics.jsonl", "metrics.csv", "curves.png", "split.csv",
+                 "val_predictions.csv", "config.json"):
+        assert (sag_t2_run / name).is_file(), name
+
+
+def test_mean_position_baseline_is_worse_than_perfect(sag_t1):
+    items = list(range(len(sag_t1.series)))
+    baseline = loc.localisation_metrics(mean_position_predictions(sag_t1, items, items), sag_t1.labels,
+                                        sag_t1.stack_index)
+    assert baseline["point_error_median_mm"] > 1.0
+
+
+def test_resume_continues_to_the_same_result(synth_cache, tmp_path):
+    config = {"sequence": "ax_t2", "cache": str(synth_cache), "epochs": 2, "limit_series": 2, "max_slices": 6,
+              **SMALL}
+    whole = train_locator(LocatorConfig(run_dir=str(tmp_path / "whole"), **config))
+    half = train_locator(LocatorConfig(run_dir=str(tmp_path / "half"), **{**config, "epochs": 1}))
+    folder = RunFolder.open_existing(half)
+    folder.write_config({**folder.read_config(), "epochs": 2})  # as if it had been stopped after epoch 1
+    resumed = resume_locator(half)
+    a = RunFolder(whole).load_checkpoint("last.pt")["state_dict"]
+    b = RunFolder(resumed).load_checkpoint("last.pt")["state_dict"]
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], msg=key)
+
+
+def test_locate_writes_points_that_ingest_accepts(sag_t2_run, synth_data, synth_cache, make_cache, run_cli,
+                                                  tmp_path):
+    out = tmp_path / "coordinates.csv"
+    code, _, stderr = run_cli("locate", sag_t2_run, "--cache", synth_cache, "--out", out, "--device", "cpu")
+    assert code == 0, stderr
+    located = pd.read_csv(out)
+    studies = open_cache(synth_cache).stack_index("sag_t2")["study_id"].unique()
+    assert set(located["study_id"]) == set(studies)
+    assert (located.groupby("study_id").size() == 5).all()  # five canal points per study
+    test_cache = make_cache(synth_data, split="test")
+    code, _, stderr = run_cli("locate", sag_t2_run, "--cache", test_cache, "--out", tmp_path / "test.csv",
+                              "--device", "cpu")
+    assert code == 0, stderr
+    cache = open_cache(make_cache(synth_data, split="test", coordinates=tmp_path / "test.csv"))
+    assert len(cache.level_labels("sag_t2")) == 5 * len(cache.stack_index("sag_t2")["series_id"].unique())
+
+
+def test_bad_input_is_one_line(synth_cache, tmp_path, run_cli):
+    code, _, stderr = run_cli("train-locator", "--sequence", "sag_t2", "--cache", tmp_path / "nope",
+                              "--out", tmp_path / "runs")
+    assert code == 2 and stderr.startswith("error:") and len(stderr.strip().splitlines()) == 1
+    code, _, stderr = run_cli("locate", tmp_path, "--cache", synth_cache, "--out", tmp_path / "x.csv")
+    assert code == 2 and "not a run folder" in stderr
+    with pytest.raises(LumbarFastError, match="no feature maps|unknown model"):
+        loc.Locator("no_such_model", 5)
