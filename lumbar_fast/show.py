@@ -220,9 +220,39 @@ def draw(plan: Layout) -> Picture:
     return picture
 
 
+@cache
+def _palette() -> np.ndarray:
+    """256 RGB colours for saved pictures: the drawing colours, their blends towards black, then greys."""
+    colours = (TITLE_TEXT, *MARKER_COLOURS.values(), *MARKER_TEXT.values())
+    entries = [BACKGROUND] + [tuple(round(v * a) for v in c) for c in colours for a in (1, 0.75, 0.5, 0.25)]
+    greys = np.linspace(0, 255, 256 - len(entries)).round().astype(int)
+    return np.array(entries + [(g, g, g) for g in greys])
+
+
+def _nearest_entries(colours: np.ndarray) -> np.ndarray:
+    """Index of the nearest palette entry of each (r, g, b) row."""
+    return ((colours[:, None, :] - _palette()[None]) ** 2).sum(axis=-1).argmin(axis=1)
+
+
+def to_palette(image: Image.Image) -> Image.Image:
+    """The picture in 8-bit palette mode, each colour mapped to its nearest palette entry (greys within 1).
+
+    Half the bytes of RGB; exact, unlike Pillow's quantize, whose colour cube moves greys by up to 4 levels.
+    """
+    rgb = np.asarray(image.convert("RGB")).astype(np.int64)
+    index = _nearest_entries(np.repeat(np.arange(256)[:, None], 3, axis=1))[rgb[..., 0]]  # greys: a lookup
+    coloured = (rgb[..., 0] != rgb[..., 1]) | (rgb[..., 1] != rgb[..., 2])
+    colours, inverse = np.unique(rgb[coloured], axis=0, return_inverse=True)
+    index[coloured] = _nearest_entries(colours)[inverse.ravel()]
+    result = Image.fromarray(index.astype(np.uint8), "P")
+    result.putpalette(_palette().astype(np.uint8).ravel().tolist())
+    return result
+
+
 def save_png(picture: Picture, out_png: Path) -> None:
-    """Write the picture as a PNG in one step (a temporary file, then a rename): never a torn file."""
-    atomic_write(Path(out_png), lambda tmp: picture.image.save(tmp, format="PNG"))
+    """Write the picture as a palette PNG (see `to_palette`) in one step: never a torn file."""
+    small = to_palette(picture.image)
+    atomic_write(Path(out_png), lambda tmp: small.save(tmp, format="PNG"))
 
 
 # ---- galleries (grid of one class; evaluate's worst predictions) --------------------------------------
