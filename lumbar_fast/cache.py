@@ -339,9 +339,16 @@ def describe(reader: CacheReader) -> dict:
         "split": reader.attrs["split"], "studies": len(studies), "sequences": sequences,
         "labels": conditions, "errors": len(errors),
         "error_reasons": reason_counts(errors),
-        "size_bytes": disk_bytes(reader.path), "params": reader.attrs["params"],
+        "size_bytes": disk_bytes(reader.path), "npy_bytes": _npy_bytes(reader.path),
+        "params": reader.attrs["params"],
         "source": reader.attrs["source"], "lumbar_fast_version": reader.attrs["lumbar_fast_version"],
     }
+
+
+def _npy_bytes(path: Path) -> int:
+    """Bytes of the .npy copies array_path wrote beside the cache."""
+    folder = Path(f"{path}.npy")
+    return disk_bytes(folder) if folder.is_dir() else 0
 
 
 def reason_counts(errors: pd.DataFrame) -> dict[str, int]:

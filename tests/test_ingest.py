@@ -299,6 +299,7 @@ def test_test_split_has_stacks_and_level_crops_only_with_coordinates(tiny_data, 
 # --- info -------------------------------------------------------------------------------------------------
 
 def test_info_tells_the_truth(synth_data, synth_cache, run_cli):
+    npy = cache.open_cache(synth_cache).array_path("sag_t2", "levels")
     code, stdout, _ = run_cli("info", str(synth_cache), "--json")
     report = json.loads(stdout)
     train = pd.read_csv(synth_data / "train.csv")
@@ -316,6 +317,7 @@ def test_info_tells_the_truth(synth_data, synth_cache, run_cli):
         assert counts["level_crops"] == int(coordinates["condition"].isin(conditions).sum())
         assert counts["studies"] == len(train)
     assert report["size_bytes"] == sum(f.stat().st_size for f in synth_cache.rglob("*") if f.is_file())
+    assert report["npy_bytes"] == sum(f.stat().st_size for f in npy.parent.iterdir())
     assert report["params"]["size"] == 64 and report["params"]["crop_mm"] == {"sag_t1": 40, "sag_t2": 40,
                                                                                 "ax_t2": 50}
     code, text, _ = run_cli("info", str(synth_cache))

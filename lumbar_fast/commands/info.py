@@ -24,7 +24,8 @@ def format_report(report: dict) -> str:
     params = report["params"]
     lines = [
         f"cache       {report['path']}  (schema {report['schema_version']}, lumbar-fast "
-        f"{report['lumbar_fast_version']}, {report['size_bytes'] / 2**20:.1f} MiB on disk)",
+        f"{report['lumbar_fast_version']}, {report['size_bytes'] / 2**20:.1f} MiB on disk, "
+        f"{report['npy_bytes'] / 2**20:.1f} MiB of .npy copies beside it)",
         f"split       {report['split']}, {report['studies']} studies, from {report['source']['data_dir']}",
         f"parameters  size {params['size']}, channels {params['channels']}, crop_mm "
         + ", ".join(f"{seq} {mm:g}" for seq, mm in params["crop_mm"].items())
