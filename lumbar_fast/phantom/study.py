@@ -55,7 +55,7 @@ class SeriesPlan:
         """Names of the pitfalls this series carries (the manifest's vocabulary)."""
         enc = self.encoding
         flags = {
-            "shuffled_instances": self.instance_order != "spatial" or self.instance_numbers[0] != 1,
+            "shuffled_instances": self.instance_order != "spatial",
             "multi_stack": len({p.stack for p in self.planes}) > 1,
             "varied_size": self.size_varied,
             "monochrome1": enc.monochrome1,
@@ -91,19 +91,10 @@ def build_study(job: StudyJob) -> StudyResult:
     missing = _sample_missing(rng, options)
     anatomy = sample_anatomy(rng, severity, options.signal)
     plans = _plan_series(rng, anatomy, job, options)
-    study_dir = job.root / f"{job.split}_images" / str(job.study_id)
     result = StudyResult(job.split, job.study_id, {}, [], [])
     for number, plan in enumerate(plans, start=1):
-        header = SeriesHeader(job.study_id, plan.series_id, number, rsna.SEQUENCES[plan.sequence].description,
-                              plan.encoding)
-        series_dir = study_dir / str(plan.series_id)
-        series_dir.mkdir(parents=True, exist_ok=True)
-        noise, bias = float(rng.uniform(0.025, 0.05)), rng.uniform(-0.15, 0.15, size=3)
-        writer = SeriesWriter(header)
-        for plane, instance in zip(plan.planes, plan.instance_numbers, strict=True):
-            image = render(anatomy, plan.sequence, plane, noise, bias, rng)
-            writer.write(series_dir / f"{instance}.dcm", image, plane, instance)
-        result.series.append((plan.series_id, header.description))
+        _write_series(rng, anatomy, job, plan, number)
+        result.series.append((plan.series_id, rsna.SEQUENCES[plan.sequence].description))
         result.manifest.append(_series_entry(job, plan))
         result.files += len(plan.planes)
     labelled_slices = _label(result, anatomy, plans, severity, missing)
@@ -112,6 +103,20 @@ def build_study(job: StudyJob) -> StudyResult:
     result.missing = [{"study_id": job.study_id, "condition": c, "level": lv, "kind": kind}
                       for (c, lv), kind in sorted(missing.items())]
     return result
+
+
+def _write_series(rng: np.random.Generator, anatomy: Anatomy, job: StudyJob, plan: SeriesPlan,
+                  series_number: int) -> None:
+    """Render every plane of one series (its own noise level and bias field) and write its DICOM files."""
+    header = SeriesHeader(job.study_id, plan.series_id, series_number,
+                          rsna.SEQUENCES[plan.sequence].description, plan.encoding)
+    writer = SeriesWriter(header)
+    folder = job.root / _series_folder(job, plan)
+    folder.mkdir(parents=True, exist_ok=True)
+    noise, bias = float(rng.uniform(0.025, 0.05)), rng.uniform(-0.15, 0.15, size=3)
+    for plane, instance in zip(plan.planes, plan.instance_numbers, strict=True):
+        writer.write(folder / f"{instance}.dcm", render(anatomy, plan.sequence, plane, noise, bias, rng),
+                     plane, instance)
 
 
 def sample_severity(rng: np.random.Generator,
@@ -224,10 +229,15 @@ def _damage_one(rng: np.random.Generator, job: StudyJob, plans: list[SeriesPlan]
     plan, index = candidates[int(rng.integers(len(candidates)))]
     kind = "truncated" if rng.random() < 0.5 else "garbage"
     instance = plan.instance_numbers[index]
-    relative = Path(f"{job.split}_images") / str(job.study_id) / str(plan.series_id) / f"{instance}.dcm"
+    relative = _series_folder(job, plan) / f"{instance}.dcm"
     damage_file(job.root / relative, kind, rng)
     return {"path": relative.as_posix(), "kind": kind, "study_id": job.study_id,
             "series_id": plan.series_id, "instance_number": instance}
+
+
+def _series_folder(job: StudyJob, plan: SeriesPlan) -> Path:
+    """A series' folder relative to the data set root: {split}_images/{study_id}/{series_id}."""
+    return Path(f"{job.split}_images") / str(job.study_id) / str(plan.series_id)
 
 
 def _series_entry(job: StudyJob, plan: SeriesPlan) -> dict:
