@@ -171,16 +171,25 @@ def plot_curves(records: list[dict[str, Any]], path: Path, panels: Panels = CLAS
 
     matplotlib.use("Agg")
     from matplotlib import pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     frame = pd.DataFrame(records)
-    fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 4), squeeze=False)
-    for ax, (title, lines) in zip(axes[0], panels.items(), strict=True):
-        for column, label in lines:
-            ax.plot(frame["epoch"], frame[column], marker="o", label=label)
+    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 4))
+    curves = {ax_loss: (("train_loss", "train loss", "-"), ("val_loss", "val loss", "-"),
+                        ("val_weighted_log_loss", "val weighted log loss", "-"),
+                        ("val_prior_weighted_log_loss", "prior's weighted log loss", "--")),
+              ax_acc: (("train_accuracy", "train accuracy", "-"), ("val_accuracy", "val accuracy", "-"),
+                       ("val_balanced_accuracy", "val balanced accuracy", "-"),
+                       ("val_majority_accuracy", "majority class's accuracy", "--"))}
+    for ax, lines in curves.items():
+        for column, label, style in lines:
+            ax.plot(frame["epoch"], frame[column], style, marker="o", label=label)
         ax.set_xlabel("epoch")
-        ax.set_title(title)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
+    ax_loss.set_title("loss (baseline dashed)")
+    ax_acc.set_title("accuracy (baseline dashed)")
     fig.tight_layout()
     with open(path, "wb") as handle:
         fig.savefig(handle, format="png", dpi=100)

@@ -637,6 +637,9 @@ def resume(run_dir: str | Path) -> Path:
         session.optimizer.load_state_dict(state["optimizer"])
     except (RuntimeError, ValueError, KeyError) as exc:
         raise LumbarFastError(f"{run.file(LAST)} does not fit this run's model: {exc}") from None
+    if config.cuda_graphs:  # the checkpoint was read onto the CPU; a captured step needs its lr on the GPU
+        for group in session.optimizer.param_groups:
+            group["lr"] = torch.as_tensor(group["lr"], device=session.device)
     session.scheduler.load_state_dict(state["scheduler"])
     session.stopper.load_state_dict(state["early_stopping"])
     session.records = list(state["records"])
