@@ -18,6 +18,7 @@ import numpy as np
 import pandas as pd
 import pydicom
 import pytest
+import zarr
 from pydicom.data import get_testdata_file
 from pydicom.uid import JPEG2000Lossless, RLELossless
 
@@ -252,7 +253,8 @@ def test_sigkill_then_rerun_equals_an_uninterrupted_run(tiny_data, make_cache, t
     assert_same_cache(cache.open_cache(out), reference)
 
 
-def test_rerun_is_a_no_op_and_other_parameters_are_refused(tiny_data, make_cache, run_cli):
+def test_rerun_is_a_no_op_and_other_parameters_or_schema_are_refused(tiny_data, make_cache, run_cli,
+                                                                     tmp_path):
     out = make_cache(tiny_data, size=32, workers=1)
     before = cache.open_cache(out).attrs["cache_id"]
     code, stdout, _ = run_cli("ingest", str(tiny_data), "--out", str(out), "--size", "32")
@@ -262,6 +264,11 @@ def test_rerun_is_a_no_op_and_other_parameters_are_refused(tiny_data, make_cache
     with pytest.raises(CacheError, match="crop_mm changed"):
         ingest(tiny_data, out, size=32, crop_mm={"ax_t2": 30.0}, progress=False)
     assert cache.open_cache(out).attrs["cache_id"] == before
+    old = shutil.copytree(out, tmp_path / "old.zarr")
+    zarr.open_group(old, mode="r+").attrs["schema_version"] = cache.SCHEMA_VERSION - 1
+    code, _, err = run_cli("ingest", str(tiny_data), "--out", str(old), "--size", "32")
+    assert code == 2 and "schema version" in err and len(err.strip().splitlines()) == 1
+    assert zarr.open_group(old, mode="r").attrs["cache_id"] == before
 
 
 def test_hdf5_cache_reads_the_same_as_zarr(tiny_data, make_cache):
