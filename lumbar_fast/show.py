@@ -398,11 +398,8 @@ def _crop_panels(labels: pd.DataFrame, crops: np.ndarray, stack_lengths: pd.Seri
     return tuple(panels)
 
 
-def study_sections(reader, study_id: int, seq: str, points: pd.DataFrame | None) -> tuple[list[Section], int]:
-    """One sequence of a study: a section per stack (slices in order, points on them), one of level crops.
-
-    Also returns how many of the study's --points it placed on a slice.
-    """
+def study_sections(reader, study_id: int, seq: str, points: pd.DataFrame | None) -> list[Section]:
+    """One sequence of a study: a section per stack (slices in order, points on them), one of level crops."""
     index = reader.stack_index(seq)
     study_index = index[index.study_id == study_id].sort_values(["series_id", "stack", "slice"])
     if study_index.empty:
@@ -412,10 +409,8 @@ def study_sections(reader, study_id: int, seq: str, points: pd.DataFrame | None)
     all_labels = reader.level_labels(seq)
     labels = all_labels[all_labels.study_id == study_id]
     markers = _markers_by_row(labels, index, labels.stack_row.to_numpy(), "label", size)
-    placed = 0
     if points is not None:
         rows = _point_rows(points, study_index)
-        placed = int((rows >= 0).sum())
         for row, found in _markers_by_row(points, index, rows, "points", size).items():
             markers.setdefault(row, []).extend(found)
     description = rsna.SEQUENCES[seq].description
@@ -431,12 +426,13 @@ def study_sections(reader, study_id: int, seq: str, points: pd.DataFrame | None)
         lengths = study_index.groupby(["series_id", "stack"]).size()
         sections.append(Section(f"{description}: level crops, channels = neighbouring slices in order",
                                 _crop_panels(labels, crops, lengths)))
-    return sections, placed
+    return sections
 
 
 def study_sheet(reader, study_id: int, sequences: Sequence[str] = (),
                 points: pd.DataFrame | None = None) -> tuple[Layout, int]:
-    """The contact sheet of one study over `sequences` (default: all it has), and the undrawn point count."""
+    """The contact sheet of one study over `sequences` (default: all it has), and how many of the study's
+    `points` match no cached slice (series, instance) at all."""
     if study_id not in set(reader.study_labels().study_id):
         raise LumbarFastError(f"study {study_id} is not in the cache {reader.path}")
     for seq in sequences:
@@ -449,10 +445,12 @@ def study_sheet(reader, study_id: int, sequences: Sequence[str] = (),
             raise LumbarFastError(f"study {study_id} has no series in the cache")
     if points is not None:
         points = points[points.study_id == study_id]
-    sections, placed = [], 0
-    for seq in sequences:
-        found, placed_here = study_sections(reader, study_id, seq, points)
-        sections += found
-        placed += placed_here
-    unplaced = 0 if points is None else len(points) - placed
+    sections = [section for seq in sequences for section in study_sections(reader, study_id, seq, points)]
+    unplaced = 0 if points is None else int((_point_rows(points, _cached_slices(reader)) < 0).sum())
     return layout(sections, SHEET_WIDTH, SHEET_TILE, f"study {study_id}: {LEGEND}"), unplaced
+
+
+def _cached_slices(reader) -> pd.DataFrame:
+    """(series_id, instance_number) of every cached slice, all sequences."""
+    slices = [reader.stack_index(seq)[["series_id", "instance_number"]] for seq in reader.sequences()]
+    return pd.concat(slices, ignore_index=True)

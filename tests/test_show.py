@@ -180,14 +180,17 @@ def test_points_file_draws_green_crosses_where_they_map(reader, tmp_path):
         "condition": labels.condition.map(rsna.CONDITION_TITLES),
         "level": labels.level.map(rsna.LEVEL_TITLES), "x": labels.x + shift, "y": labels.y})
     off_cache = points.iloc[:1].assign(instance_number=10**6)
+    sagittal = reader.level_labels("sag_t2")  # cached, but on a sequence not drawn: neither drawn nor missed
+    sagittal = sagittal[sagittal.study_id == study][list(show.POINT_COLUMNS)]
     csv = tmp_path / "points.csv"
-    pd.concat([points, off_cache]).to_csv(csv, index=False)
+    pd.concat([points, off_cache, sagittal]).to_csv(csv, index=False)
 
     plan, unplaced = show.study_sheet(reader, study, [seq], show.read_points(csv))
     out = tmp_path / "sheet.png"
     show.save_png(show.draw(plan), out)
     assert unplaced == 1
     crosses = colour_centroids(read_png(out), show.MARKER_COLOURS["points"])
+    assert len(crosses) == len(points)
     size, tile = stacks.shape[-1], show.SHEET_TILE
     for point, label in zip(points.itertuples(), labels.itertuples(), strict=True):
         slice_row = index.loc[label.stack_row]
