@@ -10,10 +10,10 @@ import numpy as np
 import pandas as pd
 import pydicom
 import pytest
-from pydicom.pixels import apply_modality_lut
 from pydicom.uid import JPEG2000Lossless, RLELossless
 
 from lumbar_fast import rsna
+from lumbar_fast.dicom import decode_pixels
 from lumbar_fast.phantom import MANIFEST_NAME, PhantomOptions, PitfallRates, generate, load_manifest
 from lumbar_fast.phantom.anatomy import sample_anatomy
 from lumbar_fast.phantom.options import REAL_FREQUENCIES
@@ -42,11 +42,7 @@ def instance_path(root: Path, split: str, row) -> Path:
 def read_intensity(path: Path) -> tuple[np.ndarray, pydicom.Dataset]:
     """Pixels in modality units, MONOCHROME1 turned into MONOCHROME2 (brighter = more signal)."""
     ds = pydicom.dcmread(path)
-    pixels = apply_modality_lut(ds.pixel_array, ds).astype(np.float64)
-    if ds.PhotometricInterpretation == "MONOCHROME1":
-        ends = apply_modality_lut(np.array([0, (1 << ds.BitsStored) - 1]), ds)
-        pixels = ends.sum() - pixels
-    return pixels, ds
+    return decode_pixels(ds), ds
 
 
 def disc_mean(pixels: np.ndarray, ds: pydicom.Dataset, x: float, y: float, radius_mm: float = 2.5) -> float:
