@@ -12,7 +12,6 @@ import datetime as dt
 import json
 import os
 import platform
-import resource
 import statistics
 import subprocess
 import sys
@@ -22,6 +21,9 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from lumbar_fast.errors import LumbarFastError
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
 #: a contender runs once per call and returns its figures (name -> number) for that repeat
 Contender = Callable[[], dict[str, float]]
 
@@ -37,6 +39,25 @@ def interleaved(contenders: dict[str, Contender], repeats: int, log: Callable[[s
             shown = ", ".join(f"{key} {value:.4g}" for key, value in figures.items())
             log(f"  repeat {repeat + 1}/{repeats} {name}: {shown}")
     return runs
+
+
+def startable(builders: dict[str, Callable[[], Any]], log: Callable[[str], None] = print,
+              ) -> tuple[dict[str, Any], dict[str, str]]:
+    """Build every contender once; one that fails with a one-line LumbarFastError (DALI missing or failing to
+    start on this machine, say) is left out with its reason instead of failing the whole benchmark."""
+    built, skipped = {}, {}
+    for name, build in builders.items():
+        try:
+            built[name] = build()
+        except LumbarFastError as exc:
+            skipped[name] = str(exc)
+            log(f"  skipping {name}: {exc}")
+    return built, skipped
+
+
+def skipped_lines(skipped: dict[str, str]) -> str:
+    """The contenders left out, one Markdown bullet each (empty when none)."""
+    return "".join(f"\n- {name} skipped: {reason}" for name, reason in skipped.items())
 
 
 def spread(values: Sequence[float]) -> dict[str, float]:
@@ -132,14 +153,15 @@ def base_parser(description: str, repeats: int = 5) -> argparse.ArgumentParser:
     return parser
 
 
-def run_measured(command: Sequence[str], env: dict[str, str] | None = None) -> dict[str, float]:
+def run_measured(command: Sequence[str]) -> dict[str, float]:
     """Run a command to completion; its wall seconds and the peak RSS (MiB) of its largest process.
 
     `os.wait4` reports the child's own rusage, in which Linux folds the peak of every descendant it waited
     for, so worker processes count too; the figure is the largest single process, not their sum.
     """
     start = time.perf_counter()
-    process = subprocess.Popen(list(command), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    process = subprocess.Popen(list(command), env=importable_env(), stdout=subprocess.DEVNULL,
+                               stderr=subprocess.PIPE)
     stderr = process.stderr.read() if process.stderr else b""
     _, status, usage = os.wait4(process.pid, 0)
     process.returncode = os.waitstatus_to_exitcode(status)
@@ -149,9 +171,11 @@ def run_measured(command: Sequence[str], env: dict[str, str] | None = None) -> d
     return {"seconds": seconds, "peak_rss_mib": usage.ru_maxrss / 1024}
 
 
-def own_peak_rss_mib() -> float:
-    """This process's peak RSS so far, in MiB."""
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+def importable_env() -> dict[str, str]:
+    """This environment with the repository root on PYTHONPATH, so a child can run `-m benchmarks.…` from any
+    working directory."""
+    paths = [str(REPO_ROOT), *filter(None, [os.environ.get("PYTHONPATH")])]
+    return {**os.environ, "PYTHONPATH": os.pathsep.join(paths)}
 
 
 def directory_mib(path: Path) -> float:

@@ -26,34 +26,33 @@ def lumbar_fast_command(*args: str) -> list[str]:
     return [sys.executable, "-m", "lumbar_fast", *args]
 
 
-def synth_data(workdir: Path, studies: int, seed: int = 0, workers: int | None = None) -> Path:
-    """A synth data set of `studies` studies, made once: uncompressed 512×512 12-bit slices without
-    pitfalls, like most real series."""
+def synth_data(workdir: Path, studies: int, seed: int = 0) -> Path:
+    """A synth data set of `studies` studies, made once (on every core): uncompressed 512×512 12-bit slices
+    without pitfalls, like most real series."""
     folder = workdir / f"synth-{studies}-s{seed}"
     if not (folder / DONE).exists():
         shutil.rmtree(folder, ignore_errors=True)
         command = lumbar_fast_command("synth", str(folder), "--studies", str(studies), "--seed", str(seed),
                                       "--image-size", "512", "--no-pitfalls", "--quiet")
-        subprocess.run(command + (["--workers", str(workers)] if workers else []), check=True,
-                       stdout=subprocess.DEVNULL)
+        subprocess.run(command, check=True, stdout=subprocess.DEVNULL)
         (folder / DONE).touch()
     return folder
 
 
-def ingested_cache(data: Path, workdir: Path, workers: int, fmt: str = "zarr") -> Path:
-    """The ingest cache of `data` (made once with `workers` processes)."""
+def ingested_cache(data: Path, workdir: Path, fmt: str = "zarr") -> Path:
+    """The ingest cache of `data`, made once (on every core)."""
     cache = workdir / f"{data.name}.{fmt}"
     if not (workdir / f"{cache.name}{DONE}").exists():
         shutil.rmtree(cache, ignore_errors=True)
-        subprocess.run(ingest_command(data, cache, workers, fmt), check=True, stdout=subprocess.DEVNULL)
+        subprocess.run(ingest_command(data, cache, None, fmt), check=True, stdout=subprocess.DEVNULL)
         (workdir / f"{cache.name}{DONE}").touch()
     return cache
 
 
-def ingest_command(data: Path, cache: Path, workers: int, fmt: str) -> list[str]:
-    """The argv of `lumbar-fast ingest` for one benchmark run."""
-    return lumbar_fast_command("ingest", str(data), "--out", str(cache), "--workers", str(workers),
-                               "--format", fmt, "--no-progress")
+def ingest_command(data: Path, cache: Path, workers: int | None, fmt: str) -> list[str]:
+    """The argv of `lumbar-fast ingest` for one benchmark run (workers None: ingest's default, every core)."""
+    command = lumbar_fast_command("ingest", str(data), "--out", str(cache), "--format", fmt, "--no-progress")
+    return command + (["--workers", str(workers)] if workers else [])
 
 
 @dataclass
@@ -83,9 +82,9 @@ def level_items(cache: CacheReader, data: Path, sequence: str) -> LevelItems:
                       table["severity"].to_numpy(np.int64), dicoms)
 
 
-def prepared_items(workdir: Path, studies: int, sequence: str, items: int, workers: int = 2) -> LevelItems:
+def prepared_items(workdir: Path, studies: int, sequence: str, items: int) -> LevelItems:
     """Synth data, its cache and `items` level items of `sequence` from it: the loader and train benchmarks'
     data."""
-    data = synth_data(workdir, studies, workers=workers)
-    cache = open_cache(ingested_cache(data, workdir, workers))
+    data = synth_data(workdir, studies)
+    cache = open_cache(ingested_cache(data, workdir))
     return level_items(cache, data, sequence).tiled(items)

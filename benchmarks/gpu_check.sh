@@ -27,7 +27,7 @@ if [[ ${1:-} == --dry-run ]]; then
 else
   PY=python3
   DEVICE=cuda MODEL=tf_efficientnetv2_s BATCH=128 AMP=bf16 WORKERS=6 STUDIES=30 STEPS=30 WARMUP=10
-  TRAIN_ITEMS=8192 EPOCH_ITEMS=1024 LOADER_ITEMS=4096 LOADER_BATCH=128 REPEATS=5 STEP_LIMIT=200
+  TRAIN_ITEMS=8192 EPOCH_ITEMS=1024 LOADER_ITEMS=3072 LOADER_BATCH=128 REPEATS=5 STEP_LIMIT=240
   export PYTORCH_NVML_BASED_CUDA_CHECK=1 PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1
   # the DALI wheel: join its parts once, check it whole
   for part in .device/dali*/dali.part.*; do [[ -f $part ]] && cp "$part" /var/tmp/; done
@@ -44,12 +44,16 @@ Running without DALI." | tee "$RESULTS/no_dali.txt"
   fi
   $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site \
     /tmp/wheels/*.whl || { echo "pip install of the carried wheels failed"; exit 1; }
+  # `nvidia` is shared with torch's CUDA wheels: make DALI's part of it extend, never shadow, theirs
+  [[ -d /tmp/site/nvidia ]] && echo "__path__ = __import__('pkgutil').extend_path(__path__, __name__)" \
+    > /tmp/site/nvidia/__init__.py
   export PYTHONPATH=/tmp/site:$PWD
 fi
 
 LOADERS=torch
 if $PY -c "import nvidia.dali" 2>/dev/null; then LOADERS=dali,torch; fi
 LOADER_CONTENDERS=$LOADERS,seed,png
+[[ $DEVICE == cuda ]] && LOADER_CONTENDERS+=",${LOADERS//,/-aug,}-aug"  # augmentation on the GPU, too
 echo "== $(date -u +%FT%TZ) python: $($PY --version 2>&1); loaders: $LOADERS; device: $DEVICE"
 $PY - <<'EOF' || exit 1
 import importlib

@@ -8,7 +8,7 @@ Contenders, same items, batch size, worker processes and output dtype (float32),
   png                  the Kaggle-standard cache: one PNG per item, PIL + ToTensor + Normalize.
 Each repeat builds a contender, times its first epoch (start-up included) and then the steady epochs.
 
-    python -m benchmarks.loader [--device cuda] [--workers 2] [--items 2048] [--json out.json]
+    python -m benchmarks.loader [--device cuda] [--workers 2] [--items 512] [--json out.json]
 """
 
 from __future__ import annotations
@@ -109,12 +109,17 @@ def main(argv: list[str] | None = None) -> dict:
     items = prepared_items(args.workdir, args.studies, args.sequence, args.items)
     device = torch.device(args.device)
     builders = {name: make_loader(name, items, args) for name in names}
+    probes, skipped = common.startable(builders)
+    for probe in probes.values():
+        probe.close()
+    names = [name for name in names if name not in skipped]
     print(f"loader benchmark: {len(items.rows)} items, batch {args.batch_size}, {args.workers} workers, "
           f"{args.device}, {args.repeats} interleaved repeats", flush=True)
-    runs = common.interleaved({name: partial(contender, build, args.epochs, device)
-                               for name, build in builders.items()}, args.repeats)
+    contenders = {name: partial(contender, builders[name], args.epochs, device) for name in names}
+    runs = common.interleaved(contenders, args.repeats)
     summary = common.summarise(runs)
-    return common.report("loader", args, {"runs": runs, "summary": summary}, table(summary, names))
+    return common.report("loader", args, {"runs": runs, "summary": summary, "skipped": skipped},
+                         table(summary, names) + common.skipped_lines(skipped))
 
 
 if __name__ == "__main__":

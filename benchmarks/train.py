@@ -125,8 +125,9 @@ def throughput(args: argparse.Namespace, items: LevelItems, device: torch.device
     modes = (args.modes or ("eager,graphs" if device.type == "cuda" else "eager")).split(",")
     cfg = loader_config(train_config(args, args.batch_size), device, amp_dtype_for(args.amp, device))
     # loaders first: their workers start before this process does any CUDA work
-    loaders = {name: build_loader(name, items.images_path, items.rows, items.labels, cfg, True)
-               for name in args.loaders.split(",") if name}
+    loaders, skipped = common.startable({
+        name: partial(build_loader, name, items.images_path, items.rows, items.labels, cfg, True)
+        for name in args.loaders.split(",") if name})
     ceiling_dtype = cfg.dtype or (torch.float16 if device.type == "cuda" else torch.float32)
     feeds = {"ceiling": ceiling_feed(args.batch_size, 3, ceiling_dtype, device),
              **{name: loader_feed(loader) for name, loader in loaders.items()}}
@@ -140,7 +141,8 @@ def throughput(args: argparse.Namespace, items: LevelItems, device: torch.device
     runs = common.interleaved(contenders, args.repeats)
     for loader in loaders.values():
         loader.close()
-    return {"runs": runs, "summary": common.summarise(runs), "modes": modes, "feeds": list(feeds)}
+    return {"runs": runs, "summary": common.summarise(runs), "modes": modes, "feeds": list(feeds),
+            "skipped": skipped}
 
 
 def full_epoch(args: argparse.Namespace, items: LevelItems, device: torch.device) -> dict:
@@ -184,7 +186,8 @@ def table(result: dict, epoch: dict | None, args: argparse.Namespace) -> str:
                          f"{common.ratio(stats['img_s']['median'], ceiling):.3f}",
                          "n/a" if device_less(stats) else f"{stats['peak_gpu_mib']['max']:.0f}"])
     text = (f"{args.model}, batch {args.batch_size}, amp {args.amp}, {args.steps}-step windows\n\n"
-            + common.markdown_table(["feed", "mode", "img/s", "of ceiling", "peak GPU MiB"], rows))
+            + common.markdown_table(["feed", "mode", "img/s", "of ceiling", "peak GPU MiB"], rows)
+            + common.skipped_lines(result["skipped"]))
     if epoch:
         epoch_rows = [[name, common.cell(stats["seconds"], 2),
                        f"{epoch['items'] / stats['seconds']['median']:.0f}"]
@@ -198,7 +201,7 @@ def table(result: dict, epoch: dict | None, args: argparse.Namespace) -> str:
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
     device = torch.device(args.device)
-    items = prepared_items(args.workdir, args.studies, args.sequence, args.items, workers=args.workers)
+    items = prepared_items(args.workdir, args.studies, args.sequence, args.items)
     print(f"train benchmark: {args.model}, batch {args.batch_size}, {args.device}, {len(items.rows)} items, "
           f"{args.repeats} interleaved repeats", flush=True)
     result = throughput(args, items, device)
