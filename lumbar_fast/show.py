@@ -18,6 +18,7 @@ import pandas as pd
 from PIL import Image, ImageDraw, ImageFont
 
 from lumbar_fast import rsna
+from lumbar_fast.cache import CacheReader
 from lumbar_fast.errors import LumbarFastError
 from lumbar_fast.runfolder import atomic_write
 
@@ -312,7 +313,8 @@ def parse_condition(text: str) -> str:
     return condition
 
 
-def class_grid(reader, condition: str, severity: int, n: int, seed: int) -> tuple[list[Panel], str]:
+def class_grid(reader: CacheReader, condition: str, severity: int, n: int,
+               seed: int) -> tuple[list[Panel], str]:
     """`n` random level crops (labelled slice) of one condition and severity across studies, and a title."""
     seq = rsna.SEQUENCE_OF_CONDITION[condition]
     if seq not in reader.sequences():
@@ -351,7 +353,7 @@ def read_points(path: Path) -> pd.DataFrame:
     return points
 
 
-def _rows_of(reader, seq: str, kind: str, rows: np.ndarray) -> np.ndarray:
+def _rows_of(reader: CacheReader, seq: str, kind: str, rows: np.ndarray) -> np.ndarray:
     """Only the given rows of a cache array (a study's slices), read from the memory-mapped .npy copy."""
     return np.load(reader.array_path(seq, kind), mmap_mode="r")[np.asarray(rows)]
 
@@ -398,7 +400,8 @@ def _crop_panels(labels: pd.DataFrame, crops: np.ndarray, stack_lengths: pd.Seri
     return tuple(panels)
 
 
-def study_sections(reader, study_id: int, seq: str, points: pd.DataFrame | None) -> list[Section]:
+def study_sections(reader: CacheReader, study_id: int, seq: str,
+                   points: pd.DataFrame | None) -> list[Section]:
     """One sequence of a study: a section per stack (slices in order, points on them), one of level crops."""
     index = reader.stack_index(seq)
     study_index = index[index.study_id == study_id].sort_values(["series_id", "stack", "slice"])
@@ -429,7 +432,7 @@ def study_sections(reader, study_id: int, seq: str, points: pd.DataFrame | None)
     return sections
 
 
-def study_sheet(reader, study_id: int, sequences: Sequence[str] = (),
+def study_sheet(reader: CacheReader, study_id: int, sequences: Sequence[str] = (),
                 points: pd.DataFrame | None = None) -> tuple[Layout, int]:
     """The contact sheet of one study over `sequences` (default: all it has), and how many of the study's
     `points` match no cached slice (series, instance) at all."""
@@ -450,7 +453,7 @@ def study_sheet(reader, study_id: int, sequences: Sequence[str] = (),
     return layout(sections, SHEET_WIDTH, SHEET_TILE, f"study {study_id}: {LEGEND}"), unplaced
 
 
-def _cached_slices(reader) -> pd.DataFrame:
+def _cached_slices(reader: CacheReader) -> pd.DataFrame:
     """(series_id, instance_number) of every cached slice, all sequences."""
     slices = [reader.stack_index(seq)[["series_id", "instance_number"]] for seq in reader.sequences()]
     return pd.concat(slices, ignore_index=True)
