@@ -32,11 +32,12 @@ from lumbar_fast.train import EarlyStopping, rng_state, seed_everything, set_rng
 MONITORS = {"loss": ("val_loss", "min"), "point-error": ("val_point_error_median_mm", "min")}
 #: curves.png of a locator run
 PANELS: Panels = {
-    "loss": (("train_loss", "train loss"), ("val_loss", "val loss")),
-    "point error (mm)": (("val_point_error_median_mm", "val median"), ("val_point_error_p90_mm", "val p90"),
-                         ("baseline_point_error_median_mm", "mean-position baseline median")),
-    "share of points": (("val_slice_within_1", "slice within ±1"),
-                        ("val_level_name_accuracy", "right level name")),
+    "loss": (("train_loss", "train loss", "-"), ("val_loss", "val loss", "-")),
+    "point error, mm (baseline dashed)": (
+        ("val_point_error_median_mm", "val median", "-"), ("val_point_error_p90_mm", "val p90", "-"),
+        ("baseline_point_error_median_mm", "mean-position baseline median", "--")),
+    "share of points": (("val_slice_within_1", "slice within ±1", "-"),
+                        ("val_level_name_accuracy", "right level name", "-")),
 }
 #: which run a checkpoint belongs to: classifier checkpoints lack it, locator checkpoints say "locator"
 KIND = "locator"

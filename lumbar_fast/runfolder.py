@@ -28,15 +28,17 @@ CURVES = "curves.png"
 PREDICTIONS = "val_predictions.csv"
 BEST = "best.pt"
 LAST = "last.pt"
-#: curves.png panels: title -> (record key, legend label) of each line
-Panels = dict[str, tuple[tuple[str, str], ...]]
+#: curves.png panels: title -> (record key, legend label, line style) of each line; baselines dashed
+Panels = dict[str, tuple[tuple[str, str, str], ...]]
 CLASSIFIER_PANELS: Panels = {
-    "loss": (("train_loss", "train loss"), ("val_loss", "val loss"),
-             ("val_weighted_log_loss", "val weighted log loss"),
-             ("val_prior_weighted_log_loss", "prior weighted log loss")),
-    "accuracy": (("train_accuracy", "train accuracy"), ("val_accuracy", "val accuracy"),
-                 ("val_balanced_accuracy", "val balanced accuracy"),
-                 ("val_majority_accuracy", "majority-class accuracy")),
+    "loss (baseline dashed)": (
+        ("train_loss", "train loss", "-"), ("val_loss", "val loss", "-"),
+        ("val_weighted_log_loss", "val weighted log loss", "-"),
+        ("val_prior_weighted_log_loss", "prior's weighted log loss", "--")),
+    "accuracy (baseline dashed)": (
+        ("train_accuracy", "train accuracy", "-"), ("val_accuracy", "val accuracy", "-"),
+        ("val_balanced_accuracy", "val balanced accuracy", "-"),
+        ("val_majority_accuracy", "majority class's accuracy", "--")),
 }
 #: bumped when a checkpoint's keys change, so that an old run is refused with a clear message
 CHECKPOINT_FORMAT = 1
@@ -174,22 +176,15 @@ def plot_curves(records: list[dict[str, Any]], path: Path, panels: Panels = CLAS
     from matplotlib.ticker import MaxNLocator
 
     frame = pd.DataFrame(records)
-    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 4))
-    curves = {ax_loss: (("train_loss", "train loss", "-"), ("val_loss", "val loss", "-"),
-                        ("val_weighted_log_loss", "val weighted log loss", "-"),
-                        ("val_prior_weighted_log_loss", "prior's weighted log loss", "--")),
-              ax_acc: (("train_accuracy", "train accuracy", "-"), ("val_accuracy", "val accuracy", "-"),
-                       ("val_balanced_accuracy", "val balanced accuracy", "-"),
-                       ("val_majority_accuracy", "majority class's accuracy", "--"))}
-    for ax, lines in curves.items():
+    fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 4), squeeze=False)
+    for ax, (title, lines) in zip(axes[0], panels.items(), strict=True):
         for column, label, style in lines:
             ax.plot(frame["epoch"], frame[column], style, marker="o", label=label)
+        ax.set_title(title)
         ax.set_xlabel("epoch")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
-    ax_loss.set_title("loss (baseline dashed)")
-    ax_acc.set_title("accuracy (baseline dashed)")
     fig.tight_layout()
     with open(path, "wb") as handle:
         fig.savefig(handle, format="png", dpi=100)
