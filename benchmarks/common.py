@@ -16,7 +16,6 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -153,22 +152,29 @@ def base_parser(description: str, repeats: int = 5) -> argparse.ArgumentParser:
     return parser
 
 
+#: run argv[1:], report [exit status, wall seconds, peak RSS KiB of its largest process] as JSON on stdout
+_MEASURE = ("import json, os, subprocess, sys, time; start = time.perf_counter(); "
+            "child = subprocess.Popen(sys.argv[1:], stdout=subprocess.DEVNULL); "
+            "_, status, usage = os.wait4(child.pid, 0); seconds = time.perf_counter() - start; "
+            "print(json.dumps([os.waitstatus_to_exitcode(status), seconds, usage.ru_maxrss]))")
+
+
 def run_measured(command: Sequence[str]) -> dict[str, float]:
     """Run a command to completion; its wall seconds and the peak RSS (MiB) of its largest process.
 
-    `os.wait4` reports the child's own rusage, in which Linux folds the peak of every descendant it waited
-    for, so worker processes count too; the figure is the largest single process, not their sum.
+    `os.wait4` gives the child's rusage, in which Linux folds the peak of every descendant it waited for (so
+    worker processes count; the figure is the largest single process, not their sum). A child also inherits
+    the high-water mark of the process it was forked from, so a small Python process starts and measures the
+    command, and this (large) one only reads the result.
     """
-    start = time.perf_counter()
-    process = subprocess.Popen(list(command), env=importable_env(), stdout=subprocess.DEVNULL,
-                               stderr=subprocess.PIPE)
-    stderr = process.stderr.read() if process.stderr else b""
-    _, status, usage = os.wait4(process.pid, 0)
-    process.returncode = os.waitstatus_to_exitcode(status)
-    seconds = time.perf_counter() - start
-    if process.returncode != 0:
-        raise RuntimeError(f"{' '.join(command)} failed ({process.returncode}):\n{stderr.decode()[-2000:]}")
-    return {"seconds": seconds, "peak_rss_mib": usage.ru_maxrss / 1024}
+    result = subprocess.run([sys.executable, "-c", _MEASURE, *command], env=importable_env(),
+                            capture_output=True, text=True)
+    if result.returncode != 0 or not result.stdout.strip():
+        raise RuntimeError(f"measuring {' '.join(command)} failed:\n{result.stderr[-2000:]}")
+    status, seconds, peak_kib = json.loads(result.stdout.strip().splitlines()[-1])
+    if status != 0:
+        raise RuntimeError(f"{' '.join(command)} failed ({status}):\n{result.stderr[-2000:]}")
+    return {"seconds": seconds, "peak_rss_mib": peak_kib / 1024}
 
 
 def importable_env() -> dict[str, str]:

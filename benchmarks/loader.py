@@ -38,7 +38,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--device", default="cpu", help="cpu or cuda")
     parser.add_argument("--workers", type=int, default=2, help="worker processes of every contender")
     parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--studies", type=int, default=10, help="synth studies behind the cache")
+    parser.add_argument("--studies", type=int, default=8, help="synth studies behind the cache")
     parser.add_argument("--sequence", default="ax_t2")
     parser.add_argument("--items", type=int, default=512, help="items per epoch (cycling the cache's items)")
     parser.add_argument("--epochs", type=int, default=2,
