@@ -11,7 +11,7 @@ import dataclasses
 import math
 import random
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -76,7 +76,6 @@ class TrainConfig:
     seed: int = 0
     limit_batches: int | None = None
     progress: bool = True
-    extra: dict[str, Any] = field(default_factory=dict)  # free-form notes recorded in config.json
 
     def check(self) -> None:
         """Refuse inconsistent arguments with one line each, before any work starts."""
