@@ -5,7 +5,7 @@ and predicts, for each target (condition × level, e.g. "left foramen at L4/L5")
 - which slice holds it — a per-slice score from the slice's pooled features and its place in the stack,
   mixed along the stack by a 1-D convolution, softmax over the series' slices;
 - where on that slice — a heatmap (a light FPN decoder on the timm backbone's features, stride 2),
-  decoded by argmax plus a local soft-argmax for sub-cell precision.
+  decoded by argmax plus a parabolic sub-cell refinement.
 Points live in normalised image coordinates u = x / cols, v = y / rows, so mapping to the cache's S×S images
 and back to original pixels is exact.
 """
@@ -31,8 +31,6 @@ COORDINATE_COLUMNS = ("study_id", "series_id", "instance_number", "condition", "
 HEATMAP_SIGMA = 1.5
 #: width of the slice target (a Gaussian over neighbouring slices), in slices
 SLICE_SIGMA = 0.6
-#: half-width of the window around the heatmap peak used for the sub-cell soft-argmax, in cells
-REFINE_RADIUS = 2
 #: input normalisation of the uint8 slices (the 2.5D channels are not RGB, so one mean/std for all)
 PIXEL_MEAN, PIXEL_STD = 0.5, 0.25
 
@@ -214,36 +212,45 @@ def series_loss(heatmaps: torch.Tensor, slice_logits: torch.Tensor,
     if len(present) == 0:
         zero = heatmaps.sum() * 0.0
         return zero, zero
-    k = torch.from_numpy(present)
-    positions = torch.from_numpy(target.position[present])
+    device = heatmaps.device
+    k = torch.from_numpy(present).to(device)
+    positions = target.position[present]
     height, width = heatmaps.shape[-2:]
-    logits = heatmaps[positions, k].reshape(len(present), -1)
-    wanted = gaussian_heatmap(torch.from_numpy(target.uv[present]).float(), height, width)
+    logits = heatmaps[torch.from_numpy(positions).to(device), k].reshape(len(present), -1)
+    wanted = gaussian_heatmap(torch.from_numpy(target.uv[present]).float(), height, width).to(device)
     heatmap_loss = -(wanted * F.log_softmax(logits, dim=1)).sum(dim=1).mean()
     log_p = F.log_softmax(slice_logits[:, k], dim=0)  # (N, M): softmax over the series' slices
     wanted_slices = torch.stack([slice_distribution(int(p), len(slice_logits)) for p in positions], dim=1)
+    wanted_slices = wanted_slices.to(device)
     slice_loss = -(wanted_slices * log_p).sum(dim=0).mean()
     return heatmap_loss, slice_loss
 
 
 # -- decoding ------------------------------------------------------------------------------------------------
-def decode_heatmap(logits: torch.Tensor, radius: int = REFINE_RADIUS) -> np.ndarray:
-    """(K, H, W) heatmap logits → (K, 2) normalised points: the argmax, refined by a local soft-argmax."""
+def decode_heatmap(logits: torch.Tensor) -> np.ndarray:
+    """(K, H, W) heatmap logits → (K, 2) normalised points: the argmax cell, refined per axis by the vertex
+    of the parabola through the log-probabilities of it and its two neighbours (exact for a Gaussian peak)."""
     num, height, width = logits.shape
-    probs = F.softmax(logits.reshape(num, -1).float(), dim=1).reshape(num, height, width)
-    peak = probs.reshape(num, -1).argmax(dim=1)
+    flat = logits.reshape(num, -1).double()
+    peak = flat.argmax(dim=1)
+    rows, cols = (peak // width).numpy(), (peak % width).numpy()
+    grid = flat.reshape(num, height, width).numpy()
     result = np.zeros((num, 2))
     for k in range(num):
-        row, col = divmod(int(peak[k]), width)
-        r0, r1 = max(row - radius, 0), min(row + radius + 1, height)
-        c0, c1 = max(col - radius, 0), min(col + radius + 1, width)
-        window = probs[k, r0:r1, c0:c1].double()
-        total = window.sum().clamp_min(1e-12)
-        ys = (torch.arange(r0, r1, dtype=torch.float64) + 0.5) / height
-        xs = (torch.arange(c0, c1, dtype=torch.float64) + 0.5) / width
-        result[k] = [float((window.sum(dim=0) * xs).sum() / total),
-                     float((window.sum(dim=1) * ys).sum() / total)]
+        row, col = rows[k], cols[k]
+        dx = _parabola_vertex(grid[k, row, col - 1:col + 2]) if 0 < col < width - 1 else 0.0
+        dy = _parabola_vertex(grid[k, row - 1:row + 2, col]) if 0 < row < height - 1 else 0.0
+        result[k] = [(col + 0.5 + dx) / width, (row + 0.5 + dy) / height]
     return result
+
+
+def _parabola_vertex(values: np.ndarray) -> float:
+    """Offset (in cells, within ±0.5) of the vertex of the parabola through three equally spaced values."""
+    left, centre, right = values
+    curvature = left - 2 * centre + right
+    if curvature >= 0:  # flat or not a maximum: keep the cell centre
+        return 0.0
+    return float(np.clip(0.5 * (left - right) / curvature, -0.5, 0.5))
 
 
 @dataclass
@@ -268,8 +275,8 @@ def decode_series(heatmaps: torch.Tensor, slice_logits: torch.Tensor) -> SeriesP
 def predict_series(model: Locator, images: np.ndarray, series: Series, size: int,
                    device: torch.device) -> tuple[SeriesPrediction, tuple[torch.Tensor, torch.Tensor]]:
     """Run the model on every slice of one series and decode it; also returns the raw outputs (for losses)."""
-    inputs = normalise(resize_input(series_input(images, series), size))
-    inputs = inputs.to(device, memory_format=torch.channels_last)
+    inputs = normalise(resize_input(series_input(images, series).to(device), size))
+    inputs = inputs.contiguous(memory_format=torch.channels_last)
     rel_pos = torch.from_numpy(series.rel_pos).float().to(device)
     heatmaps, slice_logits = model(inputs, rel_pos, series.stack_segments())
     heatmaps, slice_logits = heatmaps.float().cpu(), slice_logits.float().cpu()

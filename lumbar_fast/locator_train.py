@@ -149,7 +149,8 @@ def augment(images: torch.Tensor, uv: np.ndarray,
     cos, sin = math.cos(angle), math.sin(angle)
     rotation = params["scale"] * np.array([[cos, -sin], [sin, cos]])
     shift = np.array([params["shift_x"], params["shift_y"]])
-    theta = torch.tensor(np.concatenate([rotation, shift[:, None]], axis=1), dtype=images.dtype)
+    theta = torch.tensor(np.concatenate([rotation, shift[:, None]], axis=1), dtype=images.dtype,
+                         device=images.device)
     grid = torch.nn.functional.affine_grid(theta[None].expand(len(images), 2, 3), list(images.shape),
                                            align_corners=False)
     moved = torch.nn.functional.grid_sample(images, grid, align_corners=False, padding_mode="zeros")
@@ -177,6 +178,7 @@ class LocatorSession:
     scheduler: torch.optim.lr_scheduler.LRScheduler
     stopper: EarlyStopping
     records: list[dict[str, Any]]
+    scaler: torch.amp.GradScaler
     start_epoch: int = 0
 
 
@@ -188,20 +190,21 @@ def training_step(session: LocatorSession, item: int, epoch: int) -> tuple[float
     if len(series) > config.max_slices:
         start = int(params["window_start"] * (len(series) - config.max_slices + 1))
         series, target = window(series, target, start, config.max_slices)
-    images = loc.resize_input(loc.series_input(data.images, series), config.image_size)
+    images = loc.resize_input(loc.series_input(data.images, series).to(session.device), config.image_size)
     uv = target.uv
     if config.augment:
         images, uv = augment(images, uv, params)
     target = loc.SeriesTargets(target.position, uv)
     rel_pos = torch.from_numpy(series.rel_pos).float().to(session.device)
-    inputs = loc.normalise(images).to(session.device, memory_format=torch.channels_last)
+    inputs = loc.normalise(images).contiguous(memory_format=torch.channels_last)
     session.optimizer.zero_grad(set_to_none=True)
     with torch.autocast(session.device.type, dtype=session.amp_dtype or torch.float32,
                         enabled=session.amp_dtype is not None):
         heatmaps, slice_logits = session.model(inputs, rel_pos, series.stack_segments())
-    heatmap_loss, slice_loss = loc.series_loss(heatmaps.float().cpu(), slice_logits.float().cpu(), target)
-    (heatmap_loss + slice_loss).backward()
-    session.optimizer.step()
+    heatmap_loss, slice_loss = loc.series_loss(heatmaps.float(), slice_logits.float(), target)
+    session.scaler.scale(heatmap_loss + slice_loss).backward()
+    session.scaler.step(session.optimizer)
+    session.scaler.update()
     return heatmap_loss.item(), slice_loss.item(), len(series)
 
 
@@ -290,9 +293,10 @@ def prepare(config: LocatorConfig, run: RunFolder) -> LocatorSession:
     model = model.to(device, memory_format=torch.channels_last)
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=config.epochs)
+    scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
     return LocatorSession(config, run, device, amp_dtype, split, data, train_series, val_series, model,
                           optimizer, scheduler, EarlyStopping(MONITORS[config.monitor][1], config.patience),
-                          records=[])
+                          records=[], scaler=scaler)
 
 
 def checkpoint_meta(config: LocatorConfig, names: list[tuple[str, str]]) -> dict[str, Any]:
@@ -332,6 +336,7 @@ def fit(session: LocatorSession) -> Path:
         run.save_checkpoint(LAST, {**meta, "epoch": epoch + 1, "state_dict": session.model.state_dict(),
                                    "optimizer": session.optimizer.state_dict(),
                                    "scheduler": session.scheduler.state_dict(),
+                                   "scaler": session.scaler.state_dict(),
                                    "early_stopping": session.stopper.state_dict(), "rng": rng_state(),
                                    "records": session.records})
         run.write_metrics(session.records, PANELS)
@@ -386,6 +391,7 @@ def resume_locator(run_dir: str | Path) -> Path:
     except (RuntimeError, ValueError, KeyError) as exc:
         raise LumbarFastError(f"{run.file(LAST)} does not fit this run's model: {exc}") from None
     session.scheduler.load_state_dict(state["scheduler"])
+    session.scaler.load_state_dict(state["scaler"])
     session.stopper.load_state_dict(state["early_stopping"])
     session.records = list(state["records"])
     session.start_epoch = state["epoch"]

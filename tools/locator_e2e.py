@@ -52,6 +52,7 @@ def main() -> None:
     parser.add_argument("--classifier-model", default="test_efficientnet")
     parser.add_argument("--locator-model", default="resnet18")
     parser.add_argument("--epochs", type=int, default=8, help="classifier epochs")
+    parser.add_argument("--batch-size", type=int, default=32, help="classifier batch size")
     parser.add_argument("--locator-epochs", type=int, default=30)
     parser.add_argument("--device", default="auto")
     args = parser.parse_args()
@@ -71,7 +72,8 @@ def main() -> None:
         if not (classifiers / sequence / "best.pt").is_file():
             run("train", "--sequence", sequence, "--cache", str(cache), "--run-dir",
                 str(classifiers / sequence), "--model", args.classifier_model, "--no-pretrained", "--epochs",
-                str(args.epochs), "--monitor", "loss", "--lr", "3e-3", "--class-weights", "metric",
+                str(args.epochs), "--batch-size", str(args.batch_size), "--monitor", "loss", "--lr", "3e-3",
+                "--class-weights", "metric",
                 "--device", args.device, "--no-progress")
         if not (locators / sequence / "best.pt").is_file():
             run("train-locator", "--sequence", sequence, "--cache", str(cache), "--run-dir",
