@@ -10,6 +10,7 @@ writes for those studies (rows without a crop hold the prior, as `predict --allo
 from __future__ import annotations
 
 import json
+import textwrap
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -155,8 +156,7 @@ def competition(crops: pd.DataFrame, cache: CacheReader, runs: Sequence[Classifi
     labels = cache.study_labels()
     solution = metrics.labels_to_rows(labels[labels["study_id"].isin(common)])
     priors = sequence_priors(runs)
-    filled = fill_rows(solution, location_probabilities(crops[crops["study_id"].isin(common)]), priors,
-                       allow_prior=True)
+    filled = fill_rows(solution, location_probabilities(crops[crops["study_id"].isin(common)]), priors)
     study_ids, conditions = solution["study_id"].to_numpy(), solution["condition"].to_numpy()
     y = solution["severity"].to_numpy(dtype=np.int64)
     p_model = filled.probabilities
@@ -256,7 +256,7 @@ def competition_line(score: dict[str, Any]) -> str:
 
 def format_report(report: dict[str, Any]) -> str:
     """What `evaluate` prints: the oracle note, the per-sequence table and the competition score."""
-    lines = [f"note: {ORACLE_NOTE}", "", format_table(sequence_table(report))]
+    lines = [*textwrap.wrap(f"note: {ORACLE_NOTE}", 100), "", format_table(sequence_table(report))]
     if report["competition"] is not None:
         lines += ["", competition_line(report["competition"])]
     return "\n".join(lines)
@@ -274,6 +274,11 @@ def markdown_table(header: Sequence[str], rows: Sequence[Sequence[object]]) -> s
     lines = ["| " + " | ".join(map(str, header)) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(map(str, row)) + " |" for row in rows]
     return "\n".join(lines)
+
+
+def _baseline_name(name: str) -> str:
+    """A row name for Markdown, where indentation is lost: baselines (indented names) get an arrow."""
+    return f"↳ {name.strip()}" if name.startswith(" ") else name
 
 
 def _ratio(value: float | None) -> str:
@@ -316,7 +321,8 @@ def report_markdown(report: dict[str, Any]) -> str:
         f"studies ({report['bootstrap']['replicates']} replicates, seed {report['bootstrap']['seed']}). "
         "The baselines: the majority class and the training class frequencies (the prior) predicted for "
         "every item.",
-        runs, "## Per sequence", markdown_table(table[0], table[1:]),
+        runs, "## Per sequence",
+        markdown_table(table[0], [[_baseline_name(row[0]), *row[1:]] for row in table[1:]]),
         f"![confusion matrices]({CONFUSION_PNG})",
         *(class_tables(seq, summary) for seq, summary in report["sequences"].items()),
     ]

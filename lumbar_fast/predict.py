@@ -9,6 +9,7 @@ gives for predict's output on the same studies.
 
 from __future__ import annotations
 
+import hashlib
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -212,23 +213,28 @@ def sequence_priors(runs: Sequence[ClassifierRun]) -> dict[str, np.ndarray]:
     return {seq: np.mean([r.prior for r in group], axis=0) for seq, group in runs_by_sequence(runs).items()}
 
 
-def fill_rows(solution: pd.DataFrame, located: pd.DataFrame, priors: dict[str, np.ndarray],
-              allow_prior: bool) -> FilledRows:
+def fill_rows(solution: pd.DataFrame, located: pd.DataFrame, priors: dict[str, np.ndarray]) -> FilledRows:
     """Join the located probabilities onto submission rows (labels_to_rows output); rows without a crop get
-    their sequence's prior when `allow_prior`, else a one-line error naming the first such study."""
+    their sequence's training prior."""
     rows = solution.merge(located, on=LOCATION, how="left", validate="one_to_one")
     filled = rows[PROBABILITY_COLUMNS[0]].isna().to_numpy()
-    if filled.any() and not allow_prior:
-        studies = rows.loc[filled, "study_id"].unique()
-        first = rows.loc[filled].iloc[0]
-        raise LumbarFastError(
-            f"{len(studies)} studies lack crops for {filled.sum()} rows (first: study {first.study_id}, "
-            f"{first.condition} {first.level}); locate them and ingest with --coordinates, or pass "
-            "--allow-prior to fill those rows with the training prior")
     if filled.any():
         sequences = rows.loc[filled, "condition"].map(rsna.SEQUENCE_OF_CONDITION)
         rows.loc[filled, list(PROBABILITY_COLUMNS)] = np.stack([priors[seq] for seq in sequences])
     return FilledRows(rows, filled)
+
+
+def refuse_rows_without_crops(solution: pd.DataFrame, cache: CacheReader) -> None:
+    """A one-line error naming the first study with a submission row that the cache has no crop for (checked
+    before any inference, so a long run does not fail at its end)."""
+    crops = pd.concat([cache.level_labels(seq)[LOCATION] for seq in cache.sequences()]).drop_duplicates()
+    no_crop = solution[LOCATION].merge(crops, how="left", indicator=True)["_merge"].eq("left_only").to_numpy()
+    if no_crop.any():
+        first, studies = solution.loc[no_crop].iloc[0], solution.loc[no_crop, "study_id"].nunique()
+        raise LumbarFastError(
+            f"{studies} studies lack crops for {no_crop.sum()} rows (first: study {first.study_id}, "
+            f"{first.condition} {first.level}); locate them (--locators) or pass "
+            "--allow-prior to fill those rows with the training prior")
 
 
 @dataclass
@@ -245,31 +251,66 @@ class PredictSummary:
     device: str
     tta: bool
     seconds: float
+    located_cache: Path | None = None  # the derived cache of --locators
 
     def lines(self) -> str:
         """The summary printed after writing the file."""
         runs = ", ".join(f"{seq} ×{n}" for seq, n in self.runs.items())
         text = (f"wrote {self.out}: {self.studies} studies, {self.rows} rows from {self.crops} crops "
                 f"(runs: {runs}; {self.device}{', flip TTA' if self.tta else ''}; {self.seconds:.1f} s)")
+        if self.located_cache is not None:
+            text += f"\ncrops cut at the located points, in the derived cache {self.located_cache}"
         if self.filled_rows:
             text += (f"\n{self.filled_rows} rows of {self.filled_studies} studies had no crop and hold the "
                      "training prior (--allow-prior)")
         return text
 
 
+def located_cache(locator_runs: Sequence[Path], cache: CacheReader, out: Path, device: str) -> Path:
+    """Locate the levels of every study of `cache` with locator runs, then ingest the cache's DICOM folder
+    again with those points as coordinates (same image parameters): the derived cache's path.
+
+    It lives beside `out`, in `<out>.located/`, named by a digest of the points, so a rerun with the same
+    points reuses (or resumes) it and other points never meet a stale one.
+    """
+    from lumbar_fast.ingest import ingest
+    from lumbar_fast.locator import COORDINATE_COLUMNS, locate, write_coordinates
+
+    coordinates = locate(list(locator_runs), cache, resolve_device(device))
+    digest = hashlib.sha1(coordinates.to_csv(index=False, columns=list(COORDINATE_COLUMNS)).encode())
+    folder = out.with_name(f"{out.name}.located")
+    points = folder / f"coordinates-{digest.hexdigest()[:12]}.csv"
+    write_coordinates(coordinates, points)
+    params = cache.attrs["params"]
+    derived = folder / f"cache-{digest.hexdigest()[:12]}.{params['fmt']}"
+    ingest(params["data_dir"], derived, split=params["split"], fmt=params["fmt"], size=params["size"],
+           channels=params["channels"], crop_mm=params["crop_mm"], limit_studies=params["limit_studies"],
+           coordinates=points, labels=params["labels"], progress=False)
+    return derived
+
+
 def predict(run_paths: Sequence[Path], cache_path: Path, out: Path, allow_prior: bool = False,
-            options: InferenceOptions | None = None) -> PredictSummary:
-    """Write a sample_submission-format CSV for every study of the cache; returns what it did."""
+            options: InferenceOptions | None = None, locator_runs: Sequence[Path] = ()) -> PredictSummary:
+    """Write a sample_submission-format CSV for every study of the cache; returns what it did.
+
+    With `locator_runs`, the crops are cut at the points they locate (a derived cache, `located_cache`)
+    instead of the cache's own coordinates: locate → ingest --coordinates → predict.
+    """
     options = options or InferenceOptions()
     started = time.perf_counter()
     runs = read_runs(run_paths)
-    cache = open_cache(cache_path)
     missing = sorted(set(rsna.SEQUENCES) - {r.sequence for r in runs})
     if missing:
         raise LumbarFastError(f"no run for sequence(s) {', '.join(missing)}: a submission needs all three")
-    crops = crop_predictions(runs, cache, None, options)
+    cache = open_cache(cache_path)
+    derived = located_cache(locator_runs, cache, out, options.device) if locator_runs else None
+    if derived is not None:
+        cache = open_cache(derived)
     solution = metrics.labels_to_rows(cache.study_labels())
-    result = fill_rows(solution, location_probabilities(crops), sequence_priors(runs), allow_prior)
+    if not allow_prior:
+        refuse_rows_without_crops(solution, cache)
+    crops = crop_predictions(runs, cache, None, options)
+    result = fill_rows(solution, location_probabilities(crops), sequence_priors(runs))
     submission = result.submission()
     metrics.check_submission(submission)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -279,4 +320,5 @@ def predict(run_paths: Sequence[Path], cache_path: Path, out: Path, allow_prior:
         filled_rows=int(result.filled.sum()),
         filled_studies=int(result.rows.loc[result.filled, "study_id"].nunique()), crops=len(crops),
         runs={seq: len(group) for seq, group in runs_by_sequence(runs).items()},
-        device=str(resolve_device(options.device)), tta=options.tta, seconds=time.perf_counter() - started)
+        device=str(resolve_device(options.device)), tta=options.tta, seconds=time.perf_counter() - started,
+        located_cache=derived)

@@ -141,7 +141,8 @@ def test_report_files_state_baselines_and_oracle_localisation(evaluated, trained
 def test_runs_of_every_fold_give_out_of_fold_predictions(trained_runs, synth_cache, tmp_path, run_cli):
     more = [train(TrainConfig(sequence="sag_t2", cache=str(synth_cache), run_dir=str(tmp_path / f"fold{k}"),
                               model="test_efficientnet", pretrained=False, epochs=1, batch_size=8, folds=3,
-                              fold=k, loader="torch", workers=1, device="cpu", progress=False))
+                              fold=k, loader="torch", workers=1, device="cpu", progress=False,
+                              limit_batches=1))
             for k in (1, 2)]
     out = tmp_path / "report"
     code, stdout, stderr = run_cli("evaluate", trained_runs["sag_t2"], *more, "--out", out, "--bootstrap", 20,

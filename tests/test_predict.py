@@ -4,6 +4,7 @@ runs trained on the phantom (the round trip predict → score = evaluate is in t
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -17,6 +18,7 @@ from torch import nn
 from lumbar_fast import metrics, rsna
 from lumbar_fast.cache import open_cache
 from lumbar_fast.errors import LumbarFastError
+from lumbar_fast.locator_train import LocatorConfig, train_locator
 from lumbar_fast.predict import (
     LOCATION,
     PROBABILITY_COLUMNS,
@@ -44,14 +46,11 @@ def random_located(rows: pd.DataFrame, seed: int = 0) -> pd.DataFrame:
     return rows[LOCATION].reset_index(drop=True).assign(**columns)
 
 
-def test_fill_rows_joins_located_probabilities_and_fills_the_prior_only_when_allowed():
+def test_fill_rows_joins_located_probabilities_and_fills_the_prior():
     solution = solution_of([11, 22])
     no_crop = (solution["study_id"] == 22) & (solution["condition"] == "spinal_canal_stenosis")
     located = random_located(solution[~no_crop])
-    with pytest.raises(LumbarFastError, match=r"1 studies lack crops for 5 rows \(first: study 22, "
-                                              r"spinal_canal_stenosis l1_l2\).*--allow-prior"):
-        fill_rows(solution, located, PRIORS, allow_prior=False)
-    result = fill_rows(solution, located, PRIORS, allow_prior=True)
+    result = fill_rows(solution, located, PRIORS)
     assert result.filled.tolist() == no_crop.tolist()
     assert np.allclose(result.probabilities[no_crop.to_numpy()], PRIORS["sag_t2"])
     kept = result.rows[~result.filled].merge(located, on=LOCATION, suffixes=("", "_located"))
@@ -120,7 +119,9 @@ def test_predict_writes_every_study_and_fills_missing_crops_only_when_allowed(tr
     runs = list(trained_runs.values())
     out = tmp_path / "submission.csv"
     code, _, stderr = run_cli("predict", *runs, "--cache", synth_cache, "--out", out, "--device", "cpu")
-    assert code == 2 and "lack crops" in stderr and "--allow-prior" in stderr and not out.exists()
+    assert code == 2 and not out.exists()
+    assert re.fullmatch(r"error: \d+ studies lack crops for \d+ rows \(first: study \d+, \w+ l\d_[ls]\d\); "
+                        r"locate them \(--locators\) or pass --allow-prior .*\n", stderr), stderr
     code, stdout, stderr = run_cli("predict", *runs, "--cache", synth_cache, "--out", out, "--allow-prior",
                                    "--device", "cpu")
     assert code == 0, stderr
@@ -163,3 +164,35 @@ def test_predict_bad_input_is_one_line_error(trained_runs, synth_cache, tmp_path
         assert code == 2 and stderr.startswith("error:") and len(stderr.strip().splitlines()) == 1, stderr
         assert message in stderr
     assert not (tmp_path / "s.csv").exists()
+
+
+def test_predict_with_locators_crops_at_the_located_points(trained_runs, make_cache, synth_data, tmp_path,
+                                                            run_cli):
+    small = make_cache(synth_data, limit_studies=3)  # same image parameters as the runs' cache
+    small_locator = {"model": "test_efficientnet", "pretrained": False, "image_size": 64, "width": 16,
+                     "folds": 3, "epochs": 1, "limit_series": 2, "max_slices": 6, "device": "cpu",
+                     "progress": False}
+    locators = [train_locator(LocatorConfig(sequence=seq, cache=str(small), run_dir=str(tmp_path / seq),
+                                            **small_locator))
+                for seq in rsna.SEQUENCES]
+    out = tmp_path / "submission.csv"
+    code, stdout, stderr = run_cli("predict", *trained_runs.values(), "--cache", small, "--out", out,
+                                   "--allow-prior", "--device", "cpu",
+                                   *(arg for run in locators for arg in ("--locators", run)))
+    assert code == 0, stderr
+    submission = pd.read_csv(out)
+    metrics.check_submission(submission)
+    assert len(submission) == 25 * 3
+    folder = tmp_path / "submission.csv.located"
+    (points_path,) = folder.glob("coordinates-*.csv")
+    (derived,) = folder.glob("cache-*.zarr")
+    assert str(derived) in stdout
+    points = pd.read_csv(points_path)
+    points["condition"] = points["condition"].map(rsna.CONDITION_FROM_TITLE)
+    points["level"] = points["level"].map(rsna.LEVEL_FROM_TITLE)
+    columns = ["study_id", "series_id", "condition", "level", "instance_number", "x", "y"]
+    for seq in rsna.SEQUENCES:
+        crops = open_cache(derived).level_labels(seq)[columns]
+        merged = crops.merge(points, on=columns[:5], suffixes=("", "_located"))
+        assert len(merged) == len(crops) > 0
+        assert np.allclose(merged[["x", "y"]].to_numpy(), merged[["x_located", "y_located"]].to_numpy())

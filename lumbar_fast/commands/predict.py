@@ -21,11 +21,14 @@ import click
 @click.option("--amp", type=click.Choice(["auto", "bf16", "fp16", "none"]), default="auto", show_default=True,
               help="Mixed precision; auto = bf16 on Ampere+, fp16 on older GPUs, none on CPU.")
 @click.option("--batch-size", default=64, show_default=True, type=click.IntRange(min=1))
+@click.option("--locators", "locator_runs", multiple=True, type=click.Path(path_type=Path),
+              help="A locator run (repeat: one per sequence): crop at the points it locates (locate → "
+                   "ingest --coordinates into a derived cache beside --out) instead of the cache's own.")
 def command(runs: tuple[Path, ...], cache_path: Path, out: Path, allow_prior: bool, tta: bool, device: str,
-            amp: str, batch_size: int) -> None:
+            amp: str, batch_size: int, locator_runs: tuple[Path, ...]) -> None:
     """Predict every study of CACHE with classifier RUNS (one or more per sequence, all three sequences;
     runs of one sequence are averaged) and write a submission file: 25 rows per study."""
     from lumbar_fast.predict import InferenceOptions, predict
 
     options = InferenceOptions(device=device, amp=amp, batch_size=batch_size, tta=tta)
-    click.echo(predict(runs, cache_path, out, allow_prior, options).lines())
+    click.echo(predict(runs, cache_path, out, allow_prior, options, locator_runs).lines())
