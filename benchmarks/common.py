@@ -73,6 +73,18 @@ def summarise(runs: dict[str, list[dict[str, float]]]) -> dict[str, dict[str, di
             for name, repeats in runs.items() if repeats}
 
 
+def paired_ratio(runs: dict[str, list[dict[str, float]]], numerator: str, denominator: str, key: str,
+                 ) -> dict[str, float]:
+    """spread() of numerator / denominator taken repeat by repeat: contenders that ran side by side are
+    compared under the same load, so the drift of a shared machine cancels out of each ratio."""
+    return spread([ratio(a[key], b[key]) for a, b in zip(runs[numerator], runs[denominator], strict=True)])
+
+
+def ratio_cell(stats: dict[str, float]) -> str:
+    """A paired ratio as a table cell: median × and its ± half-range in percent."""
+    return f"{stats['median']:.2f}× ±{stats['spread_pct']:.0f}%"
+
+
 def cell(stats: dict[str, float], digits: int = 0) -> str:
     """One table cell: the median with its ± half-range in percent."""
     return f"{stats['median']:.{digits}f} ±{stats['spread_pct']:.0f}%"

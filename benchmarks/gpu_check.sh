@@ -22,12 +22,14 @@ mkdir -p "$RESULTS" "$WORK"
 if [[ ${1:-} == --dry-run ]]; then
   PY=${PYTHON:-.venv/bin/python}
   DEVICE=cpu MODEL=test_efficientnet BATCH=8 AMP=none WORKERS=1 STUDIES=${DRY_STUDIES:-3} STEPS=2 WARMUP=1
-  TRAIN_ITEMS=32 EPOCH_ITEMS=32 LOADER_ITEMS=32 LOADER_BATCH=8 REPEATS=${DRY_REPEATS:-5} STEP_LIMIT=600
+  TRAIN_ITEMS=32 EPOCH_ITEMS=32 LOADER_ITEMS=32 LOADER_BATCH=8 REPEATS=${DRY_REPEATS:-5}
+  LIMIT_DATA=600 LIMIT_TRAIN=600 LIMIT_LOADER=600
   WORK=${DRY_WORKDIR:-$WORK}
 else
   PY=python3
   DEVICE=cuda MODEL=tf_efficientnetv2_s BATCH=128 AMP=bf16 WORKERS=6 STUDIES=30 STEPS=30 WARMUP=10
-  TRAIN_ITEMS=8192 EPOCH_ITEMS=1024 LOADER_ITEMS=3072 LOADER_BATCH=128 REPEATS=5 STEP_LIMIT=240
+  TRAIN_ITEMS=8192 EPOCH_ITEMS=1024 LOADER_ITEMS=3072 LOADER_BATCH=128 REPEATS=5
+  LIMIT_DATA=150 LIMIT_TRAIN=240 LIMIT_LOADER=180  # seconds; expected about 40, 120, 100
   export PYTORCH_NVML_BASED_CUDA_CHECK=1 PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1
   # the DALI wheel: join its parts once, check it whole
   for part in .device/dali*/dali.part.*; do [[ -f $part ]] && cp "$part" /var/tmp/; done
@@ -67,21 +69,22 @@ EOF
 command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 
 failed=0
-run_step() {  # run_step NAME COMMAND...: one benchmark, bounded in time, its log kept
-  local name=$1; shift
+run_step() {  # run_step NAME LIMIT COMMAND...: one step, bounded in time, its whole log kept in $RESULTS
+  local name=$1 limit=$2; shift 2
   local start=$SECONDS
   echo "== $name: $*"
-  timeout "$STEP_LIMIT" "$@" 2>&1 | tee "$WORK/$name.log" | grep -v '^  repeat '
+  timeout "$limit" "$@" 2>&1 | tee "$RESULTS/$name.log" | grep -v '^  repeat '
   local status=${PIPESTATUS[0]}
   echo "== $name: exit $status after $((SECONDS - start)) s"
   (( status == 0 )) || failed=1
 }
 
+run_step data "$LIMIT_DATA" $PY -m benchmarks.data --workdir "$WORK" --studies "$STUDIES"
 COMMON=(--workdir "$WORK" --repeats "$REPEATS")
-run_step train $PY -m benchmarks.train "${COMMON[@]}" --device "$DEVICE" --model "$MODEL" --batch-size "$BATCH" \
+run_step train "$LIMIT_TRAIN" $PY -m benchmarks.train "${COMMON[@]}" --device "$DEVICE" --model "$MODEL" --batch-size "$BATCH" \
   --amp "$AMP" --loaders "$LOADERS" --workers "$WORKERS" --studies "$STUDIES" --steps "$STEPS" --warmup "$WARMUP" \
   --items "$TRAIN_ITEMS" --epoch-items "$EPOCH_ITEMS" --epoch-repeats "$REPEATS" --json "$RESULTS/train.json"
-run_step loader $PY -m benchmarks.loader "${COMMON[@]}" --device "$DEVICE" --contenders "$LOADER_CONTENDERS" \
+run_step loader "$LIMIT_LOADER" $PY -m benchmarks.loader "${COMMON[@]}" --device "$DEVICE" --contenders "$LOADER_CONTENDERS" \
   --workers "$WORKERS" --batch-size "$LOADER_BATCH" --studies "$STUDIES" --items "$LOADER_ITEMS" --epochs 2 \
   --json "$RESULTS/loader.json"
 

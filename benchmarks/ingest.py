@@ -59,24 +59,30 @@ def bare_run(data: Path, workers: int, slices: int) -> dict[str, float]:
     return {"slices_s": slices / measured["seconds"], "peak_rss_mib": measured["peak_rss_mib"]}
 
 
-def table(summary: dict, workers: list[int], formats: list[str]) -> str:
-    """Slices/s, memory and size per contender; ingest / bare time ratios and the worker speed-ups."""
+def ratios(runs: dict, workers: list[int], formats: list[str]) -> dict[str, dict[str, float]]:
+    """Paired (repeat by repeat) ratios: ingest time / bare-loop time per worker count, and each format's
+    speed-up from the fewest to the most workers."""
+    found = {}
+    for fmt in formats:
+        for count in workers:
+            found[f"ingest {fmt} / bare time, {count} worker(s)"] = common.paired_ratio(
+                runs, f"bare-w{count}", f"{fmt}-w{count}", "slices_s")
+        if len(workers) > 1:
+            found[f"{fmt} speed-up {workers[0]}→{workers[-1]} workers"] = common.paired_ratio(
+                runs, f"{fmt}-w{workers[-1]}", f"{fmt}-w{workers[0]}", "slices_s")
+    return found
+
+
+def table(summary: dict, found: dict[str, dict[str, float]]) -> str:
+    """Slices/s, memory, size and read time per contender; then the ratios."""
     rows = []
     for name, stats in summary.items():
         rows.append([name, common.cell(stats["slices_s"]), f"{stats['peak_rss_mib']['median']:.0f}",
                      f"{stats['cache_mib']['median']:.1f}" if "cache_mib" in stats else "",
                      common.cell(stats["read_s"], 2) if "read_s" in stats else ""])
-    speed = {name: stats["slices_s"]["median"] for name, stats in summary.items()}
-    notes = []
-    for fmt in formats:
-        for count in workers:
-            notes.append(f"ingest {fmt} / bare time, {count} worker(s): "
-                         f"{common.ratio(speed[f'bare-w{count}'], speed[f'{fmt}-w{count}']):.2f}×")
-        if len(workers) > 1:
-            speed_up = common.ratio(speed[f"{fmt}-w{workers[-1]}"], speed[f"{fmt}-w{workers[0]}"])
-            notes.append(f"{fmt} speed-up {workers[0]}→{workers[-1]} workers: {speed_up:.2f}×")
     header = ["contender", "slices/s", "peak RSS MiB", "cache MiB", "read s"]
-    return common.markdown_table(header, rows) + "\n\n" + "\n".join(f"- {note}" for note in notes)
+    notes = "\n".join(f"- {name}: {common.ratio_cell(stats)}" for name, stats in found.items())
+    return common.markdown_table(header, rows) + "\n\n" + notes
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -94,9 +100,9 @@ def main(argv: list[str] | None = None) -> dict:
             contenders[f"{fmt}-w{count}"] = partial(ingest_run, data, cache, count, fmt, slices)
         contenders[f"bare-w{count}"] = partial(bare_run, data, count, slices)
     runs = common.interleaved(contenders, args.repeats)
-    summary = common.summarise(runs)
-    return common.report("ingest", args, {"slices": slices, "runs": runs, "summary": summary},
-                         table(summary, workers, formats))
+    summary, found = common.summarise(runs), ratios(runs, workers, formats)
+    results = {"slices": slices, "runs": runs, "summary": summary, "ratios": found}
+    return common.report("ingest", args, results, table(summary, found))
 
 
 if __name__ == "__main__":

@@ -24,11 +24,12 @@ import torch
 from benchmarks import common
 from benchmarks.data import LevelItems, prepared_items
 from benchmarks.peers import PeerLoader, PngDataset, SeedDicomDataset, write_png_cache
-from lumbar_fast.loaders import AugmentConfig, LoaderConfig, build_loader
+from lumbar_fast.loaders import AugmentConfig, Batch, Loader, LoaderConfig, build_loader
 
 CONTENDERS = ("dali", "torch", "seed", "png", "dali-aug", "torch-aug")
 OURS = ("dali", "torch", "dali-aug", "torch-aug")
 PEERS = ("seed", "png")
+FIGURES = ("first_epoch_img_s", "steady_img_s")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -43,10 +44,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--items", type=int, default=512, help="items per epoch (cycling the cache's items)")
     parser.add_argument("--epochs", type=int, default=2,
                         help="epochs per repeat: the first, then steady ones")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    args.contenders = [name.strip() for name in args.contenders.split(",") if name.strip()]
+    unknown = set(args.contenders) - set(CONTENDERS)
+    if unknown:
+        parser.error(f"unknown contender(s) {', '.join(sorted(unknown))}; choose from "
+                     + ", ".join(CONTENDERS))
+    return args
 
 
-def make_loader(name: str, items: LevelItems, args: argparse.Namespace) -> Callable[[], object]:
+def make_loader(name: str, items: LevelItems, args: argparse.Namespace) -> Callable[[], Loader]:
     """A function that builds contender `name` (a fresh loader with our Loader's face)."""
     device = torch.device(args.device)
     if name in OURS:
@@ -56,16 +63,14 @@ def make_loader(name: str, items: LevelItems, args: argparse.Namespace) -> Calla
         return partial(build_loader, kind, items.images_path, items.rows, items.labels, cfg, True)
     if name == "seed":
         dataset = SeedDicomDataset(items.dicoms, items.labels, size=224)
-    elif name == "png":
+    else:
         images = np.load(items.images_path, mmap_mode="r")
         pngs = write_png_cache(np.asarray(images), args.workdir / f"{items.images_path.stem}-png")
         dataset = PngDataset([pngs[row] for row in items.rows], items.labels)
-    else:
-        raise SystemExit(f"unknown contender {name!r}; choose from {', '.join(CONTENDERS)}")
     return partial(PeerLoader, dataset, args.batch_size, args.workers, device)
 
 
-def timed_epoch(batches: Iterator, device: torch.device) -> int:
+def timed_epoch(batches: Iterator[Batch], device: torch.device) -> int:
     """Drain one epoch, touching every batch on the device; the number of images."""
     count = 0
     for batch in batches:
@@ -75,7 +80,7 @@ def timed_epoch(batches: Iterator, device: torch.device) -> int:
     return count
 
 
-def contender(build: Callable[[], object], epochs: int, device: torch.device) -> dict[str, float]:
+def contender(build: Callable[[], Loader], epochs: int, device: torch.device) -> dict[str, float]:
     """Build one loader, run `epochs` epochs: first-epoch and steady-state images/s."""
     start = time.perf_counter()
     loader = build()
@@ -88,38 +93,36 @@ def contender(build: Callable[[], object], epochs: int, device: torch.device) ->
             "steady_img_s": steady / (end - first_done) if steady else float("nan")}
 
 
-def table(summary: dict, names: list[str]) -> str:
-    """Median images/s (± half-range) per contender, and ours against each peer."""
-    rows = []
-    for name in names:
-        stats = summary[name]
-        rows.append([name, common.cell(stats["first_epoch_img_s"]), common.cell(stats["steady_img_s"])])
-    steady = {name: summary[name]["steady_img_s"]["median"] for name in names}
-    for ours in OURS:
-        for peer in PEERS:
-            if ours in steady and peer in steady:
-                speed_up = common.ratio(steady[ours], steady[peer])
-                rows.append([f"{ours} / {peer} (steady)", "", f"{speed_up:.2f}×"])
+def speed_ups(runs: dict, names: list[str]) -> dict[str, dict[str, dict[str, float]]]:
+    """Ours against each peer, repeat by repeat (paired ratios), for the first epoch and the steady state."""
+    return {f"{ours} / {peer}": {key: common.paired_ratio(runs, ours, peer, key) for key in FIGURES}
+            for ours in OURS for peer in PEERS if ours in names and peer in names}
+
+
+def table(summary: dict, ratios: dict, names: list[str]) -> str:
+    """Median images/s (± half-range) per contender, then ours against each peer (paired ratios)."""
+    rows = [[name, *(common.cell(summary[name][key]) for key in FIGURES)] for name in names]
+    rows += [[pair, *(common.ratio_cell(stats[key]) for key in FIGURES)] for pair, stats in ratios.items()]
     return common.markdown_table(["contender", "first epoch img/s", "steady img/s"], rows)
 
 
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
-    names = [name.strip() for name in args.contenders.split(",") if name.strip()]
     items = prepared_items(args.workdir, args.studies, args.sequence, args.items)
     device = torch.device(args.device)
-    builders = {name: make_loader(name, items, args) for name in names}
+    builders = {name: make_loader(name, items, args) for name in args.contenders}
     probes, skipped = common.startable(builders)
     for probe in probes.values():
         probe.close()
-    names = [name for name in names if name not in skipped]
+    names = [name for name in args.contenders if name not in skipped]
     print(f"loader benchmark: {len(items.rows)} items, batch {args.batch_size}, {args.workers} workers, "
           f"{args.device}, {args.repeats} interleaved repeats", flush=True)
     contenders = {name: partial(contender, builders[name], args.epochs, device) for name in names}
     runs = common.interleaved(contenders, args.repeats)
-    summary = common.summarise(runs)
-    return common.report("loader", args, {"runs": runs, "summary": summary, "skipped": skipped},
-                         table(summary, names) + common.skipped_lines(skipped))
+    summary, ratios = common.summarise(runs), speed_ups(runs, names)
+    return common.report("loader", args, {"runs": runs, "summary": summary, "speed_ups": ratios,
+                                          "skipped": skipped},
+                         table(summary, ratios, names) + common.skipped_lines(skipped))
 
 
 if __name__ == "__main__":

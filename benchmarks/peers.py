@@ -24,6 +24,7 @@ from lumbar_fast.loaders import IMAGENET_MEAN, IMAGENET_STD, Batch
 
 
 def _to_normalised_tensor() -> transforms.Compose:
+    """The peers' per-image transform: ToTensor (HWC uint8 → CHW float in [0, 1]), ImageNet Normalize."""
     return transforms.Compose([transforms.ToTensor(), transforms.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
 
 

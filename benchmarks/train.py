@@ -3,7 +3,8 @@
 Throughput: contenders `{feed}-{mode}`, feed = ceiling (one batch resident on the device) or a loader over the
 real cache with default augmentation, mode = eager or graphs (`--cuda-graphs`, CUDA only). One model per mode,
 the training step of lumbar_fast.train; each contender warms up once, then every repeat times a window of
-`--steps` steps, interleaved. Fraction of the ceiling = loader median / ceiling median, same mode.
+`--steps` steps, interleaved. Fraction of the ceiling: loader / ceiling of the same mode, repeat by repeat
+(paired), median.
 Full epoch: wall time of one training epoch of the seed recipe (batch 32, eager) fed by the seed's DICOM
 loader and by ours, on the same items.
 
@@ -175,15 +176,16 @@ def device_less(stats: dict) -> bool:
 
 
 def table(result: dict, epoch: dict | None, args: argparse.Namespace) -> str:
-    """Images/s per contender, fraction of the same mode's ceiling, peak GPU memory; then the full epochs."""
-    summary = result["summary"]
+    """Images/s per contender, fraction of the same mode's ceiling, peak GPU memory (torch's allocations
+    in this process, every contender's model resident); then the full epochs."""
+    summary, runs = result["summary"], result["runs"]
     rows = []
     for mode in result["modes"]:
-        ceiling = summary[f"ceiling-{mode}"]["img_s"]["median"]
         for feed in result["feeds"]:
             stats = summary[f"{feed}-{mode}"]
+            fraction = common.paired_ratio(runs, f"{feed}-{mode}", f"ceiling-{mode}", "img_s")
             rows.append([feed, mode, common.cell(stats["img_s"]),
-                         f"{common.ratio(stats['img_s']['median'], ceiling):.3f}",
+                         f"{fraction['median']:.3f} ±{fraction['spread_pct']:.0f}%",
                          "n/a" if device_less(stats) else f"{stats['peak_gpu_mib']['max']:.0f}"])
     text = (f"{args.model}, batch {args.batch_size}, amp {args.amp}, {args.steps}-step windows\n\n"
             + common.markdown_table(["feed", "mode", "img/s", "of ceiling", "peak GPU MiB"], rows)
