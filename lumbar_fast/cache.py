@@ -270,7 +270,8 @@ class CacheReader:
         if not target.exists():
             folder.mkdir(exist_ok=True)
             for stale in folder.glob(f"{kind}-{seq}-*.npy"):
-                stale.unlink(missing_ok=True)
+                if stale != target:  # another process may have just written the current one
+                    stale.unlink(missing_ok=True)
             self._export_npy(self._store.array(f"{kind}/{seq}/images"), target)
         return target
 

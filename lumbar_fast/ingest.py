@@ -16,7 +16,7 @@ import os
 import pickle
 import shutil
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from functools import partial
 from pathlib import Path
@@ -330,7 +330,7 @@ def _convert_all(tasks: list[SeriesTask], params: IngestParams, parts: Path, wor
     return counts
 
 
-def _map(job, tasks: list[SeriesTask], workers: int) -> Iterator[int]:
+def _map(job: Callable[[SeriesTask], int], tasks: list[SeriesTask], workers: int) -> Iterator[int]:
     """Results of `job` over `tasks`, in completion order; only `workers` series are in flight at once."""
     if workers == 1 or len(tasks) <= 1:
         yield from map(job, tasks)
