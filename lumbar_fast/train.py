@@ -8,7 +8,9 @@ StepLR(step 2, gamma 0.1), early stopping with patience 3 on validation accuracy
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
+import os
 import random
 import time
 from dataclasses import dataclass
@@ -21,7 +23,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from lumbar_fast import rsna
+from lumbar_fast import distributed, rsna
 from lumbar_fast.cache import CacheReader, open_cache
 from lumbar_fast.errors import LumbarFastError
 from lumbar_fast.inference import amp_dtype_for, predict_items, resolve_device
@@ -39,6 +41,9 @@ AMP_MODES = ("auto", "bf16", "fp16", "none")
 CONTROLS = ("none", "shuffled-labels", "level-off")
 #: the whole-slice view's image array, built once per run from the cache's stacks
 SLICE_IMAGES = "slice_images.npy"
+#: debugging and tests: a folder where each rank appends the training items of every epoch it trains to
+#: `items-rank{r}.jsonl` (the loop's own record of which items each rank saw)
+ITEM_LOG_ENV = "LUMBAR_FAST_ITEM_LOG"
 
 
 @dataclass
@@ -151,11 +156,12 @@ def slice_rows(cache: CacheReader, sequence: str, stack_rows: np.ndarray, path: 
     to one (N, S, S, C) .npy once (items of one slice share its row); return each item's row in it."""
     channels = np.load(cache.array_path(sequence, "levels"), mmap_mode="r").shape[-1]
     distinct, item_rows = np.unique(stack_rows, return_inverse=True)
-    if not path.is_file():
+    if distributed.is_main() and not path.is_file():
         stacks = np.load(cache.array_path(sequence, "stacks"), mmap_mode="r")
         neighbours = slice_neighbours(cache.stack_index(sequence), distinct, channels)
         _write_npy(path, lambda out: _gather_slices(stacks, neighbours, out),
                    (len(distinct), *stacks.shape[1:], channels))
+    distributed.barrier()  # the other ranks read what rank 0 wrote
     return item_rows.astype(np.int64)
 
 
@@ -385,12 +391,14 @@ def make_step(model: nn.Module, optimizer: torch.optim.Optimizer, criterion: nn.
 # -- epochs ------------------------------------------------
 def train_one_epoch(step, model: nn.Module, loader, epoch: int, limit_batches: int | None,
                     progress: bool, device: torch.device) -> dict[str, float]:
-    """One pass over the training loader; loss and accuracy accumulate on the device (no per-batch sync)."""
+    """One pass over the training loader; loss and accuracy accumulate on the device (no per-batch sync)
+    and are summed over the ranks at the end, so the figures cover every rank's images."""
     model.train()
     total = min(len(loader), limit_batches or len(loader))
-    loss_sum = torch.zeros((), device=device)
-    correct = torch.zeros((), device=device, dtype=torch.int64)
+    loss_sum = torch.zeros((), device=device, dtype=torch.float64)
+    correct = torch.zeros((), device=device, dtype=torch.float64)
     images = 0
+    seen = []
     start = time.perf_counter()
     with tqdm(total=total, desc=f"epoch {epoch + 1}", unit="batch", disable=not progress,
               leave=False) as bar:
@@ -401,19 +409,34 @@ def train_one_epoch(step, model: nn.Module, loader, epoch: int, limit_batches: i
             loss_sum += loss * len(batch.labels)
             correct += right
             images += len(batch.labels)
+            seen.append(batch.items)
             bar.update(1)
             bar.set_postfix_str(f"{images / (time.perf_counter() - start):.0f} img/s", refresh=False)
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
+    log_items(epoch, seen)
+    sums = distributed.all_reduce_sum(torch.stack([loss_sum, correct, loss_sum.new_tensor(images)]))
+    loss_total, correct_total, images = sums.tolist()  # .tolist() waits for the device
     seconds = time.perf_counter() - start
-    return {"train_loss": loss_sum.item() / max(images, 1), "train_accuracy": correct.item() / max(images, 1),
-            "train_images": images, "train_seconds": seconds, "train_images_per_s": images / seconds}
+    return {"train_loss": loss_total / max(images, 1), "train_accuracy": correct_total / max(images, 1),
+            "train_images": int(images), "train_seconds": seconds, "train_images_per_s": images / seconds}
+
+
+def log_items(epoch: int, batches: list[torch.Tensor]) -> None:
+    """Append this rank's training items of `epoch` to the item log, when ITEM_LOG_ENV names a folder."""
+    folder = os.environ.get(ITEM_LOG_ENV)
+    if not folder:
+        return
+    items = torch.cat(batches).tolist() if batches else []
+    record = {"epoch": epoch, "rank": distributed.rank(), "world_size": distributed.world_size(),
+              "items": items}
+    with open(Path(folder) / f"items-rank{distributed.rank()}.jsonl", "a") as log:
+        log.write(json.dumps(record) + "\n")
 
 
 def validate(model: nn.Module, loader, items: Items, prior: np.ndarray, amp_dtype: torch.dtype | None,
              limit_batches: int | None) -> tuple[dict[str, Any], pd.DataFrame]:
-    """Metrics over the validation items (each exactly once) and their predictions table."""
-    order, probs = predict_items(model, loader, amp_dtype, limit_batches)
+    """Metrics over the validation items (each exactly once, over all ranks) and their predictions table;
+    every rank computes the same."""
+    order, probs = distributed.all_gather_rows(*predict_items(model, loader, amp_dtype, limit_batches))
     labels = items.labels[order]
     summary = classification_summary(labels, probs, prior)
     picked = np.clip(probs[np.arange(len(labels)), labels], 1e-15, 1.0)
@@ -488,9 +511,11 @@ def _numpy_state_to_torch(state: tuple) -> tuple:
 def prepare(config: TrainConfig, run: RunFolder) -> Session:
     """Open the cache, split, build model, items, optimiser and schedule for `config` (no training yet).
     Every input check happens here, before the run folder gets its first file."""
-    device = resolve_device(config.device)
+    device = distributed.rank_device(resolve_device(config.device))
     if config.cuda_graphs and device.type != "cuda":
         raise LumbarFastError("--cuda-graphs needs a CUDA device")
+    if config.cuda_graphs and distributed.world_size() > 1:
+        raise LumbarFastError("--cuda-graphs runs in a single process only; drop it to train with torchrun")
     amp_dtype = amp_dtype_for(config.amp, device)
     cache = open_cache(config.cache)
     if config.sequence not in cache.sequences():
@@ -499,8 +524,8 @@ def prepare(config: TrainConfig, run: RunFolder) -> Session:
     channels = np.load(cache.array_path(config.sequence, "levels"), mmap_mode="r").shape[-1]
     model = build_model(config, channels, device)
     items = build_items(cache, config, run)
-    split = load_or_create_split(cache.study_labels(), cache.path, config.folds, config.split_seed,
-                                 config.split_file)
+    split = distributed.on_main(load_or_create_split, cache.study_labels(), cache.path, config.folds,
+                                config.split_seed, config.split_file)
     train_items, val_items = split_items(items, *train_val_studies(split, config.fold))
     if len(train_items.labels) < config.batch_size or len(val_items.labels) == 0:
         raise LumbarFastError(f"fold {config.fold} leaves {len(train_items.labels)} training and "
@@ -515,9 +540,11 @@ def prepare(config: TrainConfig, run: RunFolder) -> Session:
 
 
 def loader_config(config: TrainConfig, device: torch.device, amp_dtype: torch.dtype | None) -> LoaderConfig:
-    """The loaders' settings for this run (one process: rank 0 of 1); float32 images when not autocasting."""
+    """The loaders' settings for this run and rank (each rank its own share of every epoch); float32 images
+    when not autocasting."""
     return LoaderConfig(batch_size=config.batch_size, device=str(device), workers=config.workers,
-                        seed=config.seed, augment=AugmentConfig() if config.augment else None,
+                        seed=config.seed, rank=distributed.rank(), world_size=distributed.world_size(),
+                        augment=AugmentConfig() if config.augment else None,
                         dtype=torch.float32 if amp_dtype is None else None)
 
 
@@ -542,13 +569,13 @@ def fit(session: Session) -> Path:
     config, run = session.config, session.run
     weights = class_weight_tensor(config.class_weights, session.train_items.labels, session.device)
     criterion = nn.CrossEntropyLoss(weight=weights)
-    network = torch.compile(session.model) if config.compile else session.model
+    network, evaluator = training_networks(session.model, config, session.device)
     step = make_step(network, session.optimizer, criterion, session.amp_dtype, session.device,
                      config.cuda_graphs)
     prior = class_frequencies(session.train_items.labels)
     cfg = loader_config(config, session.device, session.amp_dtype)
     meta = checkpoint_meta(session, cfg)
-    if not run.file(SPLIT).is_file():
+    if distributed.is_main() and not run.file(SPLIT).is_file():
         run.write_table(SPLIT, session.split)
     train_loader = build_loader(config.loader, session.train_items.images_path, session.train_items.rows,
                                 session.train_items.labels, cfg, train=True)
@@ -561,25 +588,55 @@ def fit(session: Session) -> Path:
             lr = session.optimizer.param_groups[0]["lr"]
             started = time.perf_counter()
             train_metrics = train_one_epoch(step, network, train_loader, epoch, config.limit_batches,
-                                            config.progress, session.device)
-            val_metrics, predictions = validate(network, val_loader, session.val_items, prior,
+                                            config.progress and distributed.is_main(), session.device)
+            distributed.broadcast_buffers(session.model)  # every rank validates rank 0's model, the saved one
+            val_metrics, predictions = validate(evaluator, val_loader, session.val_items, prior,
                                                 session.amp_dtype, config.limit_batches)
             session.scheduler.step()
-            improved = session.stopper.update(monitored_value(config, val_metrics), epoch)
+            improved = update_early_stopping(session.stopper, monitored_value(config, val_metrics), epoch)
             record = {"epoch": epoch + 1, "lr": float(lr), **train_metrics, **val_metrics,
                       "best": improved, "epoch_seconds": time.perf_counter() - started}
             session.records.append(_plain(record))
-            if improved:
-                run.save_checkpoint(BEST, {**meta, "epoch": epoch + 1, "model": session.model.state_dict(),
-                                           "metrics": session.records[-1]})
-                run.write_table(PREDICTIONS, predictions)
-            run.save_checkpoint(LAST, last_state(session, meta, epoch + 1))
-            run.write_metrics(session.records)
-            print(epoch_line(session.records[-1]), flush=True)
+            if distributed.is_main():
+                save_epoch(session, meta, predictions if improved else None)
     finally:
         train_loader.close()
         val_loader.close()
     return run.path
+
+
+def training_networks(model: nn.Module, config: TrainConfig,
+                      device: torch.device) -> tuple[nn.Module, nn.Module]:
+    """The module that trains (DDP across ranks when several train, compiled on request) and the one that
+    validates: the bare (compiled) model, as validation runs no collectives and ranks may differ by one
+    batch."""
+    trainer = distributed.wrap(model, device)
+    if not config.compile:
+        return trainer, model
+    compiled = torch.compile(trainer)
+    return compiled, compiled if trainer is model else torch.compile(model)
+
+
+def update_early_stopping(stopper: EarlyStopping, value: float, epoch: int) -> bool:
+    """Record the epoch's monitored value; rank 0's verdict and state are adopted by every rank, so that
+    all ranks stop at the same epoch. True when the epoch is the best so far."""
+    improved = stopper.update(value, epoch)
+    improved, state = distributed.broadcast((improved, stopper.state_dict()))
+    stopper.load_state_dict(state)
+    return improved
+
+
+def save_epoch(session: Session, meta: dict[str, Any], best_predictions: pd.DataFrame | None) -> None:
+    """Rank 0's files after an epoch: best.pt and val_predictions.csv when it improved (predictions given),
+    last.pt, metrics and curves; and the epoch's line on stdout."""
+    run, epoch = session.run, session.records[-1]["epoch"]
+    if best_predictions is not None:
+        run.save_checkpoint(BEST, {**meta, "epoch": epoch, "model": session.model.state_dict(),
+                                   "metrics": session.records[-1]})
+        run.write_table(PREDICTIONS, best_predictions)
+    run.save_checkpoint(LAST, last_state(session, meta, epoch))
+    run.write_metrics(session.records)
+    print(epoch_line(session.records[-1]), flush=True)
 
 
 def last_state(session: Session, meta: dict[str, Any], epochs_done: int) -> dict[str, Any]:
@@ -615,10 +672,12 @@ def _plain(value: Any) -> Any:
 def train(config: TrainConfig) -> Path:
     """Start a new run for `config`; returns its folder."""
     config.check()
-    run = new_run_folder(config)
-    session = prepare(config, run)
-    run.write_config(dataclasses.asdict(config))
-    return fit(session)
+    with distributed.process_group(resolve_device(config.device)):
+        run = distributed.on_main(new_run_folder, config)  # one folder (one time stamp) for every rank
+        session = prepare(config, run)
+        if distributed.is_main():
+            run.write_config(dataclasses.asdict(config))
+        return fit(session)
 
 
 def resume(run_dir: str | Path) -> Path:
@@ -629,7 +688,12 @@ def resume(run_dir: str | Path) -> Path:
         config = TrainConfig(**run.read_config())
     except TypeError as exc:
         raise LumbarFastError(f"{run_dir} was written by an incompatible version: {exc}") from None
-    state = run.load_checkpoint(LAST)
+    with distributed.process_group(resolve_device(config.device)):
+        return resume_session(run, config, run.load_checkpoint(LAST))
+
+
+def resume_session(run: RunFolder, config: TrainConfig, state: dict[str, Any]) -> Path:
+    """Rebuild the run's session on this rank from last.pt (every rank loads it) and train on."""
     session = prepare(config, run)
     try:
         session.model.load_state_dict(state["model"])
@@ -644,5 +708,6 @@ def resume(run_dir: str | Path) -> Path:
     session.records = list(state["records"])
     session.start_epoch = state["epoch"]
     set_rng_state(state["rng"])
-    run.write_metrics(session.records)
+    if distributed.is_main():
+        run.write_metrics(session.records)
     return fit(session)
