@@ -191,7 +191,7 @@ def plan_ingest(params: IngestParams) -> IngestPlan:
         folder = images / str(row.study_id) / str(row.series_id)
         sequence = rsna.SEQUENCE_FROM_DESCRIPTION.get(row.series_description)
         problem = (f"unknown series description: {row.series_description!r}" if sequence is None
-                   else None if folder.is_dir() else "series folder missing")
+                   else "series folder missing" if not folder.is_dir() else None)
         if problem:
             errors.append(_error(row.study_id, row.series_id, folder, problem))
             continue
@@ -221,25 +221,46 @@ def convert_series(task: SeriesTask, params: IngestParams) -> SeriesPart:
     """Decode one series into windowed, resized stack images and its level crops, with their tables."""
     scan = dicom.read_series(task.folder)
     errors = [_error(task.study_id, task.series_id, path, reason) for path, reason in scan.errors]
-    slices = scan.slices
-    if not slices:
+    if not scan.slices:
         reason = "empty series: no usable image" if scan.errors else "empty series: no .dcm files"
         errors.append(_error(task.study_id, task.series_id, task.folder, reason))
-    window = dicom.series_window(slices) if slices else (0.0, 1.0)
-    stack_images, index_rows, originals = [], [], []
-    for stack_id, stack in enumerate(scan.stacks):
-        images = [dicom.to_uint8(s.pixels, window) for s in stack.slices]
-        originals.append(images)
-        for slice_id, (item, image) in enumerate(zip(stack.slices, images, strict=True)):
-            stack_images.append(dicom.resize(image, params.size))
-            index_rows.append({
+    window = dicom.series_window(scan.slices) if scan.slices else (0.0, 1.0)
+    originals = [[dicom.to_uint8(s.pixels, window) for s in stack.slices] for stack in scan.stacks]
+    stack_images, index_rows = _stack_items(task, scan, originals, params.size)
+    crops, level_rows = _level_items(task, scan, originals, params, errors)
+    size, channels = params.size, params.channels
+    return SeriesPart(
+        task=task,
+        stack_index=cache.typed_table(index_rows, cache.STACK_INDEX_COLUMNS),
+        level_labels=cache.typed_table(level_rows, cache.LEVEL_LABEL_COLUMNS),
+        errors=cache.typed_table(errors, cache.ERROR_COLUMNS),
+        stack_images=np.stack(stack_images) if stack_images else np.zeros((0, size, size), np.uint8),
+        level_images=np.stack(crops) if crops else np.zeros((0, size, size, channels), np.uint8),
+    )
+
+
+def _stack_items(task: SeriesTask, scan: dicom.SeriesScan, originals: list[list[np.ndarray]],
+                 size: int) -> tuple[list[np.ndarray], list[dict]]:
+    """Every slice of the series resized to size×size, stack by stack, with its index row."""
+    images, rows = [], []
+    for stack_id, (stack, windowed) in enumerate(zip(scan.stacks, originals, strict=True)):
+        for slice_id, (item, image) in enumerate(zip(stack.slices, windowed, strict=True)):
+            images.append(dicom.resize(image, size))
+            rows.append({
                 "study_id": task.study_id, "series_id": task.series_id, "stack": stack_id, "slice": slice_id,
                 "instance_number": item.instance_number, "position": item.location,
                 "rows": image.shape[0], "cols": image.shape[1],
                 "spacing_row": item.spacing[0], "spacing_col": item.spacing[1],
             })
-    level_rows, crops = [], []
-    stack_start = np.cumsum([0] + [len(s.slices) for s in scan.stacks])
+    return images, rows
+
+
+def _level_items(task: SeriesTask, scan: dicom.SeriesScan, originals: list[list[np.ndarray]],
+                 params: IngestParams, errors: list[dict]) -> tuple[list[np.ndarray], list[dict]]:
+    """The 2.5D crop of every label of the series with its label row; a label whose instance is not
+    among the usable slices becomes an error row."""
+    crops, rows = [], []
+    stack_start = np.cumsum([0] + [len(stack.slices) for stack in scan.stacks])
     for label in task.labels:
         found = scan.find_instance(label.instance_number)
         if found is None:
@@ -250,21 +271,13 @@ def convert_series(task: SeriesTask, params: IngestParams) -> SeriesPart:
         spacing = scan.stacks[stack_id].slices[slice_id].spacing
         crops.append(dicom.level_crop(originals[stack_id], slice_id, label.x, label.y, spacing,
                                       params.crop_mm[task.sequence], params.size, params.channels))
-        level_rows.append({
+        rows.append({
             "study_id": task.study_id, "series_id": task.series_id, "condition": label.condition,
             "level": label.level, "severity": label.severity, "stack": stack_id, "slice": slice_id,
             "instance_number": label.instance_number, "x": label.x, "y": label.y,
             "stack_row": int(stack_start[stack_id] + slice_id),
         })
-    size, channels = params.size, params.channels
-    return SeriesPart(
-        task=task,
-        stack_index=cache.typed_table(index_rows, cache.STACK_INDEX_COLUMNS),
-        level_labels=cache.typed_table(level_rows, cache.LEVEL_LABEL_COLUMNS),
-        errors=cache.typed_table(errors, cache.ERROR_COLUMNS),
-        stack_images=np.stack(stack_images) if stack_images else np.zeros((0, size, size), np.uint8),
-        level_images=np.stack(crops) if crops else np.zeros((0, size, size, channels), np.uint8),
-    )
+    return crops, rows
 
 
 def consolidate(plan: IngestPlan, params: IngestParams, parts: Path, out: Path,
