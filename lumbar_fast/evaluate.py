@@ -22,6 +22,7 @@ import pandas as pd
 from lumbar_fast import metrics, rsna
 from lumbar_fast.cache import CacheReader, open_cache
 from lumbar_fast.errors import LumbarFastError
+from lumbar_fast.inference import resolve_device
 from lumbar_fast.predict import (
     PROBABILITY_COLUMNS,
     ClassifierRun,
@@ -81,6 +82,9 @@ def evaluation_cache(runs: Sequence[ClassifierRun], cache_path: Path | None) -> 
         if len(caches) > 1:
             raise LumbarFastError(f"the runs trained on different caches ({', '.join(caches)}); give --cache")
         cache_path = Path(caches[0])
+        if not cache_path.exists():
+            raise LumbarFastError(f"the runs' cache {cache_path} does not exist (moved, or a path relative "
+                                  "to another folder?); give --cache")
     return open_cache(cache_path)
 
 
@@ -320,7 +324,8 @@ def report_markdown(report: dict[str, Any]) -> str:
         f"Cache `{report['cache']}`. Intervals: bootstrap {report['bootstrap']['confidence']:.0%} over "
         f"studies ({report['bootstrap']['replicates']} replicates, seed {report['bootstrap']['seed']}). "
         "The baselines: the majority class and the training class frequencies (the prior) predicted for "
-        "every item.",
+        f"every item. Predicted on {report['inference']['device']}"
+        f"{', averaged with the horizontal mirror (--tta)' if report['inference']['tta'] else ''}.",
         runs, "## Per sequence",
         markdown_table(table[0], [[_baseline_name(row[0]), *row[1:]] for row in table[1:]]),
         f"![confusion matrices]({CONFUSION_PNG})",
@@ -359,6 +364,7 @@ def evaluate(run_paths: Sequence[Path], out_dir: Path, cache_path: Path | None =
         "note": ORACLE_NOTE, "cache": str(cache.path),
         "runs": [{"path": str(r.path), "sequence": r.sequence, "fold": r.fold} for r in runs],
         "bootstrap": {"replicates": options.n_boot, "seed": options.seed, "confidence": 0.95},
+        "inference": {"device": str(resolve_device(options.inference.device)), "tta": options.inference.tta},
         "sequences": sequences, "competition": competition(crops, cache, runs, studies, options),
         "galleries": galleries,
     }
