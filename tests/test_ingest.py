@@ -22,7 +22,7 @@ import zarr
 from pydicom.data import get_testdata_file
 from pydicom.uid import JPEG2000Lossless, RLELossless
 
-from lumbar_fast import cache, rsna
+from lumbar_fast import cache, dicom, rsna
 from lumbar_fast.errors import CacheError, DataError
 from lumbar_fast.ingest import IngestParams, convert_series, ingest, plan_ingest
 from lumbar_fast.phantom import MANIFEST_NAME, PitfallRates
@@ -99,6 +99,32 @@ def test_level_crops_are_centred_on_their_labelled_point_on_the_labelled_slice(s
         means = [here[severity == k].mean() for k in (0, 1, 2)]
         assert means[0] > means[1] > means[2], (seq, means)
         assert np.corrcoef(severity[severity >= 0], here[severity >= 0])[0, 1] < -0.7, seq
+
+
+def recut_similarity(stored: np.ndarray, path: Path, x: float, y: float, width_mm: float) -> float:
+    """Correlation of a stored crop channel with the same window cut afresh from one DICOM file (min-max
+    scaled, so only the per-series window differs), away from padding and window clipping."""
+    ds = pydicom.dcmread(path)
+    pixels = dicom.decode_pixels(ds)
+    scaled = dicom.to_uint8(pixels, (float(pixels.min()), float(pixels.max())))
+    spacing = (float(ds.PixelSpacing[0]), float(ds.PixelSpacing[1]))
+    recut = dicom.crop_mm(scaled, x, y, spacing, width_mm, stored.shape[0])
+    inside = (recut > 10) & (stored > 0) & (stored < 255)
+    return float(np.corrcoef(recut[inside], stored[inside])[0, 1])
+
+
+def test_the_middle_channel_is_cut_from_the_labelled_instance_file(synth_data, synth_cache):
+    reader = cache.open_cache(synth_cache)
+    for seq in reader.sequences():
+        labels, images, index = reader.level_labels(seq), reader.level_images(seq), reader.stack_index(seq)
+        width = reader.attrs["params"]["crop_mm"][seq]
+        for row in labels.iloc[::7].itertuples():
+            folder = synth_data / "train_images" / str(row.study_id) / str(row.series_id)
+            neighbour = index["instance_number"].iloc[row.stack_row + (1 if row.slice == 0 else -1)]
+            stored = images[row.Index, ..., images.shape[-1] // 2]
+            here = recut_similarity(stored, folder / f"{row.instance_number}.dcm", row.x, row.y, width)
+            beside = recut_similarity(stored, folder / f"{neighbour}.dcm", row.x, row.y, width)
+            assert here > 0.99 and here > beside, (seq, row.Index, here, beside)
 
 
 def test_compressed_twins_give_the_same_arrays(tiny_data, tmp_path):
