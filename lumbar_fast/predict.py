@@ -38,15 +38,8 @@ class ClassifierRun:
     path: Path
     sequence: str
     fold: int
-    folds: int
-    view: str
     cache: Path  # the cache it trained on
     prior: np.ndarray  # training class frequencies, the baseline's prediction
-
-    @property
-    def name(self) -> str:
-        """A short label for tables: sequence and fold."""
-        return f"{self.sequence} fold {self.fold}"
 
 
 def read_run(path: Path) -> ClassifierRun:
@@ -57,7 +50,7 @@ def read_run(path: Path) -> ClassifierRun:
         raise LumbarFastError(f"{path} is not a run folder (no {CONFIG})")
     folder = RunFolder(path)
     config = folder.read_config()
-    if not {"sequence", "fold", "folds", "view", "cache"} <= config.keys():
+    if not {"sequence", "fold", "view", "cache"} <= config.keys():
         raise LumbarFastError(f"{path} is not a classifier run of `lumbar-fast train`")
     if not folder.file(BEST).is_file():
         raise LumbarFastError(f"run {path} has no {BEST}: it has not finished an epoch")
@@ -67,8 +60,8 @@ def read_run(path: Path) -> ClassifierRun:
     records = folder.read_metrics()
     if not records or "val_prior" not in records[-1]:
         raise LumbarFastError(f"run {path} has no training prior in its metrics")
-    return ClassifierRun(path, config["sequence"], int(config["fold"]), int(config["folds"]), config["view"],
-                         Path(config["cache"]), np.asarray(records[-1]["val_prior"], dtype=np.float64))
+    return ClassifierRun(path, config["sequence"], int(config["fold"]), Path(config["cache"]),
+                         np.asarray(records[-1]["val_prior"], dtype=np.float64))
 
 
 def read_runs(paths: Sequence[Path]) -> list[ClassifierRun]:
@@ -80,7 +73,8 @@ def read_runs(paths: Sequence[Path]) -> list[ClassifierRun]:
     for run in runs:
         key = (run.sequence, run.fold)
         if key in seen:
-            raise LumbarFastError(f"runs {seen[key]} and {run.path} are both {run.name}; give each once")
+            raise LumbarFastError(f"runs {seen[key]} and {run.path} are both {run.sequence} fold {run.fold}; "
+                                  "give each once")
         seen[key] = run.path
     return runs
 
