@@ -118,7 +118,7 @@ def read_slice(path: Path) -> DicomSlice:
         raise DicomReadError(f"no {', '.join(missing)}")
     return DicomSlice(
         path=Path(path),
-        instance_number=int(ds.get("InstanceNumber", -1) or -1),
+        instance_number=_instance_number(ds, Path(path)),
         pixels=decode_pixels(ds),
         orientation=np.asarray([float(v) for v in ds.ImageOrientationPatient], dtype=np.float64),
         position=np.asarray([float(v) for v in ds.ImagePositionPatient], dtype=np.float64),
@@ -204,6 +204,13 @@ def level_crop(images: list[np.ndarray], index: int, x: float, y: float, spacing
     planes = [crop_mm(images[i], x, y, spacing, width_mm, size)
               for i in neighbour_indices(index, len(images), channels)]
     return np.stack(planes, axis=-1)
+
+
+def _instance_number(ds: pydicom.Dataset, path: Path) -> int:
+    """InstanceNumber, or the file name's number (RSNA names files by it) when the tag is absent; else -1."""
+    if ds.get("InstanceNumber") not in (None, ""):
+        return int(ds.InstanceNumber)
+    return int(path.stem) if path.stem.isdigit() else -1
 
 
 def _stored_range(ds: pydicom.Dataset) -> tuple[float, float]:

@@ -136,6 +136,16 @@ def test_series_splits_by_orientation_and_orders_by_position_not_instance(tmp_pa
     assert [(p.name, r.split(":")[0]) for p, r in scan.errors] == [("notes.dcm", "not a readable DICOM file")]
 
 
+def test_instance_number_falls_back_to_the_file_name(tmp_path):
+    write_slice(tmp_path, 17, 0.0)
+    ds = pydicom.dcmread(tmp_path / "17.dcm")
+    del ds.InstanceNumber
+    ds.save_as(tmp_path / "23.dcm")
+    ds.save_as(tmp_path / "scan.dcm")
+    assert [dicom.read_slice(tmp_path / f"{name}.dcm").instance_number for name in (17, 23, "scan")] == \
+        [17, 23, -1]
+
+
 def test_window_is_robust_to_a_few_extreme_pixels():
     rng = np.random.default_rng(0)
     image = rng.normal(500, 50, (128, 128)).astype(np.float32)
