@@ -207,7 +207,7 @@ def test_resume_after_a_kill_equals_an_uninterrupted_run(learning_cache, tmp_pat
             "--no-pretrained", "--epochs", "3", "--batch-size", "8", "--folds", "3", "--limit-batches", "3",
             "--loader", "torch", "--device", "cpu", "--no-progress"]
     whole, killed = tmp_path / "whole", tmp_path / "killed"
-    subprocess.run(cli(*args, "--run-dir", str(whole)), check=True, capture_output=True)
+    train(quick_config(learning_cache, whole, batch_size=8, limit_batches=3, loader="torch"))
     process = subprocess.Popen(cli(*args, "--run-dir", str(killed)), stdout=subprocess.DEVNULL,
                                stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 300
