@@ -41,6 +41,8 @@ from lumbar_fast.show import Panel, channels, prediction_caption, render_gallery
 ORACLE_NOTE = ("Crops were placed at the labelled coordinates (oracle localisation), so these numbers are "
                "not comparable with leaderboard scores of two-stage solutions, which must find the levels "
                "first.")
+NO_COMPETITION = ("competition score: not computed; it needs runs of all three sequences that validate the "
+                  "same studies (the same folds)")
 PRIOR_COLUMNS: tuple[str, ...] = tuple(f"prior_{name}" for name in rsna.SUBMISSION_COLUMNS)
 #: per-sequence figures that get a bootstrap interval, with their row names in the tables (baselines indented)
 SEQUENCE_ROWS: dict[str, str] = {
@@ -261,8 +263,8 @@ def competition_line(score: dict[str, Any]) -> str:
 def format_report(report: dict[str, Any]) -> str:
     """What `evaluate` prints: the oracle note, the per-sequence table and the competition score."""
     lines = [*textwrap.wrap(f"note: {ORACLE_NOTE}", 100), "", format_table(sequence_table(report))]
-    if report["competition"] is not None:
-        lines += ["", competition_line(report["competition"])]
+    score = report["competition"]
+    lines += ["", NO_COMPETITION if score is None else competition_line(score)]
     return "\n".join(lines)
 
 
@@ -301,8 +303,10 @@ def class_tables(sequence: str, summary: dict[str, Any]) -> str:
     return f"### {sequence}\n\n{per_class}\n\n{confusion}\n"
 
 
-def competition_markdown(score: dict[str, Any]) -> str:
-    """The four competition losses and the score, model beside the prior-only submission."""
+def competition_markdown(score: dict[str, Any] | None) -> str:
+    """The four competition losses and the score, model beside the prior-only submission (or why not)."""
+    if score is None:
+        return f"## Competition score\n\n{NO_COMPETITION}\n"
     terms = [*metrics.GROUPS, metrics.ANY_SEVERE]
     rows = [[term, f"{score['model'][term]:.4f}", f"{score['prior'][term]:.4f}"] for term in terms]
     rows.append(["**score**", with_interval(score["model"]["score"], score["intervals"]["score"], 4),
@@ -331,8 +335,7 @@ def report_markdown(report: dict[str, Any]) -> str:
         f"![confusion matrices]({CONFUSION_PNG})",
         *(class_tables(seq, summary) for seq, summary in report["sequences"].items()),
     ]
-    if report["competition"] is not None:
-        parts.append(competition_markdown(report["competition"]))
+    parts.append(competition_markdown(report["competition"]))
     parts.append("## Most wrong validation crops\n\n"
                  + "\n".join(f"![{seq}]({name})" for seq, name in report["galleries"].items()))
     return "\n\n".join(parts) + "\n"

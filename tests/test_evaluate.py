@@ -156,7 +156,7 @@ def test_runs_of_every_fold_give_out_of_fold_predictions(trained_runs, synth_cac
     assert sorted(predictions.groupby("study_id")["fold"].first().items()) == \
         sorted(split[split["study_id"].isin(predictions["study_id"])].itertuples(index=False, name=None))
     assert figures["n"] == int((predictions["severity"] != rsna.MISSING).sum())
-    assert report["competition"] is None  # one sequence only
+    assert report["competition"] is None and "competition score: not computed" in stdout  # one sequence
 
 
 def test_bad_input_is_one_line_error(trained_runs, tmp_path, run_cli):
