@@ -314,6 +314,8 @@ def bootstrap_intervals(
 ) -> dict[str, tuple[float, float]]:
     """`bootstrap_interval` of several figures at once: `statistics(rows, copies)` returns them by name from
     one replicate, so figures that share their work (a classification summary) compute it once."""
+    if n_boot < 1:
+        raise LumbarFastError(f"the bootstrap needs at least 1 replicate, not {n_boot}")
     _, row_study = np.unique(np.asarray(study_ids), return_inverse=True)
     by_study = np.argsort(row_study, kind="stable")
     sizes = np.bincount(row_study)
