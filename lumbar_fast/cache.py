@@ -100,20 +100,21 @@ class _Store:
         """A lazily read array (slice it to read)."""
         return self.root[name]
 
-    def create(self, name: str, shape: tuple[int, ...], dtype: str, chunks: tuple[int, ...]) -> Any:
+    def create_images(self, name: str, item_shape: tuple[int, ...]) -> Any:
+        """An empty, growable, compressed uint8 array of items of `item_shape`, CHUNK_ITEMS per chunk."""
+        chunks = (CHUNK_ITEMS, *item_shape)
         if self.fmt == "zarr":
-            chunks = tuple(max(1, c) for c in chunks)
-            return self.root.create_array(name, shape=shape, dtype=dtype, chunks=chunks,
+            return self.root.create_array(name, shape=(0, *item_shape), dtype="uint8", chunks=chunks,
                                           compressors=ZSTD_FAST)
-        if not all(shape):  # HDF5 cannot chunk an empty dataset
-            return self.root.create_dataset(name, shape=shape, dtype=dtype)
-        chunks = tuple(min(c, s) for c, s in zip(chunks, shape, strict=True))
-        return self.root.create_dataset(name, shape=shape, dtype=dtype, chunks=chunks, compression="lzf")
+        return self.root.create_dataset(name, shape=(0, *item_shape), maxshape=(None, *item_shape),
+                                        dtype="uint8", chunks=chunks, compression="lzf")
 
     def write(self, name: str, values: np.ndarray) -> None:
-        target = self.create(name, values.shape, values.dtype.str, values.shape)
-        if values.size:
-            target[...] = values
+        """A new array holding `values` (non-empty) in one chunk."""
+        if self.fmt == "zarr":
+            self.root.create_array(name, data=values, chunks=values.shape)
+        else:
+            self.root.create_dataset(name, data=values)
 
     def attrs(self, name: str = "") -> dict:
         node = self.root[name] if name else self.root
@@ -162,10 +163,10 @@ def _is_text(values: pd.Series) -> bool:
 
 
 class ImageAppender:
-    """Appends images to a preallocated array in chunk-aligned blocks (each chunk written once)."""
+    """Appends images to a growable array in chunk-aligned blocks, so each chunk is written once."""
 
-    def __init__(self, store: _Store, target: Any, block: int) -> None:
-        self.store, self.target, self.block = store, target, block
+    def __init__(self, store: _Store, target: Any) -> None:
+        self.store, self.target = store, target
         self.written = 0
         self.pending: list[np.ndarray] = []
         self.pending_count = 0
@@ -174,18 +175,17 @@ class ImageAppender:
         if len(images):
             self.pending.append(images)
             self.pending_count += len(images)
-        if self.pending_count >= self.block:
-            self._write(self.pending_count - self.pending_count % self.block)
+        if self.pending_count >= CHUNK_ITEMS:
+            self._write(self.pending_count - self.pending_count % CHUNK_ITEMS)
 
     def close(self) -> None:
-        """Write what is left; the array must then be full."""
+        """Write what is left."""
         if self.pending_count:
             self._write(self.pending_count)
-        if self.written != self.target.shape[0]:
-            raise RuntimeError(f"wrote {self.written} of {self.target.shape[0]} images")
 
     def _write(self, count: int) -> None:
         data = np.concatenate(self.pending)
+        self.target.resize((self.written + count, *data.shape[1:]))
         self.target[self.written:self.written + count] = data[:count]
         self.written += count
         rest = data[count:]
@@ -201,10 +201,9 @@ class CacheWriter:
             raise LumbarFastError(f"unknown cache format {fmt!r}; choose one of {', '.join(FORMATS)}")
         self.store = _Store(path, fmt, "w")
 
-    def images(self, name: str, shape: tuple[int, ...]) -> ImageAppender:
-        """An appender into a new uint8 image array of `shape` (items first)."""
-        target = self.store.create(name, shape, "uint8", (CHUNK_ITEMS, *shape[1:]))
-        return ImageAppender(self.store, target, CHUNK_ITEMS)
+    def images(self, name: str, item_shape: tuple[int, ...]) -> ImageAppender:
+        """An appender into a new uint8 image array of items of `item_shape`."""
+        return ImageAppender(self.store, self.store.create_images(name, item_shape))
 
     def table(self, name: str, table: pd.DataFrame) -> None:
         write_table(self.store, name, table)

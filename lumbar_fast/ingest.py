@@ -2,8 +2,9 @@
 
 Worker processes each turn one series into uint8 stack images, level crops and tables, and commit it as
 one part file (`<out>.ingest/parts/{study}_{series}.pkl`, written under a temporary name and renamed, so a
-part is complete or absent). When every series has its part, the main process alone consolidates the parts
-in sorted (study_id, series_id) order into the final Zarr or HDF5 cache and writes its attributes last.
+part is complete or absent). The main process alone appends the parts to the final Zarr or HDF5 store in
+sorted (study_id, series_id) order, each as soon as all before it are committed, and writes the tables and
+the attributes last.
 A killed run is resumed by running it again: complete parts are kept, temporary files dropped, an
 unfinished final store rebuilt from the parts; the result equals an uninterrupted run's.
 """
@@ -157,8 +158,10 @@ def ingest(data_dir: str | Path, out: str | Path, split: str = "train", workers:
     parts = work / "parts"
     done = {p.name for p in parts.glob("*.pkl")}
     todo = [task for task in plan.tasks if task.part_name not in done]
-    counts = _convert_all(todo, params, parts, _worker_count(workers), progress)
-    summary = consolidate(plan, params, parts, out, progress)
+    writer = Consolidator(plan, params, parts, out)
+    writer.advance()
+    counts = _convert_all(todo, params, parts, _worker_count(workers), progress, writer.advance)
+    summary = writer.finish()
     shutil.rmtree(work)
     summary.series_converted = counts["series"]
     summary.series_resumed = len(plan.tasks) - len(todo)
@@ -280,57 +283,79 @@ def _level_items(task: SeriesTask, scan: dicom.SeriesScan, originals: list[list[
     return crops, rows
 
 
-def consolidate(plan: IngestPlan, params: IngestParams, parts: Path, out: Path,
-                progress: bool = False) -> IngestSummary:
-    """Write the final cache from every part, in task order, by this one process; attributes last."""
-    tables = list(_part_tables(plan.tasks, parts))
-    writer = cache.CacheWriter(out, params.fmt)
-    size, channels = params.size, params.channels
-    counts = {"slices": 0, "level_crops": 0}
-    bar = tqdm(total=len(plan.tasks), desc="write", unit="series", disable=not progress or not plan.tasks)
-    for seq in rsna.SEQUENCES:
-        mine = [(task, part) for task, part in zip(plan.tasks, tables, strict=True) if task.sequence == seq]
-        index = [part.stack_index for _, part in mine]
-        if not sum(len(t) for t in index):
-            bar.update(len(mine))
-            continue
-        offsets = np.cumsum([0] + [len(t) for t in index])
-        labels = [part.level_labels.assign(stack_row=part.level_labels["stack_row"] + offset)
-                  for (_, part), offset in zip(mine, offsets, strict=False)]
-        stack_index = pd.concat(index, ignore_index=True)
-        level_labels = cache.typed_table(pd.concat(labels, ignore_index=True), cache.LEVEL_LABEL_COLUMNS)
-        stacks = writer.images(f"stacks/{seq}/images", (len(stack_index), size, size))
-        levels = writer.images(f"levels/{seq}/images", (len(level_labels), size, size, channels))
-        for task, _ in mine:
-            stack_images, level_images = _part_images(parts / task.part_name)
-            stacks.append(stack_images)
-            levels.append(level_images)
-            bar.update()
-        stacks.close()
-        levels.close()
-        writer.table(f"stacks/{seq}/index", stack_index)
-        writer.table(f"levels/{seq}/labels", level_labels)
-        counts["slices"] += len(stack_index)
-        counts["level_crops"] += len(level_labels)
-    bar.close()
-    errors = pd.concat([plan.errors, *(part.errors for part in tables)], ignore_index=True)
-    errors = cache.typed_table(errors.sort_values(list(cache.ERROR_COLUMNS)), cache.ERROR_COLUMNS)
-    writer.table("errors", errors)
-    writer.table("study_labels", plan.study_labels)
-    source = {"data_dir": params.data_dir, "studies": len(plan.study_labels),
-              "series_listed": plan.series_listed, "series_ingested": len(plan.tasks), **counts,
-              "errors": len(errors)}
-    writer.finish({"params": _param_attrs(params), "split": params.split, "source": source,
-                   "lumbar_fast_version": __version__})
-    return IngestSummary(out=out, series=len(plan.tasks), slices=counts["slices"],
-                         level_crops=counts["level_crops"], errors=len(errors),
-                         error_reasons=cache.reason_counts(errors))
+class Consolidator:
+    """The single writer of the final cache: it appends each committed part in task order as soon as every
+    earlier part is committed too (so it writes while the workers convert), and ends with the tables and
+    the attributes."""
+
+    def __init__(self, plan: IngestPlan, params: IngestParams, parts: Path, out: Path) -> None:
+        self.plan, self.params, self.parts = plan, params, parts
+        self.writer = cache.CacheWriter(out, params.fmt)
+        self.out = out
+        self.cursor = 0
+        self.appenders: dict[str, tuple[cache.ImageAppender, cache.ImageAppender]] = {}
+        self.index: dict[str, list[pd.DataFrame]] = {seq: [] for seq in rsna.SEQUENCES}
+        self.labels: dict[str, list[pd.DataFrame]] = {seq: [] for seq in rsna.SEQUENCES}
+        self.stack_rows = dict.fromkeys(rsna.SEQUENCES, 0)
+        self.errors = [plan.errors]
+
+    def advance(self) -> None:
+        """Append every part from the cursor on that is committed already."""
+        while self.cursor < len(self.plan.tasks):
+            path = self.parts / self.plan.tasks[self.cursor].part_name
+            if not path.exists():
+                return
+            with open(path, "rb") as handle:
+                self._append(pickle.load(handle))
+            self.cursor += 1
+
+    def finish(self) -> IngestSummary:
+        """Append the remaining parts, write the tables, then the attributes that mark the cache done."""
+        self.advance()
+        if self.cursor != len(self.plan.tasks):
+            raise RuntimeError(f"part {self.plan.tasks[self.cursor].part_name} was never committed")
+        for seq, appenders in self.appenders.items():
+            for appender in appenders:
+                appender.close()
+            self.writer.table(f"stacks/{seq}/index", pd.concat(self.index[seq], ignore_index=True))
+            labels = pd.concat(self.labels[seq], ignore_index=True)
+            self.writer.table(f"levels/{seq}/labels", cache.typed_table(labels, cache.LEVEL_LABEL_COLUMNS))
+        errors = pd.concat(self.errors, ignore_index=True)
+        errors = cache.typed_table(errors.sort_values(list(cache.ERROR_COLUMNS)), cache.ERROR_COLUMNS)
+        self.writer.table("errors", errors)
+        self.writer.table("study_labels", self.plan.study_labels)
+        counts = {"slices": sum(self.stack_rows.values()),
+                  "level_crops": sum(len(t) for tables in self.labels.values() for t in tables)}
+        source = {"data_dir": self.params.data_dir, "studies": len(self.plan.study_labels),
+                  "series_listed": self.plan.series_listed, "series_ingested": len(self.plan.tasks), **counts,
+                  "errors": len(errors)}
+        self.writer.finish({"params": _param_attrs(self.params), "split": self.params.split, "source": source,
+                            "lumbar_fast_version": __version__})
+        return IngestSummary(out=self.out, series=len(self.plan.tasks), slices=counts["slices"],
+                             level_crops=counts["level_crops"], errors=len(errors),
+                             error_reasons=cache.reason_counts(errors))
+
+    def _append(self, part: SeriesPart) -> None:
+        self.errors.append(part.errors)
+        if not len(part.stack_images):
+            return
+        seq, size, channels = part.task.sequence, self.params.size, self.params.channels
+        if seq not in self.appenders:
+            self.appenders[seq] = (self.writer.images(f"stacks/{seq}/images", (size, size)),
+                                   self.writer.images(f"levels/{seq}/images", (size, size, channels)))
+        stacks, levels = self.appenders[seq]
+        stacks.append(part.stack_images)
+        levels.append(part.level_images)
+        self.index[seq].append(part.stack_index)
+        self.labels[seq].append(part.level_labels.assign(
+            stack_row=part.level_labels["stack_row"] + self.stack_rows[seq]))
+        self.stack_rows[seq] += len(part.stack_images)
 
 
 def _convert_all(tasks: list[SeriesTask], params: IngestParams, parts: Path, workers: int,
-                 progress: bool) -> dict[str, int]:
-    """Convert `tasks` into part files with `workers` processes (in-process for 1); a progress bar shows
-    series/s, slices/s and the ETA."""
+                 progress: bool, on_commit: Callable[[], None]) -> dict[str, int]:
+    """Convert `tasks` into part files with `workers` processes (in-process for 1), calling `on_commit`
+    after each; a progress bar shows series/s, slices/s and the ETA."""
     counts = {"series": 0, "slices": 0}
     job = partial(_convert_and_commit, params=params, parts=parts)
     started = time.perf_counter()
@@ -338,6 +363,7 @@ def _convert_all(tasks: list[SeriesTask], params: IngestParams, parts: Path, wor
         for slices in _map(job, tasks, workers):
             counts["series"] += 1
             counts["slices"] += slices
+            on_commit()
             bar.set_postfix_str(f"{counts['slices'] / (time.perf_counter() - started):.0f} slices/s")
             bar.update()
     return counts
@@ -354,29 +380,14 @@ def _map(job: Callable[[SeriesTask], int], tasks: list[SeriesTask], workers: int
 
 def _convert_and_commit(task: SeriesTask, params: IngestParams, parts: Path) -> int:
     """Convert one series and commit it as a part file (temporary name, then an atomic rename); returns
-    its slice count. The tables are pickled first so consolidation can read them without the images."""
+    its slice count."""
     part = convert_series(task, params)
     target = parts / task.part_name
     partial_file = target.with_suffix(f".{os.getpid()}.tmp")
     with open(partial_file, "wb") as handle:
-        pickle.dump(SeriesPart(part.task, part.stack_index, part.level_labels, part.errors,
-                               np.zeros(0), np.zeros(0)), handle, protocol=pickle.HIGHEST_PROTOCOL)
-        pickle.dump((part.stack_images, part.level_images), handle, protocol=pickle.HIGHEST_PROTOCOL)
+        pickle.dump(part, handle, protocol=pickle.HIGHEST_PROTOCOL)
     os.replace(partial_file, target)
     return len(part.stack_images)
-
-
-def _part_tables(tasks: list[SeriesTask], parts: Path) -> Iterator[SeriesPart]:
-    """The tables of each task's part (images not loaded)."""
-    for task in tasks:
-        with open(parts / task.part_name, "rb") as handle:
-            yield pickle.load(handle)
-
-
-def _part_images(path: Path) -> tuple[np.ndarray, np.ndarray]:
-    with open(path, "rb") as handle:
-        pickle.load(handle)
-        return pickle.load(handle)
 
 
 def _finished_summary(out: Path, params: IngestParams) -> IngestSummary | None:
