@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import contextlib
 import os
+import subprocess
+import sys
 from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
 
@@ -19,6 +21,7 @@ import torch.distributed as dist
 from torch import nn
 
 from lumbar_fast.errors import LumbarFastError
+from lumbar_fast.loaders.gpu import gpu_count
 
 T = TypeVar("T")
 
@@ -82,6 +85,18 @@ def process_group(device: torch.device) -> Iterator[None]:
         yield
     finally:
         dist.destroy_process_group()
+
+
+def relaunch(nproc: int, device: torch.device, args: list[str]) -> int:
+    """Run `lumbar-fast args...` as `nproc` processes on this machine under torchrun (the `--nproc`
+    shortcut for `torchrun --standalone --nproc-per-node N -m lumbar_fast ...`); returns its exit code."""
+    if launched():
+        raise LumbarFastError("--nproc inside a torchrun launch: give the process count to torchrun only")
+    if device.type == "cuda" and nproc > gpu_count():
+        raise LumbarFastError(f"--nproc {nproc} needs {nproc} GPUs; this machine has {gpu_count()}")
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
+               "-m", "lumbar_fast", *args]
+    return subprocess.run(command, check=False).returncode
 
 
 def wrap(model: nn.Module, device: torch.device) -> nn.Module:

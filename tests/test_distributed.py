@@ -24,17 +24,15 @@ from lumbar_fast.runfolder import BEST, LAST, PREDICTIONS, SPLIT, RunFolder
 from lumbar_fast.split import train_val_studies
 from lumbar_fast.train import (
     ITEM_LOG_ENV,
-    EarlyStopping,
     TrainConfig,
     build_items,
     class_frequencies,
     loader_config,
     split_items,
-    update_early_stopping,
     validate,
 )
+from tests.distributed_worker import WORLD, collectives, refuse
 
-WORLD = 2
 BATCH = 4
 
 
@@ -47,11 +45,7 @@ def test_single_process_is_the_identity():
     with distributed.process_group(torch.device("cpu")):  # not launched by torchrun: nothing to join
         assert not distributed.active()
     with pytest.raises(LumbarFastError, match="refused"):
-        distributed.on_main(_refuse)
-
-
-def _refuse() -> None:
-    raise LumbarFastError("refused on rank 0")
+        distributed.on_main(refuse)
 
 
 def _free_port() -> int:
@@ -60,58 +54,33 @@ def _free_port() -> int:
         return probe.getsockname()[1]
 
 
-def _collectives(rank: int, port: int, results: dict) -> None:
-    """One rank of the collectives test: what torchrun would set, then the helpers under a real gloo group."""
-    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(WORLD), MASTER_ADDR="127.0.0.1",
-                      MASTER_PORT=str(port))
-    torch.set_num_threads(1)
-    with distributed.process_group(torch.device("cpu")):
-        items, = distributed.all_gather_rows(np.arange(rank * 3, rank * 3 + 3 - rank))  # 3 rows, then 2
-        stopper = EarlyStopping("max", patience=1)
-        update_early_stopping(stopper, 0.5, epoch=0)
-        improved = update_early_stopping(stopper, 0.4 + 0.2 * rank, epoch=1)  # only rank 1 improved
-        norm = torch.nn.BatchNorm1d(2)
-        norm.running_mean.fill_(rank)
-        distributed.broadcast_buffers(norm)
-        try:
-            distributed.on_main(_refuse)
-            error = ""
-        except LumbarFastError as exc:
-            error = str(exc)
-        sums = distributed.all_reduce_sum(torch.tensor([1.0, rank]))
-        results[rank] = {"items": items.tolist(), "improved": improved, "stop": stopper.should_stop,
-                         "running_mean": norm.running_mean.tolist(), "error": error, "sums": sums.tolist(),
-                         "main": distributed.is_main()}
-
-
-def test_collectives_in_two_gloo_processes():
-    """Exact-count gathers in rank order, rank 0's early-stopping verdict on every rank (rank 1 alone saw an
-    improvement, yet both stop), rank 0's buffers everywhere, rank 0's error raised on both ranks."""
-    results = mp.Manager().dict()
-    mp.spawn(_collectives, args=(_free_port(), results), nprocs=WORLD)
+def test_collectives_in_two_gloo_processes(tmp_path):
+    """Exact-count gathers in rank order, rank 0's verdict on every rank although the ranks disagree, rank
+    0's buffers everywhere, rank 0's error raised on both ranks, sums."""
+    mp.spawn(collectives, args=(_free_port(), str(tmp_path)), nprocs=WORLD)
     for rank in range(WORLD):
-        got = results[rank]
+        got = json.loads((tmp_path / f"rank{rank}.json").read_text())
+        assert (got["rank"], got["world_size"], got["main"]) == (rank, WORLD, rank == 0)
         assert got["items"] == [0, 1, 2, 3, 4]
-        assert got["improved"] is False and got["stop"] is True
+        assert got["verdict"] == {"stop": False}
         assert got["running_mean"] == [0.0, 0.0]
         assert got["error"] == "refused on rank 0"
         assert got["sums"] == [2.0, 1.0]
-        assert got["main"] == (rank == 0)
 
 
 # -- a real torchrun training run ------------------------------------------------
 @pytest.fixture(scope="module")
 def torchrun_run(synth_cache, tmp_path_factory):
-    """2 epochs of `torchrun --nproc-per-node 2 -m lumbar_fast train` (gloo, CPU, torch loader, tiny model),
-    with the loop's item log on: (runs folder, item log folder, the command's output)."""
+    """2 epochs of `lumbar-fast train --nproc 2`, which re-runs itself as `torchrun --standalone
+    --nproc-per-node 2 -m lumbar_fast train ...` (gloo, CPU, torch loader, tiny model), with the loop's item
+    log on: (runs folder, item log folder, the command's output)."""
     root = tmp_path_factory.mktemp("ddp")
     runs, item_log = root / "runs", root / "items"
     item_log.mkdir()
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(WORLD),
-               "-m", "lumbar_fast", "train", "--sequence", "sag_t2", "--cache", str(synth_cache),
-               "--out", str(runs), "--model", "test_efficientnet", "--no-pretrained", "--epochs", "2",
-               "--batch-size", str(BATCH), "--folds", "3", "--loader", "torch", "--device", "cpu",
-               "--workers", "1", "--no-progress"]
+    command = [sys.executable, "-m", "lumbar_fast", "train", "--nproc", str(WORLD), "--sequence", "sag_t2",
+               "--cache", str(synth_cache), "--out", str(runs), "--model", "test_efficientnet",
+               "--no-pretrained", "--epochs", "2", "--batch-size", str(BATCH), "--folds", "3",
+               "--loader", "torch", "--device", "cpu", "--workers", "1", "--no-progress"]
     env = {**os.environ, ITEM_LOG_ENV: str(item_log), "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
     result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
@@ -131,8 +100,12 @@ def test_torchrun_writes_one_run_folder(torchrun_run):
     runs, _, stdout = torchrun_run
     folders = list(runs.iterdir())
     assert len(folders) == 1, folders
-    records = RunFolder(folders[0]).read_metrics()
+    run = RunFolder(folders[0])
+    records = run.read_metrics()
     assert [r["epoch"] for r in records] == [1, 2]
+    config = run.read_config()  # --nproc passed every option on
+    assert (config["epochs"], config["batch_size"], config["loader"], config["pretrained"]) == (
+        2, BATCH, "torch", False)
     for name in ("config.json", "split.csv", "metrics.csv", "curves.png", BEST, LAST, PREDICTIONS):
         assert (folders[0] / name).is_file(), name
     assert not list(folders[0].glob(".*tmp*"))
@@ -170,7 +143,8 @@ def test_validation_equals_a_single_process_evaluation(torchrun_run):
     for checkpoint in (LAST, BEST):
         loaded = load_run(run_dir, device="cpu", amp="none", checkpoint=checkpoint)
         cfg = loader_config(config, loaded.device, None)
-        loader = build_loader("torch", val_items.images_path, val_items.rows, val_items.labels, cfg, train=False)
+        loader = build_loader("torch", val_items.images_path, val_items.rows, val_items.labels, cfg,
+                              train=False)
         metrics, predictions = validate(loaded.model, loader, val_items, prior, None, None)
         reported = records[loaded.meta["epoch"] - 1]
         assert metrics["val_n"] == reported["val_n"] == len(val_items.labels)

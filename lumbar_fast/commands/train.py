@@ -45,13 +45,20 @@ from lumbar_fast.rsna import SEQUENCES
 @click.option("--limit-batches", type=int, help="Stop each epoch after N batches (smoke runs).")
 @click.option("--resume", "resume_dir", type=click.Path(), help="Continue this run from its last.pt.")
 @click.option("--no-progress", is_flag=True, help="No progress bar.")
+@click.option("--nproc", default=1, show_default=True,
+              help="Train with N processes (one per GPU) on this machine: re-launches this command under "
+              "`torchrun --standalone --nproc-per-node N`. --batch-size is per process.")
 def command(sequence, cache, out, run_dir, fold, folds, split_seed, split_file, model, weights,
             no_pretrained, epochs, batch_size, lr, patience, monitor, class_weights, amp, cuda_graphs,
             compile_, view, control, no_augment, loader, workers, device, seed, limit_batches, resume_dir,
-            no_progress) -> None:
-    """Train one sequence's classifier; writes a run folder (config, metrics, curves, checkpoints)."""
+            no_progress, nproc) -> None:
+    """Train one sequence's classifier; writes a run folder (config, metrics, curves, checkpoints).
+    Under torchrun each process trains on its share of every epoch (DistributedDataParallel)."""
     from lumbar_fast.train import TrainConfig, resume, train
 
+    if nproc > 1:
+        relaunch_under_torchrun(nproc, device)
+        return
     if resume_dir is not None:
         click.echo(f"run folder: {resume(resume_dir)}")
         return
@@ -65,3 +72,20 @@ def command(sequence, cache, out, run_dir, fold, folds, split_seed, split_file, 
         view=view, control=control, augment=not no_augment, loader=loader, workers=workers, device=device,
         seed=seed, limit_batches=limit_batches, progress=not no_progress)
     click.echo(f"run folder: {train(config)}")
+
+
+def relaunch_under_torchrun(nproc: int, device: str) -> None:
+    """Re-run this very command, without --nproc, as `nproc` torchrun processes; exit with their status."""
+    from lumbar_fast.distributed import relaunch
+    from lumbar_fast.loaders.gpu import resolve_device
+
+    context = click.get_current_context()
+    args = [context.info_name]
+    for param in context.command.params:
+        value = context.params[param.name]
+        if param.name == "nproc" or value is None or value == param.get_default(context):
+            continue
+        args += [param.opts[0]] if param.is_flag else [param.opts[0], str(value)]
+    code = relaunch(nproc, resolve_device(device), args)
+    if code:
+        raise SystemExit(code)
