@@ -40,13 +40,13 @@ def active() -> bool:
 
 
 def rank() -> int:
-    """This process's rank (0 when not distributed)."""
-    return dist.get_rank() if active() else 0
+    """This process's rank: the process group's, else torchrun's RANK (before or after the group), else 0."""
+    return dist.get_rank() if active() else int(os.environ.get("RANK", "0"))
 
 
 def world_size() -> int:
-    """Number of processes training together (1 when not distributed)."""
-    return dist.get_world_size() if active() else 1
+    """Number of processes training together: the group's, else torchrun's WORLD_SIZE, else 1."""
+    return dist.get_world_size() if active() else int(os.environ.get("WORLD_SIZE", "1"))
 
 
 def is_main() -> bool:

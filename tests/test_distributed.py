@@ -109,7 +109,7 @@ def test_torchrun_writes_one_run_folder(torchrun_run):
     for name in ("config.json", "split.csv", "metrics.csv", "curves.png", BEST, LAST, PREDICTIONS):
         assert (folders[0] / name).is_file(), name
     assert not list(folders[0].glob(".*tmp*"))
-    assert stdout.count("epoch 2:") == 1  # rank 0 alone prints
+    assert stdout.count("epoch 2:") == stdout.count("run folder:") == 1  # rank 0 alone prints
 
 
 def test_ranks_train_on_disjoint_equal_shares(torchrun_run):

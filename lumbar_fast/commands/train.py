@@ -60,7 +60,7 @@ def command(sequence, cache, out, run_dir, fold, folds, split_seed, split_file, 
         relaunch_under_torchrun(nproc, device)
         return
     if resume_dir is not None:
-        click.echo(f"run folder: {resume(resume_dir)}")
+        announce(resume(resume_dir))
         return
     if sequence is None or cache is None:
         raise LumbarFastError("--sequence and --cache are required (or --resume RUN_DIR)")
@@ -71,7 +71,15 @@ def command(sequence, cache, out, run_dir, fold, folds, split_seed, split_file, 
         monitor=monitor, class_weights=class_weights, amp=amp, cuda_graphs=cuda_graphs, compile=compile_,
         view=view, control=control, augment=not no_augment, loader=loader, workers=workers, device=device,
         seed=seed, limit_batches=limit_batches, progress=not no_progress)
-    click.echo(f"run folder: {train(config)}")
+    announce(train(config))
+
+
+def announce(run_dir) -> None:
+    """Print the run folder, once: torchrun's rank 0 alone speaks."""
+    from lumbar_fast.distributed import is_main
+
+    if is_main():
+        click.echo(f"run folder: {run_dir}")
 
 
 def relaunch_under_torchrun(nproc: int, device: str) -> None:
