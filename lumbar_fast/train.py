@@ -521,6 +521,7 @@ def prepare(config: TrainConfig, run: RunFolder) -> Session:
     if config.sequence not in cache.sequences():
         raise LumbarFastError(f"the cache {cache.path} has no items for sequence {config.sequence}")
     seed_everything(config.seed)
+    distributed.on_main(cache.array_path, config.sequence, "levels")  # rank 0 exports a missing copy first
     channels = np.load(cache.array_path(config.sequence, "levels"), mmap_mode="r").shape[-1]
     model = build_model(config, channels, device)
     items = build_items(cache, config, run)
