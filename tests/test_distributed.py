@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -69,22 +70,26 @@ def test_collectives_in_two_gloo_processes(tmp_path):
 
 
 # -- a real torchrun training run ------------------------------------------------
-@pytest.fixture(scope="module")
-def torchrun_run(synth_cache, tmp_path_factory):
-    """2 epochs of `lumbar-fast train --nproc 2`, which re-runs itself as `torchrun --standalone
-    --nproc-per-node 2 -m lumbar_fast train ...` (gloo, CPU, torch loader, tiny model), with the loop's item
-    log on: (runs folder, item log folder, the command's output)."""
-    root = tmp_path_factory.mktemp("ddp")
-    runs, item_log = root / "runs", root / "items"
+def launch(item_log, *args: str) -> str:
+    """`lumbar-fast train --nproc 2 args...`, which re-runs itself as `torchrun --standalone
+    --nproc-per-node 2 -m lumbar_fast train args...`, with the loop's item log in `item_log`; its stdout."""
     item_log.mkdir()
-    command = [sys.executable, "-m", "lumbar_fast", "train", "--nproc", str(WORLD), "--sequence", "sag_t2",
-               "--cache", str(synth_cache), "--out", str(runs), "--model", "test_efficientnet",
-               "--no-pretrained", "--epochs", "2", "--batch-size", str(BATCH), "--folds", "3",
-               "--loader", "torch", "--device", "cpu", "--workers", "1", "--no-progress"]
+    command = [sys.executable, "-m", "lumbar_fast", "train", "--nproc", str(WORLD), *args]
     env = {**os.environ, ITEM_LOG_ENV: str(item_log), "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
     result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
-    return runs, item_log, result.stdout
+    return result.stdout
+
+
+@pytest.fixture(scope="module")
+def torchrun_run(synth_cache, tmp_path_factory):
+    """2 epochs on 2 processes (gloo, CPU, torch loader, tiny model): (runs folder, item log, stdout)."""
+    root = tmp_path_factory.mktemp("ddp")
+    stdout = launch(root / "items", "--sequence", "sag_t2", "--cache", str(synth_cache), "--out",
+                    str(root / "runs"), "--model", "test_efficientnet", "--no-pretrained", "--epochs", "2",
+                    "--batch-size", str(BATCH), "--folds", "3", "--loader", "torch", "--device", "cpu",
+                    "--workers", "1", "--no-progress")
+    return root / "runs", root / "items", stdout
 
 
 def run_items(run_dir):
@@ -96,13 +101,51 @@ def run_items(run_dir):
     return config, *split_items(items, *train_val_studies(split, config.fold))
 
 
+def epoch_shares(item_log, epoch: int) -> list[list[int]]:
+    """The training items each rank logged for `epoch`."""
+    shares = []
+    for rank in range(WORLD):
+        lines = (item_log / f"items-rank{rank}.jsonl").read_text().splitlines()
+        (record,) = [r for r in map(json.loads, lines) if r["epoch"] == epoch]
+        assert (record["rank"], record["world_size"]) == (rank, WORLD)
+        shares.append(record["items"])
+    return shares
+
+
+def dropped_items(shares: list[list[int]], n_items: int, train_images: int) -> set[int]:
+    """Check one epoch's shares (equal, full batches, disjoint, fewer than world × batch items left out,
+    as many as the epoch's record counts); returns the items left out."""
+    assert len(shares[0]) == len(shares[1]) > 0 and len(shares[0]) % BATCH == 0
+    assert not set(shares[0]) & set(shares[1])
+    seen = set(shares[0]) | set(shares[1])
+    assert len(seen) == len(shares[0]) + len(shares[1]) == train_images
+    assert seen <= set(range(n_items)) and n_items - len(seen) < WORLD * BATCH
+    return set(range(n_items)) - seen
+
+
+def single_process_validation(run_dir, checkpoint: str):
+    """One process validating `checkpoint` with the loop's own `validate`: (epoch, metrics, predictions)."""
+    config, train_items, val_items = run_items(run_dir)
+    loaded = load_run(run_dir, device="cpu", amp="none", checkpoint=checkpoint)
+    cfg = loader_config(config, loaded.device, None)
+    loader = build_loader("torch", val_items.images_path, val_items.rows, val_items.labels, cfg, train=False)
+    prior = class_frequencies(train_items.labels)
+    return loaded.meta["epoch"], *validate(loaded.model, loader, val_items, prior, None, None)
+
+
+def assert_same_metrics(reported: dict, metrics: dict) -> None:
+    """Every metric of a record equals the recomputed one (None in a record: a ratio without support)."""
+    for key, value in metrics.items():
+        np.testing.assert_allclose(np.array(reported[key], float), np.array(value, float), rtol=1e-5,
+                                   atol=1e-6, equal_nan=True, err_msg=key)
+
+
 def test_torchrun_writes_one_run_folder(torchrun_run):
     runs, _, stdout = torchrun_run
     folders = list(runs.iterdir())
     assert len(folders) == 1, folders
     run = RunFolder(folders[0])
-    records = run.read_metrics()
-    assert [r["epoch"] for r in records] == [1, 2]
+    assert [r["epoch"] for r in run.read_metrics()] == [1, 2]
     config = run.read_config()  # --nproc passed every option on
     assert (config["epochs"], config["batch_size"], config["loader"], config["pretrained"]) == (
         2, BATCH, "torch", False)
@@ -114,44 +157,42 @@ def test_torchrun_writes_one_run_folder(torchrun_run):
 
 def test_ranks_train_on_disjoint_equal_shares(torchrun_run):
     runs, item_log, _ = torchrun_run
-    _, train_items, _ = run_items(next(runs.iterdir()))
-    n_items = len(train_items.labels)
-    logs = [[json.loads(line) for line in (item_log / f"items-rank{r}.jsonl").read_text().splitlines()]
-            for r in range(WORLD)]
-    records = RunFolder(next(runs.iterdir())).read_metrics()
-    dropped = []
-    for epoch in range(2):
-        shares = [log[epoch]["items"] for log in logs]
-        assert all(log[epoch]["epoch"] == epoch and log[epoch]["world_size"] == WORLD for log in logs)
-        assert len(shares[0]) == len(shares[1]) > 0 and len(shares[0]) % BATCH == 0
-        assert not set(shares[0]) & set(shares[1])
-        seen = set(shares[0]) | set(shares[1])
-        assert len(seen) == len(shares[0]) + len(shares[1]) == records[epoch]["train_images"]
-        assert seen <= set(range(n_items)) and n_items - len(seen) < WORLD * BATCH
-        dropped.append(set(range(n_items)) - seen)
+    run_dir = next(runs.iterdir())
+    n_items = len(run_items(run_dir)[1].labels)
+    records = RunFolder(run_dir).read_metrics()
+    dropped = [dropped_items(epoch_shares(item_log, e), n_items, records[e]["train_images"]) for e in (0, 1)]
     assert dropped[0] and dropped[0] != dropped[1]  # the remainder changes from epoch to epoch
 
 
 def test_validation_equals_a_single_process_evaluation(torchrun_run):
     """The metrics each epoch reports (every validation item once, over 2 ranks) equal those of one process
     validating the saved checkpoint; best.pt's predictions equal val_predictions.csv."""
-    runs, _, _ = torchrun_run
-    run_dir = next(runs.iterdir())
-    config, train_items, val_items = run_items(run_dir)
-    prior = class_frequencies(train_items.labels)
+    run_dir = next(torchrun_run[0].iterdir())
     records = RunFolder(run_dir).read_metrics()
     for checkpoint in (LAST, BEST):
-        loaded = load_run(run_dir, device="cpu", amp="none", checkpoint=checkpoint)
-        cfg = loader_config(config, loaded.device, None)
-        loader = build_loader("torch", val_items.images_path, val_items.rows, val_items.labels, cfg,
-                              train=False)
-        metrics, predictions = validate(loaded.model, loader, val_items, prior, None, None)
-        reported = records[loaded.meta["epoch"] - 1]
-        assert metrics["val_n"] == reported["val_n"] == len(val_items.labels)
-        for key, value in metrics.items():  # None in a record: a ratio without support (nan here)
-            np.testing.assert_allclose(np.array(reported[key], float), np.array(value, float), rtol=1e-5,
-                                       atol=1e-6, equal_nan=True, err_msg=key)
-    written = pd.read_csv(run_dir / PREDICTIONS)
-    assert len(written) == len(predictions)
-    columns = [c for c in written.columns if c.startswith("p_")]
-    assert np.allclose(written[columns].to_numpy(), predictions[columns].to_numpy(), atol=1e-6)
+        epoch, metrics, predictions = single_process_validation(run_dir, checkpoint)
+        assert metrics["val_n"] == records[epoch - 1]["val_n"] > 0
+        assert_same_metrics(records[epoch - 1], metrics)
+        if checkpoint == BEST:
+            written = pd.read_csv(run_dir / PREDICTIONS)
+            columns = [c for c in written.columns if c.startswith("p_")]
+            assert len(written) == len(predictions)
+            assert np.allclose(written[columns].to_numpy(), predictions[columns].to_numpy(), atol=1e-6)
+
+
+def test_resume_under_torchrun_continues_on_every_rank(torchrun_run, tmp_path):
+    """A copy of the 2-epoch run whose config asks for 3 epochs stands for a run stopped after epoch 2:
+    `--resume` on 2 processes (each loads last.pt) adds epoch 3, split and validated as before."""
+    run_dir = shutil.copytree(next(torchrun_run[0].iterdir()), tmp_path / "run")
+    folder = RunFolder(run_dir)
+    before = folder.read_metrics()
+    folder.write_config({**folder.read_config(), "epochs": 3})
+    stdout = launch(tmp_path / "items", "--resume", str(run_dir))
+    records = folder.read_metrics()
+    assert records[:2] == before and records[2]["epoch"] == 3
+    assert stdout.count("epoch 3:") == 1 and "epoch 2:" not in stdout
+    n_items = len(run_items(run_dir)[1].labels)
+    dropped_items(epoch_shares(tmp_path / "items", 2), n_items, records[2]["train_images"])
+    epoch, metrics, _ = single_process_validation(run_dir, LAST)
+    assert epoch == 3
+    assert_same_metrics(records[2], metrics)
