@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -23,12 +24,14 @@ from lumbar_fast.loaders.gpu import gpu_count
 from lumbar_fast.runfolder import CHECKPOINT_FORMAT, RunFolder
 from lumbar_fast.train import (
     EarlyStopping,
+    Items,
     TrainConfig,
     adjacent_level_rows,
     build_items,
     class_frequencies,
     class_weight_tensor,
     restore_training_state,
+    shuffled_labels,
     slice_neighbours,
     snapshot_training_state,
     train,
@@ -109,6 +112,18 @@ def test_slice_neighbours_follow_position_within_each_stack():
         [3, 0, 4], [1, 1, 3], [4, 2, 2], [5, 5, 6]]
 
 
+def test_shuffled_labels_carry_no_information_about_the_true_ones():
+    labels = np.random.default_rng(3).choice(3, size=230, p=[0.35, 0.3, 0.35])
+    items = Items(pd.DataFrame({"i": range(230)}), np.arange(230), labels, Path("x.npy"))
+    shuffled = shuffled_labels(items, seed=0).labels
+    assert np.array_equal(np.bincount(shuffled), np.bincount(labels))  # the prior is unchanged
+    table = np.zeros((3, 3))
+    np.add.at(table, (labels, shuffled), 1)
+    expected = np.outer(table.sum(1), table.sum(0)) / len(labels)  # independence
+    assert np.abs(table - expected).max() <= 1.5
+    assert not np.array_equal(shuffled_labels(items, seed=1).labels, shuffled)
+
+
 def test_class_weights():
     labels = np.array([0, 0, 0, 1, 2, 2])
     assert class_weight_tensor("none", labels, torch.device("cpu")) is None
@@ -169,8 +184,10 @@ def test_level_view_learns_and_negative_controls_do_not(learning_cache, tmp_path
           f"{record['val_weighted_log_loss']:.3f} = {ratio:.2f} x the prior's")
     if control == "none":
         assert record["val_balanced_accuracy"] >= 0.6 and ratio <= 0.8
-    else:  # chance is 1/3: the pipeline must not find the label where it is not
-        assert record["val_balanced_accuracy"] <= 0.45 and ratio >= 0.9
+    else:  # no information: the prior cannot be beaten. Balanced accuracy scatters around 1/3 in both
+        # directions: a model trained on noise still splits the images by their visible severity, in an
+        # arbitrary order (0.16-0.32 seen), so it is held well below the learning threshold only.
+        assert ratio >= 0.9 and record["val_balanced_accuracy"] < 0.5
     for name in ("config.json", "split.csv", "metrics.jsonl", "metrics.csv", "curves.png", "best.pt",
                  "last.pt", "val_predictions.csv"):
         assert (run_dir / name).is_file(), name
