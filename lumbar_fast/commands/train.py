@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import click
 
 from lumbar_fast.errors import LumbarFastError
@@ -45,7 +47,7 @@ from lumbar_fast.rsna import SEQUENCES
 @click.option("--limit-batches", type=int, help="Stop each epoch after N batches (smoke runs).")
 @click.option("--resume", "resume_dir", type=click.Path(), help="Continue this run from its last.pt.")
 @click.option("--no-progress", is_flag=True, help="No progress bar.")
-@click.option("--nproc", default=1, show_default=True,
+@click.option("--nproc", type=click.IntRange(min=1), default=1, show_default=True,
               help="Train with N processes (one per GPU) on this machine: re-launches this command under "
               "`torchrun --standalone --nproc-per-node N`. --batch-size is per process.")
 def command(sequence, cache, out, run_dir, fold, folds, split_seed, split_file, model, weights,
@@ -74,7 +76,7 @@ def command(sequence, cache, out, run_dir, fold, folds, split_seed, split_file, 
     announce(train(config))
 
 
-def announce(run_dir) -> None:
+def announce(run_dir: Path) -> None:
     """Print the run folder, once: torchrun's rank 0 alone speaks."""
     from lumbar_fast.distributed import is_main
 
