@@ -4,7 +4,7 @@ One model per sequence looks at every slice of a series as a 2.5D image (the sli
 and predicts, for each target (condition × level, e.g. "left foramen at L4/L5"):
 - which slice holds it — a per-slice score from the slice's pooled features and its place in the stack,
   mixed along the stack by a 1-D convolution, softmax over the series' slices;
-- where on that slice — a heatmap (a light FPN decoder on the timm backbone's features, stride 2),
+- where on that slice — a heatmap (a light FPN decoder on the timm backbone's features, stride 4),
   decoded by argmax plus a parabolic sub-cell refinement.
 Points live in normalised image coordinates u = x / cols, v = y / rows, so mapping to the cache's S×S images
 and back to original pixels is exact.
@@ -28,7 +28,7 @@ from lumbar_fast.model import create_model
 #: columns of train_label_coordinates.csv, the format `locate` writes
 COORDINATE_COLUMNS = ("study_id", "series_id", "instance_number", "condition", "level", "x", "y")
 #: heatmap width of the target Gaussian, in heatmap cells
-HEATMAP_SIGMA = 1.5
+HEATMAP_SIGMA = 1.0
 #: width of the slice target (a Gaussian over neighbouring slices), in slices
 SLICE_SIGMA = 0.6
 #: input normalisation of the uint8 slices (the 2.5D channels are not RGB, so one mean/std for all)
@@ -139,11 +139,11 @@ def all_targets(series: list[Series], level_labels: pd.DataFrame, stack_index: p
 class Locator(nn.Module):
     """A timm backbone with a heatmap decoder (one channel per target) and a stack-aware slice head."""
 
-    def __init__(self, model_name: str, num_targets: int, pretrained: bool = False, width: int = 64) -> None:
+    def __init__(self, model_name: str, num_targets: int, pretrained: bool = False, width: int = 32) -> None:
         super().__init__()
         try:
             self.backbone = create_model(model_name, in_chans=3, pretrained=pretrained, features_only=True,
-                                         out_indices=(0, 1, 2, 3, 4))
+                                         out_indices=(1, 2, 3, 4))
         except RuntimeError as exc:  # timm: a model without a feature-extraction mode
             raise LumbarFastError(f"timm model {model_name!r} has no feature maps for a locator: "
                                   f"{exc}") from None
@@ -157,7 +157,7 @@ class Locator(nn.Module):
 
     def forward(self, images: torch.Tensor, rel_pos: torch.Tensor,
                 segments: list[slice]) -> tuple[torch.Tensor, torch.Tensor]:
-        """images (N, 3, H, W) of consecutive stacks → heatmaps (N, K, H/2, W/2) and slice logits (N, K)."""
+        """images (N, 3, H, W) of consecutive stacks → heatmaps (N, K, H/4, W/4) and slice logits (N, K)."""
         features = self.backbone(images)
         top = self.lateral[-1](features[-1])
         for lateral, feature in zip(reversed(self.lateral[:-1]), reversed(features[:-1]), strict=True):
@@ -387,7 +387,11 @@ def _rows_of(frame: pd.DataFrame, stack_index: pd.DataFrame) -> np.ndarray:
 def checkpoint_model(state: dict) -> Locator:
     """The Locator stored in a locator checkpoint (its weights loaded, in eval mode)."""
     model = Locator(state["model_name"], len(state["targets"]), width=state["width"])
-    model.load_state_dict(state["state_dict"])
+    try:
+        model.load_state_dict(state["state_dict"])
+    except RuntimeError as exc:  # written by another version of the Locator
+        raise LumbarFastError(f"the locator checkpoint does not fit this version's model: "
+                              f"{str(exc).splitlines()[0]}") from None
     return model.eval()
 
 

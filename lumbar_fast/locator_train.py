@@ -58,7 +58,7 @@ class LocatorConfig:
     model: str = "resnet18"
     pretrained: bool = True
     image_size: int = 160
-    width: int = 64
+    width: int = 32
     epochs: int = 30
     lr: float = 1e-3
     weight_decay: float = 1e-4

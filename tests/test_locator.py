@@ -138,23 +138,24 @@ def test_window_keeps_only_the_targets_inside(sag_t1):
 
 # -- training ------------------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
-def sag_t2_run(synth_cache, tmp_path_factory):
-    """A locator trained for a few epochs (about a minute on a 2-core CPU) on the shared synth cache."""
-    run_dir = tmp_path_factory.mktemp("locator") / "sag_t2"
-    config = LocatorConfig(sequence="sag_t2", cache=str(synth_cache), run_dir=str(run_dir), epochs=8,
-                           lr=3e-3, patience=8, **SMALL)
+def ax_t2_run(synth_cache, tmp_path_factory):
+    """An axial locator trained for a few epochs (about a minute on a quiet 2-core CPU) on the shared synth
+    cache. Axial, because there the mean-position baseline is poor (the slice of each level varies with the
+    series' extent), while on the phantom's well-centred sagittal stacks it is already good."""
+    run_dir = tmp_path_factory.mktemp("locator") / "ax_t2"
+    config = LocatorConfig(sequence="ax_t2", cache=str(synth_cache), run_dir=str(run_dir), epochs=8,
+                           lr=3e-3, patience=8, max_slices=16, **SMALL)
     return train_locator(config)
 
 
-def test_trained_locator_beats_the_mean_position_baseline(sag_t2_run):
-    records = RunFolder.open_existing(sag_t2_run).read_metrics()
+def test_trained_locator_beats_the_mean_position_baseline(ax_t2_run):
+    records = RunFolder.open_existing(ax_t2_run).read_metrics()
     best = min(records, key=lambda r: r["val_loss"])
-    assert best["val_point_error_median_mm"] < 0.6 * best["baseline_point_error_median_mm"]
-    assert best["val_slice_within_1"] >= 0.8
-    assert records[-1]["train_loss"] < records[0]["train_loss"]
+    assert best["val_slice_within_1"] >= best["baseline_slice_within_1"] + 0.25
+    assert records[-1]["train_loss"] < 0.8 * records[0]["train_loss"]
     for name in ("best.pt", "last.pt", "metrics.jsonl", "metrics.csv", "curves.png", "split.csv",
                  "val_predictions.csv", "config.json"):
-        assert (sag_t2_run / name).is_file(), name
+        assert (ax_t2_run / name).is_file(), name
 
 
 def test_mean_position_baseline_is_worse_than_perfect(sag_t1):
@@ -178,21 +179,21 @@ def test_resume_continues_to_the_same_result(synth_cache, tmp_path):
         torch.testing.assert_close(a[key], b[key], msg=key)
 
 
-def test_locate_writes_points_that_ingest_accepts(sag_t2_run, synth_data, synth_cache, make_cache, run_cli,
+def test_locate_writes_points_that_ingest_accepts(ax_t2_run, synth_data, synth_cache, make_cache, run_cli,
                                                   tmp_path):
     out = tmp_path / "coordinates.csv"
-    code, _, stderr = run_cli("locate", sag_t2_run, "--cache", synth_cache, "--out", out, "--device", "cpu")
+    code, _, stderr = run_cli("locate", ax_t2_run, "--cache", synth_cache, "--out", out, "--device", "cpu")
     assert code == 0, stderr
     located = pd.read_csv(out)
-    studies = open_cache(synth_cache).stack_index("sag_t2")["study_id"].unique()
+    studies = open_cache(synth_cache).stack_index("ax_t2")["study_id"].unique()
     assert set(located["study_id"]) == set(studies)
-    assert (located.groupby("study_id").size() == 5).all()  # five canal points per study
+    assert (located.groupby("study_id").size() == 10).all()  # left and right at five levels per study
     test_cache = make_cache(synth_data, split="test")
-    code, _, stderr = run_cli("locate", sag_t2_run, "--cache", test_cache, "--out", tmp_path / "test.csv",
+    code, _, stderr = run_cli("locate", ax_t2_run, "--cache", test_cache, "--out", tmp_path / "test.csv",
                               "--device", "cpu")
     assert code == 0, stderr
     cache = open_cache(make_cache(synth_data, split="test", coordinates=tmp_path / "test.csv"))
-    assert len(cache.level_labels("sag_t2")) == 5 * len(cache.stack_index("sag_t2")["series_id"].unique())
+    assert len(cache.level_labels("ax_t2")) == 10 * cache.stack_index("ax_t2")["study_id"].nunique()
 
 
 def test_bad_input_is_one_line(synth_cache, tmp_path, run_cli):
