@@ -293,7 +293,11 @@ class CacheReader:
 
     def _table(self, name: str) -> pd.DataFrame:
         if name not in self._tables:
-            self._tables[name] = read_table(self._store, name)
+            try:
+                self._tables[name] = read_table(self._store, name)
+            except (KeyError, TypeError, ValueError, OSError) as exc:
+                raise CacheError(f"{self.path}: its {name} table cannot be read ({type(exc).__name__}); "
+                                 "it was written by another lumbar-fast: ingest the data again") from exc
         return self._tables[name]
 
 

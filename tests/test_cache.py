@@ -131,3 +131,13 @@ def test_hdf5_attributes_are_json(tmp_path):
     reader = tiny_cache(tmp_path / "c.h5", "hdf5", [2])
     assert reader.attrs["schema_version"] == cache.SCHEMA_VERSION and reader.attrs["params"] == {"size": 4}
     assert json.loads(json.dumps(reader.attrs)) == reader.attrs
+
+
+def test_a_table_in_another_layout_is_a_one_line_cache_error(tmp_path):
+    reader = tiny_cache(tmp_path / "c.zarr", "zarr", [2])
+    group = zarr.open_group(reader.path, mode="r+")
+    name = next(n for n in ("errors", "study_labels") if n in group)
+    del group[name]
+    group.create_array(name, shape=(3,), dtype="uint8")  # how an older table layout looks to this reader
+    with pytest.raises(CacheError, match=f"its {name} table cannot be read"):
+        getattr(cache.open_cache(reader.path), name)()
