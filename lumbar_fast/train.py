@@ -244,7 +244,10 @@ def class_weight_tensor(kind: str, labels: np.ndarray, device: torch.device) -> 
 
 # -- model, optimiser, schedule ------------------------------------------------
 def build_model(config: TrainConfig, channels: int, device: torch.device) -> nn.Module:
-    """The timm classifier (3 classes) on `device`, in channels_last memory format."""
+    """The timm classifier (3 classes) on `device`, in channels_last memory format.
+
+    On CUDA, cuDNN autotuning picks the fastest kernels: every training batch has the same shape."""
+    torch.backends.cudnn.benchmark = device.type == "cuda"
     model = create_model(config.model, pretrained=config.pretrained, weights=config.weights,
                          in_chans=channels, num_classes=len(rsna.SEVERITIES))
     return model.to(device=device, memory_format=torch.channels_last)
