@@ -3,6 +3,11 @@ trivial predictions, a short training that beats the mean-position baseline, res
 
 from __future__ import annotations
 
+import signal
+import subprocess
+import sys
+import time
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -140,8 +145,8 @@ def test_window_keeps_only_the_targets_inside(sag_t1):
 @pytest.fixture(scope="module")
 def ax_t2_run(synth_cache, tmp_path_factory):
     """An axial locator trained for a few epochs (about a minute on a quiet 2-core CPU) on the shared synth
-    cache. Axial, because there the mean-position baseline is poor (the slice of each level varies with the
-    series' extent), while on the phantom's well-centred sagittal stacks it is already good."""
+    cache (64-pixel images). Axial, because at this size the sagittal locator does not yet beat the
+    mean-position baseline of the phantom's well-centred sagittal stacks; it does on larger sets."""
     run_dir = tmp_path_factory.mktemp("locator") / "ax_t2"
     config = LocatorConfig(sequence="ax_t2", cache=str(synth_cache), run_dir=str(run_dir), epochs=8,
                            lr=3e-3, patience=8, max_slices=16, **SMALL)
@@ -151,7 +156,7 @@ def ax_t2_run(synth_cache, tmp_path_factory):
 def test_trained_locator_beats_the_mean_position_baseline(ax_t2_run):
     records = RunFolder.open_existing(ax_t2_run).read_metrics()
     best = min(records, key=lambda r: r["val_loss"])
-    assert best["val_slice_within_1"] >= best["baseline_slice_within_1"] + 0.25
+    assert best["val_point_error_median_mm"] < 0.85 * best["baseline_point_error_median_mm"]
     assert records[-1]["train_loss"] < 0.8 * records[0]["train_loss"]
     for name in ("best.pt", "last.pt", "metrics.jsonl", "metrics.csv", "curves.png", "split.csv",
                  "val_predictions.csv", "config.json"):
@@ -165,18 +170,32 @@ def test_mean_position_baseline_is_worse_than_perfect(sag_t1):
     assert baseline["point_error_median_mm"] > 1.0
 
 
-def test_resume_continues_to_the_same_result(synth_cache, tmp_path):
-    config = {"sequence": "ax_t2", "cache": str(synth_cache), "epochs": 2, "limit_series": 2, "max_slices": 6,
-              **SMALL}
-    whole = train_locator(LocatorConfig(run_dir=str(tmp_path / "whole"), **config))
-    half = train_locator(LocatorConfig(run_dir=str(tmp_path / "half"), **{**config, "epochs": 1}))
-    folder = RunFolder.open_existing(half)
-    folder.write_config({**folder.read_config(), "epochs": 2})  # as if it had been stopped after epoch 1
-    resumed = resume_locator(half)
-    a = RunFolder(whole).load_checkpoint("last.pt")["state_dict"]
-    b = RunFolder(resumed).load_checkpoint("last.pt")["state_dict"]
-    for key in a:
-        torch.testing.assert_close(a[key], b[key], msg=key)
+def test_resume_after_a_kill_equals_an_uninterrupted_run(synth_cache, tmp_path):
+    """SIGKILL train-locator once epoch 1's last.pt exists, --resume it: the same weights as a run that was
+    never interrupted."""
+    options = {"sequence": "ax_t2", "cache": str(synth_cache), "epochs": 2, "limit_series": 2,
+               "max_slices": 6, **SMALL}
+    whole = train_locator(LocatorConfig(run_dir=str(tmp_path / "whole"), **options))
+    killed = tmp_path / "killed"
+    args = ["train-locator", "--sequence", "ax_t2", "--cache", str(synth_cache), "--run-dir", str(killed),
+            "--model", SMALL["model"], "--no-pretrained", "--image-size", str(SMALL["image_size"]),
+            "--width", str(SMALL["width"]), "--folds", str(SMALL["folds"]), "--epochs", "2",
+            "--limit-series", "2", "--max-slices", "6", "--device", "cpu", "--no-progress"]
+    process = subprocess.Popen([sys.executable, "-m", "lumbar_fast", *args], stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 600
+    while not (killed / "last.pt").exists():
+        assert process.poll() is None, "training ended before it could be killed"
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert RunFolder(killed).load_checkpoint("last.pt")["epoch"] == 1
+    assert resume_locator(killed) == killed
+    expected, got = RunFolder(whole).load_checkpoint("last.pt"), RunFolder(killed).load_checkpoint("last.pt")
+    assert got["epoch"] == expected["epoch"] == 2
+    for key, value in expected["state_dict"].items():
+        assert torch.equal(got["state_dict"][key], value), key
 
 
 def test_locate_writes_points_that_ingest_accepts(ax_t2_run, synth_data, synth_cache, make_cache, run_cli,

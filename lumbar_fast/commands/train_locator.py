@@ -20,6 +20,7 @@ from lumbar_fast.rsna import SEQUENCES
 @click.option("--model", default="resnet18", show_default=True, help="timm backbone name (features_only).")
 @click.option("--no-pretrained", is_flag=True, help="Start from random weights.")
 @click.option("--image-size", default=160, show_default=True, help="Side of the model's input slices.")
+@click.option("--width", default=32, show_default=True, help="Channels of the heatmap decoder.")
 @click.option("--epochs", default=30, show_default=True)
 @click.option("--lr", default=1e-3, show_default=True, help="AdamW learning rate (cosine schedule).")
 @click.option("--patience", default=6, show_default=True, help="Early-stopping patience in epochs.")
@@ -36,7 +37,7 @@ from lumbar_fast.rsna import SEQUENCES
 @click.option("--resume", "resume_dir", type=click.Path(), help="Continue this run from last.pt.")
 @click.option("--no-progress", is_flag=True, help="No progress bar.")
 def command(sequence, cache, out, run_dir, fold, folds, split_seed, split_file, model, no_pretrained,
-            image_size, epochs, lr, patience, monitor, max_slices, no_augment, amp, device, seed,
+            image_size, width, epochs, lr, patience, monitor, max_slices, no_augment, amp, device, seed,
             limit_series, resume_dir, no_progress) -> None:
     """Train a sequence's locator: which slice holds each level's point, and where on it."""
     from lumbar_fast.locator_train import LocatorConfig, resume_locator, train_locator
@@ -49,7 +50,7 @@ def command(sequence, cache, out, run_dir, fold, folds, split_seed, split_file, 
     config = LocatorConfig(
         sequence=sequence, cache=cache, out=out, run_dir=run_dir, fold=fold, folds=folds,
         split_seed=split_seed, split_file=split_file, model=model, pretrained=not no_pretrained,
-        image_size=image_size, epochs=epochs, lr=lr, patience=patience, monitor=monitor,
+        image_size=image_size, width=width, epochs=epochs, lr=lr, patience=patience, monitor=monitor,
         max_slices=max_slices, augment=not no_augment, amp=amp, device=device, seed=seed,
         limit_series=limit_series, progress=not no_progress)
     click.echo(f"run folder: {train_locator(config)}")
