@@ -395,11 +395,13 @@ def checkpoint_model(state: dict) -> Locator:
     return model.eval()
 
 
-def locate(runs: list[Path], cache, device: str | torch.device = "cpu") -> pd.DataFrame:
-    """Coordinates (train_label_coordinates.csv format) for every study of `cache`, from locator runs."""
+def locate(runs: list[Path], cache, device: str = "auto") -> pd.DataFrame:
+    """Coordinates (train_label_coordinates.csv format) for every study of `cache`, from locator runs;
+    `device` auto, cuda or cpu."""
+    from lumbar_fast.inference import resolve_device
     from lumbar_fast.runfolder import BEST, RunFolder
 
-    device = torch.device(device)
+    device = resolve_device(device)
     tables = []
     for run in runs:
         state = RunFolder.open_existing(run).load_checkpoint(BEST)
