@@ -6,6 +6,8 @@ from pathlib import Path
 
 import click
 
+from lumbar_fast.commands.options import amp_option, device_option
+
 
 @click.command("evaluate")
 @click.argument("runs", nargs=-1, required=True, type=click.Path(path_type=Path))
@@ -19,9 +21,8 @@ import click
 @click.option("--gallery", "gallery_items", default=12, show_default=True, type=click.IntRange(min=1),
               help="Crops in each most-wrong gallery.")
 @click.option("--tta", is_flag=True, help="Average each crop's prediction with its horizontal mirror's.")
-@click.option("--device", type=click.Choice(["auto", "cuda", "cpu"]), default="auto", show_default=True)
-@click.option("--amp", type=click.Choice(["auto", "bf16", "fp16", "none"]), default="auto", show_default=True,
-              help="Mixed precision; auto = bf16 on Ampere+, fp16 on older GPUs, none on CPU.")
+@device_option
+@amp_option
 @click.option("--batch-size", default=64, show_default=True, type=click.IntRange(min=1))
 def command(runs: tuple[Path, ...], out_dir: Path, cache_path: Path | None, n_boot: int, seed: int,
             gallery_items: int, tta: bool, device: str, amp: str, batch_size: int) -> None:

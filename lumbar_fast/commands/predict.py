@@ -6,6 +6,8 @@ from pathlib import Path
 
 import click
 
+from lumbar_fast.commands.options import amp_option, device_option
+
 
 @click.command("predict")
 @click.argument("runs", nargs=-1, required=True, type=click.Path(path_type=Path))
@@ -17,9 +19,8 @@ import click
               help="Fill rows without a crop with the runs' training prior instead of failing.")
 @click.option("--tta", is_flag=True,
               help="Average each crop's prediction with its horizontal mirror's (the training flip).")
-@click.option("--device", type=click.Choice(["auto", "cuda", "cpu"]), default="auto", show_default=True)
-@click.option("--amp", type=click.Choice(["auto", "bf16", "fp16", "none"]), default="auto", show_default=True,
-              help="Mixed precision; auto = bf16 on Ampere+, fp16 on older GPUs, none on CPU.")
+@device_option
+@amp_option
 @click.option("--batch-size", default=64, show_default=True, type=click.IntRange(min=1))
 @click.option("--locators", "locator_runs", multiple=True, type=click.Path(path_type=Path),
               help="A locator run (repeat: one per sequence): crop at the points it locates (locate → "

@@ -6,19 +6,12 @@ from pathlib import Path
 
 import click
 
+from lumbar_fast.commands.options import amp_option, device_option, run_options
 from lumbar_fast.errors import LumbarFastError
-from lumbar_fast.rsna import SEQUENCES
 
 
 @click.command("train")
-@click.option("--sequence", type=click.Choice(list(SEQUENCES)), help="MRI sequence (one model per sequence).")
-@click.option("--cache", type=click.Path(), help="Cache written by `lumbar-fast ingest`.")
-@click.option("--out", type=click.Path(), help="Runs folder: the run gets a new sub-folder in it.")
-@click.option("--run-dir", type=click.Path(), help="The run's folder itself (instead of --out).")
-@click.option("--fold", default=0, show_default=True, help="Validation fold.")
-@click.option("--folds", default=5, show_default=True, help="Number of study-level folds.")
-@click.option("--split-seed", default=0, show_default=True, help="Seed of the study-level split.")
-@click.option("--split-file", type=click.Path(), help="A split CSV (study_id, fold) instead of the cache's.")
+@run_options("MRI sequence (one model per sequence).", "Cache written by `lumbar-fast ingest`.")
 @click.option("--model", default="tf_efficientnetv2_s", show_default=True, help="timm model name.")
 @click.option("--weights", type=click.Path(), help="Local pretrained weights file (offline machines).")
 @click.option("--no-pretrained", is_flag=True, help="Start from random weights.")
@@ -30,8 +23,7 @@ from lumbar_fast.rsna import SEQUENCES
               show_default=True, help="Validation value for early stopping and best.pt.")
 @click.option("--class-weights", type=click.Choice(["none", "metric", "inverse"]), default="none",
               show_default=True, help="Cross-entropy weights: none, the metric's 1/2/4, inverse frequency.")
-@click.option("--amp", type=click.Choice(["auto", "bf16", "fp16", "none"]), default="auto", show_default=True,
-              help="Mixed precision; auto = bf16 on Ampere+, fp16 on older GPUs, none on CPU.")
+@amp_option
 @click.option("--cuda-graphs", is_flag=True, help="Capture the whole training step as one CUDA graph.")
 @click.option("--compile", "compile_", is_flag=True, help="torch.compile the model.")
 @click.option("--view", type=click.Choice(["level", "slice"]), default="level", show_default=True,
@@ -42,7 +34,7 @@ from lumbar_fast.rsna import SEQUENCES
 @click.option("--no-augment", is_flag=True, help="Train without augmentation.")
 @click.option("--loader", type=click.Choice(["auto", "dali", "torch"]), default="auto", show_default=True)
 @click.option("--workers", default=2, show_default=True, help="Loader worker processes.")
-@click.option("--device", type=click.Choice(["auto", "cuda", "cpu"]), default="auto", show_default=True)
+@device_option
 @click.option("--seed", default=0, show_default=True, help="Seed of model init, shuffling, augmentation.")
 @click.option("--limit-batches", type=int, help="Stop each epoch after N batches (smoke runs).")
 @click.option("--resume", "resume_dir", type=click.Path(), help="Continue this run from its last.pt.")
