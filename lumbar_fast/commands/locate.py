@@ -6,6 +6,8 @@ from pathlib import Path
 
 import click
 
+from lumbar_fast.commands.options import device_option
+
 
 @click.command("locate")
 @click.argument("runs", nargs=-1, required=True, type=click.Path(path_type=Path))
@@ -13,7 +15,7 @@ import click
               help="Cache of the studies to locate (train or test split; stacks are enough).")
 @click.option("--out", required=True, type=click.Path(path_type=Path),
               help="CSV to write, in train_label_coordinates.csv format (for `ingest --coordinates`).")
-@click.option("--device", type=click.Choice(["auto", "cuda", "cpu"]), default="auto", show_default=True)
+@device_option
 def command(runs: tuple[Path, ...], cache_path: Path, out: Path, device: str) -> None:
     """Locate every level of every study in CACHE with locator RUNS (one per sequence); write the points."""
     from lumbar_fast.cache import open_cache

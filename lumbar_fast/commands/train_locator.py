@@ -4,19 +4,12 @@ from __future__ import annotations
 
 import click
 
+from lumbar_fast.commands.options import amp_option, device_option, run_options
 from lumbar_fast.errors import LumbarFastError
-from lumbar_fast.rsna import SEQUENCES
 
 
 @click.command("train-locator")
-@click.option("--sequence", type=click.Choice(list(SEQUENCES)), help="MRI sequence (one locator each).")
-@click.option("--cache", type=click.Path(), help="Cache written by `lumbar-fast ingest` (train split).")
-@click.option("--out", type=click.Path(), help="Runs folder: the run gets a new sub-folder in it.")
-@click.option("--run-dir", type=click.Path(), help="The run's folder itself (instead of --out).")
-@click.option("--fold", default=0, show_default=True, help="Validation fold.")
-@click.option("--folds", default=5, show_default=True, help="Number of study-level folds.")
-@click.option("--split-seed", default=0, show_default=True, help="Seed of the study-level split.")
-@click.option("--split-file", type=click.Path(), help="A split CSV (study_id, fold) instead of the cache's.")
+@run_options("MRI sequence (one locator each).", "Cache written by `lumbar-fast ingest` (train split).")
 @click.option("--model", default="resnet18", show_default=True, help="timm backbone name (features_only).")
 @click.option("--no-pretrained", is_flag=True, help="Start from random weights.")
 @click.option("--image-size", default=160, show_default=True, help="Side of the model's input slices.")
@@ -29,9 +22,8 @@ from lumbar_fast.rsna import SEQUENCES
 @click.option("--max-slices", default=24, show_default=True,
               help="Training steps see a random window of at most this many consecutive slices.")
 @click.option("--no-augment", is_flag=True, help="Train without augmentation.")
-@click.option("--amp", type=click.Choice(["auto", "bf16", "fp16", "none"]), default="auto", show_default=True,
-              help="Mixed precision; auto = bf16 on Ampere+, fp16 on older GPUs, none on CPU.")
-@click.option("--device", type=click.Choice(["auto", "cuda", "cpu"]), default="auto", show_default=True)
+@amp_option
+@device_option
 @click.option("--seed", default=0, show_default=True, help="Seed of model init, order, augmentation.")
 @click.option("--limit-series", type=int, help="Stop each epoch after N series (smoke runs).")
 @click.option("--resume", "resume_dir", type=click.Path(), help="Continue this run from last.pt.")
