@@ -270,7 +270,7 @@ def located_cache(locator_runs: Sequence[Path], cache: CacheReader, out: Path, d
     from lumbar_fast.ingest import ingest
     from lumbar_fast.locator import COORDINATE_COLUMNS, locate, write_coordinates
 
-    coordinates = locate(list(locator_runs), cache, resolve_device(device))
+    coordinates = locate(list(locator_runs), cache, device)
     digest = hashlib.sha1(coordinates.to_csv(index=False, columns=list(COORDINATE_COLUMNS)).encode())
     folder = out.with_name(f"{out.name}.located")
     points = folder / f"coordinates-{digest.hexdigest()[:12]}.csv"
