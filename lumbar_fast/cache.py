@@ -27,6 +27,7 @@ from zarr.codecs import ZstdCodec
 
 from lumbar_fast import rsna
 from lumbar_fast.errors import CacheError, LumbarFastError
+from lumbar_fast.rsna import severity_name
 
 SCHEMA_VERSION = 1
 FORMATS = ("zarr", "hdf5")
@@ -334,13 +335,13 @@ def describe(reader: CacheReader) -> dict:
         sequences[seq] = {
             "studies": int(index["study_id"].nunique()), "series": int(index["series_id"].nunique()),
             "stack_images": len(index), "level_crops": len(labels),
-            "level_severity": {_severity_name(k): int(severities.get(k, 0)) for k in (0, 1, 2, rsna.MISSING)},
+            "level_severity": {severity_name(k): int(severities.get(k, 0)) for k in (0, 1, 2, rsna.MISSING)},
         }
     studies = reader.study_labels()
     conditions = {}
     for condition in rsna.CONDITIONS:
         values = studies[[f"{condition}_{lv}" for lv in rsna.LEVELS]].to_numpy().ravel()
-        conditions[condition] = {_severity_name(k): int((values == k).sum()) for k in (0, 1, 2, rsna.MISSING)}
+        conditions[condition] = {severity_name(k): int((values == k).sum()) for k in (0, 1, 2, rsna.MISSING)}
     errors = reader.errors()
     return {
         "path": str(reader.path), "schema_version": reader.attrs["schema_version"],
@@ -362,7 +363,3 @@ def _npy_bytes(path: Path) -> int:
 def reason_counts(errors: pd.DataFrame) -> dict[str, int]:
     """Error counts by kind (a reason up to its first colon)."""
     return {str(k): int(v) for k, v in errors["reason"].str.split(":").str[0].value_counts().items()}
-
-
-def _severity_name(value: int) -> str:
-    return "missing" if value == rsna.MISSING else rsna.SEVERITIES[value]

@@ -32,7 +32,6 @@ from lumbar_fast.errors import CacheError, DataError, LumbarFastError
 SPLITS = ("train", "test")
 #: default level-crop window width in millimetres per sequence
 DEFAULT_CROP_MM: dict[str, float] = {"sag_t1": 40.0, "sag_t2": 40.0, "ax_t2": 50.0}
-COORDINATE_COLUMNS = ("study_id", "series_id", "instance_number", "condition", "level", "x", "y")
 DESCRIPTION_COLUMNS = ("study_id", "series_id", "series_description")
 
 
@@ -186,8 +185,8 @@ def plan_ingest(params: IngestParams) -> IngestPlan:
     coordinates_file = params.coordinates or (
         root / "train_label_coordinates.csv" if params.split == "train" else None)
     study_labels = read_study_labels(labels_file, studies)
-    coordinates = (_read_csv(Path(coordinates_file), COORDINATE_COLUMNS) if coordinates_file
-                   else pd.DataFrame(columns=COORDINATE_COLUMNS))
+    coordinates = (_read_csv(Path(coordinates_file), rsna.COORDINATE_COLUMNS) if coordinates_file
+                   else pd.DataFrame(columns=rsna.COORDINATE_COLUMNS))
     level_labels, errors = _level_labels(coordinates, descriptions, study_labels)
     tasks = []
     for row in descriptions.sort_values(["study_id", "series_id"]).itertuples(index=False):
@@ -467,7 +466,7 @@ def _level_labels(coordinates: pd.DataFrame, descriptions: pd.DataFrame, study_l
     grouped: dict[tuple[int, int], list[LevelLabel]] = {}
     errors = []
     rows = coordinates[coordinates["study_id"].isin(severities.index)]
-    for row in rows.sort_values(list(COORDINATE_COLUMNS[:5])).itertuples(index=False):
+    for row in rows.sort_values(list(rsna.COORDINATE_COLUMNS[:5])).itertuples(index=False):
         key = (row.study_id, row.series_id)
         condition, level = rsna.CONDITION_FROM_TITLE.get(row.condition), rsna.LEVEL_FROM_TITLE.get(row.level)
         problem = _label_problem(row, condition, level, series_sequence)

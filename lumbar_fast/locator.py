@@ -26,7 +26,6 @@ from lumbar_fast.errors import LumbarFastError
 from lumbar_fast.model import create_model
 
 #: columns of train_label_coordinates.csv, the format `locate` writes
-COORDINATE_COLUMNS = ("study_id", "series_id", "instance_number", "condition", "level", "x", "y")
 #: heatmap width of the target Gaussian, in heatmap cells
 HEATMAP_SIGMA = 1.0
 #: width of the slice target (a Gaussian over neighbouring slices), in slices
@@ -417,7 +416,7 @@ def locate(runs: list[Path], cache, device: str = "auto") -> pd.DataFrame:
             prediction, _ = predict_series(model, images, series, state["image_size"], device)
             tables.append(prediction_table(series, prediction, stack_index, targets))
     if not tables:
-        return pd.DataFrame(columns=list(COORDINATE_COLUMNS))
+        return pd.DataFrame(columns=list(rsna.COORDINATE_COLUMNS))
     return to_coordinates_csv(pd.concat(tables, ignore_index=True))
 
 
@@ -425,5 +424,5 @@ def write_coordinates(coordinates: pd.DataFrame, path: Path) -> None:
     """Write located points as a train_label_coordinates.csv file, atomically (never a half-written file)."""
     from lumbar_fast.runfolder import atomic_write
 
-    columns = list(COORDINATE_COLUMNS)
+    columns = list(rsna.COORDINATE_COLUMNS)
     atomic_write(Path(path), lambda tmp: coordinates.to_csv(tmp, index=False, columns=columns))

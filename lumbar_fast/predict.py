@@ -268,10 +268,10 @@ def located_cache(locator_runs: Sequence[Path], cache: CacheReader, out: Path, d
     points reuses (or resumes) it and other points never meet a stale one.
     """
     from lumbar_fast.ingest import ingest
-    from lumbar_fast.locator import COORDINATE_COLUMNS, locate, write_coordinates
+    from lumbar_fast.locator import locate, write_coordinates
 
     coordinates = locate(list(locator_runs), cache, device)
-    digest = hashlib.sha1(coordinates.to_csv(index=False, columns=list(COORDINATE_COLUMNS)).encode())
+    digest = hashlib.sha1(coordinates.to_csv(index=False, columns=list(rsna.COORDINATE_COLUMNS)).encode())
     folder = out.with_name(f"{out.name}.located")
     points = folder / f"coordinates-{digest.hexdigest()[:12]}.csv"
     write_coordinates(coordinates, points)

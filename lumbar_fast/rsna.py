@@ -38,6 +38,8 @@ LEVEL_FROM_TITLE = {title: name for name, title in LEVEL_TITLES.items()}
 SEVERITIES: tuple[str, ...] = ("Normal/Mild", "Moderate", "Severe")
 SEVERITY_FROM_NAME = {name: i for i, name in enumerate(SEVERITIES)}
 MISSING = -1
+#: train_label_coordinates.csv columns (also what `locate` writes and `ingest --coordinates` reads)
+COORDINATE_COLUMNS = ("study_id", "series_id", "instance_number", "condition", "level", "x", "y")
 #: sample_submission.csv probability columns, in class order
 SUBMISSION_COLUMNS: tuple[str, ...] = ("normal_mild", "moderate", "severe")
 #: the competition's sample weights per class
@@ -83,6 +85,11 @@ def get_sequence(name: str) -> Sequence:
         raise LumbarFastError(
             f"unknown sequence {name!r}; choose one of {', '.join(SEQUENCES)}"
         ) from None
+
+
+def severity_name(severity: int) -> str:
+    """The class name of a severity id ("missing" for -1)."""
+    return "missing" if severity == MISSING else SEVERITIES[severity]
 
 
 def row_id(study_id: int, condition: str, level: str) -> str:

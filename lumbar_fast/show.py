@@ -20,6 +20,7 @@ from PIL import Image, ImageDraw, ImageFont
 from lumbar_fast import rsna
 from lumbar_fast.cache import CacheReader
 from lumbar_fast.errors import LumbarFastError
+from lumbar_fast.rsna import severity_name
 from lumbar_fast.runfolder import atomic_write
 
 #: side of one drawn image on a contact sheet / a gallery, px
@@ -262,11 +263,6 @@ def save_png(picture: Picture, out_png: Path) -> None:
 def channels(crop: np.ndarray) -> tuple[np.ndarray, ...]:
     """The channels of an (S, S, C) level crop as C images, in the cache's order (ascending position)."""
     return tuple(crop[..., c] for c in range(crop.shape[-1]))
-
-
-def severity_name(severity: int) -> str:
-    """The class name of a severity id ("missing" for -1)."""
-    return rsna.SEVERITIES[severity] if severity != rsna.MISSING else "missing"
 
 
 def prediction_caption(truth: int, probabilities: Sequence[float]) -> tuple[str, str]:

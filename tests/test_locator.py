@@ -3,17 +3,13 @@ trivial predictions, a short training that beats the mean-position baseline, res
 
 from __future__ import annotations
 
-import signal
-import subprocess
-import sys
-import time
-
 import numpy as np
 import pandas as pd
 import pytest
 import torch
 
 from lumbar_fast import locator as loc
+from lumbar_fast import rsna
 from lumbar_fast.cache import open_cache
 from lumbar_fast.errors import LumbarFastError
 from lumbar_fast.locator_train import (
@@ -94,7 +90,7 @@ def test_coordinates_csv_is_the_label_format(sag_t1, tmp_path):
     path = tmp_path / "coordinates.csv"
     loc.write_coordinates(coordinates, path)
     written = pd.read_csv(path)
-    assert tuple(written.columns) == loc.COORDINATE_COLUMNS
+    assert tuple(written.columns) == rsna.COORDINATE_COLUMNS
     assert set(written["condition"]) == {loc.rsna.CONDITION_TITLES[c] for c in loc.rsna.CONDITIONS[1:3]}
     assert set(written["level"]) <= set(loc.rsna.LEVEL_TITLES.values())
     assert not written.duplicated(["study_id", "condition", "level"]).any()
@@ -170,7 +166,7 @@ def test_mean_position_baseline_is_worse_than_perfect(sag_t1):
     assert baseline["point_error_median_mm"] > 1.0
 
 
-def test_resume_after_a_kill_equals_an_uninterrupted_run(synth_cache, tmp_path):
+def test_resume_after_a_kill_equals_an_uninterrupted_run(synth_cache, tmp_path, kill_after_first_checkpoint):
     """SIGKILL train-locator once epoch 1's last.pt exists, --resume it: the same weights as a run that was
     never interrupted."""
     options = {"sequence": "ax_t2", "cache": str(synth_cache), "epochs": 2, "limit_series": 2,
@@ -181,15 +177,7 @@ def test_resume_after_a_kill_equals_an_uninterrupted_run(synth_cache, tmp_path):
             "--model", SMALL["model"], "--no-pretrained", "--image-size", str(SMALL["image_size"]),
             "--width", str(SMALL["width"]), "--folds", str(SMALL["folds"]), "--epochs", "2",
             "--limit-series", "2", "--max-slices", "6", "--device", "cpu", "--no-progress"]
-    process = subprocess.Popen([sys.executable, "-m", "lumbar_fast", *args], stdout=subprocess.DEVNULL,
-                               stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 600
-    while not (killed / "last.pt").exists():
-        assert process.poll() is None, "training ended before it could be killed"
-        assert time.monotonic() < deadline
-        time.sleep(0.01)
-    process.send_signal(signal.SIGKILL)
-    process.wait()
+    kill_after_first_checkpoint(args, killed, 600)
     assert RunFolder(killed).load_checkpoint("last.pt")["epoch"] == 1
     assert resume_locator(killed) == killed
     expected, got = RunFolder(whole).load_checkpoint("last.pt"), RunFolder(killed).load_checkpoint("last.pt")

@@ -20,7 +20,6 @@ from lumbar_fast.phantom.options import PhantomOptions
 from lumbar_fast.phantom.study import SERIES_PER_STUDY, StudyJob, StudyResult, build_study
 
 MANIFEST_NAME = "phantom_manifest.json"
-COORDINATE_COLUMNS = ("study_id", "series_id", "instance_number", "condition", "level", "x", "y")
 SERIES_COLUMNS = ("study_id", "series_id", "series_description")
 
 
@@ -143,7 +142,7 @@ def _write_labels(path: Path, results: list[StudyResult]) -> None:
 def _write_coordinates(path: Path, results: list[StudyResult]) -> None:
     """train_label_coordinates.csv layout: one row per labelled (study, condition, level)."""
     rows = ([*row[:5], f"{row[5]:.4f}", f"{row[6]:.4f}"] for r in results for row in r.coordinates)
-    _write_csv(path, COORDINATE_COLUMNS, rows)
+    _write_csv(path, rsna.COORDINATE_COLUMNS, rows)
 
 
 def _write_series(path: Path, results: list[StudyResult]) -> None:
