@@ -5,10 +5,8 @@ from __future__ import annotations
 
 import json
 import shutil
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -218,7 +216,8 @@ def cli(*args: str) -> list[str]:
     return [sys.executable, "-m", "lumbar_fast", *args]
 
 
-def test_resume_after_a_kill_equals_an_uninterrupted_run(learning_cache, tmp_path):
+def test_resume_after_a_kill_equals_an_uninterrupted_run(learning_cache, tmp_path,
+                                                        kill_after_first_checkpoint):
     """SIGKILL a training process as soon as epoch 1's last.pt appears, --resume it, and compare with a run
     that was never interrupted: the same weights and metrics, bit for bit (CPU, same seed)."""
     args = ["train", "--sequence", "sag_t1", "--cache", str(learning_cache), "--model", "test_efficientnet",
@@ -226,15 +225,7 @@ def test_resume_after_a_kill_equals_an_uninterrupted_run(learning_cache, tmp_pat
             "--loader", "torch", "--device", "cpu", "--no-progress"]
     whole, killed = tmp_path / "whole", tmp_path / "killed"
     train(quick_config(learning_cache, whole, batch_size=8, limit_batches=3, loader="torch"))
-    process = subprocess.Popen(cli(*args, "--run-dir", str(killed)), stdout=subprocess.DEVNULL,
-                               stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 300
-    while not (killed / "last.pt").exists():
-        assert process.poll() is None, "training ended before it could be killed"
-        assert time.monotonic() < deadline
-        time.sleep(0.01)
-    process.send_signal(signal.SIGKILL)
-    process.wait()
+    kill_after_first_checkpoint([*args, "--run-dir", str(killed)], killed, 300)
     assert RunFolder(killed).load_checkpoint("last.pt")["epoch"] == 1
     subprocess.run(cli("train", "--resume", str(killed)), check=True, capture_output=True)
 
