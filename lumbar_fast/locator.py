@@ -3,7 +3,8 @@
 One model per sequence looks at every slice of a series as a 2.5D image (the slice and its two neighbours)
 and predicts, for each target (condition × level, e.g. "left foramen at L4/L5"):
 - which slice holds it — a per-slice score from the slice's pooled features and its place in the stack,
-  mixed along the stack by a 1-D convolution, softmax over the series' slices;
+  mixed along the stack by a 1-D convolution (the local shape of a disc) and a bidirectional GRU over the
+  whole series (which disc it is: counting from the sacrum or the top), softmax over the series' slices;
 - where on that slice — a heatmap (a light FPN decoder on the timm backbone's features, stride 4),
   decoded by argmax plus a parabolic sub-cell refinement.
 Points live in normalised image coordinates u = x / cols, v = y / rows, so mapping to the cache's S×S images
@@ -151,8 +152,9 @@ class Locator(nn.Module):
         self.heatmap_head = nn.Sequential(nn.Conv2d(width, width, 3, padding=1), nn.ReLU(inplace=True),
                                           nn.Conv2d(width, num_targets, 1))
         self.slice_embed = nn.Sequential(nn.Linear(channels[-1] + width, width), nn.ReLU(inplace=True))
-        self.slice_mix = nn.Sequential(nn.Conv1d(width + 1, width, 5, padding=2), nn.ReLU(inplace=True),
-                                       nn.Conv1d(width, num_targets, 5, padding=2))
+        self.slice_local = nn.Sequential(nn.Conv1d(width + 1, width, 5, padding=2), nn.ReLU(inplace=True))
+        self.slice_context = nn.GRU(width + 1, width, batch_first=True, bidirectional=True)
+        self.slice_score = nn.Linear(3 * width, num_targets)
 
     def forward(self, images: torch.Tensor, rel_pos: torch.Tensor,
                 segments: list[slice]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -163,9 +165,17 @@ class Locator(nn.Module):
             top = lateral(feature) + F.interpolate(top, size=feature.shape[-2:], mode="nearest")
         heatmaps = self.heatmap_head(top)
         pooled = torch.cat([features[-1].mean(dim=(2, 3)), top.mean(dim=(2, 3))], dim=1)
-        embedded = torch.cat([self.slice_embed(pooled), rel_pos[:, None]], dim=1)
-        slice_logits = torch.cat([self.slice_mix(embedded[seg].T[None])[0].T for seg in segments])
-        return heatmaps, slice_logits
+        return heatmaps, self.score_slices(pooled, rel_pos, segments)
+
+    def score_slices(self, pooled: torch.Tensor, rel_pos: torch.Tensor,
+                     segments: list[slice]) -> torch.Tensor:
+        """Per-slice pooled features (N, C) → slice logits (N, K): local mixing within each stack, then a
+        GRU along the whole series (stacks in their order), run in float32 (it is tiny and AMP-unfriendly)."""
+        with torch.autocast(pooled.device.type, enabled=False):
+            embedded = torch.cat([self.slice_embed(pooled.float()), rel_pos[:, None].float()], dim=1)
+            local = torch.cat([self.slice_local(embedded[seg].T[None])[0].T for seg in segments])
+            context, _ = self.slice_context(torch.cat([local, embedded[:, -1:]], dim=1)[None])
+            return self.slice_score(torch.cat([local, context[0]], dim=1))
 
 
 def series_input(images: np.ndarray, series: Series) -> torch.Tensor:

@@ -64,7 +64,7 @@ class LocatorConfig:
     weight_decay: float = 1e-4
     patience: int = 6
     monitor: str = "loss"
-    max_slices: int = 24
+    max_slices: int = 64
     augment: bool = True
     amp: str = "auto"
     device: str = "auto"

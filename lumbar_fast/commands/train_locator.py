@@ -19,8 +19,9 @@ from lumbar_fast.errors import LumbarFastError
 @click.option("--patience", default=6, show_default=True, help="Early-stopping patience in epochs.")
 @click.option("--monitor", type=click.Choice(["loss", "point-error"]), default="loss", show_default=True,
               help="Validation value for early stopping and best.pt.")
-@click.option("--max-slices", default=24, show_default=True,
-              help="Training steps see a random window of at most this many consecutive slices.")
+@click.option("--max-slices", default=64, show_default=True,
+              help="Training steps see a random window of at most this many consecutive slices (the whole "
+                   "series when it fits, so the slice head learns to count levels).")
 @click.option("--no-augment", is_flag=True, help="Train without augmentation.")
 @amp_option
 @device_option
