@@ -44,11 +44,12 @@ def locator_targets(sequence: str) -> list[tuple[str, str]]:
 # -- series and targets --------------------------------------------------------------------------------------
 @dataclass
 class Series:
-    """One series of a sequence: its stack-image rows ordered by (stack, slice), with their geometry."""
+    """One series of a sequence: its stack-image rows in spatial order (stacks by their mean position, then
+    slices), with their geometry."""
 
     study_id: int
     series_id: int
-    rows: np.ndarray        # rows of stack_images / stack_index, ordered by (stack, slice)
+    rows: np.ndarray        # rows of stack_images / stack_index, in spatial order
     stack: np.ndarray       # stack id of each row
     prev_rows: np.ndarray   # the neighbouring slice below / above within the same stack (edge repeated)
     next_rows: np.ndarray
@@ -63,11 +64,15 @@ class Series:
 
 
 def series_of(stack_index: pd.DataFrame) -> list[Series]:
-    """Group a sequence's stack index into series, each ordered by stack then slice position."""
+    """Group a sequence's stack index into series, each in spatial order: stacks by their mean position along
+    the slice normal, slices within a stack by position. Stack ids follow instance numbers, which need not be
+    spatial (an axial series acquired as an upper then a lower group of levels), and the slice head reads the
+    series as one sequence along the spine."""
     frame = stack_index.reset_index(drop=True).assign(_row=np.arange(len(stack_index)))
+    frame["_stack_position"] = frame.groupby(["study_id", "series_id", "stack"])["position"].transform("mean")
     result = []
     for (study_id, series_id), group in frame.groupby(["study_id", "series_id"], sort=True):
-        group = group.sort_values(["stack", "slice"])
+        group = group.sort_values(["_stack_position", "stack", "slice"])
         rows = group["_row"].to_numpy()
         stack = group["stack"].to_numpy()
         prev_rows, next_rows, rel_pos = rows.copy(), rows.copy(), np.zeros(len(rows))

@@ -58,9 +58,13 @@ def test_normalised_coordinates_round_trip_exactly():
 def test_series_are_ordered_stacks_with_edge_repeating_neighbours(synth_cache):
     cache = open_cache(synth_cache)
     index = cache.stack_index("ax_t2")
+    multi_stack = 0
     for series in loc.series_of(index):
         table = index.iloc[series.rows]
         assert (table["study_id"] == series.study_id).all() and (table["series_id"] == series.series_id).all()
+        stack_positions = [table.iloc[segment]["position"].mean() for segment in series.stack_segments()]
+        assert stack_positions == sorted(stack_positions)  # stacks in spatial order, whatever their ids
+        multi_stack += len(stack_positions) > 1
         for segment in series.stack_segments():
             part = table.iloc[segment]
             assert part["stack"].nunique() == 1
@@ -70,6 +74,7 @@ def test_series_are_ordered_stacks_with_edge_repeating_neighbours(synth_cache):
             assert series.prev_rows[segment][0] == rows[0] and series.next_rows[segment][-1] == rows[-1]
             np.testing.assert_array_equal(series.prev_rows[segment][1:], rows[:-1])
             np.testing.assert_array_equal(series.next_rows[segment][:-1], rows[1:])
+    assert multi_stack, "the fixture should hold a multi-stack axial series"
 
 
 def test_perfect_predictions_encode_back_to_the_labels_exactly(sag_t1):
