@@ -5,13 +5,16 @@ out-of-fold predictions of all studies): accuracy beside the majority class's, b
 precision/recall, the confusion matrix, the weighted log loss beside the training prior's. With runs for all
 three sequences, the competition score beside the prior-only submission's, computed on the rows `predict`
 writes for those studies (rows without a crop hold the prior, as `predict --allow-prior` fills them).
+Locator runs, alone or beside classifier runs: per sequence, point error (median, p90), slice exact / within
+±1 and right level name beside the mean-position baseline's, on the same footing (folds pooled out-of-fold).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import textwrap
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -19,10 +22,12 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from lumbar_fast import locator as loc
 from lumbar_fast import metrics, rsna
 from lumbar_fast.cache import CacheReader, open_cache
 from lumbar_fast.errors import LumbarFastError
 from lumbar_fast.inference import resolve_device
+from lumbar_fast.locator_train import LocatorConfig, RunEvaluation, evaluate_run
 from lumbar_fast.predict import (
     PROBABILITY_COLUMNS,
     ClassifierRun,
@@ -35,7 +40,7 @@ from lumbar_fast.predict import (
     runs_by_sequence,
     sequence_priors,
 )
-from lumbar_fast.runfolder import atomic_write
+from lumbar_fast.runfolder import RunFolder, atomic_write
 from lumbar_fast.show import Panel, channels, prediction_caption, render_gallery
 
 ORACLE_NOTE = ("Crops were placed at the labelled coordinates (oracle localisation), so these numbers are "
@@ -54,6 +59,17 @@ SEQUENCE_ROWS: dict[str, str] = {
 }
 REPORT_MD, REPORT_JSON, PREDICTIONS_CSV, CONFUSION_PNG = "report.md", "report.json", "predictions.csv", \
     "confusion.png"
+LOCATOR_PREDICTIONS_CSV = "locator_predictions.csv"
+#: localisation figures with their row names in the tables; each is followed by the baseline's row
+LOCALISATION_ROWS: dict[str, str] = {
+    "point_error_median_mm": "point error median (mm)",
+    "point_error_p90_mm": "point error p90 (mm)",
+    "slice_exact": "slice exact",
+    "slice_within_1": "slice within ±1",
+    "level_name_accuracy": "right level name",
+}
+LOCALISATION_NOTE = ("Each locator run's best checkpoint on its validation studies (folds pooled "
+                     "out-of-fold), beside the mean-position baseline trained on its training studies.")
 
 
 @dataclass(frozen=True)
@@ -69,10 +85,16 @@ class EvaluateOptions:
 # -- runs, split, cache ----------------------------------------------------------------------------
 def common_split(runs: Sequence[ClassifierRun]) -> pd.DataFrame:
     """The study-level split every run trained on; runs of different splits cannot be evaluated together."""
-    split = read_run_split(runs[0])
-    for run in runs[1:]:
-        if not split.equals(read_run_split(run)):
-            raise LumbarFastError(f"runs {runs[0].path} and {run.path} were trained on different splits; "
+    return same_split({run.path: read_run_split(run) for run in runs})
+
+
+def same_split(splits: dict[Path, pd.DataFrame]) -> pd.DataFrame:
+    """The one split of several runs (path -> its split), sorted by study; different splits are refused."""
+    (first, split), *others = [(path, table.sort_values("study_id").reset_index(drop=True))
+                               for path, table in splits.items()]
+    for path, other in others:
+        if not split.equals(other):
+            raise LumbarFastError(f"runs {first} and {path} were trained on different splits; "
                                   "evaluate runs of one split together")
     return split
 
@@ -105,9 +127,9 @@ def validation_studies(runs: Sequence[ClassifierRun], split: pd.DataFrame,
     return studies
 
 
-def coverage(runs: Sequence[ClassifierRun], split: pd.DataFrame) -> str:
+def coverage(folds: Sequence[int], split: pd.DataFrame) -> str:
     """Which studies a sequence's runs validate: out-of-fold over all studies, or the named folds."""
-    folds = sorted(run.fold for run in runs)
+    folds = sorted(folds)
     if folds == sorted(split["fold"].unique()):
         return f"out-of-fold, all {len(folds)} folds"
     return f"fold{'s' if len(folds) > 1 else ''} {', '.join(map(str, folds))}"
@@ -181,6 +203,69 @@ def competition(crops: pd.DataFrame, cache: CacheReader, runs: Sequence[Classifi
     }
 
 
+# -- localisation (locator runs) ------------------------------------------------------------------
+def is_locator_run(path: Path) -> bool:
+    """Whether a run folder is a `train-locator` run: its config is a LocatorConfig (no classifier `view`)."""
+    try:
+        config = RunFolder(path).read_config()
+    except (OSError, ValueError, KeyError):
+        return False  # read_run names what is wrong with it
+    return "view" not in config and set(config) <= {f.name for f in dataclasses.fields(LocatorConfig)}
+
+
+def evaluate_locators(paths: Sequence[Path], cache_path: Path | None,
+                      options: EvaluateOptions) -> tuple[dict[str, Any], pd.DataFrame]:
+    """Per sequence, the locator runs' localisation figures on their validation studies (folds pooled
+    out-of-fold) beside the mean-position baseline's, with intervals; and the located points table."""
+    evaluations = [evaluate_run(path, cache_path, options.inference.device) for path in paths]
+    seen: dict[tuple[str, int], Path] = {}
+    for ev in evaluations:
+        if (ev.sequence, ev.fold) in seen:
+            raise LumbarFastError(f"locator runs {seen[ev.sequence, ev.fold]} and {ev.path} are both "
+                                  f"{ev.sequence} fold {ev.fold}; give each once")
+        seen[ev.sequence, ev.fold] = ev.path
+    sequences = {}
+    for seq in rsna.SEQUENCES:
+        group = [ev for ev in evaluations if ev.sequence == seq]
+        if group:
+            split = same_split({ev.path: ev.split for ev in group})
+            sequences[seq] = {"coverage": coverage([ev.fold for ev in group], split),
+                              **localisation_figures(group, options)}
+    runs = [{"path": str(ev.path), "sequence": ev.sequence, "fold": ev.fold} for ev in evaluations]
+    return {"runs": runs, "sequences": sequences}, located_points(evaluations)
+
+
+def localisation_figures(group: Sequence[RunEvaluation], options: EvaluateOptions) -> dict[str, Any]:
+    """Model and baseline summaries of one sequence's pooled point tables, with bootstrap intervals over
+    studies (a drawn study brings its model and its baseline points)."""
+    model = pd.concat([ev.points for ev in group], ignore_index=True)
+    baseline = pd.concat([ev.baseline_points for ev in group], ignore_index=True)
+    if model.empty:
+        raise LumbarFastError(f"the {group[0].sequence} locator runs located no labelled point")
+    both = pd.concat([model, baseline], ignore_index=True)
+    is_model = np.arange(len(both)) < len(model)
+
+    def statistics(rows: np.ndarray, _copies: np.ndarray) -> dict[str, float]:
+        drawn = {name: loc.summarise_localisation(both.iloc[rows[picked]])
+                 for name, picked in (("model", is_model[rows]), ("baseline", ~is_model[rows]))}
+        return {f"{name}.{key}": summary[key] for name, summary in drawn.items()
+                for key in loc.LOCALISATION_FIGURES}
+
+    intervals = metrics.bootstrap_intervals(both["study_id"].to_numpy(), statistics, options.n_boot,
+                                            options.seed)
+    return {"studies": int(model["study_id"].nunique()), "model": loc.summarise_localisation(model),
+            "baseline": loc.summarise_localisation(baseline),
+            "intervals": {name: {key: intervals[f"{name}.{key}"] for key in loc.LOCALISATION_FIGURES}
+                          for name in ("model", "baseline")}}
+
+
+def located_points(evaluations: Sequence[RunEvaluation]) -> pd.DataFrame:
+    """Every run's located points with its sequence and fold, and each labelled point's errors."""
+    keys = ["study_id", "series_id", "condition", "level"]
+    return pd.concat([ev.predictions.assign(sequence=ev.sequence, fold=ev.fold)
+                      .merge(ev.points, on=keys, how="left") for ev in evaluations], ignore_index=True)
+
+
 # -- pictures --------------------------------------------------------------------------------------
 def item_losses(crops: pd.DataFrame) -> np.ndarray:
     """Each crop's term of the weighted log loss, w[y]·(−log p[y]); NaN for unlabelled crops."""
@@ -242,14 +327,31 @@ def with_interval(value: float, interval: Sequence[float], digits: int = 3) -> s
     return f"{value:.{digits}f} [{interval[0]:.{digits}f}, {interval[1]:.{digits}f}]"
 
 
+def table_head(first: str, sequences: dict[str, dict[str, Any]], count_name: str,
+               count: Callable[[dict[str, Any]], int]) -> list[list[str]]:
+    """A per-sequence table's first rows: the sequences, what their runs validate, and the counts."""
+    return [[first, *sequences], ["validated", *(s["coverage"] for s in sequences.values())],
+            [count_name, *(f"{count(s)} ({s['studies']})" for s in sequences.values())]]
+
+
 def sequence_table(report: dict[str, Any]) -> list[list[str]]:
     """The main table as rows of cells: a column per sequence, each baseline under its metric."""
     sequences = report["sequences"]
-    rows = [["metric", *sequences],
-            ["validated", *(s["coverage"] for s in sequences.values())],
-            ["items (studies)", *(f"{s['n']} ({s['studies']})" for s in sequences.values())]]
+    rows = table_head("metric", sequences, "items (studies)", lambda s: s["n"])
     for key, name in SEQUENCE_ROWS.items():
         rows.append([name, *(with_interval(s[key], s["intervals"][key]) for s in sequences.values())])
+    return rows
+
+
+def localisation_table(localisation: dict[str, Any]) -> list[list[str]]:
+    """The localisation table as rows of cells: a column per sequence, the baseline under each figure."""
+    sequences = localisation["sequences"]
+    rows = table_head("figure", sequences, "points (studies)", lambda s: s["model"]["points"])
+    for key, name in LOCALISATION_ROWS.items():
+        digits = 2 if key.endswith("_mm") else 3
+        for who, row_name in (("model", name), ("baseline", "  mean-position baseline")):
+            rows.append([row_name, *(with_interval(s[who][key], s["intervals"][who][key], digits)
+                                     for s in sequences.values())])
     return rows
 
 
@@ -261,11 +363,26 @@ def competition_line(score: dict[str, Any]) -> str:
 
 
 def format_report(report: dict[str, Any]) -> str:
-    """What `evaluate` prints: the oracle note, the per-sequence table and the competition score."""
-    lines = [*textwrap.wrap(f"note: {ORACLE_NOTE}", 100), "", format_table(sequence_table(report))]
-    score = report["competition"]
-    lines += ["", NO_COMPETITION if score is None else competition_line(score)]
-    return "\n".join(lines)
+    """What `evaluate` prints: the oracle note, the per-sequence table and the competition score (classifier
+    runs), then the localisation table (locator runs)."""
+    lines = []
+    if "sequences" in report:
+        lines += [*textwrap.wrap(f"note: {ORACLE_NOTE}", 100), "", format_table(sequence_table(report))]
+        score = report["competition"]
+        lines += ["", NO_COMPETITION if score is None else competition_line(score)]
+    if "localisation" in report:
+        lines += ["", "Localisation", format_table(localisation_table(report["localisation"]))]
+    return "\n".join(lines).lstrip("\n")
+
+
+def written_files(report: dict[str, Any]) -> str:
+    """What `evaluate` wrote besides report.md, for the closing line."""
+    files = ["report.json"]
+    if "sequences" in report:
+        files += [PREDICTIONS_CSV, "pictures"]
+    if "localisation" in report:
+        files.append(LOCATOR_PREDICTIONS_CSV)
+    return ", ".join(files)
 
 
 def format_table(rows: list[list[str]]) -> str:
@@ -319,7 +436,15 @@ def competition_markdown(score: dict[str, Any] | None) -> str:
 
 
 def report_markdown(report: dict[str, Any]) -> str:
-    """The whole report as Markdown."""
+    """The whole report as Markdown: the classifier part, then the localisation section."""
+    parts = classifier_markdown(report) if "sequences" in report else ["# lumbar-fast evaluate"]
+    if "localisation" in report:
+        parts.append(localisation_markdown(report))
+    return "\n\n".join(parts) + "\n"
+
+
+def classifier_markdown(report: dict[str, Any]) -> list[str]:
+    """The classifier runs' part of the report: note, runs, per-sequence tables, score, galleries."""
     table = sequence_table(report)
     runs = markdown_table(["run", "sequence", "fold"],
                           [[f"`{r['path']}`", r["sequence"], r["fold"]] for r in report["runs"]])
@@ -338,15 +463,56 @@ def report_markdown(report: dict[str, Any]) -> str:
     parts.append(competition_markdown(report["competition"]))
     parts.append("## Most wrong validation crops\n\n"
                  + "\n".join(f"![{seq}]({name})" for seq, name in report["galleries"].items()))
-    return "\n\n".join(parts) + "\n"
+    return parts
+
+
+def localisation_markdown(report: dict[str, Any]) -> str:
+    """The "## Localisation" section: the locator runs and the localisation table with its baselines."""
+    localisation = report["localisation"]
+    runs = markdown_table(["locator run", "sequence", "fold"],
+                          [[f"`{r['path']}`", r["sequence"], r["fold"]] for r in localisation["runs"]])
+    table = localisation_table(localisation)
+    return (f"## Localisation\n\n{LOCALISATION_NOTE} Intervals: bootstrap "
+            f"{report['bootstrap']['confidence']:.0%} over studies ({report['bootstrap']['replicates']} "
+            f"replicates, seed {report['bootstrap']['seed']}). Predicted on {report['inference']['device']}; "
+            f"the located points are in `{LOCATOR_PREDICTIONS_CSV}`.\n\n{runs}\n\n"
+            + markdown_table(table[0], [[_baseline_name(row[0]), *row[1:]] for row in table[1:]]))
 
 
 # -- the command's work ----------------------------------------------------------------------------
 def evaluate(run_paths: Sequence[Path], out_dir: Path, cache_path: Path | None = None,
              options: EvaluateOptions | None = None) -> dict[str, Any]:
-    """Predict the runs' validation studies and write report.md, report.json, predictions.csv, the confusion
-    matrices and the most-wrong galleries to `out_dir`; returns the report's content."""
+    """Evaluate classifier and locator runs (either or both) on their validation studies and write
+    report.md and report.json to `out_dir`, with the classifiers' predictions.csv and pictures and the
+    locators' locator_predictions.csv; returns the report's content."""
     options = options or EvaluateOptions()
+    if not run_paths:
+        raise LumbarFastError("give at least one run folder")
+    locator_paths = [Path(path) for path in run_paths if is_locator_run(Path(path))]
+    classifier_paths = [Path(path) for path in run_paths if Path(path) not in locator_paths]
+    located = evaluate_locators(locator_paths, cache_path, options) if locator_paths else None
+    report = (evaluate_classifiers(classifier_paths, out_dir, cache_path, options) if classifier_paths
+              else settings(options))
+    if located is not None:
+        report["localisation"], points = located
+        out_dir.mkdir(parents=True, exist_ok=True)
+        atomic_write(out_dir / LOCATOR_PREDICTIONS_CSV, lambda tmp: points.to_csv(tmp, index=False))
+    atomic_write(out_dir / REPORT_JSON, lambda tmp: tmp.write_text(json.dumps(report, indent=2) + "\n"))
+    atomic_write(out_dir / REPORT_MD, lambda tmp: tmp.write_text(report_markdown(report)))
+    return report
+
+
+def settings(options: EvaluateOptions) -> dict[str, Any]:
+    """The report's bootstrap and inference settings."""
+    return {"bootstrap": {"replicates": options.n_boot, "seed": options.seed, "confidence": 0.95},
+            "inference": {"device": str(resolve_device(options.inference.device)),
+                          "tta": options.inference.tta}}
+
+
+def evaluate_classifiers(run_paths: Sequence[Path], out_dir: Path, cache_path: Path | None,
+                         options: EvaluateOptions) -> dict[str, Any]:
+    """Predict the classifier runs' validation studies, write predictions.csv, the confusion matrices and
+    the most-wrong galleries to `out_dir`; returns the classifier report."""
     runs = read_runs(run_paths)
     split = common_split(runs)
     cache = evaluation_cache(runs, cache_path)
@@ -355,7 +521,7 @@ def evaluate(run_paths: Sequence[Path], out_dir: Path, cache_path: Path | None =
     groups = runs_by_sequence(runs)
     sequences = {}
     for seq, group in groups.items():
-        sequences[seq] = {"coverage": coverage(group, split),
+        sequences[seq] = {"coverage": coverage([run.fold for run in group], split),
                           **evaluate_sequence(crops[crops["sequence"] == seq], options)}
     out_dir.mkdir(parents=True, exist_ok=True)
     galleries = {}
@@ -366,14 +532,10 @@ def evaluate(run_paths: Sequence[Path], out_dir: Path, cache_path: Path | None =
     report = {
         "note": ORACLE_NOTE, "cache": str(cache.path),
         "runs": [{"path": str(r.path), "sequence": r.sequence, "fold": r.fold} for r in runs],
-        "bootstrap": {"replicates": options.n_boot, "seed": options.seed, "confidence": 0.95},
-        "inference": {"device": str(resolve_device(options.inference.device)), "tta": options.inference.tta},
-        "sequences": sequences, "competition": competition(crops, cache, runs, studies, options),
-        "galleries": galleries,
+        **settings(options), "sequences": sequences,
+        "competition": competition(crops, cache, runs, studies, options), "galleries": galleries,
     }
     plot_confusions(sequences, out_dir / CONFUSION_PNG)
     table = crops.drop(columns="crop_row")
     atomic_write(out_dir / PREDICTIONS_CSV, lambda tmp: table.to_csv(tmp, index=False))
-    atomic_write(out_dir / REPORT_JSON, lambda tmp: tmp.write_text(json.dumps(report, indent=2) + "\n"))
-    atomic_write(out_dir / REPORT_MD, lambda tmp: tmp.write_text(report_markdown(report)))
     return report

@@ -328,6 +328,11 @@ def to_coordinates_csv(predictions: pd.DataFrame) -> pd.DataFrame:
 
 
 # -- metrics -------------------------------------------------------------------------------------------------
+#: the figures `summarise_localisation` gives (besides the number of points)
+LOCALISATION_FIGURES = ("point_error_median_mm", "point_error_p90_mm", "slice_within_1", "slice_exact",
+                        "level_name_accuracy")
+
+
 def localisation_metrics(predictions: pd.DataFrame, labels: pd.DataFrame,
                          stack_index: pd.DataFrame) -> dict[str, float]:
     """Point error in mm (median, p90; in-plane, original pixels × PixelSpacing), slice error, level naming.
@@ -336,26 +341,42 @@ def localisation_metrics(predictions: pd.DataFrame, labels: pd.DataFrame,
     level name when its predicted slice position and point lie nearer to the true point of its own level than
     to any other level's true point of the same condition in that series.
     """
+    return summarise_localisation(localisation_table(predictions, labels, stack_index))
+
+
+def localisation_table(predictions: pd.DataFrame, labels: pd.DataFrame,
+                       stack_index: pd.DataFrame) -> pd.DataFrame:
+    """One row per predicted point with a label: its ids, error_mm, slice_error (inf in another stack) and
+    level_right, so that a bootstrap over studies only re-summarises rows (`summarise_localisation`)."""
     keys = ["study_id", "series_id", "condition", "level"]
     truth = labels.drop_duplicates(keys)[[*keys, "stack", "slice", "x", "y", "stack_row"]]
     merged = predictions.merge(truth, on=keys, suffixes=("", "_true"))
     if merged.empty:
-        names = ("point_error_median_mm", "point_error_p90_mm", "slice_within_1", "slice_exact",
-                 "level_name_accuracy")
-        return {"points": 0, **{name: float("nan") for name in names}}
+        return pd.DataFrame({**{key: pd.Series(dtype=object) for key in keys},
+                             "error_mm": pd.Series(dtype=float), "slice_error": pd.Series(dtype=float),
+                             "level_right": pd.Series(dtype=bool)})
     geometry = stack_index.iloc[merged["stack_row"].to_numpy()]
     spacing_row, spacing_col = geometry["spacing_row"].to_numpy(), geometry["spacing_col"].to_numpy()
     error_mm = np.hypot((merged["x"] - merged["x_true"]).to_numpy() * spacing_col,
                         (merged["y"] - merged["y_true"]).to_numpy() * spacing_row)
     same_stack = (merged["stack"] == merged["stack_true"]).to_numpy()
     slice_error = np.where(same_stack, (merged["slice"] - merged["slice_true"]).abs().to_numpy(), np.inf)
+    return merged[keys].assign(error_mm=error_mm, slice_error=slice_error.astype(float),
+                               level_right=_level_name_right(merged, truth, stack_index))
+
+
+def summarise_localisation(table: pd.DataFrame) -> dict[str, float]:
+    """The localisation figures of a `localisation_table` (NaN for an empty one)."""
+    if table.empty:
+        return {"points": 0, **{name: float("nan") for name in LOCALISATION_FIGURES}}
+    error_mm, slice_error = table["error_mm"].to_numpy(), table["slice_error"].to_numpy()
     return {
-        "points": int(len(merged)),
+        "points": int(len(table)),
         "point_error_median_mm": float(np.median(error_mm)),
         "point_error_p90_mm": float(np.percentile(error_mm, 90)),
         "slice_within_1": float(np.mean(slice_error <= 1)),
         "slice_exact": float(np.mean(slice_error == 0)),
-        "level_name_accuracy": float(np.mean(_level_name_right(merged, truth, stack_index))),
+        "level_name_accuracy": float(np.mean(table["level_right"].to_numpy(dtype=bool))),
     }
 
 

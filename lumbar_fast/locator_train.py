@@ -22,7 +22,7 @@ import torch
 from lumbar_fast import locator as loc
 from lumbar_fast import rsna
 from lumbar_fast.cache import open_cache
-from lumbar_fast.errors import LumbarFastError
+from lumbar_fast.errors import LumbarFastError, first_line
 from lumbar_fast.inference import amp_dtype_for, resolve_device
 from lumbar_fast.runfolder import BEST, LAST, PREDICTIONS, SPLIT, Panels, RunFolder
 from lumbar_fast.split import load_or_create_split, train_val_studies
@@ -399,16 +399,55 @@ def resume_locator(run_dir: str | Path) -> Path:
     return fit(session)
 
 
-def evaluate_run(run_dir: str | Path, cache_path: str | Path | None = None,
-                 device: str = "auto") -> dict[str, Any]:
-    """Localisation metrics of a locator run's best checkpoint on its validation studies (for `evaluate`)."""
-    run = RunFolder.open_existing(Path(run_dir))
-    config = LocatorConfig(**run.read_config())
+@dataclass(frozen=True)
+class RunEvaluation:
+    """A locator run's best checkpoint on its validation studies, beside the mean-position baseline."""
+
+    path: Path
+    sequence: str
+    fold: int
+    split: pd.DataFrame
+    metrics: dict[str, Any]
+    predictions: pd.DataFrame  # prediction_table rows of the validation series
+    points: pd.DataFrame  # localisation_table of `predictions`
+    baseline_points: pd.DataFrame  # localisation_table of the mean-position baseline's predictions
+
+
+def read_locator_run(run_dir: Path) -> tuple[RunFolder, LocatorConfig, dict[str, Any], pd.DataFrame]:
+    """A locator run's folder, config, best checkpoint and split; one-line errors for anything else."""
+    run = RunFolder.open_existing(run_dir)
+    try:
+        config = LocatorConfig(**run.read_config())
+        split = pd.read_csv(run.file(SPLIT))
+    except (TypeError, ValueError, OSError) as exc:
+        raise LumbarFastError(f"{run_dir} is not a readable locator run: {first_line(exc)}") from None
     state = run.load_checkpoint(BEST)
+    if state.get("kind") != KIND:
+        raise LumbarFastError(f"{run_dir} is not a locator run (its {BEST} is not a locator checkpoint)")
+    return run, config, state, split
+
+
+def evaluate_run(run_dir: str | Path, cache_path: str | Path | None = None,
+                 device: str = "auto") -> RunEvaluation:
+    """A locator run's best checkpoint on its validation studies (its fold of its split), and the
+    mean-position baseline trained on its training studies (for `evaluate`)."""
+    run, config, state, split = read_locator_run(Path(run_dir))
     target = resolve_device(device)
-    data = load_data(open_cache(cache_path or config.cache), config.sequence)
-    split = pd.read_csv(run.file(SPLIT))
-    _, val_studies = train_val_studies(split, config.fold)
-    metrics, _ = validate(loc.checkpoint_model(state).to(target), data,
-                          data.indices_of(val_studies, labelled_only=True), config.image_size, target)
-    return metrics
+    cache = open_cache(cache_path or config.cache)
+    train_studies, val_studies = train_val_studies(split, config.fold)
+    absent = np.setdiff1d(val_studies, cache.study_labels()["study_id"].to_numpy())
+    if len(absent):
+        raise LumbarFastError(f"cache {cache.path} lacks {len(absent)} validation studies of locator run "
+                              f"{run_dir} (e.g. {absent[0]}); evaluate on the cache the run trained on")
+    data = load_data(cache, config.sequence)
+    val_series = data.indices_of(val_studies, labelled_only=True)
+    train_series = data.indices_of(train_studies, labelled_only=True)
+    if not val_series or not train_series:
+        raise LumbarFastError(f"cache {cache.path} has no labelled {config.sequence} series of locator run "
+                              f"{run_dir}'s {'validation' if not val_series else 'training'} studies")
+    metrics, predictions = validate(loc.checkpoint_model(state).to(target), data, val_series,
+                                    config.image_size, target)
+    baseline = mean_position_predictions(data, train_series, val_series)
+    return RunEvaluation(run.path, config.sequence, config.fold, split, metrics, predictions,
+                         loc.localisation_table(predictions, data.labels, data.stack_index),
+                         loc.localisation_table(baseline, data.labels, data.stack_index))

@@ -18,7 +18,7 @@ import pandas as pd
 import torch
 
 from lumbar_fast import __version__
-from lumbar_fast.errors import LumbarFastError
+from lumbar_fast.errors import LumbarFastError, first_line
 
 CONFIG = "config.json"
 SPLIT = "split.csv"
@@ -148,7 +148,7 @@ class RunFolder:
         try:
             state = torch.load(path, map_location=map_location, weights_only=True)
         except Exception as exc:  # torch raises many types for a corrupt or foreign file
-            raise LumbarFastError(f"cannot read checkpoint {path}: {exc}") from None
+            raise LumbarFastError(f"cannot read checkpoint {path}: {first_line(exc)}") from None
         if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
             raise LumbarFastError(f"{path} is not a lumbar-fast checkpoint of format {CHECKPOINT_FORMAT}")
         return state

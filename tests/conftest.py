@@ -94,6 +94,21 @@ def trained_runs(synth_cache, tmp_path_factory) -> dict[str, Path]:
 
 
 @pytest.fixture(scope="session")
+def locator_runs(synth_cache, tmp_path_factory) -> list[Path]:
+    """Three sag_t2 locator runs, folds 0, 1 and 2 of 3 of synth_cache (the classifier runs' split):
+    test_efficientnet from random weights at 64 px, one epoch of 3 series, CPU — tiny runs for evaluate's
+    localisation part, whose numbers mean nothing."""
+    from lumbar_fast.locator_train import LocatorConfig, train_locator
+
+    folder = tmp_path_factory.mktemp("locator-runs")
+    return [train_locator(LocatorConfig(sequence="sag_t2", cache=str(synth_cache), fold=k, folds=3,
+                                        run_dir=str(folder / f"fold{k}"), model="test_efficientnet",
+                                        pretrained=False, image_size=64, width=16, epochs=1, limit_series=3,
+                                        max_slices=8, device="cpu", progress=False))
+            for k in range(3)]
+
+
+@pytest.fixture(scope="session")
 def run_cli() -> Callable[..., tuple[int, str, str]]:
     """`run_cli(*args)` runs `lumbar-fast args...` in-process: (exit code, stdout, stderr). No capsys, so
     module- and session-scoped fixtures can use it too."""

@@ -4,14 +4,24 @@ ingest → train three runs → predict → score gives the competition score ev
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 
+from lumbar_fast import locator as loc
 from lumbar_fast import metrics, rsna
-from lumbar_fast.evaluate import format_table, item_losses, sequence_summary
+from lumbar_fast.cache import open_cache
+from lumbar_fast.evaluate import (
+    EvaluateOptions,
+    format_table,
+    item_losses,
+    localisation_figures,
+    sequence_summary,
+)
+from lumbar_fast.locator_train import RunEvaluation, evaluate_run
 from lumbar_fast.predict import PROBABILITY_COLUMNS
 from lumbar_fast.runfolder import RunFolder
 from lumbar_fast.train import TrainConfig, train
@@ -168,5 +178,105 @@ def test_bad_input_is_one_line_error(trained_runs, tmp_path, run_cli):
     }
     for message, args in cases.items():
         code, _, stderr = run_cli("evaluate", *args)
+        assert code == 2 and stderr.startswith("error:") and len(stderr.strip().splitlines()) == 1, stderr
+        assert message in stderr
+
+
+# -- locator runs ----------------------------------------------------------------------------------------
+def labelled_points(synth_cache: Path, sequence: str) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """A sequence's level labels and stack index from the cache."""
+    cache = open_cache(synth_cache)
+    return (cache.level_labels(sequence).reset_index(drop=True),
+            cache.stack_index(sequence).reset_index(drop=True))
+
+
+def test_labels_as_predictions_are_perfect_and_the_table_summarises_like_the_metrics(synth_cache):
+    labels, stack_index = labelled_points(synth_cache, "sag_t1")
+    table = loc.localisation_table(labels, labels, stack_index)
+    assert len(table) == len(labels.drop_duplicates(["study_id", "series_id", "condition", "level"]))
+    assert (table["error_mm"] == 0).all() and (table["slice_error"] == 0).all() and table["level_right"].all()
+    summary = loc.summarise_localisation(table)
+    assert summary == loc.localisation_metrics(labels, labels, stack_index)
+    assert summary["point_error_median_mm"] == summary["point_error_p90_mm"] == 0
+    assert summary["slice_exact"] == summary["slice_within_1"] == summary["level_name_accuracy"] == 1.0
+    shifted = labels.assign(slice=labels["slice"] + 2, x=labels["x"] + 3)
+    assert loc.localisation_metrics(shifted, labels, stack_index)["slice_within_1"] == 0.0
+    assert loc.summarise_localisation(table.iloc[:0])["points"] == 0
+
+
+def test_localisation_figures_of_perfect_points_have_exact_intervals(synth_cache):
+    labels, stack_index = labelled_points(synth_cache, "sag_t2")
+    perfect = loc.localisation_table(labels, labels, stack_index)
+    off = labels.assign(x=labels["x"] + 10.0)  # 10 pixels off in x: > 0 mm everywhere
+    run = RunEvaluation(Path("run"), "sag_t2", 0, pd.DataFrame(), {}, labels, perfect,
+                        loc.localisation_table(off, labels, stack_index))
+    figures = localisation_figures([run], EvaluateOptions(n_boot=30))
+    assert figures["studies"] == labels["study_id"].nunique()
+    assert figures["model"]["point_error_median_mm"] == 0 and figures["model"]["level_name_accuracy"] == 1
+    assert figures["intervals"]["model"]["point_error_p90_mm"] == (0.0, 0.0)
+    assert figures["intervals"]["model"]["slice_exact"] == (1.0, 1.0)
+    low, high = figures["intervals"]["baseline"]["point_error_median_mm"]
+    assert 0 < low <= figures["baseline"]["point_error_median_mm"] <= high
+
+
+def test_locator_runs_of_every_fold_are_reported_out_of_fold(locator_runs, tmp_path, run_cli):
+    out = tmp_path / "report"
+    code, stdout, stderr = run_cli("evaluate", *locator_runs, "--out", out, "--bootstrap", 20,
+                                   "--device", "cpu")
+    assert code == 0, stderr
+    report = json.loads((out / "report.json").read_text())
+    assert "sequences" not in report and not (out / "predictions.csv").exists()
+    figures = report["localisation"]["sequences"]["sag_t2"]
+    assert figures["coverage"] == "out-of-fold, all 3 folds"
+    evaluations = [evaluate_run(run, device="cpu") for run in locator_runs]
+    assert figures["model"]["points"] == sum(ev.metrics["val_points"] for ev in evaluations)
+    for key in loc.LOCALISATION_FIGURES:
+        for who in ("model", "baseline"):
+            low, high = figures["intervals"][who][key]
+            assert low <= figures[who][key] <= high, (who, key)
+    located = pd.read_csv(out / "locator_predictions.csv")
+    split = pd.read_csv(locator_runs[0] / "split.csv")
+    assert sorted(located.groupby("study_id")["fold"].first().items()) == \
+        sorted(split[split["study_id"].isin(located["study_id"])].itertuples(index=False, name=None))
+    assert int(located["error_mm"].notna().sum()) == figures["model"]["points"]
+    assert "Localisation" in stdout and "mean-position baseline" in stdout and "out-of-fold" in stdout
+    assert "locator_predictions.csv" in stdout
+    markdown = (out / "report.md").read_text()
+    assert "## Localisation" in markdown and "↳ mean-position baseline" in markdown
+    assert f"{figures['model']['point_error_median_mm']:.2f} [" in markdown
+
+
+def test_classifier_and_locator_runs_together(trained_runs, locator_runs, tmp_path, run_cli):
+    out = tmp_path / "report"
+    code, stdout, stderr = run_cli("evaluate", trained_runs["sag_t2"], locator_runs[0], "--out", out,
+                                   "--bootstrap", 20, "--device", "cpu")
+    assert code == 0, stderr
+    report = json.loads((out / "report.json").read_text())
+    assert list(report["sequences"]) == ["sag_t2"]
+    assert report["runs"] == [{"path": str(trained_runs["sag_t2"]), "sequence": "sag_t2", "fold": 0}]
+    assert report["localisation"]["runs"] == [{"path": str(locator_runs[0]), "sequence": "sag_t2", "fold": 0}]
+    assert report["localisation"]["sequences"]["sag_t2"]["coverage"] == "fold 0"
+    assert stdout.index("weighted log loss") < stdout.index("Localisation")
+    markdown = (out / "report.md").read_text()
+    assert markdown.count("# lumbar-fast evaluate") == 1
+    assert markdown.index("## Per sequence") < markdown.index("## Localisation")
+    assert {"predictions.csv", "locator_predictions.csv", "confusion.png"} <= {p.name for p in out.iterdir()}
+
+
+def test_bad_locator_input_is_one_line_error(locator_runs, synth_data, make_cache, tmp_path, run_cli):
+    broken = tmp_path / "broken"
+    shutil.copytree(locator_runs[0], broken)
+    (broken / "best.pt").write_bytes(b"not a checkpoint")
+    no_split = tmp_path / "no_split"
+    shutil.copytree(locator_runs[0], no_split)
+    (no_split / "split.csv").unlink()
+    cases = {
+        "lacks": [locator_runs[0], "--cache", make_cache(synth_data, split="test")],
+        "cannot read checkpoint": [broken],
+        "not a readable locator run": [no_split],
+        "both sag_t2 fold 0": [locator_runs[0], locator_runs[0]],
+    }
+    for message, args in cases.items():
+        code, _, stderr = run_cli("evaluate", *args, "--out", tmp_path / "r", "--device", "cpu")
         assert code == 2 and stderr.startswith("error:") and len(stderr.strip().splitlines()) == 1, stderr
         assert message in stderr

@@ -1,4 +1,5 @@
-"""`lumbar-fast evaluate`: a validation report of trained runs, every number beside its baseline."""
+"""`lumbar-fast evaluate`: a validation report of trained classifier and locator runs, every number beside
+its baseline."""
 
 from __future__ import annotations
 
@@ -12,7 +13,8 @@ from lumbar_fast.commands.options import amp_option, device_option
 @click.command("evaluate")
 @click.argument("runs", nargs=-1, required=True, type=click.Path(path_type=Path))
 @click.option("--out", "out_dir", required=True, type=click.Path(path_type=Path),
-              help="Folder for report.md, report.json, predictions.csv and the pictures.")
+              help="Folder for report.md, report.json, predictions.csv and the pictures (classifier runs), "
+                   "locator_predictions.csv (locator runs).")
 @click.option("--cache", "cache_path", type=click.Path(path_type=Path),
               help="Cache to evaluate on (default: the one the runs trained on).")
 @click.option("--bootstrap", "n_boot", default=1000, show_default=True, type=click.IntRange(min=10),
@@ -26,13 +28,15 @@ from lumbar_fast.commands.options import amp_option, device_option
 @click.option("--batch-size", default=64, show_default=True, type=click.IntRange(min=1))
 def command(runs: tuple[Path, ...], out_dir: Path, cache_path: Path | None, n_boot: int, seed: int,
             gallery_items: int, tta: bool, device: str, amp: str, batch_size: int) -> None:
-    """Evaluate classifier RUNS on their validation studies (the shared split; out-of-fold over all studies
-    with runs for every fold): per sequence and, with all three sequences, the competition score."""
-    from lumbar_fast.evaluate import EvaluateOptions, evaluate, format_report
+    """Evaluate classifier and/or locator RUNS on their validation studies (the shared split; out-of-fold over
+    all studies with runs for every fold): classifiers per sequence and, with all three sequences, the
+    competition score; locators' point error, slice and level-name figures beside the mean-position
+    baseline."""
+    from lumbar_fast.evaluate import EvaluateOptions, evaluate, format_report, written_files
     from lumbar_fast.predict import InferenceOptions
 
     options = EvaluateOptions(InferenceOptions(device=device, amp=amp, batch_size=batch_size, tta=tta),
                               n_boot=n_boot, seed=seed, gallery_items=gallery_items)
     report = evaluate(runs, out_dir, cache_path, options)
     click.echo(format_report(report))
-    click.echo(f"\nreport: {out_dir / 'report.md'} (and report.json, predictions.csv, pictures)")
+    click.echo(f"\nreport: {out_dir / 'report.md'} (and {written_files(report)})")
