@@ -12,13 +12,15 @@ import platform
 import subprocess
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pandas as pd
-import torch
 
 from lumbar_fast import __version__
 from lumbar_fast.errors import LumbarFastError, first_line
+
+if TYPE_CHECKING:  # torch is imported where a checkpoint is read or written: split.py stays torch-free
+    import torch
 
 CONFIG = "config.json"
 SPLIT = "split.csv"
@@ -57,6 +59,8 @@ def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
 
 def environment() -> dict[str, str]:
     """Versions and git commit recorded in config.json, so a run can be traced to the code that made it."""
+    import torch
+
     versions = {"lumbar_fast": __version__, "python": platform.python_version(), "torch": torch.__version__}
     for name in ("timm", "numpy", "nvidia.dali"):
         try:
@@ -137,11 +141,15 @@ class RunFolder:
     # -- checkpoints ------------------------------------------------
     def save_checkpoint(self, name: str, state: dict[str, Any]) -> None:
         """best.pt / last.pt, written atomically."""
+        import torch
+
         state = {"format": CHECKPOINT_FORMAT, **state}
         atomic_write(self.file(name), lambda tmp: torch.save(state, tmp))
 
     def load_checkpoint(self, name: str, map_location: str | torch.device = "cpu") -> dict[str, Any]:
         """A checkpoint of this run; a missing, unreadable or foreign one is a one-line error."""
+        import torch
+
         path = self.file(name)
         if not path.is_file():
             raise LumbarFastError(f"{path} does not exist: the run has no finished epoch to continue from")

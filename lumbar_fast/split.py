@@ -17,6 +17,7 @@ import pandas as pd
 
 from lumbar_fast import rsna
 from lumbar_fast.errors import LumbarFastError
+from lumbar_fast.runfolder import atomic_write
 
 SPLIT_COLUMNS = ("study_id", "fold")
 
@@ -88,13 +89,7 @@ def read_split(path: str | os.PathLike, study_ids: np.ndarray, folds: int) -> pd
 
 def write_split(split: pd.DataFrame, path: str | os.PathLike) -> None:
     """Write a split CSV atomically (temporary file, then rename), so a reader never sees half a file."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        split.to_csv(tmp, columns=list(SPLIT_COLUMNS), index=False)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    atomic_write(Path(path), lambda tmp: split.to_csv(tmp, columns=list(SPLIT_COLUMNS), index=False))
 
 
 def load_or_create_split(
