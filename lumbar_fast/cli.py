@@ -58,8 +58,12 @@ def main(argv: list[str] | None = None) -> None:
     except click.exceptions.Abort:
         click.echo("aborted", err=True)
         sys.exit(130)
+    except click.UsageError as exc:  # a wrong option or value: one line, with where to look
+        where = exc.ctx.command_path if exc.ctx else "lumbar-fast"
+        click.echo(f"error: {exc.format_message()} (see `{where} --help`)", err=True)
+        sys.exit(exc.exit_code)
     except click.ClickException as exc:
-        exc.show()
+        click.echo(f"error: {exc.format_message()}", err=True)
         sys.exit(exc.exit_code)
     except LumbarFastError as exc:
         click.echo(f"error: {exc}", err=True)

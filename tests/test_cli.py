@@ -27,6 +27,19 @@ def test_unknown_command_fails_cleanly():
     assert "Traceback" not in result.stderr
 
 
+@pytest.mark.parametrize("argv, message", [
+    (("frobnicate",), "No such command 'frobnicate'"),
+    (("train", "--sequence", "sag_t3", "--cache", "c.zarr", "--out", "runs"), "'sag_t3' is not one of"),
+    (("ingest", "data", "--size", "4"), "--size"),
+    (("ingest",), "Missing argument 'DATA_DIR'"),
+])
+def test_usage_errors_are_one_line(argv, message):
+    result = run_cli(*argv)
+    assert result.returncode == 2
+    assert result.stderr.startswith("error: ") and result.stderr.count("\n") == 1, result.stderr
+    assert message in result.stderr and "--help" in result.stderr
+
+
 def test_every_command_has_help():
     for name in COMMANDS:
         result = run_cli(name, "--help")
