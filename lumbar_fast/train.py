@@ -75,6 +75,7 @@ class TrainConfig:
     view: str = "level"
     control: str = "none"
     augment: bool = True
+    shift: float = AugmentConfig.shift
     loader: str = "auto"
     workers: int = 2
     device: str = "auto"
@@ -96,6 +97,8 @@ class TrainConfig:
             raise LumbarFastError(f"--fold {self.fold} is outside 0..{self.folds - 1}")
         if self.epochs < 1 or self.batch_size < 1 or self.patience < 1:
             raise LumbarFastError("--epochs, --batch-size and --patience must be at least 1")
+        if not 0 <= self.shift <= 0.5:
+            raise LumbarFastError(f"--shift {self.shift} is outside 0..0.5 (a fraction of the crop's width)")
         if self.cuda_graphs and self.compile:
             raise LumbarFastError("choose one of --cuda-graphs and --compile")
         if self.cuda_graphs and self.amp == "fp16":
@@ -560,7 +563,7 @@ def loader_config(config: TrainConfig, device: torch.device, amp_dtype: torch.dt
     when not autocasting."""
     return LoaderConfig(batch_size=config.batch_size, device=str(device), workers=config.workers,
                         seed=config.seed, rank=distributed.rank(), world_size=distributed.world_size(),
-                        augment=AugmentConfig() if config.augment else None,
+                        augment=AugmentConfig(shift=config.shift) if config.augment else None,
                         dtype=torch.float32 if amp_dtype is None else None)
 
 

@@ -28,6 +28,7 @@ from lumbar_fast.train import (
     build_items,
     class_frequencies,
     class_weight_tensor,
+    loader_config,
     restore_training_state,
     resume,
     shuffled_labels,
@@ -258,6 +259,7 @@ def test_bad_input_is_a_one_line_error_and_leaves_no_run(synth_cache, tmp_path, 
     ok = ["--sequence", "sag_t2", "--cache", str(synth_cache)]
     assert "unknown model" in cli_error(capsys, *ok, *base, "--model", "no_such_net")
     assert "CUDA" in cli_error(capsys, *ok, *base, "--cuda-graphs")
+    assert "--shift" in cli_error(capsys, *ok, *base, "--shift", "0.7")
     if not gpu_count():
         assert "no CUDA GPU" in cli_error(capsys, *ok, *base, "--device", "cuda")
     other = tmp_path / "other.zarr"
@@ -285,3 +287,10 @@ def test_a_test_split_cache_has_no_items_to_train_on(make_cache, synth_data, tmp
     error = cli_error(capsys, "--sequence", "sag_t2", "--cache", str(cache),
                       "--run-dir", str(tmp_path / "run"), "--model", "test_efficientnet", "--no-pretrained")
     assert "no labelled items" in error
+
+
+def test_shift_reaches_the_loaders_augmentation(tmp_path):
+    config = TrainConfig(sequence="sag_t2", cache="c.zarr", run_dir=str(tmp_path), shift=0.125)
+    assert loader_config(config, torch.device("cpu"), None).augment.shift == 0.125
+    assert loader_config(TrainConfig(sequence="sag_t2", cache="c.zarr", run_dir=str(tmp_path), augment=False),
+                         torch.device("cpu"), None).augment is None

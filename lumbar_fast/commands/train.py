@@ -32,6 +32,9 @@ from lumbar_fast.errors import LumbarFastError
               show_default=True, help="Negative control that must not learn: training labels shuffled "
               "across items, or every item's crop taken from the adjacent level.")
 @click.option("--no-augment", is_flag=True, help="Train without augmentation.")
+@click.option("--shift", default=0.0625, show_default=True,
+              help="Largest random shift of a crop, fraction of its width per axis. Raise it (0.125) for "
+                   "classifiers that will see crops at located rather than labelled points.")
 @click.option("--loader", type=click.Choice(["auto", "dali", "torch"]), default="auto", show_default=True)
 @click.option("--workers", default=2, show_default=True, help="Loader worker processes.")
 @device_option
@@ -44,8 +47,8 @@ from lumbar_fast.errors import LumbarFastError
               "`torchrun --standalone --nproc-per-node N`. --batch-size is per process.")
 def command(sequence, cache, out, run_dir, fold, folds, split_seed, split_file, model, weights,
             no_pretrained, epochs, batch_size, lr, patience, monitor, class_weights, amp, cuda_graphs,
-            compile_, view, control, no_augment, loader, workers, device, seed, limit_batches, resume_dir,
-            no_progress, nproc) -> None:
+            compile_, view, control, no_augment, shift, loader, workers, device, seed, limit_batches,
+            resume_dir, no_progress, nproc) -> None:
     """Train one sequence's classifier; writes a run folder (config, metrics, curves, checkpoints).
     Under torchrun each process trains on its share of every epoch (DistributedDataParallel)."""
     from lumbar_fast.train import TrainConfig, resume, train
@@ -63,8 +66,8 @@ def command(sequence, cache, out, run_dir, fold, folds, split_seed, split_file, 
         split_seed=split_seed, split_file=split_file, model=model, weights=weights,
         pretrained=not no_pretrained, epochs=epochs, batch_size=batch_size, lr=lr, patience=patience,
         monitor=monitor, class_weights=class_weights, amp=amp, cuda_graphs=cuda_graphs, compile=compile_,
-        view=view, control=control, augment=not no_augment, loader=loader, workers=workers, device=device,
-        seed=seed, limit_batches=limit_batches, progress=not no_progress)
+        view=view, control=control, augment=not no_augment, shift=shift, loader=loader, workers=workers,
+        device=device, seed=seed, limit_batches=limit_batches, progress=not no_progress)
     announce(train(config))
 
 
