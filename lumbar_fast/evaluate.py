@@ -11,7 +11,6 @@ Locator runs, alone or beside classifier runs: per sequence, point error (median
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import textwrap
 from collections.abc import Callable, Sequence
@@ -27,7 +26,7 @@ from lumbar_fast import metrics, rsna
 from lumbar_fast.cache import CacheReader, open_cache
 from lumbar_fast.errors import LumbarFastError
 from lumbar_fast.inference import resolve_device
-from lumbar_fast.locator_train import LocatorConfig, RunEvaluation, evaluate_run
+from lumbar_fast.locator_train import RunEvaluation, evaluate_run
 from lumbar_fast.predict import (
     PROBABILITY_COLUMNS,
     ClassifierRun,
@@ -40,8 +39,9 @@ from lumbar_fast.predict import (
     runs_by_sequence,
     sequence_priors,
 )
-from lumbar_fast.runfolder import RunFolder, atomic_write
+from lumbar_fast.runfolder import atomic_write
 from lumbar_fast.show import Panel, channels, prediction_caption, render_gallery
+from lumbar_fast.split import require_studies, train_val_studies
 
 ORACLE_NOTE = ("Crops were placed at the labelled coordinates (oracle localisation), so these numbers are "
                "not comparable with leaderboard scores of two-stage solutions, which must find the levels "
@@ -116,15 +116,8 @@ def validation_studies(runs: Sequence[ClassifierRun], split: pd.DataFrame,
                        cache: CacheReader) -> dict[Path, np.ndarray]:
     """Each run's validation studies (its fold of the split), all of which the cache must hold."""
     known = cache.study_labels()["study_id"].to_numpy()
-    studies = {}
-    for run in runs:
-        fold = split.loc[split["fold"] == run.fold, "study_id"].to_numpy(dtype=np.int64)
-        absent = np.setdiff1d(fold, known)
-        if len(absent):
-            raise LumbarFastError(f"cache {cache.path} lacks {len(absent)} validation studies of run "
-                                  f"{run.path} (e.g. {absent[0]}); evaluate on the cache the run trained on")
-        studies[run.path] = fold
-    return studies
+    return {run.path: require_studies(train_val_studies(split, run.fold)[1], known, cache.path, run.path)
+            for run in runs}
 
 
 def coverage(folds: Sequence[int], split: pd.DataFrame) -> str:
@@ -204,15 +197,6 @@ def competition(crops: pd.DataFrame, cache: CacheReader, runs: Sequence[Classifi
 
 
 # -- localisation (locator runs) ------------------------------------------------------------------
-def is_locator_run(path: Path) -> bool:
-    """Whether a run folder is a `train-locator` run: its config is a LocatorConfig (no classifier `view`)."""
-    try:
-        config = RunFolder(path).read_config()
-    except (OSError, ValueError, KeyError):
-        return False  # read_run names what is wrong with it
-    return "view" not in config and set(config) <= {f.name for f in dataclasses.fields(LocatorConfig)}
-
-
 def evaluate_locators(paths: Sequence[Path], cache_path: Path | None,
                       options: EvaluateOptions) -> tuple[dict[str, Any], pd.DataFrame]:
     """Per sequence, the locator runs' localisation figures on their validation studies (folds pooled
@@ -488,7 +472,7 @@ def evaluate(run_paths: Sequence[Path], out_dir: Path, cache_path: Path | None =
     options = options or EvaluateOptions()
     if not run_paths:
         raise LumbarFastError("give at least one run folder")
-    locator_paths = [Path(path) for path in run_paths if is_locator_run(Path(path))]
+    locator_paths = [Path(path) for path in run_paths if loc.is_locator_run(Path(path))]
     classifier_paths = [Path(path) for path in run_paths if Path(path) not in locator_paths]
     located = evaluate_locators(locator_paths, cache_path, options) if locator_paths else None
     report = (evaluate_classifiers(classifier_paths, out_dir, cache_path, options) if classifier_paths

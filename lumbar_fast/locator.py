@@ -4,7 +4,10 @@ One model per sequence looks at every slice of a series as a 2.5D image (the sli
 and predicts, for each target (condition × level, e.g. "left foramen at L4/L5"):
 - which slice holds it — a per-slice score from the slice's pooled features and its place in the stack,
   mixed along the stack by a 1-D convolution (the local shape of a disc) and a bidirectional GRU over the
-  whole series (which disc it is: counting from the sacrum or the top), softmax over the series' slices;
+  whole series (which disc it is: counting from the sacrum or the top), plus a positional prior (the
+  log-density of a Gaussian over the slice's offset in mm from the series' centre, fitted per target on the
+  training series: it tells a left foramen from its mirror image on the right), softmax over the series'
+  slices;
 - where on that slice — a heatmap (a light FPN decoder on the timm backbone's features, stride 4),
   decoded by argmax plus a parabolic sub-cell refinement.
 Points live in normalised image coordinates u = x / cols, v = y / rows, so mapping to the cache's S×S images
@@ -15,6 +18,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import pandas as pd
@@ -25,6 +29,7 @@ from torch import nn
 from lumbar_fast import rsna
 from lumbar_fast.errors import LumbarFastError
 from lumbar_fast.model import create_model
+from lumbar_fast.runfolder import BEST, RunFolder, atomic_write
 
 #: columns of train_label_coordinates.csv, the format `locate` writes
 #: heatmap width of the target Gaussian, in heatmap cells
@@ -33,6 +38,11 @@ HEATMAP_SIGMA = 1.0
 SLICE_SIGMA = 0.6
 #: input normalisation of the uint8 slices (the 2.5D channels are not RGB, so one mean/std for all)
 PIXEL_MEAN, PIXEL_STD = 0.5, 0.25
+#: the positional prior's spread never falls below this (mm): about a slice gap, so it never overrules the
+#: images between neighbouring slices, only between far-apart ones
+PRIOR_MIN_STD_MM = 5.0
+#: the spread of a target without enough labels to fit one (mm): the prior is flat across any series
+PRIOR_FLAT_STD_MM = 1e4
 
 
 def locator_targets(sequence: str) -> list[tuple[str, str]]:
@@ -54,6 +64,7 @@ class Series:
     prev_rows: np.ndarray   # the neighbouring slice below / above within the same stack (edge repeated)
     next_rows: np.ndarray
     rel_pos: np.ndarray     # slice / (stack length - 1), in [0, 1]
+    offset_mm: np.ndarray   # position along the slice normal minus the series' centre, mm
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -61,6 +72,25 @@ class Series:
     def stack_segments(self) -> list[slice]:
         """The runs of consecutive rows that form one stack each."""
         return _segments(self.stack)
+
+    def cut(self, part: slice) -> Series:
+        """The rows in `part` only (a training window), geometry unchanged."""
+        return Series(self.study_id, self.series_id, self.rows[part], self.stack[part], self.prev_rows[part],
+                      self.next_rows[part], self.rel_pos[part], self.offset_mm[part])
+
+    def layout(self, device: torch.device) -> SliceLayout:
+        """What the slice head needs to know about the series besides its images."""
+        return SliceLayout(torch.from_numpy(self.rel_pos).float().to(device),
+                           torch.from_numpy(self.offset_mm).float().to(device), self.stack_segments())
+
+
+class SliceLayout(NamedTuple):
+    """A series' slice geometry as the model reads it: relative place within each stack (N,), offset in mm
+    from the series' centre (N,) and the stacks as runs of rows."""
+
+    rel_pos: torch.Tensor
+    offset_mm: torch.Tensor
+    segments: list[slice]
 
 
 def series_of(stack_index: pd.DataFrame) -> list[Series]:
@@ -76,12 +106,15 @@ def series_of(stack_index: pd.DataFrame) -> list[Series]:
         rows = group["_row"].to_numpy()
         stack = group["stack"].to_numpy()
         prev_rows, next_rows, rel_pos = rows.copy(), rows.copy(), np.zeros(len(rows))
+        position = group["position"].to_numpy(dtype=float)
+        offset_mm = position - (position.min() + position.max()) / 2
         for seg in _segments(stack):
             seg_rows = rows[seg]
             prev_rows[seg] = np.r_[seg_rows[:1], seg_rows[:-1]]
             next_rows[seg] = np.r_[seg_rows[1:], seg_rows[-1:]]
             rel_pos[seg] = np.linspace(0.0, 1.0, len(seg_rows)) if len(seg_rows) > 1 else 0.5
-        result.append(Series(int(study_id), int(series_id), rows, stack, prev_rows, next_rows, rel_pos))
+        result.append(Series(int(study_id), int(series_id), rows, stack, prev_rows, next_rows, rel_pos,
+                             offset_mm))
     return result
 
 
@@ -161,26 +194,49 @@ class Locator(nn.Module):
         self.slice_context = nn.GRU(width + 1, width, batch_first=True, bidirectional=True)
         self.slice_score = nn.Linear(3 * width, num_targets)
 
-    def forward(self, images: torch.Tensor, rel_pos: torch.Tensor,
-                segments: list[slice]) -> tuple[torch.Tensor, torch.Tensor]:
-        """images (N, 3, H, W) of consecutive stacks → heatmaps (N, K, H/4, W/4) and slice logits (N, K)."""
+        self.register_buffer("prior_mean", torch.zeros(num_targets))
+        self.register_buffer("prior_std", torch.full((num_targets,), PRIOR_FLAT_STD_MM))
+
+    def set_position_prior(self, mean: np.ndarray, std: np.ndarray) -> None:
+        """Fix the positional prior: per target, the mean and spread (mm) of its offset from the series'
+        centre (`fit_position_prior`)."""
+        self.prior_mean.copy_(torch.as_tensor(mean, dtype=torch.float32))
+        self.prior_std.copy_(torch.as_tensor(std, dtype=torch.float32))
+
+    def forward(self, images: torch.Tensor, layout: SliceLayout) -> tuple[torch.Tensor, torch.Tensor]:
+        """images (N, 3, H, W) of one series' slices → heatmaps (N, K, H/4, W/4) and slice logits (N, K)."""
         features = self.backbone(images)
         top = self.lateral[-1](features[-1])
         for lateral, feature in zip(reversed(self.lateral[:-1]), reversed(features[:-1]), strict=True):
             top = lateral(feature) + F.interpolate(top, size=feature.shape[-2:], mode="nearest")
         heatmaps = self.heatmap_head(top)
         pooled = torch.cat([features[-1].mean(dim=(2, 3)), top.mean(dim=(2, 3))], dim=1)
-        return heatmaps, self.score_slices(pooled, rel_pos, segments)
+        return heatmaps, self.score_slices(pooled, layout)
 
-    def score_slices(self, pooled: torch.Tensor, rel_pos: torch.Tensor,
-                     segments: list[slice]) -> torch.Tensor:
+    def score_slices(self, pooled: torch.Tensor, layout: SliceLayout) -> torch.Tensor:
         """Per-slice pooled features (N, C) → slice logits (N, K): local mixing within each stack, then a
-        GRU along the whole series (stacks in their order), run in float32 (it is tiny and AMP-unfriendly)."""
+        GRU along the whole series (stacks in their order), plus the positional prior; run in float32 (it is
+        tiny and AMP-unfriendly)."""
         with torch.autocast(pooled.device.type, enabled=False):
-            embedded = torch.cat([self.slice_embed(pooled.float()), rel_pos[:, None].float()], dim=1)
-            local = torch.cat([self.slice_local(embedded[seg].T[None])[0].T for seg in segments])
+            embedded = torch.cat([self.slice_embed(pooled.float()), layout.rel_pos[:, None].float()], dim=1)
+            local = torch.cat([self.slice_local(embedded[seg].T[None])[0].T for seg in layout.segments])
             context, _ = self.slice_context(torch.cat([local, embedded[:, -1:]], dim=1)[None])
-            return self.slice_score(torch.cat([local, context[0]], dim=1))
+            logits = self.slice_score(torch.cat([local, context[0]], dim=1))
+            deviation = (layout.offset_mm[:, None].float() - self.prior_mean) / self.prior_std
+            return logits - 0.5 * deviation**2
+
+
+def fit_position_prior(series: list[Series], targets: list[SeriesTargets]) -> tuple[np.ndarray, np.ndarray]:
+    """Per target, the mean and spread (mm) of its labelled offset from the series' centre over the given
+    (training) series; the spread is widened by PRIOR_MIN_STD_MM, and flat where fewer than 2 labels exist."""
+    num = len(targets[0].position) if targets else 0
+    mean, std = np.zeros(num), np.full(num, PRIOR_FLAT_STD_MM)
+    for k in range(num):
+        offsets = np.array([s.offset_mm[t.position[k]] for s, t in zip(series, targets, strict=True)
+                            if t.present[k]])
+        if len(offsets) >= 2:
+            mean[k], std[k] = offsets.mean(), np.hypot(offsets.std(), PRIOR_MIN_STD_MM)
+    return mean, std
 
 
 def series_input(images: np.ndarray, series: Series) -> torch.Tensor:
@@ -291,8 +347,7 @@ def predict_series(model: Locator, images: np.ndarray, series: Series, size: int
     """Run the model on every slice of one series and decode it; also returns the raw outputs (for losses)."""
     inputs = normalise(resize_input(series_input(images, series).to(device), size))
     inputs = inputs.contiguous(memory_format=torch.channels_last)
-    rel_pos = torch.from_numpy(series.rel_pos).float().to(device)
-    heatmaps, slice_logits = model(inputs, rel_pos, series.stack_segments())
+    heatmaps, slice_logits = model(inputs, series.layout(device))
     heatmaps, slice_logits = heatmaps.float().cpu(), slice_logits.float().cpu()
     return decode_series(heatmaps, slice_logits), (heatmaps, slice_logits)
 
@@ -418,7 +473,27 @@ def _rows_of(frame: pd.DataFrame, stack_index: pd.DataFrame) -> np.ndarray:
     return keyed["_row"].to_numpy()
 
 
-# -- checkpoints and the locate API --------------------------------------------------------------------------
+# -- runs, checkpoints and the locate API --------------------------------------------------------------------
+#: the `kind` a locator run's config.json and checkpoints carry (classifier runs carry none)
+KIND = "locator"
+
+
+def is_locator_run(run_dir: Path) -> bool:
+    """Whether a folder holds a `train-locator` run: its config.json says so."""
+    try:
+        return RunFolder(Path(run_dir)).read_config().get("kind") == KIND
+    except (OSError, ValueError, KeyError):
+        return False  # not a run at all: whoever opens it next names what is wrong
+
+
+def load_locator_checkpoint(run_dir: Path) -> dict:
+    """The best checkpoint of a locator run; a one-line error for any other folder."""
+    state = RunFolder.open_existing(Path(run_dir)).load_checkpoint(BEST)
+    if state.get("kind") != KIND:
+        raise LumbarFastError(f"{run_dir} is not a locator run (train it with `lumbar-fast train-locator`)")
+    return state
+
+
 def checkpoint_model(state: dict) -> Locator:
     """The Locator stored in a locator checkpoint (its weights loaded, in eval mode)."""
     model = Locator(state["model_name"], len(state["targets"]), width=state["width"])
@@ -434,14 +509,11 @@ def locate(runs: list[Path], cache, device: str = "auto") -> pd.DataFrame:
     """Coordinates (train_label_coordinates.csv format) for every study of `cache`, from locator runs;
     `device` auto, cuda or cpu."""
     from lumbar_fast.inference import resolve_device
-    from lumbar_fast.runfolder import BEST, RunFolder
 
     device = resolve_device(device)
     tables = []
     for run in runs:
-        state = RunFolder.open_existing(run).load_checkpoint(BEST)
-        if state.get("kind") != "locator":
-            raise LumbarFastError(f"{run} is not a locator run (train it with `lumbar-fast train-locator`)")
+        state = load_locator_checkpoint(run)
         sequence = state["sequence"]
         if sequence not in cache.sequences():
             raise LumbarFastError(f"cache {cache.path} has no {sequence} stacks for locator run {run}")
@@ -458,7 +530,5 @@ def locate(runs: list[Path], cache, device: str = "auto") -> pd.DataFrame:
 
 def write_coordinates(coordinates: pd.DataFrame, path: Path) -> None:
     """Write located points as a train_label_coordinates.csv file, atomically (never a half-written file)."""
-    from lumbar_fast.runfolder import atomic_write
-
     columns = list(rsna.COORDINATE_COLUMNS)
     atomic_write(Path(path), lambda tmp: coordinates.to_csv(tmp, index=False, columns=columns))

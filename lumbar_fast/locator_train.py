@@ -25,7 +25,7 @@ from lumbar_fast.cache import open_cache
 from lumbar_fast.errors import LumbarFastError, first_line
 from lumbar_fast.inference import amp_dtype_for, resolve_device
 from lumbar_fast.runfolder import BEST, LAST, PREDICTIONS, SPLIT, Panels, RunFolder
-from lumbar_fast.split import load_or_create_split, train_val_studies
+from lumbar_fast.split import load_or_create_split, require_studies, train_val_studies
 from lumbar_fast.train import EarlyStopping, rng_state, seed_everything, set_rng_state
 
 #: validation value watched by early stopping and best.pt -> (metrics key, mode)
@@ -39,8 +39,6 @@ PANELS: Panels = {
     "share of points": (("val_slice_within_1", "slice within ±1", "-"),
                         ("val_level_name_accuracy", "right level name", "-")),
 }
-#: which run a checkpoint belongs to: classifier checkpoints lack it, locator checkpoints say "locator"
-KIND = "locator"
 
 
 @dataclass
@@ -72,10 +70,13 @@ class LocatorConfig:
     limit_series: int | None = None
     progress: bool = True
     extra: dict[str, Any] = field(default_factory=dict)
+    kind: str = loc.KIND  # tells evaluate (and a reader of config.json) that this is a locator run
 
     def check(self) -> None:
         """Refuse inconsistent arguments with one line each, before any work starts."""
         rsna.get_sequence(self.sequence)
+        if self.kind != loc.KIND:
+            raise LumbarFastError(f"a locator run's kind is {loc.KIND!r}, not {self.kind!r}")
         if self.monitor not in MONITORS:
             raise LumbarFastError(f"--monitor must be one of {', '.join(MONITORS)}")
         if (self.out is None) == (self.run_dir is None):
@@ -121,9 +122,7 @@ def load_data(cache, sequence: str) -> LocatorData:
 def window(series: loc.Series, target: loc.SeriesTargets, start: int,
            length: int) -> tuple[loc.Series, loc.SeriesTargets]:
     """Rows [start, start + length) of a series, with the targets outside the window marked absent."""
-    part = slice(start, start + length)
-    cut = loc.Series(series.study_id, series.series_id, series.rows[part], series.stack[part],
-                     series.prev_rows[part], series.next_rows[part], series.rel_pos[part])
+    cut = series.cut(slice(start, start + length))
     position = np.where((target.position >= start) & (target.position < start + length),
                         target.position - start, -1)
     return cut, loc.SeriesTargets(position, target.uv)
@@ -195,12 +194,11 @@ def training_step(session: LocatorSession, item: int, epoch: int) -> tuple[float
     if config.augment:
         images, uv = augment(images, uv, params)
     target = loc.SeriesTargets(target.position, uv)
-    rel_pos = torch.from_numpy(series.rel_pos).float().to(session.device)
     inputs = loc.normalise(images).contiguous(memory_format=torch.channels_last)
     session.optimizer.zero_grad(set_to_none=True)
     with torch.autocast(session.device.type, dtype=session.amp_dtype or torch.float32,
                         enabled=session.amp_dtype is not None):
-        heatmaps, slice_logits = session.model(inputs, rel_pos, series.stack_segments())
+        heatmaps, slice_logits = session.model(inputs, series.layout(session.device))
     heatmap_loss, slice_loss = loc.series_loss(heatmaps.float(), slice_logits.float(), target)
     session.scaler.scale(heatmap_loss + slice_loss).backward()
     session.scaler.step(session.optimizer)
@@ -232,8 +230,9 @@ def train_epoch(session: LocatorSession, epoch: int) -> dict[str, float]:
 
 
 def validate(model: loc.Locator, data: LocatorData, items: list[int], image_size: int,
-             device: torch.device) -> tuple[dict[str, Any], pd.DataFrame]:
-    """Losses and localisation metrics over the given series (every slice), and their predictions table."""
+             device: torch.device) -> tuple[dict[str, Any], pd.DataFrame, pd.DataFrame]:
+    """Losses and localisation metrics over the given series (every slice), their predictions table and its
+    per-point errors (`locator.localisation_table`)."""
     model.eval()
     tables, losses = [], []
     for item in items:
@@ -243,9 +242,11 @@ def validate(model: loc.Locator, data: LocatorData, items: list[int], image_size
         tables.append(loc.prediction_table(data.series[item], prediction, data.stack_index, data.names))
     predictions = pd.concat(tables, ignore_index=True)
     heatmap_loss, slice_loss = np.mean(losses, axis=0) if losses else (float("nan"), float("nan"))
-    metrics = loc.localisation_metrics(predictions, data.labels, data.stack_index)
-    return ({"val_loss": heatmap_loss + slice_loss, "val_heatmap_loss": heatmap_loss,
-             "val_slice_loss": slice_loss, **{f"val_{k}": v for k, v in metrics.items()}}, predictions)
+    points = loc.localisation_table(predictions, data.labels, data.stack_index)
+    metrics = loc.summarise_localisation(points)
+    losses = {"val_loss": heatmap_loss + slice_loss, "val_heatmap_loss": heatmap_loss,
+              "val_slice_loss": slice_loss}
+    return {**losses, **{f"val_{k}": v for k, v in metrics.items()}}, predictions, points
 
 
 def mean_position_predictions(data: LocatorData, train_items: list[int], items: list[int]) -> pd.DataFrame:
@@ -290,6 +291,8 @@ def prepare(config: LocatorConfig, run: RunFolder) -> LocatorSession:
                               f"validation series with labelled points for {config.sequence}")
     seed_everything(config.seed)
     model = loc.Locator(config.model, len(data.names), pretrained=config.pretrained, width=config.width)
+    model.set_position_prior(*loc.fit_position_prior([data.series[i] for i in train_series],
+                                                     [data.targets[i] for i in train_series]))
     model = model.to(device, memory_format=torch.channels_last)
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=config.epochs)
@@ -301,7 +304,7 @@ def prepare(config: LocatorConfig, run: RunFolder) -> LocatorSession:
 
 def checkpoint_meta(config: LocatorConfig, names: list[tuple[str, str]]) -> dict[str, Any]:
     """What `locate` needs besides the weights."""
-    return {"kind": KIND, "model_name": config.model, "sequence": config.sequence, "width": config.width,
+    return {"kind": loc.KIND, "model_name": config.model, "sequence": config.sequence, "width": config.width,
             "image_size": config.image_size, "targets": [list(t) for t in names],
             "config": dataclasses.asdict(config)}
 
@@ -321,7 +324,7 @@ def fit(session: LocatorSession) -> Path:
         lr = session.optimizer.param_groups[0]["lr"]
         started = time.perf_counter()
         train_metrics = train_epoch(session, epoch)
-        val_metrics, predictions = validate(session.model, session.data, session.val_series,
+        val_metrics, predictions, _ = validate(session.model, session.data, session.val_series,
                                             config.image_size, session.device)
         session.scheduler.step()
         improved = session.stopper.update(float(val_metrics[MONITORS[config.monitor][0]]), epoch)
@@ -421,10 +424,7 @@ def read_locator_run(run_dir: Path) -> tuple[RunFolder, LocatorConfig, dict[str,
         split = pd.read_csv(run.file(SPLIT))
     except (TypeError, ValueError, OSError) as exc:
         raise LumbarFastError(f"{run_dir} is not a readable locator run: {first_line(exc)}") from None
-    state = run.load_checkpoint(BEST)
-    if state.get("kind") != KIND:
-        raise LumbarFastError(f"{run_dir} is not a locator run (its {BEST} is not a locator checkpoint)")
-    return run, config, state, split
+    return run, config, loc.load_locator_checkpoint(run_dir), split
 
 
 def evaluate_run(run_dir: str | Path, cache_path: str | Path | None = None,
@@ -435,19 +435,15 @@ def evaluate_run(run_dir: str | Path, cache_path: str | Path | None = None,
     target = resolve_device(device)
     cache = open_cache(cache_path or config.cache)
     train_studies, val_studies = train_val_studies(split, config.fold)
-    absent = np.setdiff1d(val_studies, cache.study_labels()["study_id"].to_numpy())
-    if len(absent):
-        raise LumbarFastError(f"cache {cache.path} lacks {len(absent)} validation studies of locator run "
-                              f"{run_dir} (e.g. {absent[0]}); evaluate on the cache the run trained on")
+    require_studies(val_studies, cache.study_labels()["study_id"].to_numpy(), cache.path, run.path)
     data = load_data(cache, config.sequence)
     val_series = data.indices_of(val_studies, labelled_only=True)
     train_series = data.indices_of(train_studies, labelled_only=True)
     if not val_series or not train_series:
         raise LumbarFastError(f"cache {cache.path} has no labelled {config.sequence} series of locator run "
                               f"{run_dir}'s {'validation' if not val_series else 'training'} studies")
-    metrics, predictions = validate(loc.checkpoint_model(state).to(target), data, val_series,
-                                    config.image_size, target)
+    metrics, predictions, points = validate(loc.checkpoint_model(state).to(target), data, val_series,
+                                            config.image_size, target)
     baseline = mean_position_predictions(data, train_series, val_series)
-    return RunEvaluation(run.path, config.sequence, config.fold, split, metrics, predictions,
-                         loc.localisation_table(predictions, data.labels, data.stack_index),
+    return RunEvaluation(run.path, config.sequence, config.fold, split, metrics, predictions, points,
                          loc.localisation_table(baseline, data.labels, data.stack_index))

@@ -120,3 +120,13 @@ def train_val_studies(split_df: pd.DataFrame, fold: int) -> tuple[np.ndarray, np
     is_val = split_df["fold"].to_numpy() == fold
     studies = split_df["study_id"].to_numpy(dtype=np.int64)
     return np.sort(studies[~is_val]), np.sort(studies[is_val])
+
+
+def require_studies(studies: np.ndarray, known: np.ndarray, cache_path: Path, run_path: Path) -> np.ndarray:
+    """`studies` (a run's validation studies), after checking that the cache (its `known` study ids) holds
+    them all: evaluating a run on another cache would silently drop studies."""
+    absent = np.setdiff1d(studies, known)
+    if len(absent):
+        raise LumbarFastError(f"cache {cache_path} lacks {len(absent)} validation studies of run {run_path} "
+                              f"(e.g. {absent[0]}); evaluate on the cache the run trained on")
+    return studies

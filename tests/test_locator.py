@@ -65,6 +65,8 @@ def test_series_are_ordered_stacks_with_edge_repeating_neighbours(synth_cache):
         stack_positions = [table.iloc[segment]["position"].mean() for segment in series.stack_segments()]
         assert stack_positions == sorted(stack_positions)  # stacks in spatial order, whatever their ids
         multi_stack += len(stack_positions) > 1
+        offset = table["position"].to_numpy() - series.offset_mm
+        assert np.ptp(offset) < 1e-6 and series.offset_mm.min() == pytest.approx(-series.offset_mm.max())
         for segment in series.stack_segments():
             part = table.iloc[segment]
             assert part["stack"].nunique() == 1
@@ -137,9 +139,43 @@ def test_window_keeps_only_the_targets_inside(sag_t1):
     series, target = sag_t1.series[item], sag_t1.targets[item]
     cut, cut_target = window(series, target, 2, 5)
     np.testing.assert_array_equal(cut.rows, series.rows[2:7])
+    np.testing.assert_array_equal(cut.offset_mm, series.offset_mm[2:7])  # the whole series' centre
     inside = (target.position >= 2) & (target.position < 7)
     np.testing.assert_array_equal(cut_target.present, inside)
     np.testing.assert_array_equal(cut_target.position[inside], target.position[inside] - 2)
+
+
+# -- positional prior ----------------------------------------------------------------------------------------
+def test_position_prior_puts_left_and_right_foramina_on_opposite_sides(sag_t1):
+    mean, std = loc.fit_position_prior(sag_t1.series, sag_t1.targets)
+    side = np.array([condition.startswith("left") for condition, _ in sag_t1.names])
+    assert (mean[side] * mean[~side].mean() < 0).all()  # mirror images: opposite signs of the offset
+    assert abs(mean[side].mean() + mean[~side].mean()) < 0.3 * abs(mean[side].mean())
+    assert (std >= loc.PRIOR_MIN_STD_MM).all() and (std < 3 * loc.PRIOR_MIN_STD_MM).all()
+
+
+def test_target_without_labels_gets_a_flat_prior(sag_t1):
+    unlabelled = [loc.SeriesTargets(np.where(np.arange(len(t.position)) == 0, -1, t.position), t.uv)
+                  for t in sag_t1.targets]
+    mean, std = loc.fit_position_prior(sag_t1.series, unlabelled)
+    assert mean[0] == 0.0 and std[0] == loc.PRIOR_FLAT_STD_MM and std[1] < loc.PRIOR_FLAT_STD_MM
+
+
+def test_prior_alone_chooses_the_slice_nearest_its_mean(sag_t1):
+    """With image evidence that is the same on every slice, the slice head's choice is the prior's."""
+    model = loc.Locator("test_efficientnet", len(sag_t1.names), width=16).eval()
+    torch.nn.init.zeros_(model.slice_score.weight)
+    torch.nn.init.zeros_(model.slice_score.bias)
+    mean, std = loc.fit_position_prior(sag_t1.series, sag_t1.targets)
+    model.set_position_prior(mean, std)
+    series = sag_t1.series[0]
+    channels = model.slice_embed[0].in_features
+    with torch.no_grad():
+        logits = model.score_slices(torch.ones(len(series), channels), series.layout(torch.device("cpu")))
+    chosen = logits.argmax(dim=0).numpy()
+    expected = np.abs(series.offset_mm[:, None] - mean[None, :]).argmin(axis=0)
+    np.testing.assert_array_equal(chosen, expected)
+    assert model.state_dict()["prior_mean"].tolist() == pytest.approx(mean.tolist())  # saved with the weights
 
 
 # -- training ------------------------------------------------------------------------------------------------
