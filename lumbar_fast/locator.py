@@ -8,7 +8,7 @@ and predicts, for each target (condition × level, e.g. "left foramen at L4/L5")
   log-density of a Gaussian over the slice's offset in mm from the series' centre, fitted per target on the
   training series: it tells a left foramen from its mirror image on the right), softmax over the series'
   slices;
-- where on that slice — a heatmap (a light FPN decoder on the timm backbone's features, stride 4),
+- where on that slice — a heatmap (a light FPN decoder on the timm backbone's features, stride 2),
   decoded by argmax plus a parabolic sub-cell refinement.
 Points live in normalised image coordinates u = x / cols, v = y / rows, so mapping to the cache's S×S images
 and back to original pixels is exact.
@@ -43,6 +43,10 @@ PIXEL_MEAN, PIXEL_STD = 0.5, 0.25
 PRIOR_MIN_STD_MM = 5.0
 #: the spread of a target without enough labels to fit one (mm): the prior is flat across any series
 PRIOR_FLAT_STD_MM = 1e4
+#: two levels of one condition never share a point: decoded closer than this (in normalised image units,
+#: about 14 mm at a typical field of view, half the spacing of neighbouring discs) on the same or a
+#: neighbouring slice, the less sure one moves to its best peak outside that distance
+LEVEL_SEPARATION = 0.06
 
 
 def locator_targets(sequence: str) -> list[tuple[str, str]]:
@@ -181,7 +185,7 @@ class Locator(nn.Module):
         super().__init__()
         try:
             self.backbone = create_model(model_name, in_chans=3, pretrained=pretrained, features_only=True,
-                                         out_indices=(1, 2, 3, 4))
+                                         out_indices=(0, 1, 2, 3, 4))
         except RuntimeError as exc:  # timm: a model without a feature-extraction mode
             raise LumbarFastError(f"timm model {model_name!r} has no feature maps for a locator: "
                                   f"{exc}") from None
@@ -204,7 +208,7 @@ class Locator(nn.Module):
         self.prior_std.copy_(torch.as_tensor(std, dtype=torch.float32))
 
     def forward(self, images: torch.Tensor, layout: SliceLayout) -> tuple[torch.Tensor, torch.Tensor]:
-        """images (N, 3, H, W) of one series' slices → heatmaps (N, K, H/4, W/4) and slice logits (N, K)."""
+        """images (N, 3, H, W) of one series' slices → heatmaps (N, K, H/2, W/2) and slice logits (N, K)."""
         features = self.backbone(images)
         top = self.lateral[-1](features[-1])
         for lateral, feature in zip(reversed(self.lateral[:-1]), reversed(features[:-1]), strict=True):
@@ -317,6 +321,8 @@ def decode_heatmap(logits: torch.Tensor) -> np.ndarray:
 def _parabola_vertex(values: np.ndarray) -> float:
     """Offset (in cells, within ±0.5) of the vertex of the parabola through three equally spaced values."""
     left, centre, right = values
+    if not np.isfinite(values).all():  # a neighbour masked out by separate_levels
+        return 0.0
     curvature = left - 2 * centre + right
     if curvature >= 0:  # flat or not a maximum: keep the cell centre
         return 0.0
@@ -333,12 +339,39 @@ class SeriesPrediction:
 
 
 def decode_series(heatmaps: torch.Tensor, slice_logits: torch.Tensor) -> SeriesPrediction:
-    """For each target: the most likely slice of the series, then the point on that slice's heatmap."""
+    """For each target: the most likely slice of the series, then the point on that slice's heatmap, with
+    the levels of one condition kept apart (`separate_levels`)."""
     probs = F.softmax(slice_logits.float(), dim=0)
     confidence, position = probs.max(dim=0)
-    k = torch.arange(heatmaps.shape[1])
-    uv = decode_heatmap(heatmaps[position, k])
+    chosen = heatmaps[position, torch.arange(heatmaps.shape[1])].float()
+    log_p = F.log_softmax(chosen.flatten(1), dim=1).view_as(chosen)
+    uv = separate_levels(log_p, decode_heatmap(log_p), position.numpy())
     return SeriesPrediction(position.numpy(), uv, confidence.numpy())
+
+
+def separate_levels(log_p: torch.Tensor, uv: np.ndarray, position: np.ndarray) -> np.ndarray:
+    """Points (K, 2) decoded from heatmap log-probabilities (K, H, W), moved apart where two levels of one
+    condition fell on one spot (two alike discs on one sagittal slice: the heatmap of the less certain
+    level can peak on its neighbour's disc). Greedy from the surest peak: a later level that lands within
+    LEVEL_SEPARATION of an earlier one of its condition (same or neighbouring slice) takes its best point
+    outside those spots. Targets come in runs of the five levels of each condition (`locator_targets`)."""
+    num, height, width = log_p.shape
+    condition = np.arange(num) // len(rsna.LEVELS)
+    cell_v = ((torch.arange(height, dtype=torch.float64) + 0.5) / height)[:, None]
+    cell_u = ((torch.arange(width, dtype=torch.float64) + 0.5) / width)[None, :]
+    result = uv.copy()
+    placed: list[int] = []
+    for k in np.argsort(-log_p.flatten(1).amax(dim=1).numpy(), kind="stable"):
+        rivals = [j for j in placed if condition[j] == condition[k] and abs(position[j] - position[k]) <= 1]
+        if any(np.hypot(*(result[k] - result[j])) < LEVEL_SEPARATION for j in rivals):
+            masked = log_p[k].double().clone()
+            for j in rivals:
+                near = (cell_u - result[j][0]) ** 2 + (cell_v - result[j][1]) ** 2 < LEVEL_SEPARATION**2
+                masked[near] = -np.inf
+            if torch.isfinite(masked).any():
+                result[k] = decode_heatmap(masked[None])[0]
+        placed.append(int(k))
+    return result
 
 
 @torch.no_grad()

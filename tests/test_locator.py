@@ -121,6 +121,28 @@ def test_heatmap_decoding_is_sub_cell_precise():
     np.testing.assert_allclose(decoded, points.numpy(), atol=1e-6)
 
 
+def test_two_levels_on_one_disc_are_moved_apart():
+    """L2/L3's heatmap peaks on L1/L2's disc (which is surer there), with its own disc second: it takes its
+    own. The same condition's L3/L4 on a far slice, and another condition's L1/L2, may share that spot."""
+    size, disc, own = 64, (0.5, 0.30), (0.5, 0.55)
+
+    def heatmap(*peaks: tuple[float, tuple[float, float]]) -> torch.Tensor:
+        mixture = sum(w * loc.gaussian_heatmap(torch.tensor([p], dtype=torch.float64), size, size)
+                      for w, p in peaks)
+        return mixture.clamp_min(1e-30).log().reshape(size, size)
+
+    levels = len(rsna.LEVELS)
+    log_p = torch.stack([heatmap((1.0, (0.1 + 0.08 * k, 0.9))) for k in range(2 * levels)])  # apart
+    log_p[0], log_p[2], log_p[levels] = heatmap((1.0, disc)), heatmap((1.0, disc)), heatmap((1.0, disc))
+    log_p[1] = heatmap((0.6, disc), (0.4, own))
+    position = np.zeros(2 * levels, dtype=int)
+    position[2] = 5
+    uv = loc.separate_levels(log_p, loc.decode_heatmap(log_p), position)
+    np.testing.assert_allclose(uv[1], own, atol=0.005)
+    np.testing.assert_allclose(uv[[0, 2, levels]], [disc] * 3, atol=0.005)
+    np.testing.assert_allclose(uv[3:levels], loc.decode_heatmap(log_p[3:levels]))  # nothing else moves
+
+
 def test_augmentation_moves_the_targets_with_the_image():
     image = torch.zeros(1, 3, 64, 64)
     uv = np.array([[0.3, 0.6]])
