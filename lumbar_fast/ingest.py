@@ -11,6 +11,7 @@ unfinished final store rebuilt from the parts; the result equals an uninterrupte
 
 from __future__ import annotations
 
+import hashlib
 import json
 import multiprocessing
 import os
@@ -181,9 +182,7 @@ def plan_ingest(params: IngestParams) -> IngestPlan:
         raise DataError(f"{params.split}_series_descriptions.csv in {root} lists no series")
     studies = sorted(descriptions["study_id"].unique())[:params.limit_studies]
     descriptions = descriptions[descriptions["study_id"].isin(studies)]
-    labels_file = params.labels or (root / "train.csv" if params.split == "train" else None)
-    coordinates_file = params.coordinates or (
-        root / "train_label_coordinates.csv" if params.split == "train" else None)
+    labels_file, coordinates_file = _label_files(params)
     study_labels = read_study_labels(labels_file, studies)
     coordinates = (_read_csv(Path(coordinates_file), rsna.COORDINATE_COLUMNS) if coordinates_file
                    else pd.DataFrame(columns=rsna.COORDINATE_COLUMNS))
@@ -403,8 +402,7 @@ def _finished_summary(out: Path, params: IngestParams) -> IngestSummary | None:
     wanted = {"params": _param_attrs(params), "split": params.split}
     made = {"params": reader.attrs["params"], "split": reader.attrs["split"]}
     if made != wanted:
-        changed = sorted(k for k in wanted["params"] if wanted["params"][k] != made["params"].get(k))
-        raise CacheError(f"{out} was made with other parameters ({', '.join(changed) or 'split'} changed); "
+        raise CacheError(f"{out} was made with other parameters ({_changes(made, wanted)} changed); "
                          "choose another --out or remove it")
     shutil.rmtree(_work_dir(out), ignore_errors=True)  # left over if a run was killed while cleaning up
     source = reader.attrs["source"]
@@ -412,6 +410,16 @@ def _finished_summary(out: Path, params: IngestParams) -> IngestSummary | None:
     return IngestSummary(out=out, up_to_date=True, series=source["series_ingested"], slices=source["slices"],
                          level_crops=source["level_crops"], errors=len(errors),
                          error_reasons=cache.reason_counts(errors))
+
+
+def _changes(made: dict, wanted: dict) -> str:
+    """What differs between a cache's recorded parameters and a rerun's, by name (CSVs by their role)."""
+    changed = [key for key, value in wanted["params"].items()
+               if key != "input_digests" and value != made["params"].get(key)]
+    digests = made["params"].get("input_digests") or {}
+    changed += [f"{name} CSV content" for name, digest in wanted["params"]["input_digests"].items()
+                if digests.get(name) != digest]
+    return ", ".join(sorted(changed)) or "split"
 
 
 def _prepare_work_dir(out: Path, params: IngestParams) -> Path:
@@ -445,8 +453,27 @@ def _work_params(out: Path) -> dict | None:
     return json.loads(file.read_text()) if file.is_file() else None
 
 
+def _label_files(params: IngestParams) -> tuple[Path | None, Path | None]:
+    """The train.csv-format and coordinates CSVs an ingest reads: as given, or the train split's own."""
+    root, train = Path(params.data_dir), params.split == "train"
+    labels = params.labels or (root / "train.csv" if train else None)
+    coordinates = params.coordinates or (root / "train_label_coordinates.csv" if train else None)
+    return (Path(labels) if labels else None), (Path(coordinates) if coordinates else None)
+
+
+def _input_digests(params: IngestParams) -> dict[str, str | None]:
+    """SHA-256 of each CSV the ingest reads, so that a rerun after one changed (new located coordinates at
+    the same path) is not taken for an up-to-date cache; None for a file that is absent."""
+    descriptions = Path(params.data_dir) / f"{params.split}_series_descriptions.csv"
+    files = {"series_descriptions": descriptions, **dict(zip(("labels", "coordinates"), _label_files(params),
+                                                             strict=True))}
+    return {name: hashlib.sha256(path.read_bytes()).hexdigest() if path and path.is_file() else None
+            for name, path in files.items()}
+
+
 def _param_attrs(params: IngestParams) -> dict:
-    return json.loads(json.dumps(asdict(params)))
+    """The parameters a cache records and a rerun must match: the arguments and the digests of the CSVs."""
+    return json.loads(json.dumps({**asdict(params), "input_digests": _input_digests(params)}))
 
 
 def _remove(path: Path) -> None:

@@ -298,6 +298,20 @@ def test_rerun_is_a_no_op_and_other_parameters_or_schema_are_refused(tiny_data, 
     assert zarr.open_group(old, mode="r").attrs["cache_id"] == before
 
 
+def test_a_changed_coordinates_file_at_the_same_path_is_not_taken_for_up_to_date(tiny_data, tmp_path):
+    """`locate` rewrites its CSV in place; a rerun of `ingest --coordinates` must not keep the old crops."""
+    points = shutil.copy(tiny_data / "train_label_coordinates.csv", tmp_path / "located.csv")
+    out = tmp_path / "c.zarr"
+    ingest(tiny_data, out, size=32, coordinates=points, workers=1, progress=False)
+    assert ingest(tiny_data, out, size=32, coordinates=points, workers=1, progress=False).up_to_date
+    before = cache.open_cache(out).attrs["cache_id"]
+    table = pd.read_csv(points)
+    table.assign(x=table["x"] + 3.0).to_csv(points, index=False)
+    with pytest.raises(CacheError, match=r"\(coordinates CSV content changed\)"):
+        ingest(tiny_data, out, size=32, coordinates=points, workers=1, progress=False)
+    assert cache.open_cache(out).attrs["cache_id"] == before  # the finished cache is left as it was
+
+
 def test_hdf5_cache_reads_the_same_as_zarr(tiny_data, make_cache):
     zarr_cache = cache.open_cache(make_cache(tiny_data, size=32, workers=1))
     hdf5_cache = cache.open_cache(make_cache(tiny_data, size=32, workers=1, fmt="hdf5"))

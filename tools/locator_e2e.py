@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import time
 from pathlib import Path
 
@@ -89,6 +90,7 @@ def main() -> None:
         "--no-progress")
     run("locate", *(str(locators / s) for s in SEQUENCES), "--cache", str(stacks_cache), "--out",
         str(located_csv), "--device", args.device)
+    shutil.rmtree(located_cache, ignore_errors=True)  # built from this run's located points, not an earlier's
     run("ingest", str(data), "--split", "test", "--out", str(located_cache), "--size", str(args.size),
         "--coordinates", str(located_csv), "--labels", str(key_labels), "--no-progress")
     runs = [str(classifiers / s) for s in SEQUENCES]
