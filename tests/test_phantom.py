@@ -17,6 +17,7 @@ from lumbar_fast.dicom import decode_pixels
 from lumbar_fast.phantom import MANIFEST_NAME, PhantomOptions, PitfallRates, generate, load_manifest
 from lumbar_fast.phantom.anatomy import sample_anatomy
 from lumbar_fast.phantom.options import REAL_FREQUENCIES
+from lumbar_fast.phantom.render import axial_planes, sagittal_planes
 from lumbar_fast.phantom.study import sample_severity
 
 
@@ -361,3 +362,28 @@ def test_cli_bad_input_is_one_line_error(tmp_path, run_cli, make_args, message):
     assert code != 0
     assert stderr.strip().count("\n") == 0 and message in stderr, stderr
     assert not (tmp_path / "new").exists()
+
+
+def test_off_centre_series_are_shifted_yet_cover_every_labelled_point():
+    """The off_centre pitfall moves sagittal stacks along x and lets axial series run on past the end discs;
+    every labelled point still lies within half a slice gap of the series' nearest plane."""
+    anatomy = sample_anatomy(np.random.default_rng(0), {}, 1.0)
+    points = {seq: [anatomy.labelled_point(c, lv) for c in rsna.get_sequence(seq).conditions
+                    for lv in rsna.LEVELS] for seq in rsna.SEQUENCES}
+
+    def sagittal_centres(off_centre: bool) -> list[float]:
+        return [float(np.mean([p.position[0] for p in
+                               sagittal_planes(anatomy, np.random.default_rng(i), 64, off_centre)]))
+                for i in range(30)]
+
+    assert np.ptp(sagittal_centres(False)) < 3.0 and np.ptp(sagittal_centres(True)) > 12.0
+    centred = [len(axial_planes(anatomy, np.random.default_rng(i), [64])) for i in range(30)]
+    longer = [len(axial_planes(anatomy, np.random.default_rng(i), [64], True)) for i in range(30)]
+    assert np.mean(longer) > np.mean(centred) + 3
+    for i in range(30):
+        for seq, planes in (("sag_t1", sagittal_planes(anatomy, np.random.default_rng(i), 64, True)),
+                            ("ax_t2", axial_planes(anatomy, np.random.default_rng(i), [64, 64], True))):
+            first = [p.position for p in planes if p.stack == 0]
+            gap = float(np.linalg.norm(np.subtract(first[1], first[0])))
+            for point in points[seq]:
+                assert min(abs(p.to_pixel(point)[2]) for p in planes) <= 0.5 * gap + 0.5, (seq, i)

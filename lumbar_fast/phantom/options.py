@@ -33,6 +33,9 @@ class PitfallRates:
     duplicate_series: float = 0.05  # per study: a second, unlabelled series of one type
     missing_condition: float = 0.05  # per study: one condition unlabelled at all five levels
     missing_label: float = 0.01  # per (study, condition, level)
+    # the series is not centred on the spine: sagittal stacks shifted along x, axial stacks running on past
+    # L1/L2 or S1. Off by default (it is drawn only when on), so earlier phantoms and their numbers hold.
+    off_centre: float = 0.0
 
     @classmethod
     def none(cls) -> PitfallRates:

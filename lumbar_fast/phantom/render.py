@@ -15,6 +15,9 @@ from lumbar_fast.phantom.anatomy import Anatomy, intensity
 #: a series whose size varies takes the base size times one of these (384 -> 288, 336, 432, 480)
 SIZE_FACTORS: tuple[float, ...] = (0.75, 0.875, 1.125, 1.25)
 SAGITTAL_IOP = (0.0, 1.0, 0.0, 0.0, 0.0, -1.0)
+#: the off_centre pitfall: a sagittal stack's centre moves up to this far along x; an axial series runs on
+#: up to twice this far beyond its top and bottom discs
+OFF_CENTRE_MM = 12.0
 
 
 @dataclass(frozen=True)
@@ -66,12 +69,15 @@ def _plane(centre: np.ndarray, row_cos: np.ndarray, col_cos: np.ndarray, fov: fl
                       (round(spacing, 6), round(spacing, 6)), size, size, thickness, stack)
 
 
-def sagittal_planes(anatomy: Anatomy, rng: np.random.Generator, size: int) -> list[SlicePlane]:
-    """A sagittal stack in ascending position order covering both foramina (slices along x)."""
+def sagittal_planes(anatomy: Anatomy, rng: np.random.Generator, size: int,
+                    off_centre: bool = False) -> list[SlicePlane]:
+    """A sagittal stack in ascending position order covering both foramina (slices along x); off centre,
+    shifted along x by up to OFF_CENTRE_MM (and longer, to still cover both foramina)."""
+    shift = float(rng.uniform(-OFF_CENTRE_MM, OFF_CENTRE_MM)) if off_centre else 0.0
     gap = float(rng.uniform(3.5, 4.5))
-    needed = int(np.ceil(2 * (anatomy.foramen[0] + 8.0) / gap)) + 1
+    needed = int(np.ceil(2 * (anatomy.foramen[0] + 8.0 + abs(shift)) / gap)) + 1
     count = max(needed, int(rng.integers(15, 20)))
-    x_mid = float(rng.uniform(-1.5, 1.5))
+    x_mid = float(rng.uniform(-1.5, 1.5)) + shift
     z_mid = float(np.mean(anatomy.disc_z)) + float(rng.uniform(-8, 8))
     centre_y = anatomy.canal_y - float(rng.uniform(15, 30))
     fov = float(rng.uniform(220, 260))
@@ -82,11 +88,14 @@ def sagittal_planes(anatomy: Anatomy, rng: np.random.Generator, size: int) -> li
             for x in xs[::-1]]
 
 
-def axial_planes(anatomy: Anatomy, rng: np.random.Generator, sizes: list[int]) -> list[SlicePlane]:
+def axial_planes(anatomy: Anatomy, rng: np.random.Generator, sizes: list[int],
+                 off_centre: bool = False) -> list[SlicePlane]:
     """Axial stacks in ascending position order: one stack per entry of `sizes`, together covering L1-S1.
 
-    One stack is parallel to the axial plane; several stacks are each tilted through their own discs.
+    One stack is parallel to the axial plane; several stacks are each tilted through their own discs. Off
+    centre, the series runs on up to 2·OFF_CENTRE_MM beyond its top and its bottom disc (each drawn apart).
     """
+    above, below = rng.uniform(0, 2 * OFF_CENTRE_MM, size=2) if off_centre else (0.0, 0.0)
     gap = float(rng.uniform(3.5, 4.5))
     fov = float(rng.uniform(180, 230))
     centre_y = anatomy.canal_y - float(rng.uniform(10, 30))
@@ -94,6 +103,8 @@ def axial_planes(anatomy: Anatomy, rng: np.random.Generator, sizes: list[int]) -
     planes: list[SlicePlane] = []
     for stack, (levels, size) in enumerate(zip(groups, sizes, strict=True)):
         top, bottom = anatomy.disc_z[levels[0]] + 14.0, anatomy.disc_z[levels[-1]] - 14.0
+        top += above if stack == 0 else 0.0
+        bottom -= below if stack == len(sizes) - 1 else 0.0
         tilt = 0.0 if len(sizes) == 1 else float(rng.uniform(-12, 12))
         angle = np.deg2rad(tilt)
         row_cos = np.array([1.0, 0.0, 0.0])

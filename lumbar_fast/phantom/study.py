@@ -50,6 +50,7 @@ class SeriesPlan:
     instance_order: str  # "spatial", "reversed" or "shuffled"
     labelled: bool
     size_varied: bool
+    off_centre: bool
 
     def pitfalls(self) -> list[str]:
         """Names of the pitfalls this series carries (the manifest's vocabulary)."""
@@ -64,6 +65,7 @@ class SeriesPlan:
             "rle": enc.transfer_syntax == "rle",
             "j2k": enc.transfer_syntax == "j2k",
             "duplicate_series": not self.labelled,
+            "off_centre": self.off_centre,
         }
         return [name for name, on in flags.items() if on]
 
@@ -162,13 +164,14 @@ def _plan_one(rng: np.random.Generator, anatomy: Anatomy, sequence: str, series_
         stacks = 1
     varied = rng.random(stacks) < rates.varied_size
     sizes = [varied_size(options.image_size, rng) if v else options.image_size for v in varied]
+    off_centre = rates.off_centre > 0 and bool(rng.random() < rates.off_centre)  # no draw when off
     if sequence == "ax_t2":
-        planes = axial_planes(anatomy, rng, sizes)
+        planes = axial_planes(anatomy, rng, sizes, off_centre)
     else:
-        planes = sagittal_planes(anatomy, rng, sizes[0])
+        planes = sagittal_planes(anatomy, rng, sizes[0], off_centre)
     numbers, order = _instance_numbers(rng, len(planes), rates.shuffled_instances)
     return SeriesPlan(series_id, sequence, planes, numbers, _sample_encoding(rng, options), order, labelled,
-                      bool(any(size != options.image_size for size in sizes)))
+                      bool(any(size != options.image_size for size in sizes)), off_centre)
 
 
 def _instance_numbers(rng: np.random.Generator, count: int, rate: float) -> tuple[list[int], str]:
