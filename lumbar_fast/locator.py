@@ -16,6 +16,7 @@ and back to original pixels is exact.
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
@@ -45,8 +46,10 @@ PRIOR_MIN_STD_MM = 5.0
 PRIOR_FLAT_STD_MM = 1e4
 #: two levels of one condition never share a point: decoded closer than this (in normalised image units,
 #: about 14 mm at a typical field of view, half the spacing of neighbouring discs) on the same or a
-#: neighbouring slice, the less sure one moves to its best peak outside that distance
+#: neighbouring slice, they are placed jointly (`separate_levels`)
 LEVEL_SEPARATION = 0.06
+#: the strongest heatmap peaks per level that the joint placement chooses among
+PEAK_CANDIDATES = 4
 
 
 def locator_targets(sequence: str) -> list[tuple[str, str]]:
@@ -305,24 +308,35 @@ def decode_heatmap(logits: torch.Tensor) -> np.ndarray:
     """(K, H, W) heatmap logits → (K, 2) normalised points: the argmax cell, refined per axis by the vertex
     of the parabola through the log-probabilities of it and its two neighbours (exact for a Gaussian peak)."""
     num, height, width = logits.shape
-    flat = logits.reshape(num, -1).double()
-    peak = flat.argmax(dim=1)
-    rows, cols = (peak // width).numpy(), (peak % width).numpy()
-    grid = flat.reshape(num, height, width).numpy()
-    result = np.zeros((num, 2))
-    for k in range(num):
-        row, col = rows[k], cols[k]
-        dx = _parabola_vertex(grid[k, row, col - 1:col + 2]) if 0 < col < width - 1 else 0.0
-        dy = _parabola_vertex(grid[k, row - 1:row + 2, col]) if 0 < row < height - 1 else 0.0
-        result[k] = [(col + 0.5 + dx) / width, (row + 0.5 + dy) / height]
-    return result
+    peak = logits.reshape(num, -1).argmax(dim=1).numpy()
+    grid = logits.double().numpy()
+    return np.stack([_refined_point(grid[k], *divmod(int(peak[k]), width)) for k in range(num)])
+
+
+def heatmap_peaks(log_p: torch.Tensor, count: int) -> tuple[np.ndarray, np.ndarray]:
+    """The `count` strongest local maxima of one (H, W) heatmap: their log-probabilities (m,) and refined
+    points (m, 2), strongest first (the first is `decode_heatmap`'s point)."""
+    width = log_p.shape[-1]
+    is_peak = log_p == F.max_pool2d(log_p[None, None], 3, stride=1, padding=1)[0, 0]
+    cells = np.flatnonzero(is_peak.flatten().numpy())
+    values = log_p.flatten().double().numpy()[cells]
+    order = np.lexsort((cells, -values))[:count]  # strongest first, ties by cell as argmax breaks them
+    grid = log_p.double().numpy()
+    points = np.stack([_refined_point(grid, *divmod(int(cell), width)) for cell in cells[order]])
+    return values[order], points
+
+
+def _refined_point(grid: np.ndarray, row: int, col: int) -> np.ndarray:
+    """Normalised (u, v) of cell (row, col) of an (H, W) grid, refined by the parabola per axis."""
+    height, width = grid.shape
+    dx = _parabola_vertex(grid[row, col - 1:col + 2]) if 0 < col < width - 1 else 0.0
+    dy = _parabola_vertex(grid[row - 1:row + 2, col]) if 0 < row < height - 1 else 0.0
+    return np.array([(col + 0.5 + dx) / width, (row + 0.5 + dy) / height])
 
 
 def _parabola_vertex(values: np.ndarray) -> float:
     """Offset (in cells, within ±0.5) of the vertex of the parabola through three equally spaced values."""
     left, centre, right = values
-    if not np.isfinite(values).all():  # a neighbour masked out by separate_levels
-        return 0.0
     curvature = left - 2 * centre + right
     if curvature >= 0:  # flat or not a maximum: keep the cell centre
         return 0.0
@@ -345,33 +359,40 @@ def decode_series(heatmaps: torch.Tensor, slice_logits: torch.Tensor) -> SeriesP
     confidence, position = probs.max(dim=0)
     chosen = heatmaps[position, torch.arange(heatmaps.shape[1])].float()
     log_p = F.log_softmax(chosen.flatten(1), dim=1).view_as(chosen)
-    uv = separate_levels(log_p, decode_heatmap(log_p), position.numpy())
+    uv = separate_levels(log_p, position.numpy())
     return SeriesPrediction(position.numpy(), uv, confidence.numpy())
 
 
-def separate_levels(log_p: torch.Tensor, uv: np.ndarray, position: np.ndarray) -> np.ndarray:
-    """Points (K, 2) decoded from heatmap log-probabilities (K, H, W), moved apart where two levels of one
-    condition fell on one spot (two alike discs on one sagittal slice: the heatmap of the less certain
-    level can peak on its neighbour's disc). Greedy from the surest peak: a later level that lands within
-    LEVEL_SEPARATION of an earlier one of its condition (same or neighbouring slice) takes its best point
-    outside those spots. Targets come in runs of the five levels of each condition (`locator_targets`)."""
-    num, height, width = log_p.shape
-    condition = np.arange(num) // len(rsna.LEVELS)
-    cell_v = ((torch.arange(height, dtype=torch.float64) + 0.5) / height)[:, None]
-    cell_u = ((torch.arange(width, dtype=torch.float64) + 0.5) / width)[None, :]
-    result = uv.copy()
-    placed: list[int] = []
-    for k in np.argsort(-log_p.flatten(1).amax(dim=1).numpy(), kind="stable"):
-        rivals = [j for j in placed if condition[j] == condition[k] and abs(position[j] - position[k]) <= 1]
-        if any(np.hypot(*(result[k] - result[j])) < LEVEL_SEPARATION for j in rivals):
-            masked = log_p[k].double().clone()
-            for j in rivals:
-                near = (cell_u - result[j][0]) ** 2 + (cell_v - result[j][1]) ** 2 < LEVEL_SEPARATION**2
-                masked[near] = -np.inf
-            if torch.isfinite(masked).any():
-                result[k] = decode_heatmap(masked[None])[0]
-        placed.append(int(k))
+def separate_levels(log_p: torch.Tensor, position: np.ndarray) -> np.ndarray:
+    """Points (K, 2) from heatmap log-probabilities (K, H, W) such that no two levels of one condition on the
+    same or neighbouring slices lie within LEVEL_SEPARATION: on a sagittal slice the five discs look alike,
+    and a less certain level's heatmap can peak on its neighbour's disc. Per condition, among each level's
+    PEAK_CANDIDATES strongest peaks, the assignment with the highest summed log-probability that keeps the
+    levels apart (each level's own peak when they already are). Targets come in runs of the five levels of
+    each condition (`locator_targets`)."""
+    peaks = [heatmap_peaks(log_p[k], PEAK_CANDIDATES) for k in range(len(log_p))]
+    result = np.stack([points[0] for _, points in peaks])
+    levels = len(rsna.LEVELS)
+    for first in range(0, len(log_p), levels):
+        members = range(first, first + levels)
+        rivals = [(a, b) for a, b in itertools.combinations(range(levels), 2)
+                  if abs(position[members[a]] - position[members[b]]) <= 1]
+        group = [peaks[k] for k in members]
+        if np.isfinite(_joint_log_p((0,) * levels, group, rivals)):
+            continue  # every level's own strongest peak, already apart
+        choices = itertools.product(*(range(len(values)) for values, _ in group))
+        best = max(choices, key=lambda choice: _joint_log_p(choice, group, rivals))
+        result[first:first + levels] = [points[c] for (_, points), c in zip(group, best, strict=True)]
     return result
+
+
+def _joint_log_p(choice: tuple[int, ...], peaks: list[tuple[np.ndarray, np.ndarray]],
+                 rivals: list[tuple[int, int]]) -> float:
+    """Summed log-probability of one peak per level, or -inf when two rival levels are too close."""
+    points = [points[c] for (_, points), c in zip(peaks, choice, strict=True)]
+    if any(np.hypot(*(points[a] - points[b])) < LEVEL_SEPARATION for a, b in rivals):
+        return -np.inf
+    return float(sum(values[c] for (values, _), c in zip(peaks, choice, strict=True)))
 
 
 @torch.no_grad()

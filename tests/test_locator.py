@@ -137,10 +137,32 @@ def test_two_levels_on_one_disc_are_moved_apart():
     log_p[1] = heatmap((0.6, disc), (0.4, own))
     position = np.zeros(2 * levels, dtype=int)
     position[2] = 5
-    uv = loc.separate_levels(log_p, loc.decode_heatmap(log_p), position)
+    uv = loc.separate_levels(log_p, position)
     np.testing.assert_allclose(uv[1], own, atol=0.005)
     np.testing.assert_allclose(uv[[0, 2, levels]], [disc] * 3, atol=0.005)
     np.testing.assert_allclose(uv[3:levels], loc.decode_heatmap(log_p[3:levels]))  # nothing else moves
+
+
+def test_levels_are_placed_jointly_not_greedily():
+    """L4/L5 is surest on a spot L3/L4 also peaks at; L4/L5's own disc is its close second. Greedy (L4/L5
+    first) would push L3/L4 to its weak second peak; the joint placement moves L4/L5 instead."""
+    size = 64
+    shared, l34_second, l45_second = (0.5, 0.50), (0.5, 0.40), (0.5, 0.63)
+
+    def heatmap(*peaks: tuple[float, tuple[float, float]]) -> torch.Tensor:
+        mixture = sum(w * loc.gaussian_heatmap(torch.tensor([p], dtype=torch.float64), size, size)
+                      for w, p in peaks)
+        return mixture.clamp_min(1e-30).log().reshape(size, size)
+
+    levels = len(rsna.LEVELS)
+    log_p = torch.stack([heatmap((1.0, (0.5, 0.1 + 0.2 * k))) for k in range(levels)])  # L1/L2… apart
+    log_p[2] = heatmap((0.88, shared), (0.12, l34_second))
+    log_p[3] = heatmap((0.55, shared), (0.45, l45_second))
+    log_p[3] += 0.5  # L4/L5's peak is the surest of the two
+    log_p[[0, 1, 4]] = torch.stack([heatmap((1.0, (0.5, v))) for v in (0.12, 0.28, 0.85)])
+    uv = loc.separate_levels(log_p, np.zeros(levels, dtype=int))
+    np.testing.assert_allclose(uv[2], shared, atol=0.005)
+    np.testing.assert_allclose(uv[3], l45_second, atol=0.005)
 
 
 def test_augmentation_moves_the_targets_with_the_image():
