@@ -402,7 +402,7 @@ def _finished_summary(out: Path, params: IngestParams) -> IngestSummary | None:
     wanted = {"params": _param_attrs(params), "split": params.split}
     made = {"params": reader.attrs["params"], "split": reader.attrs["split"]}
     if made != wanted:
-        raise CacheError(f"{out} was made with other parameters ({_changes(made, wanted)} changed); "
+        raise CacheError(f"{out} was made with other parameters ({_changes(made, wanted)}); "
                          "choose another --out or remove it")
     shutil.rmtree(_work_dir(out), ignore_errors=True)  # left over if a run was killed while cleaning up
     source = reader.attrs["source"]
@@ -414,12 +414,14 @@ def _finished_summary(out: Path, params: IngestParams) -> IngestSummary | None:
 
 def _changes(made: dict, wanted: dict) -> str:
     """What differs between a cache's recorded parameters and a rerun's, by name (CSVs by their role)."""
+    digests = made["params"].get("input_digests")
+    if digests is None:
+        return "made by an earlier version, which kept no digests of its input CSVs"
     changed = [key for key, value in wanted["params"].items()
                if key != "input_digests" and value != made["params"].get(key)]
-    digests = made["params"].get("input_digests") or {}
     changed += [f"{name} CSV content" for name, digest in wanted["params"]["input_digests"].items()
                 if digests.get(name) != digest]
-    return ", ".join(sorted(changed)) or "split"
+    return f"{', '.join(sorted(changed)) or 'split'} changed"
 
 
 def _prepare_work_dir(out: Path, params: IngestParams) -> Path:
