@@ -51,7 +51,8 @@ def read_run(path: Path) -> ClassifierRun:
     folder = RunFolder(path)
     config = folder.read_config()
     if not {"sequence", "fold", "view", "cache"} <= config.keys():
-        raise LumbarFastError(f"{path} is not a classifier run of `lumbar-fast train`")
+        raise LumbarFastError(f"{path} is not a classifier run of `lumbar-fast train` (nor a locator run of "
+                              "this version's `train-locator`)")
     if not folder.file(BEST).is_file():
         raise LumbarFastError(f"run {path} has no {BEST}: it has not finished an epoch")
     if config["view"] != "level":
