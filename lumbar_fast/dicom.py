@@ -2,8 +2,10 @@
 the per-series intensity window, resize and millimetre crops that ingest applies to them.
 
 Geometry follows docs/architecture.md: a slice's position is `dot(ImagePositionPatient, normal)` with
-`normal = cross(row_cosines, col_cosines)`; stacks group slices of one ImageOrientationPatient and are
-ordered by ascending position, never by InstanceNumber.
+`normal = ±cross(row_cosines, col_cosines)`, signed to point to the patient's left, back or head (whichever
+axis it is nearest); stacks group slices of one ImageOrientationPatient and are ordered by ascending
+position, never by InstanceNumber — so a stack runs the same way through the patient however it was
+acquired (a sagittal stack always from the right to the left side).
 """
 
 from __future__ import annotations
@@ -44,7 +46,10 @@ class DicomSlice:
 
     @property
     def normal(self) -> np.ndarray:
-        return np.cross(self.orientation[:3], self.orientation[3:])
+        """The slice normal, signed to point along +x, +y or +z of DICOM's patient axes (left, posterior,
+        head), whichever it is nearest: the IOP's own handedness depends on how the series was acquired."""
+        normal = np.cross(self.orientation[:3], self.orientation[3:])
+        return -normal if normal[np.argmax(np.abs(normal))] < 0 else normal
 
     @property
     def location(self) -> float:

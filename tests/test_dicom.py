@@ -93,19 +93,25 @@ def test_unusable_files_raise_with_their_reason(tmp_path):
 
 # --- series built from MR_small ---------------------------------------------------------------------------
 
-SAGITTAL = (0.0, 1.0, 0.0, 0.0, 0.0, -1.0)  # normal = -x
+SAGITTAL = (0.0, 1.0, 0.0, 0.0, 0.0, -1.0)  # cross(row, col) = -x: the patient-signed normal is +x
 TILTED = (1.0, 0.0, 0.0, 0.0, 0.8, -0.6)
+
+
+def patient_normal(orientation) -> np.ndarray:
+    """The slice normal as the cache defines it: ±cross(row, col), pointing along +x, +y or +z."""
+    normal = np.cross(orientation[:3], orientation[3:])
+    return -normal if normal[np.argmax(np.abs(normal))] < 0 else normal
 
 
 def write_slice(folder: Path, instance: int, location: float, orientation=SAGITTAL, value: int = 0,
                 size: int = 64, spacing: float = 1.0, dot: tuple[int, int] | None = None) -> None:
-    """An MR_small-based file whose plane lies at `location` along its normal (shifted in-plane by an
-    amount that must not matter), filled with `value` (plus a bright pixel at `dot` = (x, y))."""
+    """An MR_small-based file whose plane lies at `location` along its patient-signed normal (shifted
+    in-plane by an amount that must not matter), filled with `value` (a bright pixel at `dot` = (x, y))."""
     ds = pydicom.dcmread(bundled("MR_small.dcm"))
     row_cos, col_cos = np.array(orientation[:3]), np.array(orientation[3:])
     in_plane = row_cos * (instance % 3) - col_cos * 5
     ds.ImageOrientationPatient = list(orientation)
-    ds.ImagePositionPatient = [float(v) for v in np.cross(row_cos, col_cos) * location + in_plane]
+    ds.ImagePositionPatient = [float(v) for v in patient_normal(orientation) * location + in_plane]
     ds.InstanceNumber = instance
     ds.PixelSpacing = [spacing, spacing]
     pixels = np.full((size, size), value, dtype=np.int16)
@@ -134,6 +140,21 @@ def test_series_splits_by_orientation_and_orders_by_position_not_instance(tmp_pa
     assert scan.find_instance(7) == (0, 3) and scan.find_instance(20) == (1, 1)
     assert scan.find_instance(99) is None
     assert [(p.name, r.split(":")[0]) for p, r in scan.errors] == [("notes.dcm", "not a readable DICOM file")]
+
+
+def test_stacks_run_the_same_way_through_the_patient_whatever_the_acquisition(tmp_path):
+    """Two sagittal series at the same patient x, one with its rows and columns mirrored (the opposite
+    cross(row, col)): both stacks run from the patient's right (-x) to the left (+x)."""
+    mirrored = (0.0, -1.0, 0.0, 0.0, 0.0, -1.0)  # cross(row, col) = +x
+    xs = {1: 8.0, 2: -8.0, 3: 0.0, 4: 4.0}
+    for name, orientation in (("usual", SAGITTAL), ("mirrored", mirrored)):
+        (tmp_path / name).mkdir()
+        for instance, x in xs.items():
+            write_slice(tmp_path / name, instance, x, orientation=orientation)
+        stack = dicom.read_series(tmp_path / name).stacks[0]
+        world_x = [float(s.position[0]) for s in stack.slices]
+        assert world_x == sorted(xs.values()), name
+        assert [s.location for s in stack.slices] == sorted(xs.values()), name
 
 
 def test_instance_number_falls_back_to_the_file_name(tmp_path):
