@@ -19,7 +19,7 @@ import pickle
 import shutil
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from functools import partial
 from pathlib import Path
 
@@ -49,6 +49,8 @@ class IngestParams:
     limit_studies: int | None = None
     coordinates: str | None = None
     labels: str | None = None
+    #: SHA-256 of each CSV read (`_input_digests`), taken once when the ingest starts
+    input_digests: dict[str, str | None] = field(default_factory=dict)
 
     def check(self) -> None:
         """One-line errors for impossible values."""
@@ -149,6 +151,7 @@ def ingest(data_dir: str | Path, out: str | Path, split: str = "train", workers:
         labels=str(Path(labels).resolve()) if labels else None,
     )
     params.check()
+    params = replace(params, input_digests=_input_digests(params))
     out = Path(out)
     finished = _finished_summary(out, params)
     if finished is not None:
@@ -474,8 +477,8 @@ def _input_digests(params: IngestParams) -> dict[str, str | None]:
 
 
 def _param_attrs(params: IngestParams) -> dict:
-    """The parameters a cache records and a rerun must match: the arguments and the digests of the CSVs."""
-    return json.loads(json.dumps({**asdict(params), "input_digests": _input_digests(params)}))
+    """The parameters a cache records and a rerun must match (JSON-normalised)."""
+    return json.loads(json.dumps(asdict(params)))
 
 
 def _remove(path: Path) -> None:
