@@ -370,16 +370,15 @@ def separate_levels(log_p: torch.Tensor, position: np.ndarray) -> np.ndarray:
     PEAK_CANDIDATES strongest peaks, the assignment with the highest summed log-probability that keeps the
     levels apart (each level's own peak when they already are). Targets come in runs of the five levels of
     each condition (`locator_targets`)."""
-    peaks = [heatmap_peaks(log_p[k], PEAK_CANDIDATES) for k in range(len(log_p))]
-    result = np.stack([points[0] for _, points in peaks])
+    result = decode_heatmap(log_p)  # each level's own strongest peak
     levels = len(rsna.LEVELS)
     for first in range(0, len(log_p), levels):
         members = range(first, first + levels)
         rivals = [(a, b) for a, b in itertools.combinations(range(levels), 2)
                   if abs(position[members[a]] - position[members[b]]) <= 1]
-        group = [peaks[k] for k in members]
-        if np.isfinite(_joint_log_p((0,) * levels, group, rivals)):
-            continue  # every level's own strongest peak, already apart
+        if all(np.hypot(*(result[members[a]] - result[members[b]])) >= LEVEL_SEPARATION for a, b in rivals):
+            continue  # already apart
+        group = [heatmap_peaks(log_p[k], PEAK_CANDIDATES) for k in members]
         choices = itertools.product(*(range(len(values)) for values, _ in group))
         best = max(choices, key=lambda choice: _joint_log_p(choice, group, rivals))
         result[first:first + levels] = [points[c] for (_, points), c in zip(group, best, strict=True)]

@@ -325,7 +325,7 @@ def fit(session: LocatorSession) -> Path:
         started = time.perf_counter()
         train_metrics = train_epoch(session, epoch)
         val_metrics, predictions, _ = validate(session.model, session.data, session.val_series,
-                                            config.image_size, session.device)
+                                               config.image_size, session.device)
         session.scheduler.step()
         improved = session.stopper.update(float(val_metrics[MONITORS[config.monitor][0]]), epoch)
         record = {"epoch": epoch + 1, "lr": float(lr), **train_metrics, **val_metrics,
