@@ -3,6 +3,9 @@ trivial predictions, a short training that beats the mean-position baseline, res
 
 from __future__ import annotations
 
+import json
+import shutil
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -296,3 +299,20 @@ def test_bad_input_is_one_line(synth_cache, tmp_path, run_cli):
     assert code == 2 and "not a run folder" in stderr
     with pytest.raises(LumbarFastError, match="no feature maps|unknown model"):
         loc.Locator("no_such_model", 5)
+
+
+def test_a_locator_run_of_an_earlier_version_is_named_as_neither_run(ax_t2_run, synth_cache, tmp_path,
+                                                                     run_cli):
+    """A locator run whose config.json has no `kind` (written before it existed) is not taken for a
+    classifier run either: evaluate says so in one line."""
+    old = shutil.copytree(ax_t2_run, tmp_path / "old")
+    config = json.loads((old / "config.json").read_text())
+    del config["arguments"]["kind"]
+    (old / "config.json").write_text(json.dumps(config))
+    assert loc.is_locator_run(ax_t2_run) and not loc.is_locator_run(old)
+    code, _, stderr = run_cli("evaluate", old, "--cache", synth_cache, "--out", tmp_path / "report")
+    assert code == 2 and len(stderr.strip().splitlines()) == 1
+    assert "not a classifier run" in stderr and "nor a locator run of this version" in stderr
+    with pytest.raises(LumbarFastError, match="kind is 'locator', not 'classifier'"):
+        LocatorConfig(sequence="ax_t2", cache=str(synth_cache), run_dir=str(tmp_path / "r"),
+                      kind="classifier").check()
