@@ -1,8 +1,10 @@
 """Training loop: one classifier per MRI sequence on the ingest cache, the seed recipe made to learn.
 
 `train(config)` starts a run, `resume(run_dir)` continues one from its last.pt to the same result; the CLI
-(`lumbar-fast train`) is a thin wrapper. Seed recipe defaults: cross-entropy, Adam (torch's default lr 1e-3),
-StepLR(step 2, gamma 0.1), early stopping with patience 3 on validation accuracy, at most 5 epochs.
+(`lumbar-fast train`) is a thin wrapper. The seed's structure: cross-entropy, Adam (torch's default lr
+1e-3), StepLR(step 2, gamma 0.1), early stopping with patience 3, at most 5 epochs; augmentation, class
+weights and the early-stopping monitor come from the recipe (`lumbar_fast.recipes`: measured per-sequence
+defaults, or the seed's).
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from lumbar_fast import distributed, rsna
+from lumbar_fast import distributed, recipes, rsna
 from lumbar_fast.cache import CacheReader, open_cache
 from lumbar_fast.errors import LumbarFastError
 from lumbar_fast.inference import amp_dtype_for, predict_items, resolve_device
@@ -67,14 +69,15 @@ class TrainConfig:
     step_size: int = 2
     gamma: float = 0.1
     patience: int = 3
-    monitor: str = "accuracy"
-    class_weights: str = "none"
+    recipe: str = "default"  # where the `auto` values below come from (lumbar_fast.recipes)
+    monitor: str = recipes.AUTO
+    class_weights: str = recipes.AUTO
     amp: str = "auto"
     cuda_graphs: bool = False
     compile: bool = False
     view: str = "level"
     control: str = "none"
-    augment: bool = True
+    augment: str = recipes.AUTO  # none, all, or a comma list of recipes.AUGMENTATIONS
     shift: float = AugmentConfig.shift
     loader: str = "auto"
     workers: int = 2
@@ -83,11 +86,27 @@ class TrainConfig:
     limit_batches: int | None = None
     progress: bool = True
 
+    @classmethod
+    def from_record(cls, record: dict[str, Any]) -> TrainConfig:
+        """The config of a run's config.json (an earlier version's boolean augment read as such)."""
+        if "augment" in record:
+            record = {**record, "augment": recipes.recorded_augment(record["augment"])}
+        return cls(**record)
+
+    def resolved(self) -> TrainConfig:
+        """A copy with every `auto` replaced by the recipe's value for the sequence (what config.json
+        records)."""
+        rsna.get_sequence(self.sequence)
+        chosen = recipes.resolve(self.recipe, self.sequence, self.augment, self.class_weights, self.monitor)
+        return dataclasses.replace(self, augment=chosen.augment, class_weights=chosen.class_weights,
+                                   monitor=chosen.monitor)
+
     def check(self) -> None:
         """Refuse inconsistent arguments with one line each, before any work starts."""
         rsna.get_sequence(self.sequence)
-        choices = {"view": VIEWS, "monitor": tuple(MONITORS), "class_weights": CLASS_WEIGHTINGS,
-                   "amp": AMP_MODES, "control": CONTROLS}
+        auto = (recipes.AUTO,)
+        choices = {"view": VIEWS, "monitor": (*MONITORS, *auto), "class_weights": (*CLASS_WEIGHTINGS, *auto),
+                   "amp": AMP_MODES, "control": CONTROLS, "recipe": recipes.RECIPES}
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 raise LumbarFastError(f"--{name.replace('_', '-')} must be one of {', '.join(allowed)}")
@@ -563,7 +582,7 @@ def loader_config(config: TrainConfig, device: torch.device, amp_dtype: torch.dt
     when not autocasting."""
     return LoaderConfig(batch_size=config.batch_size, device=str(device), workers=config.workers,
                         seed=config.seed, rank=distributed.rank(), world_size=distributed.world_size(),
-                        augment=AugmentConfig(shift=config.shift) if config.augment else None,
+                        augment=recipes.augment_config(config.augment, config.shift),
                         dtype=torch.float32 if amp_dtype is None else None)
 
 
@@ -689,8 +708,9 @@ def _plain(value: Any) -> Any:
 
 
 def train(config: TrainConfig) -> Path:
-    """Start a new run for `config`; returns its folder."""
+    """Start a new run for `config` (its `auto` values resolved by the recipe); returns its folder."""
     config.check()
+    config = config.resolved()
     with distributed.process_group(resolve_device(config.device)):
         run = distributed.on_main(new_run_folder, config)  # one folder (one time stamp) for every rank
         session = prepare(config, run)
@@ -704,7 +724,7 @@ def resume(run_dir: str | Path) -> Path:
     as an uninterrupted run; a finished run returns at once."""
     run = RunFolder.open_existing(Path(run_dir))
     try:
-        config = TrainConfig(**run.read_config())
+        config = TrainConfig.from_record(run.read_config())
     except TypeError as exc:
         raise LumbarFastError(f"{run_dir} was written by an incompatible version: {exc}") from None
     with distributed.process_group(resolve_device(config.device)):

@@ -290,7 +290,7 @@ def test_a_test_split_cache_has_no_items_to_train_on(make_cache, synth_data, tmp
 
 
 def test_shift_reaches_the_loaders_augmentation(tmp_path):
-    config = TrainConfig(sequence="sag_t2", cache="c.zarr", run_dir=str(tmp_path), shift=0.125)
+    config = TrainConfig(sequence="sag_t2", cache="c.zarr", run_dir=str(tmp_path), shift=0.125).resolved()
     assert loader_config(config, torch.device("cpu"), None).augment.shift == 0.125
-    assert loader_config(TrainConfig(sequence="sag_t2", cache="c.zarr", run_dir=str(tmp_path), augment=False),
-                         torch.device("cpu"), None).augment is None
+    plain = TrainConfig(sequence="sag_t2", cache="c.zarr", run_dir=str(tmp_path), augment="none")
+    assert loader_config(plain, torch.device("cpu"), None).augment is None

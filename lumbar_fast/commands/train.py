@@ -19,9 +19,13 @@ from lumbar_fast.errors import LumbarFastError
 @click.option("--batch-size", default=32, show_default=True)
 @click.option("--lr", default=1e-3, show_default=True, help="Adam learning rate (torch's default).")
 @click.option("--patience", default=3, show_default=True, help="Early-stopping patience in epochs.")
-@click.option("--monitor", type=click.Choice(["accuracy", "loss", "rsna"]), default="accuracy",
-              show_default=True, help="Validation value for early stopping and best.pt.")
-@click.option("--class-weights", type=click.Choice(["none", "metric", "inverse"]), default="none",
+@click.option("--recipe", type=click.Choice(["default", "seed"]), default="default", show_default=True,
+              help="Where the `auto` options come from: the measured per-sequence defaults (docs/recipe.md) "
+              "or the seed paper's (no augmentation, unweighted loss, accuracy as the monitor).")
+@click.option("--monitor", type=click.Choice(["auto", "accuracy", "loss", "rsna"]), default="auto",
+              show_default=True, help="Validation value for early stopping and best.pt (rsna: the "
+              "competition's weighted log loss).")
+@click.option("--class-weights", type=click.Choice(["auto", "none", "metric", "inverse"]), default="auto",
               show_default=True, help="Cross-entropy weights: none, the metric's 1/2/4, inverse frequency.")
 @amp_option
 @click.option("--cuda-graphs", is_flag=True, help="Capture the whole training step as one CUDA graph.")
@@ -31,7 +35,9 @@ from lumbar_fast.errors import LumbarFastError
 @click.option("--control", type=click.Choice(["none", "shuffled-labels", "level-off"]), default="none",
               show_default=True, help="Negative control that must not learn: training labels shuffled "
               "across items, or every item's crop taken from the adjacent level.")
-@click.option("--no-augment", is_flag=True, help="Train without augmentation.")
+@click.option("--augment", default="auto", show_default=True,
+              help="auto, none, all, or a comma list of rotate, scale, shift, hflip, intensity.")
+@click.option("--no-augment", is_flag=True, help="Train without augmentation (--augment none).")
 @click.option("--shift", default=0.0625, show_default=True,
               help="Largest random shift of a crop, fraction of its width per axis. Raise it (0.125) for "
                    "classifiers that will see crops at located rather than labelled points.")
@@ -46,9 +52,9 @@ from lumbar_fast.errors import LumbarFastError
               help="Train with N processes (one per GPU) on this machine: re-launches this command under "
               "`torchrun --standalone --nproc-per-node N`. --batch-size is per process.")
 def command(sequence, cache, out, run_dir, fold, folds, split_seed, split_file, model, weights,
-            no_pretrained, epochs, batch_size, lr, patience, monitor, class_weights, amp, cuda_graphs,
-            compile_, view, control, no_augment, shift, loader, workers, device, seed, limit_batches,
-            resume_dir, no_progress, nproc) -> None:
+            no_pretrained, epochs, batch_size, lr, patience, recipe, monitor, class_weights, amp,
+            cuda_graphs, compile_, view, control, augment, no_augment, shift, loader, workers, device, seed,
+            limit_batches, resume_dir, no_progress, nproc) -> None:
     """Train one sequence's classifier; writes a run folder (config, metrics, curves, checkpoints).
     Under torchrun each process trains on its share of every epoch (DistributedDataParallel)."""
     from lumbar_fast.train import TrainConfig, resume, train
@@ -65,9 +71,10 @@ def command(sequence, cache, out, run_dir, fold, folds, split_seed, split_file, 
         sequence=sequence, cache=cache, out=out, run_dir=run_dir, fold=fold, folds=folds,
         split_seed=split_seed, split_file=split_file, model=model, weights=weights,
         pretrained=not no_pretrained, epochs=epochs, batch_size=batch_size, lr=lr, patience=patience,
-        monitor=monitor, class_weights=class_weights, amp=amp, cuda_graphs=cuda_graphs, compile=compile_,
-        view=view, control=control, augment=not no_augment, shift=shift, loader=loader, workers=workers,
-        device=device, seed=seed, limit_batches=limit_batches, progress=not no_progress)
+        recipe=recipe, monitor=monitor, class_weights=class_weights, amp=amp, cuda_graphs=cuda_graphs,
+        compile=compile_, view=view, control=control, augment="none" if no_augment else augment, shift=shift,
+        loader=loader, workers=workers, device=device, seed=seed, limit_batches=limit_batches,
+        progress=not no_progress)
     announce(train(config))
 
 

@@ -1,0 +1,106 @@
+"""Training recipes: the seed paper's, and the per-sequence defaults chosen by the recipe study.
+
+A run's augmentation, class weights and early-stopping monitor may be left at `auto`: `resolve` then takes
+them from the chosen recipe for the run's sequence, and the run's config.json records the resolved values
+(so `--resume` and `--nproc`, which re-runs the command with its non-default options only, see the same).
+The numbers behind every default are in docs/recipe.md (`python -m benchmarks.recipe` reproduces them).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+from lumbar_fast.errors import LumbarFastError
+from lumbar_fast.loaders.augment import AugmentConfig
+
+AUTO = "auto"
+#: the augmentation pieces, each a range of AugmentConfig that is zero when the piece is off
+AUGMENTATIONS = ("rotate", "scale", "shift", "hflip", "intensity")
+NO_AUGMENTATION = "none"
+RECIPES = ("default", "seed")
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """What a recipe fixes for one sequence: augmentation pieces, cross-entropy class weights, monitor."""
+
+    augment: str  # "none" or a comma list of AUGMENTATIONS, in that order
+    class_weights: str  # none, metric or inverse
+    monitor: str  # accuracy, loss or rsna
+
+
+#: the seed paper: unweighted cross-entropy, accuracy as the monitor, no augmentation
+SEED = Recipe(augment=NO_AUGMENTATION, class_weights="none", monitor="accuracy")
+#: measured defaults (docs/recipe.md): the competition's weighted log loss as the monitor and the metric's
+#: 1/2/4 class weights everywhere; every geometric and intensity augmentation that keeps the graded
+#: structure, without the horizontal flip (an anterior-posterior mirror on sagittal images, and the undoing
+#: of the canonical side of axial crops)
+DEFAULTS: dict[str, Recipe] = {
+    "sag_t1": Recipe(augment="rotate,scale,shift,intensity", class_weights="metric", monitor="rsna"),
+    "sag_t2": Recipe(augment="rotate,scale,shift,intensity", class_weights="metric", monitor="rsna"),
+    "ax_t2": Recipe(augment="rotate,scale,shift,intensity", class_weights="metric", monitor="rsna"),
+}
+
+
+def recipe_for(name: str, sequence: str) -> Recipe:
+    """The named recipe's settings for `sequence`."""
+    if name not in RECIPES:
+        raise LumbarFastError(f"unknown recipe {name!r}; choose one of {', '.join(RECIPES)}")
+    return SEED if name == "seed" else DEFAULTS[sequence]
+
+
+def resolve(name: str, sequence: str, augment: str, class_weights: str, monitor: str) -> Recipe:
+    """The run's settings: each `auto` taken from the recipe, the others as given (augment normalised)."""
+    recipe = recipe_for(name, sequence)
+    return Recipe(augment=recipe.augment if augment == AUTO else normalise_augment(augment),
+                  class_weights=recipe.class_weights if class_weights == AUTO else class_weights,
+                  monitor=recipe.monitor if monitor == AUTO else monitor)
+
+
+def normalise_augment(text: str) -> str:
+    """`none`, `all` or a comma list of pieces, as `none` or the pieces in AUGMENTATIONS order; one-line
+    error for an unknown piece."""
+    if text == "all":
+        return ",".join(AUGMENTATIONS)
+    pieces = {piece.strip() for piece in text.split(",") if piece.strip()} - {NO_AUGMENTATION}
+    unknown = sorted(pieces - set(AUGMENTATIONS))
+    if unknown:
+        raise LumbarFastError(f"unknown augmentation {unknown[0]!r} in --augment {text!r}; give auto, none, "
+                              f"all or a comma list of {', '.join(AUGMENTATIONS)}")
+    return ",".join(piece for piece in AUGMENTATIONS if piece in pieces) or NO_AUGMENTATION
+
+
+def recorded_augment(value: str | bool) -> str:
+    """A config.json's augment value, normalised; versions before recipes stored a bool (True: every
+    augmentation, the horizontal flip included)."""
+    if isinstance(value, bool):
+        return "all" if value else NO_AUGMENTATION
+    return value
+
+
+def flips_horizontally(augment: str | bool) -> bool:
+    """Whether a run trained with this (recorded) augment value saw horizontally mirrored crops: its
+    test-time augmentation may then average over the mirror."""
+    return "hflip" in augment_pieces(normalise_augment(recorded_augment(augment)))
+
+
+def augment_pieces(augment: str) -> tuple[str, ...]:
+    """The pieces of a normalised augment value."""
+    return () if augment == NO_AUGMENTATION else tuple(augment.split(","))
+
+
+def augment_config(augment: str, shift: float) -> AugmentConfig | None:
+    """The loaders' augmentation for an augment value other than `auto` (None: none); `shift` is the
+    shift piece's range, a fraction of the crop's width."""
+    pieces = augment_pieces(normalise_augment(augment))
+    if not pieces:
+        return None
+    full = replace(AugmentConfig(), shift=shift)
+    return AugmentConfig(
+        rotate_deg=full.rotate_deg if "rotate" in pieces else 0.0,
+        scale=full.scale if "scale" in pieces else 0.0,
+        shift=full.shift if "shift" in pieces else 0.0,
+        brightness=full.brightness if "intensity" in pieces else 0.0,
+        contrast=full.contrast if "intensity" in pieces else 0.0,
+        hflip=full.hflip if "hflip" in pieces else 0.0,
+    )

@@ -1,0 +1,173 @@
+"""Training recipes: per-sequence defaults resolved from `auto`, the seed paper's recipe, augmentation pieces,
+the canonical side of subarticular crops, and the learning tests of the default recipe under the real class
+balance (docs/recipe.md has the study behind the defaults)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from lumbar_fast import recipes, rsna
+from lumbar_fast.cache import open_cache
+from lumbar_fast.errors import LumbarFastError
+from lumbar_fast.ingest import mirrored_to_canonical_side
+from lumbar_fast.runfolder import RunFolder
+from lumbar_fast.train import (
+    MONITORS,
+    TrainConfig,
+    class_weight_tensor,
+    loader_config,
+    make_optimizer,
+    make_scheduler,
+    monitored_value,
+    train,
+)
+
+CPU = torch.device("cpu")
+
+
+def config(sequence: str = "sag_t2", **changes) -> TrainConfig:
+    return TrainConfig(sequence=sequence, cache="c.zarr", run_dir="run", **changes)
+
+
+def test_auto_resolves_to_each_sequences_default_and_explicit_values_win():
+    for sequence in rsna.SEQUENCES:
+        resolved = config(sequence).resolved()
+        default = recipes.DEFAULTS[sequence]
+        assert (resolved.augment, resolved.class_weights, resolved.monitor) == \
+            (default.augment, default.class_weights, default.monitor)
+        assert resolved.recipe == "default"
+        assert resolved.resolved() == resolved  # what config.json records resolves to itself
+    chosen = config("ax_t2", augment="intensity, rotate", class_weights="inverse", monitor="loss").resolved()
+    assert (chosen.augment, chosen.class_weights, chosen.monitor) == ("rotate,intensity", "inverse", "loss")
+    seeded = config(recipe="seed", class_weights="metric").resolved()  # an explicit value beats the recipe's
+    assert (seeded.augment, seeded.class_weights, seeded.monitor) == ("none", "metric", "accuracy")
+
+
+def test_no_default_flips_images_horizontally():
+    """A sagittal flip mirrors anterior and posterior; an axial one undoes the crops' canonical side."""
+    assert not any(recipes.flips_horizontally(recipe.augment) for recipe in recipes.DEFAULTS.values())
+
+
+def test_the_seed_recipe_is_the_papers():
+    """Unweighted cross-entropy, accuracy as the monitor, no augmentation, on the level view; Adam at 1e-3,
+    StepLR(2, 0.1), patience 3, 5 epochs."""
+    seed = config(recipe="seed").resolved()
+    assert (seed.augment, seed.class_weights, seed.monitor) == ("none", "none", "accuracy")
+    assert seed.view == "level"
+    assert (seed.lr, seed.step_size, seed.gamma, seed.patience, seed.epochs) == (1e-3, 2, 0.1, 3, 5)
+    assert loader_config(seed, CPU, None).augment is None
+    assert class_weight_tensor(seed.class_weights, np.array([0, 0, 1, 2]), CPU) is None
+    assert MONITORS[seed.monitor] == "max" and monitored_value(seed, {"val_accuracy": 0.9}) == 0.9
+    optimizer = make_optimizer(nn.Linear(2, 3), seed, CPU)
+    assert type(optimizer) is torch.optim.Adam and optimizer.param_groups[0]["lr"] == 1e-3
+    scheduler = make_scheduler(optimizer, seed)
+    assert type(scheduler) is torch.optim.lr_scheduler.StepLR
+    assert (scheduler.step_size, scheduler.gamma) == (2, 0.1)
+
+
+def test_augmentation_pieces():
+    assert recipes.normalise_augment("all") == ",".join(recipes.AUGMENTATIONS)
+    assert recipes.normalise_augment(" intensity,shift ") == "shift,intensity"
+    assert recipes.normalise_augment("none") == recipes.normalise_augment("") == "none"
+    with pytest.raises(LumbarFastError, match="unknown augmentation 'wobble'"):
+        recipes.normalise_augment("shift,wobble")
+    with pytest.raises(LumbarFastError, match="unknown augmentation 'auto'"):
+        recipes.augment_config("auto", 0.0625)  # a run resolves `auto` before its loaders are built
+    assert recipes.augment_config("none", 0.0625) is None
+    shift = recipes.augment_config("shift", 0.1)
+    assert shift.shift == 0.1 and shift.rotate_deg == shift.scale == shift.brightness == shift.hflip == 0
+    everything = recipes.augment_config("all", 0.0625)
+    assert everything.hflip == 0.5 and everything.rotate_deg > 0 and everything.contrast > 0
+    assert everything.vflip == everything.slice_flip == 0  # never part of a recipe
+
+
+def test_an_earlier_versions_boolean_augment_reads_as_every_augmentation():
+    record = {**config().__dict__, "augment": True}
+    assert TrainConfig.from_record(record).augment == "all"
+    assert TrainConfig.from_record({**record, "augment": False}).augment == "none"
+    assert recipes.flips_horizontally(True) and not recipes.flips_horizontally("rotate,shift")
+
+
+def test_train_refuses_an_unknown_recipe_or_augmentation_in_one_line(synth_cache, tmp_path, run_cli):
+    base = ["train", "--sequence", "sag_t2", "--cache", synth_cache, "--run-dir", tmp_path / "run", "--model",
+            "test_efficientnet", "--no-pretrained", "--device", "cpu"]
+    for extra, message in ((["--augment", "shift,wobble"], "unknown augmentation 'wobble'"),
+                           (["--recipe", "paper"], "--recipe")):
+        code, _, err = run_cli(*base, *extra)
+        assert code == 2 and message in err and len(err.strip().splitlines()) == 1, err
+    assert not (tmp_path / "run").exists()
+
+
+# -- the canonical side of subarticular crops ------------------------------------------------
+def test_the_canonical_side_puts_the_midline_left_of_the_graded_recess():
+    rows_to_patient_left = np.array([1.0, 0, 0, 0, 1, 0])  # the usual axial orientation
+    rows_to_patient_right = np.array([-1.0, 0, 0, 0, 1, 0])
+    assert not mirrored_to_canonical_side("left_subarticular_stenosis", rows_to_patient_left)
+    assert mirrored_to_canonical_side("right_subarticular_stenosis", rows_to_patient_left)
+    assert mirrored_to_canonical_side("left_subarticular_stenosis", rows_to_patient_right)
+    assert not mirrored_to_canonical_side("right_subarticular_stenosis", rows_to_patient_right)
+    for other in ("spinal_canal_stenosis", "left_neural_foraminal_narrowing",
+                  "right_neural_foraminal_narrowing"):
+        assert not mirrored_to_canonical_side(other, rows_to_patient_left)
+
+
+def test_ingest_mirrors_the_right_subarticular_crops_only(make_cache, synth_data, synth_cache):
+    canonical, plain = open_cache(synth_cache), open_cache(make_cache(synth_data, canonical_side=False))
+    assert canonical.attrs["params"]["canonical_side"] and not plain.attrs["params"]["canonical_side"]
+    for sequence in canonical.sequences():
+        labels = canonical.level_labels(sequence)
+        assert labels.equals(plain.level_labels(sequence))
+        mirrored = (labels["condition"] == "right_subarticular_stenosis").to_numpy()  # phantom rows run to +x
+        assert mirrored.any() == (sequence == "ax_t2")
+        ours, theirs = canonical.level_images(sequence), plain.level_images(sequence)
+        assert np.array_equal(ours[~mirrored], theirs[~mirrored])
+        assert np.array_equal(ours[mirrored], theirs[mirrored][:, :, ::-1])
+
+
+# -- learning under the real class balance ------------------------------------------------
+@pytest.fixture(scope="module")
+def real_balance_cache(make_synth, make_cache):
+    """A phantom with the real class balance (no `balanced`) and a seed used by no other test: 300 studies,
+    so that a validation fold of 4 holds at least 15 items of every class of every sequence."""
+    return make_cache(make_synth(300, seed=11, image_size=128), size=64)
+
+
+def default_run(cache, run_dir, sequence: str, **changes):
+    """A run of the default recipe, only the model (tiny, random init) and the machine chosen."""
+    settings = dict(sequence=sequence, cache=str(cache), run_dir=str(run_dir), model="test_efficientnet",
+                    pretrained=False, folds=4, loader="torch", workers=1, device="cpu", seed=5,
+                    progress=False)
+    return train(TrainConfig(**{**settings, **changes}))
+
+
+def best_record(run_dir) -> dict:
+    return [record for record in RunFolder(run_dir).read_metrics() if record["best"]][-1]
+
+
+@pytest.mark.parametrize("sequence", list(rsna.SEQUENCES))
+def test_the_default_recipe_learns_every_sequence_under_the_real_class_balance(real_balance_cache,
+                                                                                tmp_path, sequence):
+    run_dir = default_run(real_balance_cache, tmp_path / "run", sequence)
+    recorded = RunFolder(run_dir).read_config()
+    default = recipes.DEFAULTS[sequence]
+    assert (recorded["augment"], recorded["class_weights"], recorded["monitor"]) == \
+        (default.augment, default.class_weights, default.monitor)  # the resolved recipe, not `auto`
+    best = best_record(run_dir)
+    ratio = best["val_weighted_log_loss"] / best["val_prior_weighted_log_loss"]
+    print(f"{sequence}: best epoch {best['epoch']}, balanced accuracy {best['val_balanced_accuracy']:.3f}, "
+          f"weighted log loss {ratio:.2f} x the prior's, support {best['val_support']}")
+    assert min(best["val_support"]) >= 15
+    assert best["val_balanced_accuracy"] >= 0.7 and ratio <= 0.6
+
+
+def test_shuffled_labels_do_not_learn_under_the_default_recipe(real_balance_cache, tmp_path):
+    """Trained on labels that say nothing of the image, the default recipe stays at a constant prediction.
+    With the metric's class weights the best constant is the weighted prior, not the prior: for foraminal
+    frequencies 78/18/4 % it scores 0.90 x the prior's weighted log loss, so 0.8 is the bar, far above the
+    learning tests' 0.6."""
+    best = best_record(default_run(real_balance_cache, tmp_path / "run", "sag_t1", control="shuffled-labels"))
+    ratio = best["val_weighted_log_loss"] / best["val_prior_weighted_log_loss"]
+    assert ratio >= 0.8 and best["val_balanced_accuracy"] < 0.5
