@@ -30,7 +30,8 @@ from lumbar_fast.errors import CacheError, LumbarFastError
 from lumbar_fast.rsna import severity_name
 
 #: 2: stacks ordered along a patient-signed normal (a sagittal stack from right to left), see dicom.py
-SCHEMA_VERSION = 2
+#: 3: subarticular level crops in canonical side (ingest.mirrored_to_canonical_side), recorded in params
+SCHEMA_VERSION = 3
 FORMATS = ("zarr", "hdf5")
 #: images per chunk along the item axis (a chunk of 224² slices is ~1.6 MB)
 CHUNK_ITEMS = 32

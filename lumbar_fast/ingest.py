@@ -46,6 +46,8 @@ class IngestParams:
     size: int = 224
     channels: int = 3
     crop_mm: dict[str, float] = field(default_factory=lambda: dict(DEFAULT_CROP_MM))
+    #: mirror subarticular crops so the patient's midline lies left of every graded recess (canonical_side)
+    canonical_side: bool = True
     limit_studies: int | None = None
     coordinates: str | None = None
     labels: str | None = None
@@ -138,7 +140,8 @@ class IngestSummary:
 
 
 def ingest(data_dir: str | Path, out: str | Path, split: str = "train", workers: int | None = None,
-           fmt: str = "zarr", size: int = 224, channels: int = 3, crop_mm: dict[str, float] | None = None,
+           fmt: str = "zarr", size: int = 224, channels: int = 3,
+           crop_mm: dict[str, float] | None = None, canonical_side: bool = True,
            limit_studies: int | None = None, coordinates: str | Path | None = None,
            labels: str | Path | None = None, progress: bool = True) -> IngestSummary:
     """Convert an RSNA-layout folder into a cache at `out` (resuming an interrupted run, a no-op when the
@@ -146,7 +149,8 @@ def ingest(data_dir: str | Path, out: str | Path, split: str = "train", workers:
     started = time.perf_counter()
     params = IngestParams(
         data_dir=str(Path(data_dir).resolve()), split=split, fmt=fmt, size=size, channels=channels,
-        crop_mm={**DEFAULT_CROP_MM, **(crop_mm or {})}, limit_studies=limit_studies,
+        crop_mm={**DEFAULT_CROP_MM, **(crop_mm or {})}, canonical_side=canonical_side,
+        limit_studies=limit_studies,
         coordinates=str(Path(coordinates).resolve()) if coordinates else None,
         labels=str(Path(labels).resolve()) if labels else None,
     )
@@ -272,9 +276,12 @@ def _level_items(task: SeriesTask, scan: dicom.SeriesScan, originals: list[list[
                                  f"labelled instance missing or unusable: {label.condition} {label.level}"))
             continue
         stack_id, slice_id = found
-        spacing = scan.stacks[stack_id].slices[slice_id].spacing
-        crops.append(dicom.level_crop(originals[stack_id], slice_id, label.x, label.y, spacing,
-                                      params.crop_mm[task.sequence], params.size, params.channels))
+        labelled = scan.stacks[stack_id].slices[slice_id]
+        crop = dicom.level_crop(originals[stack_id], slice_id, label.x, label.y, labelled.spacing,
+                                params.crop_mm[task.sequence], params.size, params.channels)
+        if params.canonical_side and mirrored_to_canonical_side(label.condition, labelled.orientation):
+            crop = np.ascontiguousarray(crop[:, ::-1])
+        crops.append(crop)
         rows.append({
             "study_id": task.study_id, "series_id": task.series_id, "condition": label.condition,
             "level": label.level, "severity": label.severity, "stack": stack_id, "slice": slice_id,
@@ -282,6 +289,21 @@ def _level_items(task: SeriesTask, scan: dicom.SeriesScan, originals: list[list[
             "stack_row": int(stack_start[stack_id] + slice_id),
         })
     return crops, rows
+
+
+def mirrored_to_canonical_side(condition: str, orientation: np.ndarray) -> bool:
+    """Whether a crop of `condition` on a slice of ImageOrientationPatient `orientation` is mirrored left to
+    right so that the patient's midline lies to the image's left of the crop centre.
+
+    A subarticular crop holds both recesses, which carry independent labels: in canonical side the graded
+    one is always the right-hand recess of the image, whatever side it is and however the rows run (the
+    patient's left is +x, so a row cosine with positive x runs towards the patient's left).
+    """
+    if rsna.CONDITION_GROUP[condition] != "subarticular":
+        return False
+    medial_is_plus_x = condition.startswith("right_")  # the midline lies towards the patient's left
+    rows_run_plus_x = float(orientation[0]) >= 0.0
+    return medial_is_plus_x == rows_run_plus_x
 
 
 class Consolidator:

@@ -29,7 +29,8 @@ def format_report(report: dict) -> str:
         f"split       {report['split']}, {report['studies']} studies, from {report['source']['data_dir']}",
         f"parameters  size {params['size']}, channels {params['channels']}, crop_mm "
         + ", ".join(f"{seq} {mm:g}" for seq, mm in params["crop_mm"].items())
-        + f", format {params['fmt']}, limit_studies {params['limit_studies']}",
+        + f", canonical side {params['canonical_side']}, format {params['fmt']}, "
+        f"limit_studies {params['limit_studies']}",
     ]
     for seq, counts in report["sequences"].items():
         severity = ", ".join(f"{name} {n}" for name, n in counts["level_severity"].items())

@@ -21,6 +21,9 @@ import click
               show_default=True, help="level-crop width on sagittal series (mm)")
 @click.option("--crop-mm-axial", type=click.FloatRange(min=0, min_open=True), default=50.0,
               show_default=True, help="level-crop width on axial series (mm)")
+@click.option("--canonical-side/--no-canonical-side", default=True, show_default=True,
+              help="mirror subarticular crops so the graded recess is always the image's right-hand one "
+                   "(the crop holds both recesses; docs/recipe.md)")
 @click.option("--format", "fmt", type=click.Choice(["zarr", "hdf5"]), default="zarr", show_default=True)
 @click.option("--limit-studies", type=click.IntRange(min=1), help="only the first N studies (by study_id)")
 @click.option("--coordinates", type=click.Path(path_type=Path, dir_okay=False),
@@ -29,14 +32,14 @@ import click
               help="severities (train.csv format), e.g. a test answer key; default train.csv for train")
 @click.option("--progress/--no-progress", default=True, show_default=True, help="progress bar on stderr")
 def command(data_dir: Path, out: Path, split: str, workers: int | None, size: int, channels: int,
-            crop_mm_sagittal: float, crop_mm_axial: float, fmt: str, limit_studies: int | None,
-            coordinates: Path | None, labels: Path | None, progress: bool) -> None:
+            crop_mm_sagittal: float, crop_mm_axial: float, canonical_side: bool, fmt: str,
+            limit_studies: int | None, coordinates: Path | None, labels: Path | None, progress: bool) -> None:
     from lumbar_fast.ingest import ingest
 
     crop_mm = {"sag_t1": crop_mm_sagittal, "sag_t2": crop_mm_sagittal, "ax_t2": crop_mm_axial}
     summary = ingest(data_dir, out, split=split, workers=workers, fmt=fmt, size=size, channels=channels,
-                     crop_mm=crop_mm, limit_studies=limit_studies, coordinates=coordinates, labels=labels,
-                     progress=progress)
+                     crop_mm=crop_mm, canonical_side=canonical_side, limit_studies=limit_studies,
+                     coordinates=coordinates, labels=labels, progress=progress)
     if summary.up_to_date:
         click.echo(f"{out} is up to date (same data and parameters): nothing to do")
         return
