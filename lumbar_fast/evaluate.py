@@ -83,6 +83,9 @@ class EvaluateOptions:
 
 
 # -- runs, split, cache ----------------------------------------------------------------------------
+#: the report's note on --tta, which averages over the mirror only where the training flipped
+TTA_NOTE = ", runs trained with horizontal flips averaged with the horizontal mirror (--tta)"
+
 def common_split(runs: Sequence[ClassifierRun]) -> pd.DataFrame:
     """The study-level split every run trained on; runs of different splits cannot be evaluated together."""
     return same_split({run.path: read_run_split(run) for run in runs})
@@ -438,7 +441,7 @@ def classifier_markdown(report: dict[str, Any]) -> list[str]:
         f"studies ({report['bootstrap']['replicates']} replicates, seed {report['bootstrap']['seed']}). "
         "The baselines: the majority class and the training class frequencies (the prior) predicted for "
         f"every item. Predicted on {report['inference']['device']}"
-        f"{', averaged with the horizontal mirror (--tta)' if report['inference']['tta'] else ''}.",
+        f"{TTA_NOTE if report['inference']['tta'] else ''}.",
         runs, "## Per sequence",
         markdown_table(table[0], [[_baseline_name(row[0]), *row[1:]] for row in table[1:]]),
         f"![confusion matrices]({CONFUSION_PNG})",

@@ -20,7 +20,7 @@ import pandas as pd
 import torch
 from torch import nn
 
-from lumbar_fast import metrics, rsna
+from lumbar_fast import metrics, recipes, rsna
 from lumbar_fast.cache import CacheReader, open_cache
 from lumbar_fast.errors import LumbarFastError
 from lumbar_fast.inference import LoadedRun, load_run, predict_items, resolve_device
@@ -40,6 +40,7 @@ class ClassifierRun:
     fold: int
     cache: Path  # the cache it trained on
     prior: np.ndarray  # training class frequencies, the baseline's prediction
+    hflip: bool  # trained on horizontally mirrored crops: --tta averages over the mirror
 
 
 def read_run(path: Path) -> ClassifierRun:
@@ -62,7 +63,8 @@ def read_run(path: Path) -> ClassifierRun:
     if not records or "val_prior" not in records[-1]:
         raise LumbarFastError(f"run {path} has no training prior in its metrics")
     return ClassifierRun(path, config["sequence"], int(config["fold"]), Path(config["cache"]),
-                         np.asarray(records[-1]["val_prior"], dtype=np.float64))
+                         np.asarray(records[-1]["val_prior"], dtype=np.float64),
+                         recipes.flips_horizontally(config.get("augment", True)))
 
 
 def read_runs(paths: Sequence[Path]) -> list[ClassifierRun]:
@@ -97,8 +99,10 @@ def read_run_split(run: ClassifierRun) -> pd.DataFrame:
 class FlipAverage(nn.Module):
     """Test-time augmentation: the class probabilities of an image and of its horizontal mirror, averaged.
 
-    Returns their log, so that the softmax `predict_items` applies gives the average back. The mirror is the
-    training augmentation's horizontal flip (on by default), so the model has seen such images.
+    Returns their log, so that the softmax `predict_items` applies gives the average back. Used only for runs
+    whose training augmentation flipped horizontally (`ClassifierRun.hflip`), so the model has seen such
+    images: the defaults flip no sequence (an anterior-posterior mirror on sagittal crops; the undoing of
+    axial crops' canonical side).
     """
 
     def __init__(self, model: nn.Module) -> None:
@@ -118,7 +122,7 @@ class InferenceOptions:
     device: str = "auto"
     amp: str = "auto"
     batch_size: int = 64
-    tta: bool = False
+    tta: bool = False  # average with the horizontal mirror, for runs trained with horizontal flips
 
 
 def check_crops(run: ClassifierRun, loaded: LoadedRun, cache: CacheReader) -> Path:
@@ -150,7 +154,7 @@ def predict_crops(run: ClassifierRun, cache: CacheReader, rows: np.ndarray,
                        dtype=torch.float32 if loaded.amp_dtype is None else None,
                        mean=tuple(loaded.meta["mean"]), std=tuple(loaded.meta["std"]))
     loader = build_loader("torch", images_path, rows, np.zeros(len(rows), np.int64), cfg, train=False)
-    model = FlipAverage(loaded.model) if options.tta else loaded.model
+    model = FlipAverage(loaded.model) if options.tta and run.hflip else loaded.model
     try:
         order, probs = predict_items(model, loader, loaded.amp_dtype)
     finally:
@@ -244,15 +248,17 @@ class PredictSummary:
     crops: int
     runs: dict[str, int]
     device: str
-    tta: bool
+    flip_tta_runs: int | None  # --tta: the runs averaged over the mirror (those trained with flips)
     seconds: float
     located_cache: Path | None = None  # the derived cache of --locators
 
     def lines(self) -> str:
         """The summary printed after writing the file."""
         runs = ", ".join(f"{seq} ×{n}" for seq, n in self.runs.items())
+        tta = ("" if self.flip_tta_runs is None
+               else f", flip TTA for {self.flip_tta_runs} run(s) trained with flips")
         text = (f"wrote {self.out}: {self.studies} studies, {self.rows} rows from {self.crops} crops "
-                f"(runs: {runs}; {self.device}{', flip TTA' if self.tta else ''}; {self.seconds:.1f} s)")
+                f"(runs: {runs}; {self.device}{tta}; {self.seconds:.1f} s)")
         if self.located_cache is not None:
             text += f"\ncrops cut at the located points, in the derived cache {self.located_cache}"
         if self.filled_rows:
@@ -315,5 +321,7 @@ def predict(run_paths: Sequence[Path], cache_path: Path, out: Path, allow_prior:
         filled_rows=int(result.filled.sum()),
         filled_studies=int(result.rows.loc[result.filled, "study_id"].nunique()), crops=len(crops),
         runs={seq: len(group) for seq, group in runs_by_sequence(runs).items()},
-        device=str(resolve_device(options.device)), tta=options.tta, seconds=time.perf_counter() - started,
+        device=str(resolve_device(options.device)),
+        flip_tta_runs=sum(run.hflip for run in runs) if options.tta else None,
+        seconds=time.perf_counter() - started,
         located_cache=derived)

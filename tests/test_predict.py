@@ -28,6 +28,7 @@ from lumbar_fast.predict import (
     read_runs,
 )
 from lumbar_fast.runfolder import BEST, RunFolder
+from lumbar_fast.train import TrainConfig, train
 
 PRIORS = {"sag_t1": np.array([0.7, 0.2, 0.1]), "sag_t2": np.array([0.8, 0.1, 0.1]),
           "ax_t2": np.array([0.6, 0.3, 0.1])}
@@ -140,13 +141,31 @@ def test_predict_writes_every_study_and_fills_missing_crops_only_when_allowed(tr
     expected = np.stack([priors[rsna.SEQUENCE_OF_CONDITION[c]] for c in rows.loc[no_crop, "condition"]])
     assert np.allclose(submission.loc[no_crop, list(rsna.SUBMISSION_COLUMNS)].to_numpy(), expected)
 
-    flipped = tmp_path / "tta.csv"
-    code, stdout, stderr = run_cli("predict", *runs, "--cache", synth_cache, "--out", flipped,
-                                   "--allow-prior", "--tta", "--device", "cpu")
-    assert code == 0 and "flip TTA" in stdout, stderr
-    with_tta = pd.read_csv(flipped)
-    metrics.check_submission(with_tta)
-    assert not np.allclose(with_tta[list(rsna.SUBMISSION_COLUMNS)], submission[list(rsna.SUBMISSION_COLUMNS)])
+
+
+def test_tta_follows_each_runs_flip_policy(trained_runs, synth_cache, tmp_path, run_cli):
+    """--tta averages over the horizontal mirror only for runs trained with horizontal flips: the default
+    recipe flips no sequence, so it changes nothing there, and a run trained with --augment all changes."""
+    def predict(runs: list[Path], name: str, *extra: str) -> pd.DataFrame:
+        out = tmp_path / name
+        code, stdout, stderr = run_cli("predict", *runs, "--cache", synth_cache, "--out", out,
+                                       "--allow-prior", "--device", "cpu", *extra)
+        assert code == 0, stderr
+        assert ("flip TTA for" in stdout) == bool(extra)
+        submission = pd.read_csv(out)
+        metrics.check_submission(submission)
+        return submission[list(rsna.SUBMISSION_COLUMNS)]
+
+    defaults = list(trained_runs.values())
+    assert not any(run.hflip for run in read_runs(defaults))
+    assert np.array_equal(predict(defaults, "plain.csv"), predict(defaults, "tta.csv", "--tta"))
+    flipping = train(TrainConfig(sequence="sag_t2", cache=str(synth_cache), run_dir=str(tmp_path / "flips"),
+                                 model="test_efficientnet", pretrained=False, epochs=1, batch_size=8, folds=3,
+                                 augment="all", loader="torch", workers=1, device="cpu", progress=False))
+    assert read_runs([flipping])[0].hflip
+    mixed = [trained_runs["sag_t1"], flipping, trained_runs["ax_t2"]]
+    plain, averaged = predict(mixed, "flip-plain.csv"), predict(mixed, "flip-tta.csv", "--tta")
+    assert not np.allclose(plain, averaged)
 
 
 def test_predict_bad_input_is_one_line_error(trained_runs, synth_cache, tmp_path, run_cli):

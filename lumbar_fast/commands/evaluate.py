@@ -22,7 +22,9 @@ from lumbar_fast.commands.options import amp_option, device_option
 @click.option("--seed", default=0, show_default=True, help="Seed of the bootstrap.")
 @click.option("--gallery", "gallery_items", default=12, show_default=True, type=click.IntRange(min=1),
               help="Crops in each most-wrong gallery.")
-@click.option("--tta", is_flag=True, help="Average each crop's prediction with its horizontal mirror's.")
+@click.option("--tta", is_flag=True,
+              help="Average each crop's prediction with its horizontal mirror's, for runs trained with "
+              "horizontal flips (--augment with hflip; no default recipe flips).")
 @device_option
 @amp_option
 @click.option("--batch-size", default=64, show_default=True, type=click.IntRange(min=1))

@@ -18,7 +18,8 @@ from lumbar_fast.commands.options import amp_option, device_option
 @click.option("--allow-prior", is_flag=True,
               help="Fill rows without a crop with the runs' training prior instead of failing.")
 @click.option("--tta", is_flag=True,
-              help="Average each crop's prediction with its horizontal mirror's (the training flip).")
+              help="Average each crop's prediction with its horizontal mirror's, for runs trained "
+                   "with horizontal flips (--augment with hflip; no default recipe flips).")
 @device_option
 @amp_option
 @click.option("--batch-size", default=64, show_default=True, type=click.IntRange(min=1))
