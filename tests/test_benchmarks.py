@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from benchmarks import common, ingest
+from benchmarks import common, ingest, recipe
 
 REPO = Path(__file__).resolve().parents[1]
 STUDIES = "2"
@@ -86,3 +86,20 @@ def test_gpu_check_dry_run(workdir, tmp_path):
     loader_summary = read_record(tmp_path / "loader.json", "loader")["results"]["summary"]
     assert set(loader_summary) == {"dali", "torch", "seed", "png"}
     assert all(np.isfinite(stats["steady_img_s"]["median"]) for stats in loader_summary.values())
+
+
+def test_recipe_study(workdir, capsys):
+    """The recipe study at a tiny size: every requested cell trains and is judged on the held-out test split;
+    the variant that changes the crops applies to ax_t2 alone."""
+    out = workdir / "recipe.json"
+    recipe.main(["--workdir", str(workdir), "--studies", "6", "--test-studies", "3", "--image-size", "64",
+                 "--size", "32", "--epochs", "1", "--pairs", "401:1", "--sequences", "sag_t2,ax_t2",
+                 "--variants", "default,seed recipe,crops without canonical side", "--json", str(out)])
+    record = read_record(out, "recipe")
+    cells = record["results"]["cells"]
+    assert set(cells["sag_t2"]) == {"default", "seed recipe"}
+    assert set(cells["ax_t2"]) == {"default", "seed recipe", "crops without canonical side"}
+    runs = record["results"]["runs"]
+    assert len(runs) == 5 and all(run["judged_on"] == "held-out test split" for run in runs)
+    assert all(sum(run["support"]) > 0 and 0 <= run["balanced_accuracy"] <= 1 for run in runs)
+    assert "| crops without canonical side |  |  |" in capsys.readouterr().out

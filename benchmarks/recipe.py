@@ -1,0 +1,251 @@
+"""Recipe study: which training defaults learn, measured on phantoms with the real class balance.
+
+Every variant changes one factor of the default recipe (augmentation, class weights, early-stopping monitor,
+learning rate, crop design, the phantom's signal) and trains each sequence with it for every (phantom seed,
+training seed) pair. The checkpoint the run keeps as best (by its own monitor, on its validation fold) is then
+judged on the phantom's held-out test split through its answer key, so the judged items never chose an
+epoch: balanced accuracy and weighted log loss ÷ the training prior's, mean ± standard deviation over the
+pairs, with the smallest per-class support beside them. docs/recipe.md holds the figures that chose the
+defaults.
+
+    python -m benchmarks.recipe --json recipe.json                  # tiny model on CPU, ~1 h on 2 cores
+    python -m benchmarks.recipe --device cuda --pretrained          # tf_efficientnetv2_s at 224 on a GPU
+    python -m benchmarks.recipe --cache CACHE --pairs 0:1,0:2,0:3   # your own cache: judged on fold 0
+
+On a GPU the defaults become the product's: tf_efficientnetv2_s, 224-pixel crops of 384-pixel phantoms.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from benchmarks import common
+from lumbar_fast import rsna
+from lumbar_fast.cache import open_cache
+from lumbar_fast.errors import LumbarFastError
+from lumbar_fast.ingest import ingest
+from lumbar_fast.loaders.gpu import resolve_device
+from lumbar_fast.metrics import classification_summary
+from lumbar_fast.phantom import PhantomOptions, generate
+from lumbar_fast.predict import InferenceOptions, predict_crops, read_run
+from lumbar_fast.recipes import AUGMENTATIONS
+from lumbar_fast.runfolder import RunFolder
+from lumbar_fast.train import TrainConfig, train
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One cell of the study: TrainConfig changes from the default recipe, and the data it trains on."""
+
+    name: str
+    changes: dict[str, Any] = field(default_factory=dict)
+    canonical_side: bool = True  # ingest's subarticular crop design
+    signal: float = 1.0  # the phantom's signal strength
+    sequences: tuple[str, ...] = tuple(rsna.SEQUENCES)
+
+
+VARIANTS: tuple[Variant, ...] = (
+    Variant("default"),
+    Variant("seed recipe", {"recipe": "seed"}),
+    Variant("no augmentation", {"augment": "none"}),
+    *(Variant(f"{piece} only", {"augment": piece}) for piece in AUGMENTATIONS),
+    Variant("all augmentation (with hflip)", {"augment": "all"}),
+    Variant("class weights none", {"class_weights": "none"}),
+    Variant("class weights inverse", {"class_weights": "inverse"}),
+    Variant("monitor accuracy", {"monitor": "accuracy"}),
+    Variant("monitor loss", {"monitor": "loss"}),
+    Variant("lr 3e-4", {"lr": 3e-4}),
+    Variant("lr 3e-3", {"lr": 3e-3}),
+    Variant("crops without canonical side", canonical_side=False, sequences=("ax_t2",)),
+    Variant("default, signal 0.5", signal=0.5),
+    Variant("no augmentation, signal 0.5", {"augment": "none"}, signal=0.5),
+)
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = common.base_parser(__doc__.splitlines()[0], repeats=1)
+    parser.add_argument("--pairs", default="201:1,202:2,203:3",
+                        help="comma list of PHANTOM_SEED:TRAINING_SEED pairs (seeds the tests do not use)")
+    parser.add_argument("--variants", default="all", help="comma list of variant names, or all")
+    parser.add_argument("--sequences", default=",".join(rsna.SEQUENCES))
+    parser.add_argument("--studies", type=int, default=300, help="phantom train studies")
+    parser.add_argument("--test-studies", type=int, default=80, help="phantom test studies: the judged set")
+    parser.add_argument("--image-size", type=int, help="phantom DICOM size [CPU 128, GPU 384]")
+    parser.add_argument("--size", type=int, help="cache image size, ingest --size [CPU 64, GPU 224]")
+    parser.add_argument("--model", help="timm model [CPU test_efficientnet, GPU tf_efficientnetv2_s]")
+    parser.add_argument("--pretrained", action="store_true", help="ImageNet weights (hub or --weights)")
+    parser.add_argument("--weights", help="local pretrained weights file")
+    parser.add_argument("--epochs", type=int, default=5)
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    parser.add_argument("--loader", default="torch", help="torch (no worker start-up per run) or dali")
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--cache", type=Path, help="a cache of your own: the variants that change its data "
+                        "are left out, and each run is judged on its validation fold (fold 0)")
+    args = parser.parse_args(argv)
+    on_gpu = resolve_device(args.device).type == "cuda"  # NVML: CUDA stays uninitialised for DALI
+    args.device = "cuda" if on_gpu else "cpu"
+    for name, cpu, gpu in (("image_size", 128, 384), ("size", 64, 224),
+                           ("model", "test_efficientnet", "tf_efficientnetv2_s")):
+        if getattr(args, name) is None:
+            setattr(args, name, gpu if on_gpu else cpu)
+    args.pairs = [tuple(int(seed) for seed in pair.split(":")) for pair in args.pairs.split(",")]
+    args.sequences = tuple(args.sequences.split(","))
+    return args
+
+
+def chosen_variants(args: argparse.Namespace) -> list[Variant]:
+    """The variants asked for, less those that re-make the data when the data is the user's own cache."""
+    by_name = {variant.name: variant for variant in VARIANTS}
+    names = list(by_name) if args.variants == "all" else args.variants.split(",")
+    unknown = [name for name in names if name not in by_name]
+    if unknown:
+        raise LumbarFastError(f"unknown variant {unknown[0]!r}; choose from {', '.join(by_name)}")
+    variants = [by_name[name] for name in names]
+    if args.cache:
+        variants = [v for v in variants if v.canonical_side and v.signal == 1.0]
+    return variants
+
+
+# -- data ------------------------------------------------
+def phantom_caches(args: argparse.Namespace, seed: int, signal: float,
+                   canonical_side: bool) -> tuple[Path, Path]:
+    """The (train, test) caches of one phantom, made once in the work folder and reused."""
+    name = f"recipe-{args.studies}+{args.test_studies}-{args.image_size}px-seed{seed}-signal{signal:g}"
+    folder = args.workdir / name
+    data = folder / "rsna"
+    if not (data / "phantom_manifest.json").is_file():
+        generate(data, args.studies, args.test_studies,
+                 PhantomOptions(seed=seed, image_size=args.image_size, signal=signal), progress=False)
+    crops = "canonical" if canonical_side else "plain"
+    train_cache, test_cache = (folder / f"{split}-{args.size}-{crops}.zarr" for split in ("train", "test"))
+    ingest(data, train_cache, size=args.size, canonical_side=canonical_side, progress=False)
+    ingest(data, test_cache, split="test", size=args.size, canonical_side=canonical_side, progress=False,
+           coordinates=data / "test_label_coordinates.csv", labels=data / "test_labels.csv")
+    return train_cache, test_cache
+
+
+# -- one run ------------------------------------------------
+def run_variant(args: argparse.Namespace, variant: Variant, sequence: str, pair: tuple[int, int],
+                runs: Path) -> dict[str, Any]:
+    """Train one cell's run and judge its best checkpoint: the figures of one (variant, sequence, pair)."""
+    phantom_seed, train_seed = pair
+    if args.cache:
+        train_cache, test_cache = args.cache, None
+    else:
+        train_cache, test_cache = phantom_caches(args, phantom_seed, variant.signal, variant.canonical_side)
+    run_dir = runs / f"{sequence}-{variant.name.replace(' ', '_')}-{phantom_seed}-{train_seed}"
+    settings = dict(sequence=sequence, cache=str(train_cache), run_dir=str(run_dir), model=args.model,
+                    pretrained=args.pretrained, weights=args.weights, epochs=args.epochs,
+                    batch_size=args.batch_size, device=args.device, loader=args.loader, workers=args.workers,
+                    seed=train_seed, progress=False)
+    started = time.perf_counter()
+    train(TrainConfig(**{**settings, **variant.changes}))
+    seconds = time.perf_counter() - started
+    records = RunFolder(run_dir).read_metrics()
+    best = [record for record in records if record["best"]][-1]
+    judged = judge(run_dir, test_cache, args.device) if test_cache else validation_figures(best)
+    return {"variant": variant.name, "sequence": sequence, "phantom_seed": phantom_seed,
+            "train_seed": train_seed, "best_epoch": best["epoch"], "epochs_run": len(records),
+            "seconds": seconds, "val_balanced_accuracy": best["val_balanced_accuracy"], **judged}
+
+
+def judge(run_dir: Path, test_cache: Path, device: str) -> dict[str, Any]:
+    """The run's best checkpoint on every labelled crop of the test cache, against its training prior."""
+    run = read_run(run_dir)
+    cache = open_cache(test_cache)
+    labels = cache.level_labels(run.sequence)
+    rows = np.flatnonzero(labels["severity"].to_numpy() != rsna.MISSING)
+    probs = predict_crops(run, cache, rows, InferenceOptions(device=device))
+    summary = classification_summary(labels["severity"].to_numpy()[rows], probs, run.prior)
+    return figures(summary["balanced_accuracy"], summary["weighted_log_loss"],
+                   summary["prior_weighted_log_loss"], summary["support"], "held-out test split")
+
+
+def validation_figures(best: dict[str, Any]) -> dict[str, Any]:
+    """The best epoch's own validation figures (a user's cache has no answer key)."""
+    return figures(best["val_balanced_accuracy"], best["val_weighted_log_loss"],
+                   best["val_prior_weighted_log_loss"], best["val_support"], "validation fold (fold 0)")
+
+
+def figures(balanced: float, wll: float, prior_wll: float, support: list[int],
+            judged_on: str) -> dict[str, Any]:
+    """The judged figures of one run, in the study's JSON record."""
+    return {"balanced_accuracy": balanced, "wll_ratio": wll / prior_wll, "weighted_log_loss": wll,
+            "support": support, "judged_on": judged_on}
+
+
+# -- the table ------------------------------------------------
+def summarise(rows: list[dict[str, Any]]) -> dict[str, dict[str, dict[str, Any]]]:
+    """Per sequence and variant: mean and standard deviation of the judged figures over the pairs, and the
+    smallest support of each class."""
+    cells: dict[str, dict[str, dict[str, Any]]] = {}
+    for row in rows:
+        cells.setdefault(row["sequence"], {}).setdefault(row["variant"], {"runs": []})["runs"].append(row)
+    for variants in cells.values():
+        for cell in variants.values():
+            runs = cell.pop("runs")
+            for key in ("balanced_accuracy", "wll_ratio", "best_epoch"):
+                values = [run[key] for run in runs]
+                cell[key] = {"mean": statistics.fmean(values),
+                             "sd": statistics.stdev(values) if len(values) > 1 else 0.0}
+            cell["pairs"] = len(runs)
+            cell["min_support"] = np.min([run["support"] for run in runs], axis=0).tolist()
+    return cells
+
+
+def mean_sd(stats: dict[str, float], digits: int = 2) -> str:
+    """A table cell: mean ± standard deviation."""
+    return f"{stats['mean']:.{digits}f} ± {stats['sd']:.{digits}f}"
+
+
+def table(cells: dict[str, dict[str, dict[str, Any]]], judged_on: str) -> str:
+    """One Markdown table: a row per variant, balanced accuracy and wll ÷ prior per sequence."""
+    sequences = list(cells)
+    variants = list(dict.fromkeys(name for seq in sequences for name in cells[seq]))
+    header = ["variant", *(f"{seq} {what}" for seq in sequences for what in ("bal. acc.", "wll ÷ prior"))]
+    rows = []
+    for name in variants:
+        row = [name]
+        for seq in sequences:
+            cell = cells[seq].get(name)
+            row += [mean_sd(cell["balanced_accuracy"]), mean_sd(cell["wll_ratio"])] if cell else ["", ""]
+        rows.append(row)
+    support = "; ".join(
+        f"{seq} {'/'.join(map(str, np.min([c['min_support'] for c in cells[seq].values()], axis=0)))}"
+        for seq in sequences)
+    pairs = max(cell["pairs"] for seq in sequences for cell in cells[seq].values())
+    return (common.markdown_table(header, rows) + f"\n\nMean ± standard deviation over {pairs} (phantom "
+            f"seed, training seed) pairs, judged on the {judged_on}; smallest judged items per class "
+            f"(normal/mild, moderate, severe): {support}.")
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    try:
+        variants = chosen_variants(args)
+    except LumbarFastError as exc:
+        raise SystemExit(f"error: {exc}") from None
+    runs = args.workdir / "recipe-runs" / time.strftime("%Y%m%d-%H%M%S")
+    rows = []
+    for variant in variants:
+        for sequence in (s for s in args.sequences if s in variant.sequences):
+            for pair in args.pairs:
+                row = run_variant(args, variant, sequence, pair, runs)
+                rows.append(row)
+                print(f"{variant.name} | {sequence} | pair {pair}: balanced accuracy "
+                      f"{row['balanced_accuracy']:.3f}, wll ÷ prior {row['wll_ratio']:.3f}, best epoch "
+                      f"{row['best_epoch']}, support {row['support']} ({row['seconds']:.0f} s)", flush=True)
+    cells = summarise(rows)
+    common.report("recipe", args, {"runs": rows, "cells": cells}, table(cells, rows[0]["judged_on"]))
+
+
+if __name__ == "__main__":
+    main()
