@@ -45,21 +45,24 @@ def main() -> None:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, default=Path("locator_e2e_out"))
     parser.add_argument("--data", type=Path, help="an existing phantom folder with a test split")
-    parser.add_argument("--studies", type=int, default=60)
-    parser.add_argument("--test-studies", type=int, default=20)
+    parser.add_argument("--studies", type=int, default=300)
+    parser.add_argument("--test-studies", type=int, default=80)
+    parser.add_argument("--seed", type=int, default=3, help="phantom seed")
+    parser.add_argument("--balanced", action="store_true",
+                        help="equal class frequencies (default: the real class balance)")
     parser.add_argument("--off-centre", type=float, default=0.0,
                         help="rate of the phantom's off_centre pitfall (series not centred on the spine)")
     parser.add_argument("--size", type=int, default=128, help="cache image size")
     parser.add_argument("--classifiers", type=Path, help="folder of classifier runs, one per sequence")
     parser.add_argument("--locators", type=Path, help="folder of locator runs, one per sequence")
     parser.add_argument("--classifier-model", default="test_efficientnet")
-    parser.add_argument("--sagittal-shift", type=float, default=0.125,
-                        help="the sagittal classifiers' --shift: their 40 mm crops are sensitive to the "
-                             "locator's few-mm error, so they train on wider shifts than the default 0.0625")
+    parser.add_argument("--sagittal-shift", type=float,
+                        help="the sagittal classifiers' --shift (default: train's): wider shifts make their "
+                             "40 mm crops less sensitive to the locator's few-mm error")
     parser.add_argument("--locator-model", default="mobilenetv3_small_100")
-    parser.add_argument("--epochs", type=int, default=8, help="classifier epochs")
-    parser.add_argument("--batch-size", type=int, default=32, help="classifier batch size")
     parser.add_argument("--locator-epochs", type=int, default=12)
+    parser.add_argument("--locator-series", type=int, default=60,
+                        help="series per locator epoch (train-locator --limit-series), to bound its time")
     parser.add_argument("--locator-lr", type=float, default=2e-3)
     parser.add_argument("--device", default="auto")
     args = parser.parse_args()
@@ -69,26 +72,25 @@ def main() -> None:
     data = args.data or out / "rsna"
     if args.data is None and not data.is_dir():
         run("synth", str(data), "--studies", str(args.studies), "--test-studies", str(args.test_studies),
-            "--seed", "3", "--balanced", "--image-size", "256", "--pitfall", f"off_centre={args.off_centre}",
-            "--quiet")
+            "--seed", str(args.seed), *(["--balanced"] if args.balanced else []), "--image-size", "256",
+            "--pitfall", f"off_centre={args.off_centre}", "--quiet")
     cache = out / "train.zarr"
     if not cache.exists():
         run("ingest", str(data), "--out", str(cache), "--size", str(args.size), "--no-progress")
     classifiers = args.classifiers or out / "classifiers"
     locators = args.locators or out / "locators"
     for sequence in SEQUENCES:
-        shift = ["--shift", str(args.sagittal_shift)] if sequence != "ax_t2" else []
-        if not (classifiers / sequence / "best.pt").is_file():
+        wide = args.sagittal_shift is not None and sequence != "ax_t2"
+        shift = ["--shift", str(args.sagittal_shift)] if wide else []
+        if not (classifiers / sequence / "best.pt").is_file():  # the default recipe
             run("train", "--sequence", sequence, "--cache", str(cache), "--run-dir",
-                str(classifiers / sequence), "--model", args.classifier_model, "--no-pretrained", "--epochs",
-                str(args.epochs), "--batch-size", str(args.batch_size), "--monitor", "loss", "--lr", "3e-3",
-                "--class-weights", "metric", *shift,
+                str(classifiers / sequence), "--model", args.classifier_model, "--no-pretrained", *shift,
                 "--device", args.device, "--no-progress")
         if not (locators / sequence / "best.pt").is_file():
             run("train-locator", "--sequence", sequence, "--cache", str(cache), "--run-dir",
                 str(locators / sequence), "--model", args.locator_model, "--no-pretrained", "--epochs",
                 str(args.locator_epochs), "--lr", str(args.locator_lr), "--image-size", str(args.size),
-                "--device", args.device, "--no-progress")
+                "--limit-series", str(args.locator_series), "--device", args.device, "--no-progress")
     key_labels, key_points = data / "test_labels.csv", data / "test_label_coordinates.csv"
     oracle_cache, stacks_cache = out / "test-oracle.zarr", out / "test-stacks.zarr"
     located_cache = out / "test-located.zarr"
