@@ -157,8 +157,9 @@ def test_damaged_files_are_reported_and_the_rest_is_ingested(synth_data, synth_c
     errors = reader.errors()
     assert sorted(Path(p).relative_to(synth_data).as_posix() for p in errors["path"]) == \
         sorted(d["path"] for d in damaged)
-    assert set(cache.reason_counts(errors)) <= {"not a readable DICOM file", "pixel data cannot be decoded",
-                                                "no pixel data (not an image, or cut short)"}
+    assert set(cache.reason_counts(errors)) <= {
+        "not a DICOM file", "not a readable DICOM file", "pixel data cannot be decoded",
+        "pixel data does not match the header", "no pixel data (not an image, or cut short)"}
     files = {seq: 0 for seq in rsna.SEQUENCES}
     descriptions = pd.read_csv(synth_data / "train_series_descriptions.csv")
     for row in descriptions.itertuples():
@@ -219,6 +220,21 @@ def test_broken_inputs_go_to_the_errors_table_and_the_rest_is_ingested(tiny_data
     ingested = {sid for seq in reader.sequences() for sid in reader.stack_index(seq)["series_id"]}
     gone = {where[p][1] for p in ("empty", "unknown description", "folder missing")}
     assert not ingested & gone and len(ingested) == summary.series - 1  # the empty series has no image
+
+
+def test_a_series_that_fails_as_a_whole_is_one_error_row(tiny_data, monkeypatch):
+    """An exception no check foresaw, while converting a series, is that series' problem alone."""
+    params = IngestParams(data_dir=str(tiny_data), size=32)
+    task = plan_ingest(params).tasks[0]
+
+    def broken(slices):
+        raise RuntimeError("boom\nand more lines")
+    monkeypatch.setattr(dicom, "series_window", broken)
+    part = convert_series(task, params)
+    assert part.errors[["path", "reason"]].values.tolist() == \
+        [[str(task.folder), "series cannot be converted: RuntimeError: boom"]]
+    assert len(part.stack_images) == len(part.level_images) == len(part.stack_index) == 0
+    assert part.stack_images.shape[1:] == (32, 32)
 
 
 @pytest.mark.parametrize("make_args, message", [
