@@ -18,6 +18,7 @@ import pytest
 
 from lumbar_fast import cache
 from lumbar_fast.phantom import PitfallRates
+from tests.cache_compare import assert_same_content
 from tests.malformations import MALFORMATIONS, Malformation
 
 #: unlabelled files copied into each damaged series besides its labelled ones
@@ -115,17 +116,6 @@ def records(errors: pd.DataFrame, root: Path, but_series: int) -> list[tuple]:
     """The error rows as tuples with paths relative to the data folder `root`, one series left out."""
     return [(row.study_id, row.series_id, str(Path(row.path).relative_to(root)), row.reason)
             for row in errors[errors["series_id"] != but_series].itertuples(index=False)]
-
-
-def assert_same_content(a: cache.CacheReader, b: cache.CacheReader) -> None:
-    """Same arrays and tables, the errors table aside."""
-    assert a.sequences() == b.sequences()
-    for seq in a.sequences():
-        np.testing.assert_array_equal(a.stack_images(seq), b.stack_images(seq))
-        np.testing.assert_array_equal(a.level_images(seq), b.level_images(seq))
-        pd.testing.assert_frame_equal(a.stack_index(seq), b.stack_index(seq))
-        pd.testing.assert_frame_equal(a.level_labels(seq), b.level_labels(seq))
-    pd.testing.assert_frame_equal(a.study_labels(), b.study_labels())
 
 
 def series_content(reader: cache.CacheReader, seq: str, series_ids: set[int]) -> tuple:
