@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import multiprocessing
 import os
 import pickle
 import shutil
@@ -29,6 +28,7 @@ from tqdm import tqdm
 
 from lumbar_fast import __version__, cache, dicom, rsna
 from lumbar_fast.errors import CacheError, DataError, LumbarFastError, typed_line
+from lumbar_fast.processes import pool_context
 
 SPLITS = ("train", "test")
 #: default level-crop window width in millimetres per sequence
@@ -392,7 +392,7 @@ def _map(job: Callable[[SeriesTask], int], tasks: list[SeriesTask], workers: int
     if workers == 1 or len(tasks) <= 1:
         yield from map(job, tasks)
         return
-    with multiprocessing.get_context().Pool(min(workers, len(tasks))) as pool:
+    with pool_context().Pool(min(workers, len(tasks))) as pool:
         yield from pool.imap_unordered(job, tasks)
 
 

@@ -361,6 +361,31 @@ def test_test_split_has_stacks_and_level_crops_only_with_coordinates(tiny_data, 
         assert row.severity == (rsna.MISSING if pd.isna(name) else rsna.SEVERITY_FROM_NAME[name])
 
 
+#: synth and ingest, each with a pool of 2, in a process where any fork of it leaves a marker file: the
+#: stand-in, on a CPU machine, for a parent that has initialised CUDA (which a forked worker must not inherit)
+FORK_PROBE = """
+import os, sys
+from pathlib import Path
+marker, root = Path(sys.argv[1]), Path(sys.argv[2])
+os.register_at_fork(after_in_child=lambda: marker.write_text("forked"))
+from lumbar_fast.ingest import ingest
+from lumbar_fast.phantom import PhantomOptions, generate
+generate(root / "data", 2, 0, PhantomOptions(image_size=64), workers=2, progress=False)
+ingest(root / "data", root / "c.zarr", size=32, workers=2, progress=False)
+"""
+
+
+def test_worker_pools_never_fork_the_caller(tmp_path):
+    from lumbar_fast.processes import pool_context
+
+    assert pool_context().get_start_method() in ("forkserver", "spawn")
+    marker = tmp_path / "forked"
+    subprocess.run([sys.executable, "-c", FORK_PROBE, str(marker), str(tmp_path)], check=True, timeout=300,
+                   cwd=Path(__file__).parents[1])
+    assert cache.open_cache(tmp_path / "c.zarr").stack_index("sag_t2").shape[0] > 0
+    assert not marker.exists(), "a pool forked the calling process"
+
+
 # --- info -------------------------------------------------------------------------------------------------
 
 def test_info_tells_the_truth(synth_data, synth_cache, run_cli):

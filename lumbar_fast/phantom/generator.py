@@ -18,6 +18,7 @@ from lumbar_fast import __version__, rsna
 from lumbar_fast.errors import LumbarFastError
 from lumbar_fast.phantom.options import PhantomOptions
 from lumbar_fast.phantom.study import SERIES_PER_STUDY, StudyJob, StudyResult, build_study
+from lumbar_fast.processes import pool_context
 
 MANIFEST_NAME = "phantom_manifest.json"
 SERIES_COLUMNS = ("study_id", "series_id", "series_description")
@@ -122,7 +123,7 @@ def _run(jobs: list[StudyJob], workers: int | None) -> Iterator[StudyResult]:
     if workers == 1 or len(jobs) == 1:
         yield from map(build_study, jobs)
         return
-    with ProcessPoolExecutor(max_workers=min(workers, len(jobs))) as pool:
+    with ProcessPoolExecutor(max_workers=min(workers, len(jobs)), mp_context=pool_context()) as pool:
         yield from pool.map(build_study, jobs)
 
 
