@@ -54,11 +54,11 @@ def generate(out_dir: str | Path, n_studies: int, n_test_studies: int = 0,
     _write_labels(root / "train.csv", train)
     _write_coordinates(root / "train_label_coordinates.csv", train)
     _write_series(root / "train_series_descriptions.csv", train)
-    if test:
-        _write_series(root / "test_series_descriptions.csv", test)
-        _write_submission(root / "sample_submission.csv", test)
-        _write_labels(root / "test_labels.csv", test)
-        _write_coordinates(root / "test_label_coordinates.csv", test)
+    (root / "test_images").mkdir(exist_ok=True)  # the whole RSNA layout, also without test studies
+    _write_series(root / "test_series_descriptions.csv", test)
+    _write_submission(root / "sample_submission.csv", test)
+    _write_labels(root / "test_labels.csv", test)
+    _write_coordinates(root / "test_label_coordinates.csv", test)
     _write_manifest(root / MANIFEST_NAME, results, options)
     return PhantomSummary(
         out_dir=root, train_studies=len(train), test_studies=len(test),
