@@ -62,8 +62,10 @@ class ImageHeader:
 
     @property
     def frame_bytes(self) -> int:
-        """Bytes of one uncompressed frame (1-bit pixels packed 8 to a byte)."""
-        return -(-self.rows * self.columns * self.samples * self.bits_allocated // 8)
+        """Bytes of one uncompressed frame (1-bit pixels packed 8 to a byte; YBR_FULL_422 stores two samples
+        per pixel: its chroma is shared by pairs of pixels)."""
+        samples = 2 if self.photometric == "YBR_FULL_422" else self.samples
+        return -(-self.rows * self.columns * samples * self.bits_allocated // 8)
 
 
 @dataclass(frozen=True)

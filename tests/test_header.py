@@ -130,3 +130,16 @@ def test_pixel_data_size_must_equal_the_header(rows, columns, samples, bits, err
         message = f"{actual} bytes, but Rows {rows} × Columns {columns}"
         with pytest.raises(header.DicomReadError, match=message):
             header.check_size(actual, expected, image)
+
+
+def test_frame_bytes_follow_pydicom_for_packed_and_subsampled_pixels():
+    from pydicom.pixels.utils import get_expected_length
+
+    for photometric, samples, bits in (("MONOCHROME2", 1, 1), ("YBR_FULL_422", 3, 8), ("RGB", 3, 8),
+                                       ("MONOCHROME1", 1, 16)):
+        ds = pydicom.Dataset()
+        ds.Rows, ds.Columns, ds.SamplesPerPixel, ds.BitsAllocated = 5, 7, samples, bits
+        ds.PhotometricInterpretation = photometric
+        image = header.ImageHeader(pydicom.uid.ExplicitVRLittleEndian, 5, 7, samples, photometric, bits, bits,
+                                   False, 1.0, 0.0)
+        assert image.frame_bytes == get_expected_length(ds, unit="bytes"), photometric
