@@ -13,6 +13,7 @@ from __future__ import annotations
 import warnings
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from itertools import pairwise
 from pathlib import Path
 
 import numpy as np
@@ -247,13 +248,15 @@ def _decode(ds: pydicom.Dataset, image: ImageHeader) -> np.ndarray:
 
 
 def _rle_segment_bytes(ds: pydicom.Dataset) -> int:
-    """Decoded length of the first segment of an RLE frame (its header: a count, then 15 offsets)."""
-    frame = get_frame(ds.PixelData, 0, number_of_frames=1)
-    header = np.frombuffer(frame[:64], dtype="<u4")
-    end = int(header[2]) if header[0] > 1 else len(frame)
+    """Decoded length of one segment of an RLE frame (every segment holds one byte per pixel): the shortest,
+    whose long runs decode fastest. The frame's header is a segment count, then 15 offsets."""
     try:
-        return len(decode_segment(frame[int(header[1]):end]))
-    except Exception as exc:
+        frame = get_frame(ds.PixelData, 0, number_of_frames=1)
+        header = np.frombuffer(frame[:64], dtype="<u4")
+        bounds = [*(int(v) for v in header[1:1 + min(int(header[0]), 15)]), len(frame)]
+        start, end = min(pairwise(bounds), key=lambda pair: pair[1] - pair[0])
+        return len(decode_segment(frame[start:end]))
+    except Exception as exc:  # a header that lists no segment, or a damaged segment
         raise DicomReadError(f"pixel data cannot be decoded: {typed_line(exc)}") from exc
 
 
