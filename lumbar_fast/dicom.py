@@ -31,7 +31,7 @@ from lumbar_fast.header import (
     check_geometry,
     check_image,
     check_instance_number,
-    check_size,
+    fits,
 )
 
 #: largest per-component difference of ImageOrientationPatient cosines inside one stack (~0.06°: stacks
@@ -232,7 +232,7 @@ def _decode(ds: pydicom.Dataset, image: ImageHeader) -> np.ndarray:
         raise DicomReadError(f"pixel data cannot be decoded: {stored.shape} pixels, the header says "
                              f"{image.shape}")
     if image.transfer_syntax == RLELossless:
-        check_size(_rle_segment_bytes(ds), image.rows * image.columns, image)
+        _check_rle_size(ds, image)
     if stored.ndim == 3:
         return (stored.astype(np.float32) @ LUMA).astype(np.float32)
     pixels = stored.astype(np.float32)
@@ -245,6 +245,14 @@ def _decode(ds: pydicom.Dataset, image: ImageHeader) -> np.ndarray:
         raise DicomReadError(f"pixel values overflow float32 after RescaleSlope {image.slope:g} and "
                              f"RescaleIntercept {image.intercept:g}")
     return pixels
+
+
+def _check_rle_size(ds: pydicom.Dataset, image: ImageHeader) -> None:
+    """An RLE segment holds one byte per pixel: Rows × Columns of them."""
+    segment, pixels = _rle_segment_bytes(ds), image.rows * image.columns
+    if not fits(segment, pixels):
+        raise DicomReadError(f"pixel data does not match the header: RLE segments of {segment} bytes, but "
+                             f"Rows {image.rows} × Columns {image.columns} need {pixels}")
 
 
 def _rle_segment_bytes(ds: pydicom.Dataset) -> int:

@@ -99,7 +99,7 @@ def check_image(ds: pydicom.Dataset) -> ImageHeader:
         slope=_rescale(ds, "RescaleSlope", 1.0), intercept=_rescale(ds, "RescaleIntercept", 0.0),
     )
     if not syntax.is_encapsulated:
-        check_size(len(_raw(ds, "PixelData") or b""), image.frame_bytes, image)
+        check_size(len(_raw(ds, "PixelData") or b""), image)
     return image
 
 
@@ -114,14 +114,18 @@ def check_transfer_syntax(ds: pydicom.Dataset) -> uid.UID:
     return syntax
 
 
-def check_size(actual: int, expected: int, image: ImageHeader) -> None:
-    """Pixel data of `actual` bytes (or decoded samples) must hold exactly one frame of `expected`; one byte
-    more pads an odd length to an even one."""
-    if actual != expected and not (expected % 2 and actual == expected + 1):
+def fits(actual: int, expected: int) -> bool:
+    """Whether `actual` bytes hold exactly `expected`, or one more: the padding of an odd length."""
+    return actual == expected or (expected % 2 == 1 and actual == expected + 1)
+
+
+def check_size(actual: int, image: ImageHeader) -> None:
+    """Uncompressed pixel data of `actual` bytes must hold exactly one frame of the header's size."""
+    if not fits(actual, image.frame_bytes):
         raise DicomReadError(
             f"pixel data does not match the header: {actual} bytes, but Rows {image.rows} × Columns "
             f"{image.columns} × SamplesPerPixel {image.samples} × BitsAllocated {image.bits_allocated} "
-            f"need {expected}")
+            f"need {image.frame_bytes}")
 
 
 def check_geometry(ds: pydicom.Dataset) -> Geometry:
