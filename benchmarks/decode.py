@@ -8,13 +8,13 @@ from __future__ import annotations
 
 import argparse
 from functools import partial
-from multiprocessing import Pool
 from pathlib import Path
 
 import numpy as np
 import pydicom
 
 from lumbar_fast.dicom import decode_pixels, resize, to_uint8
+from lumbar_fast.processes import pool_context
 
 
 def decode_and_resize(path: str | Path, size: int) -> np.ndarray:
@@ -31,9 +31,10 @@ def dicom_files(data: Path) -> list[Path]:
 
 
 def bare_loop(data: Path, workers: int, size: int = 224) -> int:
-    """Decode and resize every training slice in a pool of `workers` processes, keeping nothing; the count."""
+    """Decode and resize every training slice in a pool of `workers` processes (started as ingest starts
+    its own), keeping nothing; the count."""
     files = dicom_files(data)
-    with Pool(workers) as pool:
+    with pool_context().Pool(workers) as pool:
         for _ in pool.imap_unordered(partial(decode_and_resize, size=size), files, chunksize=8):
             pass
     return len(files)

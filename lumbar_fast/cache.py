@@ -365,3 +365,10 @@ def _npy_bytes(path: Path) -> int:
 def reason_counts(errors: pd.DataFrame) -> dict[str, int]:
     """Error counts by kind (a reason up to its first colon)."""
     return {str(k): int(v) for k, v in errors["reason"].str.split(":").str[0].value_counts().items()}
+
+
+def error_lines(errors: pd.DataFrame) -> list[str]:
+    """One `where: reason` line per error row; where is the file or folder, or the study and series for a
+    coordinate row, which has no file."""
+    return [f"{row.path or f'study {row.study_id} series {row.series_id}'}: {row.reason}"
+            for row in errors.itertuples(index=False)]

@@ -10,13 +10,29 @@ acquired (a sagittal stack always from the right to the left side).
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from itertools import pairwise
 from pathlib import Path
 
 import numpy as np
 import pydicom
 from PIL import Image
+from pydicom.encaps import get_frame
+from pydicom.errors import InvalidDicomError
+from pydicom.uid import RLELossless
+from rle.utils import decode_segment
+
+from lumbar_fast.errors import typed_line
+from lumbar_fast.header import (
+    DicomReadError,
+    ImageHeader,
+    check_geometry,
+    check_image,
+    check_instance_number,
+    fits,
+)
 
 #: largest per-component difference of ImageOrientationPatient cosines inside one stack (~0.06°: stacks
 #: of one scanner session repeat their IOP exactly, differently angled stacks differ by degrees)
@@ -27,10 +43,6 @@ WINDOW_PERCENTILES = (0.5, 99.5)
 WINDOW_SAMPLES = 200_000
 #: ITU-R BT.601 luma weights, for the rare colour image in an MR series
 LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)
-
-
-class DicomReadError(Exception):
-    """A file that cannot be used as an image slice; the message is the reason recorded by ingest."""
 
 
 @dataclass
@@ -89,46 +101,28 @@ class SeriesScan:
 
 def decode_pixels(ds: pydicom.Dataset) -> np.ndarray:
     """The modality values of a single-frame image as float32 (rows, cols): stored values, MONOCHROME1
-    inverted within the stored range, then RescaleSlope/Intercept; colour images become luma."""
-    if int(ds.get("NumberOfFrames", 1) or 1) != 1:
-        raise DicomReadError(f"multi-frame image ({ds.NumberOfFrames} frames) is not a slice")
-    try:
-        stored = ds.pixel_array
-    except Exception as exc:  # pydicom and its decoders raise many types for damaged pixel data
-        raise DicomReadError(f"pixel data cannot be decoded: {_first_line(exc)}") from exc
-    if stored.ndim == 3:
-        return (stored.astype(np.float32) @ LUMA).astype(np.float32)
-    pixels = stored.astype(np.float32)
-    if ds.get("PhotometricInterpretation") == "MONOCHROME1":
-        low, high = _stored_range(ds)
-        pixels = (low + high) - pixels
-    slope = float(ds.get("RescaleSlope", 1) or 1)
-    intercept = float(ds.get("RescaleIntercept", 0) or 0)
-    if slope != 1 or intercept != 0:
-        pixels = pixels * np.float32(slope) + np.float32(intercept)
-    return pixels
+    inverted within the stored range, then RescaleSlope/Intercept; colour images become luma. The header is
+    checked first (`header.check_image`), the decoded array against it after."""
+    return _decode(ds, check_image(ds))
 
 
 def read_slice(path: Path) -> DicomSlice:
-    """Read and decode one DICOM file with its geometry; DicomReadError says why a file is unusable."""
-    try:
-        ds = pydicom.dcmread(path)
-    except Exception as exc:  # truncated / garbage files fail anywhere in the parser
-        raise DicomReadError(f"not a readable DICOM file: {_first_line(exc)}") from exc
-    if "PixelData" not in ds:
-        raise DicomReadError("no pixel data (not an image, or cut short)")
-    missing = [tag for tag in ("ImagePositionPatient", "ImageOrientationPatient", "PixelSpacing")
-               if tag not in ds]
-    if missing:
-        raise DicomReadError(f"no {', '.join(missing)}")
-    return DicomSlice(
-        path=Path(path),
-        instance_number=_instance_number(ds, Path(path)),
-        pixels=decode_pixels(ds),
-        orientation=np.asarray([float(v) for v in ds.ImageOrientationPatient], dtype=np.float64),
-        position=np.asarray([float(v) for v in ds.ImagePositionPatient], dtype=np.float64),
-        spacing=(float(ds.PixelSpacing[0]), float(ds.PixelSpacing[1])),
-    )
+    """Read, check and decode one DICOM file with its geometry; DicomReadError says why a file is unusable."""
+    path = Path(path)
+    with warnings.catch_warnings():
+        # every problem that matters is a DicomReadError; pydicom's warnings (one per bad value of every
+        # file) would only flood the console
+        warnings.simplefilter("ignore")
+        return dataset_slice(_read_file(path), path)
+
+
+def dataset_slice(ds: pydicom.Dataset, path: Path) -> DicomSlice:
+    """The checked, decoded slice of a dataset read from `path` (which gives the instance number when the
+    header has none): the image header, then the geometry, then the pixels."""
+    image = check_image(ds)
+    geometry = check_geometry(ds)
+    return DicomSlice(path=path, instance_number=_instance_number(ds, path), pixels=_decode(ds, image),
+                      orientation=geometry.orientation, position=geometry.position, spacing=geometry.spacing)
 
 
 def split_stacks(slices: Iterable[DicomSlice]) -> list[Stack]:
@@ -154,6 +148,8 @@ def read_series(folder: Path) -> SeriesScan:
             slices.append(read_slice(path))
         except DicomReadError as exc:
             scan.errors.append((path, str(exc)))
+        except Exception as exc:  # a case no check foresaw: still this file's problem alone
+            scan.errors.append((path, f"unexpected error: {typed_line(exc)}"))
     scan.stacks = split_stacks(slices)
     return scan
 
@@ -211,21 +207,78 @@ def level_crop(images: list[np.ndarray], index: int, x: float, y: float, spacing
     return np.stack(planes, axis=-1)
 
 
+def _read_file(path: Path) -> pydicom.Dataset:
+    """The dataset of one file; DicomReadError for a folder, an empty file or what pydicom cannot parse."""
+    if path.is_dir():
+        raise DicomReadError("a folder, not a DICOM file")
+    if path.stat().st_size == 0:
+        raise DicomReadError("empty file (0 bytes)")
+    try:
+        return pydicom.dcmread(path)
+    except InvalidDicomError:  # pydicom's message suggests force=True, which would not make it an image
+        raise DicomReadError("not a DICOM file: no 'DICM' prefix and no File Meta Information") from None
+    except Exception as exc:  # truncated / garbage files fail anywhere in the parser
+        raise DicomReadError(f"not a readable DICOM file: {typed_line(exc)}") from exc
+
+
+def _decode(ds: pydicom.Dataset, image: ImageHeader) -> np.ndarray:
+    """decode_pixels for a checked header: the stored array must have the header's shape (and an RLE
+    segment its Rows × Columns bytes: RLE, unlike the JPEG codecs, records no image size of its own)."""
+    try:
+        stored = ds.pixel_array
+    except Exception as exc:  # pydicom and its decoders raise many types for damaged pixel data
+        raise DicomReadError(f"pixel data cannot be decoded: {typed_line(exc)}") from exc
+    if stored.shape != image.shape:
+        raise DicomReadError(f"pixel data cannot be decoded: {stored.shape} pixels, the header says "
+                             f"{image.shape}")
+    if image.transfer_syntax == RLELossless:
+        _check_rle_size(ds, image)
+    if stored.ndim == 3:
+        return (stored.astype(np.float32) @ LUMA).astype(np.float32)
+    pixels = stored.astype(np.float32)
+    if image.photometric == "MONOCHROME1":
+        low, high = _stored_range(image)
+        pixels = (low + high) - pixels
+    if image.slope != 1 or image.intercept != 0:
+        pixels = pixels * np.float32(image.slope) + np.float32(image.intercept)
+    if not np.isfinite(pixels).all():
+        raise DicomReadError(f"pixel values overflow float32 after RescaleSlope {image.slope:g} and "
+                             f"RescaleIntercept {image.intercept:g}")
+    return pixels
+
+
+def _check_rle_size(ds: pydicom.Dataset, image: ImageHeader) -> None:
+    """An RLE segment holds one byte per pixel: Rows × Columns of them."""
+    segment, pixels = _rle_segment_bytes(ds), image.rows * image.columns
+    if not fits(segment, pixels):
+        raise DicomReadError(f"pixel data does not match the header: RLE segments of {segment} bytes, but "
+                             f"Rows {image.rows} × Columns {image.columns} need {pixels}")
+
+
+def _rle_segment_bytes(ds: pydicom.Dataset) -> int:
+    """Decoded length of one segment of an RLE frame (every segment holds one byte per pixel): the shortest,
+    whose long runs decode fastest. The frame's header is a segment count, then 15 offsets."""
+    try:
+        frame = get_frame(ds.PixelData, 0, number_of_frames=1)
+        header = np.frombuffer(frame[:64], dtype="<u4")
+        bounds = [*(int(v) for v in header[1:1 + min(int(header[0]), 15)]), len(frame)]
+        start, end = min(pairwise(bounds), key=lambda pair: pair[1] - pair[0])
+        return len(decode_segment(frame[start:end]))
+    except Exception as exc:  # a header that lists no segment, or a damaged segment
+        raise DicomReadError(f"pixel data cannot be decoded: {typed_line(exc)}") from exc
+
+
 def _instance_number(ds: pydicom.Dataset, path: Path) -> int:
     """InstanceNumber, or the file name's number (RSNA names files by it) when the tag is absent; else -1."""
-    if ds.get("InstanceNumber") not in (None, ""):
-        return int(ds.InstanceNumber)
+    number = check_instance_number(ds)
+    if number is not None:
+        return number
     return int(path.stem) if path.stem.isdigit() else -1
 
 
-def _stored_range(ds: pydicom.Dataset) -> tuple[float, float]:
+def _stored_range(image: ImageHeader) -> tuple[float, float]:
     """The smallest and largest stored value BitsStored and PixelRepresentation allow."""
-    bits = int(ds.get("BitsStored", ds.get("BitsAllocated", 16)))
-    if int(ds.get("PixelRepresentation", 0)) == 1:
+    bits = image.bits_stored
+    if image.signed:
         return -(2.0 ** (bits - 1)), 2.0 ** (bits - 1) - 1
     return 0.0, 2.0 ** bits - 1
-
-
-def _first_line(exc: Exception) -> str:
-    text = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__

@@ -19,3 +19,9 @@ def first_line(exc: BaseException) -> str:
     """The first non-empty line of an exception's message (its type name if empty), for one-line errors."""
     lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
     return lines[0] if lines else type(exc).__name__
+
+
+def typed_line(exc: BaseException) -> str:
+    """`Type: first line` of an exception (just `Type` when its message is empty), for one-line reasons."""
+    line = first_line(exc)
+    return line if line == type(exc).__name__ else f"{type(exc).__name__}: {line}"

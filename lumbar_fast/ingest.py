@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import multiprocessing
 import os
 import pickle
 import shutil
@@ -28,7 +27,8 @@ import pandas as pd
 from tqdm import tqdm
 
 from lumbar_fast import __version__, cache, dicom, rsna
-from lumbar_fast.errors import CacheError, DataError, LumbarFastError
+from lumbar_fast.errors import CacheError, DataError, LumbarFastError, typed_line
+from lumbar_fast.processes import pool_context
 
 SPLITS = ("train", "test")
 #: default level-crop window width in millimetres per sequence
@@ -226,7 +226,18 @@ def read_study_labels(path: str | Path | None, studies: list[int]) -> pd.DataFra
 
 
 def convert_series(task: SeriesTask, params: IngestParams) -> SeriesPart:
-    """Decode one series into windowed, resized stack images and its level crops, with their tables."""
+    """Decode one series into windowed, resized stack images and its level crops, with their tables; an
+    exception no check foresaw becomes the series' error row, so that it cannot end the ingest."""
+    try:
+        return _convert(task, params)
+    except Exception as exc:
+        reason = f"series cannot be converted: {typed_line(exc)}"
+        return _part(task, params, [], [], [_error(task.study_id, task.series_id, task.folder, reason)],
+                     [], [])
+
+
+def _convert(task: SeriesTask, params: IngestParams) -> SeriesPart:
+    """convert_series without the safety net."""
     scan = dicom.read_series(task.folder)
     errors = [_error(task.study_id, task.series_id, path, reason) for path, reason in scan.errors]
     if not scan.slices:
@@ -236,6 +247,12 @@ def convert_series(task: SeriesTask, params: IngestParams) -> SeriesPart:
     originals = [[dicom.to_uint8(s.pixels, window) for s in stack.slices] for stack in scan.stacks]
     stack_images, index_rows = _stack_items(task, scan, originals, params.size)
     crops, level_rows = _level_items(task, scan, originals, params, errors)
+    return _part(task, params, index_rows, level_rows, errors, stack_images, crops)
+
+
+def _part(task: SeriesTask, params: IngestParams, index_rows: list[dict], level_rows: list[dict],
+          errors: list[dict], stack_images: list[np.ndarray], crops: list[np.ndarray]) -> SeriesPart:
+    """A SeriesPart of typed tables and stacked images (empty arrays of the right shape when none)."""
     size, channels = params.size, params.channels
     return SeriesPart(
         task=task,
@@ -397,7 +414,7 @@ def _map(job: Callable[[SeriesTask], int], tasks: list[SeriesTask], workers: int
     if workers == 1 or len(tasks) <= 1:
         yield from map(job, tasks)
         return
-    with multiprocessing.get_context().Pool(min(workers, len(tasks))) as pool:
+    with pool_context().Pool(min(workers, len(tasks))) as pool:
         yield from pool.imap_unordered(job, tasks)
 
 

@@ -80,10 +80,13 @@ def test_rescale_and_monochrome1(tmp_path):
 def test_unusable_files_raise_with_their_reason(tmp_path):
     garbage = tmp_path / "garbage.dcm"
     garbage.write_bytes(b"\x00\x01not a dicom file" * 50)
-    cases = {bundled("MR_truncated.dcm"): "pixel data cannot be decoded",
+    (tmp_path / "empty.dcm").touch()
+    cases = {bundled("MR_truncated.dcm"): "pixel data does not match the header: 8130 bytes",
              bundled("rtplan.dcm"): "no pixel data",
-             garbage: "not a readable DICOM file",
-             bundled("SC_rgb_rle.dcm"): "no ImagePositionPatient"}
+             garbage: "not a DICOM file: no .DICM. prefix",
+             bundled("SC_rgb_rle.dcm"): r"missing \(0020,0037\) 'Image Orientation \(Patient\)'",
+             tmp_path: "a folder, not a DICOM file",
+             tmp_path / "empty.dcm": "empty file"}
     for path, reason in cases.items():
         with pytest.raises(dicom.DicomReadError, match=reason):
             dicom.read_slice(path)
@@ -139,7 +142,7 @@ def test_series_splits_by_orientation_and_orders_by_position_not_instance(tmp_pa
     assert scan.stacks[1].slices[0].pixels.shape == (48, 48)
     assert scan.find_instance(7) == (0, 3) and scan.find_instance(20) == (1, 1)
     assert scan.find_instance(99) is None
-    assert [(p.name, r.split(":")[0]) for p, r in scan.errors] == [("notes.dcm", "not a readable DICOM file")]
+    assert [(p.name, r.split(":")[0]) for p, r in scan.errors] == [("notes.dcm", "not a DICOM file")]
 
 
 def test_stacks_run_the_same_way_through_the_patient_whatever_the_acquisition(tmp_path):

@@ -26,6 +26,7 @@ from lumbar_fast import cache, dicom, rsna
 from lumbar_fast.errors import CacheError, DataError
 from lumbar_fast.ingest import IngestParams, convert_series, ingest, plan_ingest
 from lumbar_fast.phantom import MANIFEST_NAME, PitfallRates
+from tests.cache_compare import assert_same_content
 
 
 @pytest.fixture(scope="module")
@@ -40,13 +41,7 @@ def manifest(root: Path) -> dict:
 
 def assert_same_cache(a: cache.CacheReader, b: cache.CacheReader) -> None:
     """Same arrays, same tables, same parameters (but the format) and source summary."""
-    assert a.sequences() == b.sequences()
-    for seq in a.sequences():
-        np.testing.assert_array_equal(a.stack_images(seq), b.stack_images(seq))
-        np.testing.assert_array_equal(a.level_images(seq), b.level_images(seq))
-        pd.testing.assert_frame_equal(a.stack_index(seq), b.stack_index(seq))
-        pd.testing.assert_frame_equal(a.level_labels(seq), b.level_labels(seq))
-    pd.testing.assert_frame_equal(a.study_labels(), b.study_labels())
+    assert_same_content(a, b)
     pd.testing.assert_frame_equal(a.errors(), b.errors())
     assert {**a.attrs["params"], "fmt": ""} == {**b.attrs["params"], "fmt": ""}
     assert (a.attrs["split"], a.attrs["source"]) == (b.attrs["split"], b.attrs["source"])
@@ -157,8 +152,9 @@ def test_damaged_files_are_reported_and_the_rest_is_ingested(synth_data, synth_c
     errors = reader.errors()
     assert sorted(Path(p).relative_to(synth_data).as_posix() for p in errors["path"]) == \
         sorted(d["path"] for d in damaged)
-    assert set(cache.reason_counts(errors)) <= {"not a readable DICOM file", "pixel data cannot be decoded",
-                                                "no pixel data (not an image, or cut short)"}
+    assert set(cache.reason_counts(errors)) <= {
+        "not a DICOM file", "not a readable DICOM file", "pixel data cannot be decoded",
+        "pixel data does not match the header", "no pixel data (not an image, or cut short)"}
     files = {seq: 0 for seq in rsna.SEQUENCES}
     descriptions = pd.read_csv(synth_data / "train_series_descriptions.csv")
     for row in descriptions.itertuples():
@@ -219,6 +215,21 @@ def test_broken_inputs_go_to_the_errors_table_and_the_rest_is_ingested(tiny_data
     ingested = {sid for seq in reader.sequences() for sid in reader.stack_index(seq)["series_id"]}
     gone = {where[p][1] for p in ("empty", "unknown description", "folder missing")}
     assert not ingested & gone and len(ingested) == summary.series - 1  # the empty series has no image
+
+
+def test_a_series_that_fails_as_a_whole_is_one_error_row(tiny_data, monkeypatch):
+    """An exception no check foresaw, while converting a series, is that series' problem alone."""
+    params = IngestParams(data_dir=str(tiny_data), size=32)
+    task = plan_ingest(params).tasks[0]
+
+    def broken(slices):
+        raise RuntimeError("boom\nand more lines")
+    monkeypatch.setattr(dicom, "series_window", broken)
+    part = convert_series(task, params)
+    assert part.errors[["path", "reason"]].values.tolist() == \
+        [[str(task.folder), "series cannot be converted: RuntimeError: boom"]]
+    assert len(part.stack_images) == len(part.level_images) == len(part.stack_index) == 0
+    assert part.stack_images.shape[1:] == (32, 32)
 
 
 @pytest.mark.parametrize("make_args, message", [
@@ -348,6 +359,31 @@ def test_test_split_has_stacks_and_level_crops_only_with_coordinates(tiny_data, 
     for row in crops.itertuples():
         name = answers.at[row.study_id, f"{row.condition}_{row.level}"]
         assert row.severity == (rsna.MISSING if pd.isna(name) else rsna.SEVERITY_FROM_NAME[name])
+
+
+#: synth and ingest, each with a pool of 2, in a process where any fork of it leaves a marker file: the
+#: stand-in, on a CPU machine, for a parent that has initialised CUDA (which a forked worker must not inherit)
+FORK_PROBE = """
+import os, sys
+from pathlib import Path
+marker, root = Path(sys.argv[1]), Path(sys.argv[2])
+os.register_at_fork(after_in_child=lambda: marker.write_text("forked"))
+from lumbar_fast.ingest import ingest
+from lumbar_fast.phantom import PhantomOptions, generate
+generate(root / "data", 2, 0, PhantomOptions(image_size=64), workers=2, progress=False)
+ingest(root / "data", root / "c.zarr", size=32, workers=2, progress=False)
+"""
+
+
+def test_worker_pools_never_fork_the_caller(tmp_path):
+    from lumbar_fast.processes import pool_context
+
+    assert pool_context().get_start_method() in ("forkserver", "spawn")
+    marker = tmp_path / "forked"
+    subprocess.run([sys.executable, "-c", FORK_PROBE, str(marker), str(tmp_path)], check=True, timeout=300,
+                   cwd=Path(__file__).parents[1])
+    assert cache.open_cache(tmp_path / "c.zarr").stack_index("sag_t2").shape[0] > 0
+    assert not marker.exists(), "a pool forked the calling process"
 
 
 # --- info -------------------------------------------------------------------------------------------------

@@ -345,6 +345,21 @@ def test_cli_writes_a_folder_with_the_pitfalls_asked_for(tmp_path):
     assert {e["transfer_syntax"] for e in load_manifest(out)["series"]} == {"rle"}
 
 
+def test_without_test_studies_the_layout_is_still_whole(make_synth, run_cli, tmp_path):
+    """--test-studies 0 still writes test_images/ and every test CSV, with its header and no rows."""
+    root = make_synth(2, 0, seed=3, image_size=96, pitfalls=PitfallRates.none())
+    assert (root / "test_images").is_dir() and not any((root / "test_images").iterdir())
+    headers = {"test_series_descriptions.csv": ["study_id", "series_id", "series_description"],
+               "sample_submission.csv": ["row_id", *rsna.SUBMISSION_COLUMNS],
+               "test_labels.csv": ["study_id", *rsna.LABEL_COLUMNS],
+               "test_label_coordinates.csv": list(rsna.COORDINATE_COLUMNS)}
+    for name, columns in headers.items():
+        table = read_csv(root, name)
+        assert list(table.columns) == columns and table.empty, name
+    code, _, err = run_cli("ingest", root, "--split", "test", "--out", tmp_path / "c.zarr", "--no-progress")
+    assert code == 2 and "lists no series" in err and len(err.strip().splitlines()) == 1
+
+
 @pytest.mark.parametrize("make_args, message", [
     (lambda d: [d, "--studies", "1"], "not an empty folder"),
     (lambda d: [d / "new", "--studies", "0"], "at least 1"),

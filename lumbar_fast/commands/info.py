@@ -9,13 +9,26 @@ import click
 
 
 @click.command(help="Counts per sequence, label distribution per condition, errors, size on disk, schema "
-                    "version and ingest parameters of CACHE.")
+                    "version and ingest parameters of CACHE; with --errors or --csv, the errors themselves.")
 @click.argument("cache", type=click.Path(path_type=Path))
 @click.option("--json", "as_json", is_flag=True, help="print the report as JSON")
-def command(cache: Path, as_json: bool) -> None:
-    from lumbar_fast.cache import describe, open_cache
+@click.option("--errors", "list_errors", is_flag=True,
+              help="print every file or series ingest could not use, one `path: reason` line each")
+@click.option("--csv", "csv_file", type=click.Path(path_type=Path, dir_okay=False),
+              help="write the errors table (study_id, series_id, path, reason) to this CSV file")
+def command(cache: Path, as_json: bool, list_errors: bool, csv_file: Path | None) -> None:
+    from lumbar_fast.cache import describe, error_lines, open_cache
 
-    report = describe(open_cache(cache))
+    reader = open_cache(cache)
+    if list_errors or csv_file:
+        errors = reader.errors()
+        for line in error_lines(errors) if list_errors else []:
+            click.echo(line)
+        if csv_file:
+            errors.to_csv(csv_file, index=False)
+            click.echo(f"wrote {len(errors)} error(s) to {csv_file}", err=list_errors)
+        return
+    report = describe(reader)
     click.echo(json.dumps(report, indent=1) if as_json else format_report(report))
 
 

@@ -6,6 +6,9 @@ from pathlib import Path
 
 import click
 
+#: errors named in ingest's closing lines
+SHOWN_ERRORS = 5
+
 
 @click.command(help="Decode every series of DATA_DIR once (in parallel, resumably) into a cache of "
                     "ordered, windowed, resized stacks and 2.5D level crops with their labels.")
@@ -50,3 +53,14 @@ def command(data_dir: Path, out: Path, split: str, workers: int | None, size: in
     if summary.errors:
         kinds = ", ".join(f"{count} {reason}" for reason, count in summary.error_reasons.items())
         click.echo(f"{summary.errors} problem(s) recorded in the cache's errors table: {kinds}")
+        click.echo(error_summary(out))
+
+
+def error_summary(out: Path) -> str:
+    """The first few errors of the cache at `out`, one per line, and how to list them all."""
+    from lumbar_fast.cache import error_lines, open_cache
+
+    lines = error_lines(open_cache(out).errors())
+    more = f" ({len(lines) - SHOWN_ERRORS} more)" if len(lines) > SHOWN_ERRORS else ""
+    return "\n".join([*(f"  {line}" for line in lines[:SHOWN_ERRORS]),
+                      f"list them all{more} with `lumbar-fast info {out} --errors` (or `--csv FILE`)"])

@@ -18,6 +18,7 @@ from lumbar_fast import __version__, rsna
 from lumbar_fast.errors import LumbarFastError
 from lumbar_fast.phantom.options import PhantomOptions
 from lumbar_fast.phantom.study import SERIES_PER_STUDY, StudyJob, StudyResult, build_study
+from lumbar_fast.processes import pool_context
 
 MANIFEST_NAME = "phantom_manifest.json"
 SERIES_COLUMNS = ("study_id", "series_id", "series_description")
@@ -53,11 +54,11 @@ def generate(out_dir: str | Path, n_studies: int, n_test_studies: int = 0,
     _write_labels(root / "train.csv", train)
     _write_coordinates(root / "train_label_coordinates.csv", train)
     _write_series(root / "train_series_descriptions.csv", train)
-    if test:
-        _write_series(root / "test_series_descriptions.csv", test)
-        _write_submission(root / "sample_submission.csv", test)
-        _write_labels(root / "test_labels.csv", test)
-        _write_coordinates(root / "test_label_coordinates.csv", test)
+    (root / "test_images").mkdir(exist_ok=True)  # the whole RSNA layout, also without test studies
+    _write_series(root / "test_series_descriptions.csv", test)
+    _write_submission(root / "sample_submission.csv", test)
+    _write_labels(root / "test_labels.csv", test)
+    _write_coordinates(root / "test_label_coordinates.csv", test)
     _write_manifest(root / MANIFEST_NAME, results, options)
     return PhantomSummary(
         out_dir=root, train_studies=len(train), test_studies=len(test),
@@ -122,7 +123,7 @@ def _run(jobs: list[StudyJob], workers: int | None) -> Iterator[StudyResult]:
     if workers == 1 or len(jobs) == 1:
         yield from map(build_study, jobs)
         return
-    with ProcessPoolExecutor(max_workers=min(workers, len(jobs))) as pool:
+    with ProcessPoolExecutor(max_workers=min(workers, len(jobs)), mp_context=pool_context()) as pool:
         yield from pool.map(build_study, jobs)
 
 
