@@ -29,12 +29,13 @@ import numpy as np
 from benchmarks import common
 from lumbar_fast import rsna
 from lumbar_fast.cache import open_cache
+from lumbar_fast.classifier.runs import read_run
 from lumbar_fast.errors import LumbarFastError
 from lumbar_fast.ingest import ingest
 from lumbar_fast.loaders.gpu import resolve_device
 from lumbar_fast.metrics import classification_summary
 from lumbar_fast.phantom import PhantomOptions, generate
-from lumbar_fast.predict import InferenceOptions, predict_crops, read_run
+from lumbar_fast.predict import InferenceOptions, predict_crops
 from lumbar_fast.recipes import AUGMENTATIONS
 from lumbar_fast.runfolder import RunFolder
 from lumbar_fast.train import TrainConfig, train

@@ -2,7 +2,7 @@
 
 Throughput: contenders `{feed}-{mode}`, feed = ceiling (one batch resident on the device) or a loader over the
 real cache with default augmentation, mode = eager or graphs (`--cuda-graphs`, CUDA only). One model per mode,
-the training step of lumbar_fast.train; each contender warms up once, then every repeat times a window of
+the classifier's step (classifier/steps.py); each contender warms up once, then every repeat times a window of
 `--steps` steps, interleaved. Fraction of the ceiling: loader / ceiling of the same mode, repeat by repeat
 (paired), median.
 Full epoch: wall time of one training epoch of the seed recipe (batch 32, eager) fed by the seed's DICOM
@@ -26,16 +26,12 @@ from torch import nn
 from benchmarks import common
 from benchmarks.data import LevelItems, prepared_items
 from benchmarks.peers import PeerLoader, SeedDicomDataset
+from lumbar_fast.classifier.steps import build_model, make_optimizer, make_step
+from lumbar_fast.classifier.task import loader_config, train_one_epoch
 from lumbar_fast.inference import amp_dtype_for
 from lumbar_fast.loaders import build_loader
-from lumbar_fast.train import (
-    TrainConfig,
-    build_model,
-    loader_config,
-    make_optimizer,
-    make_step,
-    train_one_epoch,
-)
+from lumbar_fast.train import TrainConfig
+from lumbar_fast.training.amp import make_scaler
 
 SEED_BATCH_SIZE = 32
 
@@ -72,14 +68,15 @@ def train_config(args: argparse.Namespace, batch_size: int, graphs: bool = False
 
 
 class Trainer:
-    """A model, Adam and the training step of lumbar_fast.train for one configuration."""
+    """A model, Adam and the classifier's training step for one configuration."""
 
     def __init__(self, config: TrainConfig, channels: int, device: torch.device) -> None:
         self.device = device
         self.model = build_model(config, channels, device).train()
         optimizer = make_optimizer(self.model, config, device)
-        self.step = make_step(self.model, optimizer, nn.CrossEntropyLoss(), amp_dtype_for(config.amp, device),
-                              device, config.cuda_graphs)
+        amp_dtype = amp_dtype_for(config.amp, device)
+        self.step = make_step(self.model, optimizer, nn.CrossEntropyLoss(), amp_dtype, device,
+                              config.cuda_graphs, make_scaler(device, amp_dtype))
 
 
 def loader_feed(loader) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:

@@ -27,6 +27,7 @@ from zarr.codecs import ZstdCodec
 
 from lumbar_fast import rsna
 from lumbar_fast.errors import CacheError, LumbarFastError
+from lumbar_fast.npy import write_npy
 from lumbar_fast.rsna import severity_name
 
 #: 2: stacks ordered along a patient-signed normal (a sagittal stack from right to left), see dicom.py
@@ -279,13 +280,11 @@ class CacheReader:
 
     def _export_npy(self, source: Any, target: Path) -> None:
         """Copy an array chunk by chunk into a .npy file that appears atomically."""
-        partial = target.with_name(f".{target.name}.{os.getpid()}.tmp")
-        out = np.lib.format.open_memmap(partial, mode="w+", dtype=np.uint8, shape=source.shape)
-        for start in range(0, source.shape[0], CHUNK_ITEMS * 8):
-            out[start:start + CHUNK_ITEMS * 8] = source[start:start + CHUNK_ITEMS * 8]
-        out.flush()
-        del out
-        os.replace(partial, target)
+        def copy(out: np.ndarray) -> None:
+            for start in range(0, source.shape[0], CHUNK_ITEMS * 8):
+                out[start:start + CHUNK_ITEMS * 8] = source[start:start + CHUNK_ITEMS * 8]
+
+        write_npy(target, source.shape, copy)
 
     def _checked(self, seq: str) -> str:
         if seq not in self.sequences():

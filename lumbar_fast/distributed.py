@@ -20,7 +20,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from lumbar_fast.errors import LumbarFastError
+from lumbar_fast.errors import LumbarFastError, typed_line
 from lumbar_fast.loaders.gpu import gpu_count
 
 T = TypeVar("T")
@@ -108,12 +108,6 @@ def wrap(model: nn.Module, device: torch.device) -> nn.Module:
     return nn.parallel.DistributedDataParallel(model, device_ids=device_ids)
 
 
-def barrier() -> None:
-    """Wait until every rank arrives (e.g. until rank 0 has written a file the others read)."""
-    if active():
-        dist.barrier()
-
-
 def broadcast(value: T) -> T:
     """Rank 0's `value` (any picklable object) on every rank: one decision that all ranks obey."""
     if not active():
@@ -124,14 +118,17 @@ def broadcast(value: T) -> T:
 
 
 def on_main(function: Callable[..., T], *args: Any) -> T:
-    """Call `function(*args)` on rank 0 only and return its result on every rank; a LumbarFastError raised
-    there is raised on every rank, so that no rank waits for one that has failed."""
+    """Call `function(*args)` on rank 0 only and return its result on every rank. Under torchrun any
+    exception raised there ends every rank with the same one-line LumbarFastError, so that no rank waits
+    for one that has failed; a single process calls `function` as it is."""
+    if not active():
+        return function(*args)
     result, error = None, None
     if is_main():
         try:
             result = function(*args)
-        except LumbarFastError as exc:
-            error = str(exc)
+        except Exception as exc:  # every kind: the other ranks would wait for rank 0 forever
+            error = str(exc) if isinstance(exc, LumbarFastError) else f"rank 0 failed: {typed_line(exc)}"
     result, error = broadcast((result, error))
     if error is not None:
         raise LumbarFastError(error)

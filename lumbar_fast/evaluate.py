@@ -24,19 +24,16 @@ import pandas as pd
 from lumbar_fast import locator as loc
 from lumbar_fast import metrics, rsna
 from lumbar_fast.cache import CacheReader, open_cache
+from lumbar_fast.classifier.runs import ClassifierRun, read_run_split, read_runs, runs_by_sequence
 from lumbar_fast.errors import LumbarFastError
 from lumbar_fast.inference import resolve_device
 from lumbar_fast.locator_train import RunEvaluation, evaluate_run
 from lumbar_fast.predict import (
     PROBABILITY_COLUMNS,
-    ClassifierRun,
     InferenceOptions,
     crop_predictions,
     fill_rows,
     location_probabilities,
-    read_run_split,
-    read_runs,
-    runs_by_sequence,
     sequence_priors,
 )
 from lumbar_fast.runfolder import atomic_write

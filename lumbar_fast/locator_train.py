@@ -1,16 +1,15 @@
 """Training a level locator (`lumbar-fast train-locator`): the cache's ordered stacks in, labelled points out.
 
-It shares the classifier's split, run folder, checkpoints, early stopping, resume and RNG handling
-(`lumbar_fast.train`, `lumbar_fast.runfolder`); what differs is the unit of work — one series, all its
-slices (or a window of at most `max_slices` of them) per step — and the metrics: point error in mm,
-slice error and level naming (`locator.localisation_metrics`).
+It is a task of the training core (`lumbar_fast.training`), which runs its epochs, checkpoints, early
+stopping, resume and run folder as it does the classifier's; what the task holds is the unit of work — one
+series, all its slices (or a window of at most `max_slices` of them) per step — and the metrics: point
+error in mm, slice error and level naming (`locator.localisation_metrics`).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,9 +23,12 @@ from lumbar_fast import rsna
 from lumbar_fast.cache import open_cache
 from lumbar_fast.errors import LumbarFastError, first_line
 from lumbar_fast.inference import amp_dtype_for, resolve_device
-from lumbar_fast.runfolder import BEST, LAST, PREDICTIONS, SPLIT, Panels, RunFolder
+from lumbar_fast.runfolder import SPLIT, Panels, RunFolder
 from lumbar_fast.split import load_or_create_split, require_studies, train_val_studies
-from lumbar_fast.train import EarlyStopping, rng_state, seed_everything, set_rng_state
+from lumbar_fast.training import loop as training
+from lumbar_fast.training.amp import make_scaler
+from lumbar_fast.training.records import EpochBar
+from lumbar_fast.training.rng import seed_everything
 
 #: validation value watched by early stopping and best.pt -> (metrics key, mode)
 MONITORS = {"loss": ("val_loss", "min"), "point-error": ("val_point_error_median_mm", "min")}
@@ -71,6 +73,15 @@ class LocatorConfig:
     progress: bool = True
     extra: dict[str, Any] = field(default_factory=dict)
     kind: str = loc.KIND  # tells evaluate (and a reader of config.json) that this is a locator run
+
+    @classmethod
+    def from_record(cls, record: dict[str, Any]) -> LocatorConfig:
+        """The config of a run's config.json."""
+        return cls(**record)
+
+    def run_name(self, stamp: str) -> str:
+        """A new run's folder name in --out: `locator-{sequence}-fold{k}-{time}`."""
+        return f"locator-{self.sequence}-fold{self.fold}-{stamp}"
 
     def check(self) -> None:
         """Refuse inconsistent arguments with one line each, before any work starts."""
@@ -159,74 +170,89 @@ def augment(images: torch.Tensor, uv: np.ndarray,
     return moved, (p_out + 1) / 2
 
 
-# -- one epoch -----------------------------------------------------------------------------------------------
-@dataclass
-class LocatorSession:
-    """Everything a locator run holds while it trains."""
+# -- the task ------------------------------------------------------------------------------------------------
+class LocatorTask:
+    """One locator run's data, model and optimisation, as a task of the training core."""
 
-    config: LocatorConfig
-    run: RunFolder
-    device: torch.device
-    amp_dtype: torch.dtype | None
-    split: pd.DataFrame
-    data: LocatorData
-    train_series: list[int]
-    val_series: list[int]
-    model: loc.Locator
-    optimizer: torch.optim.Optimizer
-    scheduler: torch.optim.lr_scheduler.LRScheduler
-    stopper: EarlyStopping
-    records: list[dict[str, Any]]
-    scaler: torch.amp.GradScaler
-    start_epoch: int = 0
+    weights_key = "state_dict"
+    panels = PANELS
+
+    def __init__(self, config: LocatorConfig, device: torch.device, amp_dtype: torch.dtype | None,
+                 split: pd.DataFrame, data: LocatorData, train_series: list[int], val_series: list[int],
+                 model: loc.Locator) -> None:
+        self.config, self.device, self.amp_dtype, self.split = config, device, amp_dtype, split
+        self.data, self.train_series, self.val_series, self.model = data, train_series, val_series, model
+        self.optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+        self.scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(self.optimizer, T_max=config.epochs)
+        self.scaler = make_scaler(device, amp_dtype)
+        self.monitor, self.mode = MONITORS[config.monitor]
+        self.meta = checkpoint_meta(config, data.names)
+
+    def __enter__(self) -> LocatorTask:
+        baseline = loc.localisation_metrics(mean_position_predictions(self.data, self.train_series,
+                                                                      self.val_series),
+                                            self.data.labels, self.data.stack_index)
+        self.baseline = {f"baseline_{k}": v for k, v in baseline.items()}
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        """Nothing to stop: the locator reads its series from RAM."""
+
+    def train_epoch(self, epoch: int) -> dict[str, Any]:
+        """One pass over the training series in a seeded order, with a progress bar in slices/s."""
+        self.model.train()
+        order = np.random.default_rng([self.config.seed, epoch]).permutation(self.train_series)
+        order = order[:self.config.limit_series]
+        sums = np.zeros(2)
+        slices = 0
+        with EpochBar(epoch, len(order), "series", "slices", self.config.progress) as bar:
+            for item in order:
+                heatmap_loss, slice_loss, count = training_step(self, int(item), epoch)
+                sums += (heatmap_loss, slice_loss)
+                slices += count
+                bar.advance(slices)
+            seconds = bar.seconds()
+        heatmap_loss, slice_loss = sums / max(len(order), 1)
+        return {"train_loss": heatmap_loss + slice_loss, "train_heatmap_loss": heatmap_loss,
+                "train_slice_loss": slice_loss, "train_seconds": seconds,
+                "train_slices_per_s": slices / seconds}
+
+    def validate(self, epoch: int) -> tuple[dict[str, Any], pd.DataFrame]:
+        """The localisation metrics of the validation series, beside the mean-position baseline's."""
+        metrics, predictions, _ = validate(self.model, self.data, self.val_series, self.config.image_size,
+                                           self.device)
+        return {**metrics, **self.baseline}, predictions
+
+    def checkpoint_meta(self) -> dict[str, Any]:
+        return self.meta
+
+    def epoch_line(self, record: dict[str, Any]) -> str:
+        return epoch_line(record)
 
 
-def training_step(session: LocatorSession, item: int, epoch: int) -> tuple[float, float, int]:
+def training_step(task: LocatorTask, item: int, epoch: int) -> tuple[float, float, int]:
     """One optimiser step on one series (a random window of it); returns heatmap loss, slice loss, slices."""
-    config, data = session.config, session.data
+    config, data = task.config, task.data
     series, target = data.series[item], data.targets[item]
     params = augment_params(config.seed, epoch, item)
     if len(series) > config.max_slices:
         start = int(params["window_start"] * (len(series) - config.max_slices + 1))
         series, target = window(series, target, start, config.max_slices)
-    images = loc.resize_input(loc.series_input(data.images, series).to(session.device), config.image_size)
+    images = loc.resize_input(loc.series_input(data.images, series).to(task.device), config.image_size)
     uv = target.uv
     if config.augment:
         images, uv = augment(images, uv, params)
     target = loc.SeriesTargets(target.position, uv)
     inputs = loc.normalise(images).contiguous(memory_format=torch.channels_last)
-    session.optimizer.zero_grad(set_to_none=True)
-    with torch.autocast(session.device.type, dtype=session.amp_dtype or torch.float32,
-                        enabled=session.amp_dtype is not None):
-        heatmaps, slice_logits = session.model(inputs, series.layout(session.device))
+    task.optimizer.zero_grad(set_to_none=True)
+    with torch.autocast(task.device.type, dtype=task.amp_dtype or torch.float32,
+                        enabled=task.amp_dtype is not None):
+        heatmaps, slice_logits = task.model(inputs, series.layout(task.device))
     heatmap_loss, slice_loss = loc.series_loss(heatmaps.float(), slice_logits.float(), target)
-    session.scaler.scale(heatmap_loss + slice_loss).backward()
-    session.scaler.step(session.optimizer)
-    session.scaler.update()
+    task.scaler.scale(heatmap_loss + slice_loss).backward()
+    task.scaler.step(task.optimizer)
+    task.scaler.update()
     return heatmap_loss.item(), slice_loss.item(), len(series)
-
-
-def train_epoch(session: LocatorSession, epoch: int) -> dict[str, float]:
-    """One pass over the training series in a seeded order, with a progress bar in slices/s."""
-    from tqdm import tqdm
-
-    session.model.train()
-    order = np.random.default_rng([session.config.seed, epoch]).permutation(session.train_series)
-    order = order[:session.config.limit_series]
-    sums = np.zeros(2)
-    slices = 0
-    start = time.perf_counter()
-    with tqdm(order, desc=f"epoch {epoch + 1}", unit="series", disable=not session.config.progress,
-              leave=False) as bar:
-        for item in bar:
-            heatmap_loss, slice_loss, count = training_step(session, int(item), epoch)
-            sums += (heatmap_loss, slice_loss)
-            slices += count
-            bar.set_postfix_str(f"{slices / (time.perf_counter() - start):.0f} slices/s", refresh=False)
-    seconds = time.perf_counter() - start
-    heatmap_loss, slice_loss = sums / max(len(order), 1)
-    return {"train_loss": heatmap_loss + slice_loss, "train_heatmap_loss": heatmap_loss,
-            "train_slice_loss": slice_loss, "train_seconds": seconds, "train_slices_per_s": slices / seconds}
 
 
 def validate(model: loc.Locator, data: LocatorData, items: list[int], image_size: int,
@@ -267,15 +293,7 @@ def mean_position_predictions(data: LocatorData, train_items: list[int], items: 
 
 
 # -- runs ----------------------------------------------------------------------------------------------------
-def new_run_folder(config: LocatorConfig) -> RunFolder:
-    """--run-dir itself, or a new `locator-{sequence}-fold{k}-{time}` folder in --out."""
-    if config.run_dir is not None:
-        return RunFolder.create(Path(config.run_dir))
-    stamp = time.strftime("%Y%m%d-%H%M%S")
-    return RunFolder.create(Path(config.out) / f"locator-{config.sequence}-fold{config.fold}-{stamp}")
-
-
-def prepare(config: LocatorConfig, run: RunFolder) -> LocatorSession:
+def prepare(config: LocatorConfig, run: RunFolder) -> LocatorTask:
     """Open the cache, split, build data, model, optimiser and schedule (all input checks before training)."""
     device = resolve_device(config.device)
     amp_dtype = amp_dtype_for(config.amp, device)
@@ -294,12 +312,7 @@ def prepare(config: LocatorConfig, run: RunFolder) -> LocatorSession:
     model.set_position_prior(*loc.fit_position_prior([data.series[i] for i in train_series],
                                                      [data.targets[i] for i in train_series]))
     model = model.to(device, memory_format=torch.channels_last)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
-    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=config.epochs)
-    scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
-    return LocatorSession(config, run, device, amp_dtype, split, data, train_series, val_series, model,
-                          optimizer, scheduler, EarlyStopping(MONITORS[config.monitor][1], config.patience),
-                          records=[], scaler=scaler)
+    return LocatorTask(config, device, amp_dtype, split, data, train_series, val_series, model)
 
 
 def checkpoint_meta(config: LocatorConfig, names: list[tuple[str, str]]) -> dict[str, Any]:
@@ -307,52 +320,6 @@ def checkpoint_meta(config: LocatorConfig, names: list[tuple[str, str]]) -> dict
     return {"kind": loc.KIND, "model_name": config.model, "sequence": config.sequence, "width": config.width,
             "image_size": config.image_size, "targets": [list(t) for t in names],
             "config": dataclasses.asdict(config)}
-
-
-def fit(session: LocatorSession) -> Path:
-    """Train from session.start_epoch to the last epoch or an early stop, checkpointing every epoch."""
-    config, run = session.config, session.run
-    meta = checkpoint_meta(config, session.data.names)
-    if not run.file(SPLIT).is_file():
-        run.write_table(SPLIT, session.split)
-    baseline = loc.localisation_metrics(
-        mean_position_predictions(session.data, session.train_series, session.val_series),
-        session.data.labels, session.data.stack_index)
-    for epoch in range(session.start_epoch, config.epochs):
-        if session.stopper.should_stop:
-            break
-        lr = session.optimizer.param_groups[0]["lr"]
-        started = time.perf_counter()
-        train_metrics = train_epoch(session, epoch)
-        val_metrics, predictions, _ = validate(session.model, session.data, session.val_series,
-                                               config.image_size, session.device)
-        session.scheduler.step()
-        improved = session.stopper.update(float(val_metrics[MONITORS[config.monitor][0]]), epoch)
-        record = {"epoch": epoch + 1, "lr": float(lr), **train_metrics, **val_metrics,
-                  **{f"baseline_{k}": v for k, v in baseline.items()}, "best": improved,
-                  "epoch_seconds": time.perf_counter() - started}
-        session.records.append(plain(record))
-        if improved:
-            run.save_checkpoint(BEST, {**meta, "epoch": epoch + 1, "state_dict": session.model.state_dict(),
-                                       "metrics": session.records[-1]})
-            run.write_table(PREDICTIONS, predictions)
-        run.save_checkpoint(LAST, {**meta, "epoch": epoch + 1, "state_dict": session.model.state_dict(),
-                                   "optimizer": session.optimizer.state_dict(),
-                                   "scheduler": session.scheduler.state_dict(),
-                                   "scaler": session.scaler.state_dict(),
-                                   "early_stopping": session.stopper.state_dict(), "rng": rng_state(),
-                                   "records": session.records})
-        run.write_metrics(session.records, PANELS)
-        print(epoch_line(session.records[-1]), flush=True)
-    return run.path
-
-
-def plain(record: dict[str, Any]) -> dict[str, Any]:
-    """JSON-ready record: numpy scalars become Python numbers, non-finite values None."""
-    def one(value: Any) -> Any:
-        value = value.item() if isinstance(value, np.generic) else value
-        return None if isinstance(value, float) and not math.isfinite(value) else value
-    return {key: one(value) for key, value in record.items()}
 
 
 def epoch_line(record: dict[str, Any]) -> str:
@@ -373,33 +340,12 @@ def epoch_line(record: dict[str, Any]) -> str:
 def train_locator(config: LocatorConfig) -> Path:
     """Start a new locator run for `config`; returns its folder."""
     config.check()
-    run = new_run_folder(config)
-    session = prepare(config, run)
-    run.write_config(dataclasses.asdict(config))
-    return fit(session)
+    return training.start(config, prepare)
 
 
 def resume_locator(run_dir: str | Path) -> Path:
     """Continue a locator run from its last.pt to the same result as an uninterrupted run."""
-    run = RunFolder.open_existing(Path(run_dir))
-    try:
-        config = LocatorConfig(**run.read_config())
-    except TypeError as exc:
-        raise LumbarFastError(f"{run_dir} is not a locator run of this version: {exc}") from None
-    state = run.load_checkpoint(LAST)
-    session = prepare(config, run)
-    try:
-        session.model.load_state_dict(state["state_dict"])
-        session.optimizer.load_state_dict(state["optimizer"])
-    except (RuntimeError, ValueError, KeyError) as exc:
-        raise LumbarFastError(f"{run.file(LAST)} does not fit this run's model: {exc}") from None
-    session.scheduler.load_state_dict(state["scheduler"])
-    session.scaler.load_state_dict(state["scaler"])
-    session.stopper.load_state_dict(state["early_stopping"])
-    session.records = list(state["records"])
-    session.start_epoch = state["epoch"]
-    set_rng_state(state["rng"])
-    return fit(session)
+    return training.resume(run_dir, LocatorConfig.from_record, prepare)
 
 
 @dataclass(frozen=True)
@@ -420,7 +366,7 @@ def read_locator_run(run_dir: Path) -> tuple[RunFolder, LocatorConfig, dict[str,
     """A locator run's folder, config, best checkpoint and split; one-line errors for anything else."""
     run = RunFolder.open_existing(run_dir)
     try:
-        config = LocatorConfig(**run.read_config())
+        config = LocatorConfig.from_record(run.read_config())
         split = pd.read_csv(run.file(SPLIT))
     except (TypeError, ValueError, OSError) as exc:
         raise LumbarFastError(f"{run_dir} is not a readable locator run: {first_line(exc)}") from None

@@ -20,80 +20,16 @@ import pandas as pd
 import torch
 from torch import nn
 
-from lumbar_fast import metrics, recipes, rsna
+from lumbar_fast import metrics, rsna
 from lumbar_fast.cache import CacheReader, open_cache
+from lumbar_fast.classifier.runs import ClassifierRun, read_runs, runs_by_sequence
 from lumbar_fast.errors import LumbarFastError
 from lumbar_fast.inference import LoadedRun, load_run, predict_items, resolve_device
 from lumbar_fast.loaders import LoaderConfig, build_loader
-from lumbar_fast.runfolder import BEST, CONFIG, SPLIT, RunFolder, atomic_write
+from lumbar_fast.runfolder import atomic_write
 
 PROBABILITY_COLUMNS: tuple[str, ...] = tuple(f"p_{name}" for name in rsna.SUBMISSION_COLUMNS)
 LOCATION = ["study_id", "condition", "level"]
-
-
-@dataclass(frozen=True)
-class ClassifierRun:
-    """A trained classifier's run folder, with what evaluate and predict need to know before loading it."""
-
-    path: Path
-    sequence: str
-    fold: int
-    cache: Path  # the cache it trained on
-    prior: np.ndarray  # training class frequencies, the baseline's prediction
-    hflip: bool  # trained on horizontally mirrored crops: --tta averages over the mirror
-
-
-def read_run(path: Path) -> ClassifierRun:
-    """A classifier run folder checked for use: config, best.pt, the level view; one-line errors otherwise."""
-    if not path.is_dir():
-        raise LumbarFastError(f"run folder {path} does not exist")
-    if not (path / CONFIG).is_file():
-        raise LumbarFastError(f"{path} is not a run folder (no {CONFIG})")
-    folder = RunFolder(path)
-    config = folder.read_config()
-    if not {"sequence", "fold", "view", "cache"} <= config.keys():
-        raise LumbarFastError(f"{path} is not a classifier run of `lumbar-fast train` (nor a locator run of "
-                              "this version's `train-locator`)")
-    if not folder.file(BEST).is_file():
-        raise LumbarFastError(f"run {path} has no {BEST}: it has not finished an epoch")
-    if config["view"] != "level":
-        raise LumbarFastError(f"run {path} was trained on the {config['view']} view; evaluate and predict "
-                              "use level crops (train with --view level)")
-    records = folder.read_metrics()
-    if not records or "val_prior" not in records[-1]:
-        raise LumbarFastError(f"run {path} has no training prior in its metrics")
-    return ClassifierRun(path, config["sequence"], int(config["fold"]), Path(config["cache"]),
-                         np.asarray(records[-1]["val_prior"], dtype=np.float64),
-                         recipes.flips_horizontally(config.get("augment", True)))
-
-
-def read_runs(paths: Sequence[Path]) -> list[ClassifierRun]:
-    """The given runs, each (sequence, fold) at most once (twice would count its studies twice)."""
-    if not paths:
-        raise LumbarFastError("give at least one run folder")
-    runs = [read_run(Path(path)) for path in paths]
-    seen: dict[tuple[str, int], Path] = {}
-    for run in runs:
-        key = (run.sequence, run.fold)
-        if key in seen:
-            raise LumbarFastError(f"runs {seen[key]} and {run.path} are both {run.sequence} fold {run.fold}; "
-                                  "give each once")
-        seen[key] = run.path
-    return runs
-
-
-def runs_by_sequence(runs: Sequence[ClassifierRun]) -> dict[str, list[ClassifierRun]]:
-    """The runs grouped by sequence, in rsna.SEQUENCES order."""
-    return {seq: [r for r in runs if r.sequence == seq] for seq in rsna.SEQUENCES
-            if any(r.sequence == seq for r in runs)}
-
-
-def read_run_split(run: ClassifierRun) -> pd.DataFrame:
-    """The study-level split (study_id, fold) the run trained and validated on (its split.csv)."""
-    path = run.path / SPLIT
-    if not path.is_file():
-        raise LumbarFastError(f"run {run.path} has no {SPLIT}")
-    return pd.read_csv(path).sort_values("study_id").reset_index(drop=True)
 
 
 class FlipAverage(nn.Module):

@@ -4,10 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import io
-import signal
-import subprocess
-import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -125,19 +121,3 @@ def run_cli() -> Callable[..., tuple[int, str, str]]:
         return code, out.getvalue(), err.getvalue()
 
     return run
-
-
-@pytest.fixture
-def kill_after_first_checkpoint() -> Callable[[list[str], Path, float], None]:
-    """Run `lumbar-fast ARGS` and SIGKILL it as soon as RUN_DIR/last.pt appears: a real crash mid-run."""
-    def kill(args: list[str], run_dir: Path, timeout_s: float) -> None:
-        process = subprocess.Popen([sys.executable, "-m", "lumbar_fast", *args], stdout=subprocess.DEVNULL,
-                                   stderr=subprocess.DEVNULL)
-        deadline = time.monotonic() + timeout_s
-        while not (run_dir / "last.pt").exists():
-            assert process.poll() is None, "training ended before it could be killed"
-            assert time.monotonic() < deadline
-            time.sleep(0.01)
-        process.send_signal(signal.SIGKILL)
-        process.wait()
-    return kill

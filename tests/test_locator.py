@@ -26,6 +26,7 @@ from lumbar_fast.locator_train import (
     window,
 )
 from lumbar_fast.runfolder import RunFolder
+from tests.crashes import killed_after_epochs, without_timings
 
 SMALL = {"model": "test_efficientnet", "pretrained": False, "image_size": 64, "folds": 3, "device": "cpu",
          "progress": False, "width": 16}
@@ -254,9 +255,9 @@ def test_mean_position_baseline_is_worse_than_perfect(sag_t1):
     assert baseline["point_error_median_mm"] > 1.0
 
 
-def test_resume_after_a_kill_equals_an_uninterrupted_run(synth_cache, tmp_path, kill_after_first_checkpoint):
-    """SIGKILL train-locator once epoch 1's last.pt exists, --resume it: the same weights as a run that was
-    never interrupted."""
+def test_resume_after_a_kill_equals_an_uninterrupted_run(synth_cache, tmp_path):
+    """train-locator SIGKILLs itself right after committing epoch 1; --resume it: the same weights and
+    records as a run that was never interrupted."""
     options = {"sequence": "ax_t2", "cache": str(synth_cache), "epochs": 2, "limit_series": 2,
                "max_slices": 6, **SMALL}
     whole = train_locator(LocatorConfig(run_dir=str(tmp_path / "whole"), **options))
@@ -265,13 +266,15 @@ def test_resume_after_a_kill_equals_an_uninterrupted_run(synth_cache, tmp_path, 
             "--model", SMALL["model"], "--no-pretrained", "--image-size", str(SMALL["image_size"]),
             "--width", str(SMALL["width"]), "--folds", str(SMALL["folds"]), "--epochs", "2",
             "--limit-series", "2", "--max-slices", "6", "--device", "cpu", "--no-progress"]
-    kill_after_first_checkpoint(args, killed, 600)
+    killed_after_epochs(args, 1)
     assert RunFolder(killed).load_checkpoint("last.pt")["epoch"] == 1
     assert resume_locator(killed) == killed
     expected, got = RunFolder(whole).load_checkpoint("last.pt"), RunFolder(killed).load_checkpoint("last.pt")
     assert got["epoch"] == expected["epoch"] == 2
     for key, value in expected["state_dict"].items():
         assert torch.equal(got["state_dict"][key], value), key
+    records = [without_timings(RunFolder(run).read_metrics()) for run in (killed, whole)]
+    assert records[0] == records[1] and len(records[0]) == 2
 
 
 def test_locate_writes_points_that_ingest_accepts(ax_t2_run, synth_data, synth_cache, make_cache, run_cli,

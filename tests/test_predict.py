@@ -17,6 +17,7 @@ from torch import nn
 
 from lumbar_fast import metrics, rsna
 from lumbar_fast.cache import open_cache
+from lumbar_fast.classifier.runs import read_runs
 from lumbar_fast.errors import LumbarFastError
 from lumbar_fast.locator_train import LocatorConfig, train_locator
 from lumbar_fast.predict import (
@@ -25,7 +26,6 @@ from lumbar_fast.predict import (
     FlipAverage,
     fill_rows,
     location_probabilities,
-    read_runs,
 )
 from lumbar_fast.runfolder import BEST, RunFolder
 from lumbar_fast.train import TrainConfig, train

@@ -16,26 +16,24 @@ import torch
 import zarr
 
 from lumbar_fast.cache import SCHEMA_VERSION, open_cache
-from lumbar_fast.cli import main
-from lumbar_fast.errors import LumbarFastError
-from lumbar_fast.loaders.gpu import gpu_count
-from lumbar_fast.runfolder import CHECKPOINT_FORMAT, RunFolder
-from lumbar_fast.train import (
-    EarlyStopping,
+from lumbar_fast.classifier.items import (
     Items,
-    TrainConfig,
     adjacent_level_rows,
     build_items,
     class_frequencies,
     class_weight_tensor,
-    loader_config,
-    restore_training_state,
-    resume,
     shuffled_labels,
     slice_neighbours,
-    snapshot_training_state,
-    train,
 )
+from lumbar_fast.classifier.steps import restore_training_state, snapshot_training_state
+from lumbar_fast.classifier.task import loader_config
+from lumbar_fast.cli import main
+from lumbar_fast.errors import LumbarFastError
+from lumbar_fast.loaders.gpu import gpu_count
+from lumbar_fast.runfolder import CHECKPOINT_FORMAT, RunFolder
+from lumbar_fast.train import TrainConfig, resume, train
+from lumbar_fast.training.stopping import EarlyStopping
+from tests.crashes import killed_after_epochs, without_timings
 
 
 # -- run folder ------------------------------------------------
@@ -151,10 +149,6 @@ def test_warmup_state_is_restored_in_place():
 
 
 # -- on a real cache ------------------------------------------------
-#: timing fields differ from run to run; everything else in a metrics record must repeat exactly
-TIMINGS = ("train_seconds", "train_images_per_s", "epoch_seconds")
-
-
 @pytest.fixture(scope="module")
 def learning_cache(make_synth, make_cache):
     """A class-balanced phantom (36 studies) ingested at 64 pixels: with 3 folds, sag_t1's validation fold
@@ -217,16 +211,15 @@ def cli(*args: str) -> list[str]:
     return [sys.executable, "-m", "lumbar_fast", *args]
 
 
-def test_resume_after_a_kill_equals_an_uninterrupted_run(learning_cache, tmp_path,
-                                                        kill_after_first_checkpoint):
-    """SIGKILL a training process as soon as epoch 1's last.pt appears, --resume it, and compare with a run
+def test_resume_after_a_kill_equals_an_uninterrupted_run(learning_cache, tmp_path):
+    """A training process SIGKILLs itself right after committing epoch 1; --resume it, and compare with a run
     that was never interrupted: the same weights and metrics, bit for bit (CPU, same seed)."""
     args = ["train", "--sequence", "sag_t1", "--cache", str(learning_cache), "--model", "test_efficientnet",
             "--no-pretrained", "--epochs", "3", "--batch-size", "8", "--folds", "3", "--limit-batches", "3",
             "--loader", "torch", "--device", "cpu", "--no-progress"]
     whole, killed = tmp_path / "whole", tmp_path / "killed"
     train(quick_config(learning_cache, whole, batch_size=8, limit_batches=3, loader="torch"))
-    kill_after_first_checkpoint([*args, "--run-dir", str(killed)], killed, 300)
+    killed_after_epochs([*args, "--run-dir", str(killed)], 1)
     assert RunFolder(killed).load_checkpoint("last.pt")["epoch"] == 1
     subprocess.run(cli("train", "--resume", str(killed)), check=True, capture_output=True)
 
@@ -234,10 +227,8 @@ def test_resume_after_a_kill_equals_an_uninterrupted_run(learning_cache, tmp_pat
         expected, got = RunFolder(whole).load_checkpoint(name), RunFolder(killed).load_checkpoint(name)
         assert got["epoch"] == expected["epoch"]
         assert all(torch.equal(got["model"][k], v) for k, v in expected["model"].items()), name
-    drop_timings = [{k: v for k, v in r.items() if k not in TIMINGS} for r in RunFolder(whole).read_metrics()]
-    assert [{k: v for k, v in r.items() if k not in TIMINGS} for r in RunFolder(killed).read_metrics()] \
-        == drop_timings
-    assert len(drop_timings) == 3
+    expected = without_timings(RunFolder(whole).read_metrics())
+    assert without_timings(RunFolder(killed).read_metrics()) == expected and len(expected) == 3
     assert (killed / "val_predictions.csv").read_text() == (whole / "val_predictions.csv").read_text()
     assert resume(killed) == killed and len(RunFolder(killed).read_metrics()) == 3  # finished: nothing to do
 

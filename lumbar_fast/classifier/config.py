@@ -1,0 +1,106 @@
+"""The classifier's configuration: every argument of a run, checked and resolved before any work starts.
+
+The seed's structure as defaults: cross-entropy, Adam (torch's default lr 1e-3), StepLR(step 2, gamma 0.1),
+early stopping with patience 3, at most 5 epochs; augmentation, class weights and the early-stopping monitor
+come from the recipe (`lumbar_fast.recipes`: measured per-sequence defaults, or the seed's).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any
+
+from lumbar_fast import recipes, rsna
+from lumbar_fast.errors import LumbarFastError
+from lumbar_fast.loaders import AugmentConfig
+
+VIEWS = ("level", "slice")
+#: --monitor -> (validation record key, which way it improves)
+MONITORS = {"accuracy": ("val_accuracy", "max"), "loss": ("val_loss", "min"),
+            "rsna": ("val_weighted_log_loss", "min")}
+CLASS_WEIGHTINGS = ("none", "metric", "inverse")
+AMP_MODES = ("auto", "bf16", "fp16", "none")
+#: negative controls, run by the real loop: the pipeline must NOT learn under them
+CONTROLS = ("none", "shuffled-labels", "level-off")
+
+
+@dataclass
+class TrainConfig:
+    """Every argument of a run; stored in config.json, so `resume` rebuilds the identical run from it."""
+
+    sequence: str
+    cache: str
+    out: str | None = None  # runs folder: the run gets a sub-folder named by sequence, view, fold, time
+    run_dir: str | None = None  # or the run's folder itself
+    fold: int = 0
+    folds: int = 5
+    split_seed: int = 0
+    split_file: str | None = None
+    model: str = "tf_efficientnetv2_s"
+    weights: str | None = None
+    pretrained: bool = True
+    epochs: int = 5
+    batch_size: int = 32
+    lr: float = 1e-3
+    step_size: int = 2
+    gamma: float = 0.1
+    patience: int = 3
+    recipe: str = "default"  # where the `auto` values below come from (lumbar_fast.recipes)
+    monitor: str = recipes.AUTO
+    class_weights: str = recipes.AUTO
+    amp: str = "auto"
+    cuda_graphs: bool = False
+    compile: bool = False
+    view: str = "level"
+    control: str = "none"
+    augment: str = recipes.AUTO  # none, all, or a comma list of recipes.AUGMENTATIONS
+    shift: float = AugmentConfig.shift
+    loader: str = "auto"
+    workers: int = 2
+    device: str = "auto"
+    seed: int = 0
+    limit_batches: int | None = None
+    progress: bool = True
+
+    @classmethod
+    def from_record(cls, record: dict[str, Any]) -> TrainConfig:
+        """The config of a run's config.json (an earlier version's boolean augment read as such)."""
+        if "augment" in record:
+            record = {**record, "augment": recipes.recorded_augment(record["augment"])}
+        return cls(**record)
+
+    def resolved(self) -> TrainConfig:
+        """A copy with every `auto` replaced by the recipe's value for the sequence (what config.json
+        records)."""
+        rsna.get_sequence(self.sequence)
+        chosen = recipes.resolve(self.recipe, self.sequence, self.augment, self.class_weights, self.monitor)
+        return dataclasses.replace(self, augment=chosen.augment, class_weights=chosen.class_weights,
+                                   monitor=chosen.monitor)
+
+    def check(self) -> None:
+        """Refuse inconsistent arguments with one line each, before any work starts."""
+        rsna.get_sequence(self.sequence)
+        auto = (recipes.AUTO,)
+        choices = {"view": VIEWS, "monitor": (*MONITORS, *auto), "class_weights": (*CLASS_WEIGHTINGS, *auto),
+                   "amp": AMP_MODES, "control": CONTROLS, "recipe": recipes.RECIPES}
+        for name, allowed in choices.items():
+            if getattr(self, name) not in allowed:
+                raise LumbarFastError(f"--{name.replace('_', '-')} must be one of {', '.join(allowed)}")
+        if (self.out is None) == (self.run_dir is None):
+            raise LumbarFastError("give exactly one of --out RUNS_DIR and --run-dir DIR")
+        if not 0 <= self.fold < self.folds:
+            raise LumbarFastError(f"--fold {self.fold} is outside 0..{self.folds - 1}")
+        if self.epochs < 1 or self.batch_size < 1 or self.patience < 1:
+            raise LumbarFastError("--epochs, --batch-size and --patience must be at least 1")
+        if not 0 <= self.shift <= 0.5:
+            raise LumbarFastError(f"--shift {self.shift} is outside 0..0.5 (a fraction of the crop's width)")
+        if self.cuda_graphs and self.compile:
+            raise LumbarFastError("choose one of --cuda-graphs and --compile")
+        if self.cuda_graphs and self.amp == "fp16":
+            raise LumbarFastError("--cuda-graphs needs --amp bf16 or none (fp16 loss scaling syncs the host)")
+
+    def run_name(self, stamp: str) -> str:
+        """A new run's folder name in --out: `{sequence}-{view}-fold{k}-{time}`, then the control if any."""
+        name = f"{self.sequence}-{self.view}-fold{self.fold}-{stamp}"
+        return name if self.control == "none" else f"{name}-{self.control}"
