@@ -7,6 +7,7 @@ import json
 import shutil
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -25,15 +26,24 @@ from lumbar_fast.classifier.items import (
     shuffled_labels,
     slice_neighbours,
 )
-from lumbar_fast.classifier.steps import restore_training_state, snapshot_training_state
-from lumbar_fast.classifier.task import loader_config
+from lumbar_fast.classifier.steps import (
+    check_cuda_graphs,
+    make_optimizer,
+    make_scheduler,
+    restore_training_state,
+    snapshot_training_state,
+)
+from lumbar_fast.classifier.task import loader_config, prepare
 from lumbar_fast.cli import main
 from lumbar_fast.errors import LumbarFastError
 from lumbar_fast.loaders.gpu import gpu_count
 from lumbar_fast.runfolder import CHECKPOINT_FORMAT, RunFolder
 from lumbar_fast.train import TrainConfig, resume, train
+from lumbar_fast.training.checkpoint import Progress, last_state, load_optimizer_state, restore
 from lumbar_fast.training.stopping import EarlyStopping
 from tests.crashes import killed_after_epochs, without_timings
+
+CPU = torch.device("cpu")
 
 
 # -- run folder ------------------------------------------------
@@ -146,6 +156,71 @@ def test_warmup_state_is_restored_in_place():
     assert model[0].weight is weight
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
     assert all(float(t.abs().sum()) == 0 for s in optimizer.state.values() for t in s.values())
+
+
+def adam_steps(model: torch.nn.Module, optimizer: torch.optim.Optimizer, steps: int) -> None:
+    """A few real Adam steps on random data."""
+    for _ in range(steps):
+        optimizer.zero_grad()
+        model(torch.randn(5, 4)).sum().backward()
+        optimizer.step()
+
+
+def test_warmup_restores_a_resumed_optimizers_state_in_place():
+    """After --resume the optimiser already holds Adam moments: the warm-up copies those back, not zeros."""
+    model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.BatchNorm1d(8), torch.nn.Linear(8, 3))
+    optimizer = torch.optim.Adam(model.parameters())
+    adam_steps(model, optimizer, 2)  # the state a resumed run loads
+    loaded = {p: {k: v.clone() for k, v in s.items()} for p, s in optimizer.state.items()}
+    tensors = {p: dict(s) for p, s in optimizer.state.items()}
+    saved = snapshot_training_state(model, optimizer)
+    adam_steps(model, optimizer, 2)
+    restore_training_state(model, optimizer, saved)
+    for param, state in optimizer.state.items():
+        for key, value in state.items():
+            assert value is tensors[param][key] and torch.equal(value, loaded[param][key]), key
+    assert any(float(s["exp_avg"].abs().sum()) > 0 for s in optimizer.state.values())
+
+
+def graph_config(**changes) -> TrainConfig:
+    return TrainConfig(sequence="sag_t2", cache="c.zarr", run_dir="run", cuda_graphs=True, **changes)
+
+
+def test_step_lr_moves_a_captured_steps_tensor_learning_rate_in_place():
+    """A captured step reads the learning rate from one tensor: StepLR must fill that tensor (torch >= 2.4),
+    and a resumed optimiser keeps a tensor on its parameters' device. (Capturable Adam only steps on an
+    accelerator: the capture itself is benchmarks/gpu_check.sh's.)"""
+    model = torch.nn.Linear(4, 3)
+    config = graph_config()
+    optimizer = make_optimizer(model, config, CPU)
+    group = optimizer.param_groups[0]
+    lr = group["lr"]
+    assert isinstance(lr, torch.Tensor) and group["capturable"]
+    scheduler = make_scheduler(optimizer, config)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # lr_scheduler.step() before optimizer.step(): no step runs on a CPU
+        for _ in range(config.step_size):
+            scheduler.step()
+    assert group["lr"] is lr and float(lr) == pytest.approx(config.lr * config.gamma)
+    resumed = make_optimizer(model, config, CPU)
+    load_optimizer_state(resumed, optimizer.state_dict())
+    restored = resumed.param_groups[0]["lr"]
+    assert isinstance(restored, torch.Tensor) and restored.device == model.weight.device
+    assert float(restored) == pytest.approx(config.lr * config.gamma)
+
+
+def test_cuda_graph_refusals_follow_the_resolved_amp_dtype():
+    """--amp auto resolves to fp16 on GPUs without bf16 (T4, V100, P100): a captured step would train it
+    without loss scaling, so it is refused, as are the CPU and several processes."""
+    cuda = torch.device("cuda")  # a device name only: nothing runs on it
+    refusals = [(CPU, None, 1, "needs a CUDA device"), (cuda, torch.bfloat16, 2, "single process"),
+                (cuda, torch.float16, 1, "--amp bf16 on a GPU with bf16, --amp none, or drop --cuda-graphs")]
+    for device, amp_dtype, world_size, message in refusals:
+        with pytest.raises(LumbarFastError, match=message) as error:
+            check_cuda_graphs(device, amp_dtype, world_size)
+        assert "\n" not in str(error.value)
+    for amp_dtype in (torch.bfloat16, None):
+        check_cuda_graphs(cuda, amp_dtype, 1)
 
 
 # -- on a real cache ------------------------------------------------
@@ -262,6 +337,34 @@ def test_bad_input_is_a_one_line_error_and_leaves_no_run(synth_cache, tmp_path, 
     run.mkdir()
     (run / "notes.txt").write_text("someone else's")
     assert "already exists" in cli_error(capsys, *ok, *base)
+
+
+def test_a_refused_slice_view_run_leaves_no_files(synth_cache, tmp_path, capsys):
+    """The slice view writes its images into the run folder: only after the fold checks have passed."""
+    run = tmp_path / "run"
+    error = cli_error(capsys, "--sequence", "sag_t2", "--cache", str(synth_cache), "--run-dir", str(run),
+                      "--model", "test_efficientnet", "--no-pretrained", "--device", "cpu", "--view", "slice",
+                      "--batch-size", "100000")
+    assert "too few for batch size 100000" in error
+    assert not run.exists()
+
+
+def test_last_checkpoint_carries_the_fp16_loss_scale(synth_cache, tmp_path):
+    """An fp16 run's GradScaler state goes into last.pt and comes back on resume: a scale halved after
+    overflowing steps would otherwise restart at 65536 and the resumed run would differ."""
+    config = TrainConfig(sequence="sag_t2", cache=str(synth_cache), run_dir=str(tmp_path / "run"),
+                         model="test_efficientnet", pretrained=False, folds=3, amp="fp16", device="cpu",
+                         loader="torch").resolved()
+    run = RunFolder(tmp_path / "run")
+    task = prepare(config, run)
+    task.scaler.scale(torch.ones(1))
+    task.scaler.update(512.0)
+    state = last_state(task, Progress(EarlyStopping(task.mode, config.patience), [{"epoch": 1}], 1))
+    assert state["scaler"]["scale"] == 512.0
+    resumed = prepare(config, run)
+    assert resumed.scaler.get_scale() != 512.0
+    assert restore(run, resumed, state).start_epoch == 1
+    assert resumed.scaler.get_scale() == 512.0
 
 
 def test_resume_refuses_what_is_not_a_resumable_run(tmp_path, capsys):
