@@ -21,6 +21,11 @@ def refuse() -> None:
     raise LumbarFastError("refused on rank 0")
 
 
+def crash() -> None:
+    """A step that fails on rank 0 with an unexpected error (a full disk, a bug)."""
+    raise OSError("No space left on device\nwhile writing last.pt")
+
+
 def collectives(rank: int, port: int, out: str) -> None:
     """Set what torchrun would set, join a real gloo group and write what each helper returned to
     `out`/rank{rank}.json."""
@@ -33,13 +38,15 @@ def collectives(rank: int, port: int, out: str) -> None:
         norm = torch.nn.BatchNorm1d(2)
         norm.running_mean.fill_(rank)
         distributed.broadcast_buffers(norm)
-        try:
-            distributed.on_main(refuse)
-            error = ""
-        except LumbarFastError as exc:
-            error = str(exc)
+        errors = []
+        for step in (refuse, crash):
+            try:
+                distributed.on_main(step)
+                errors.append("")
+            except LumbarFastError as exc:
+                errors.append(str(exc))
         sums = distributed.all_reduce_sum(torch.tensor([1.0, rank]))
         result = {"items": items.tolist(), "verdict": verdict, "running_mean": norm.running_mean.tolist(),
-                  "error": error, "sums": sums.tolist(), "main": distributed.is_main(),
+                  "errors": errors, "sums": sums.tolist(), "main": distributed.is_main(),
                   "rank": distributed.rank(), "world_size": distributed.world_size()}
     Path(out, f"rank{rank}.json").write_text(json.dumps(result))

@@ -26,7 +26,7 @@ from lumbar_fast.loaders import build_loader
 from lumbar_fast.runfolder import BEST, LAST, PREDICTIONS, SPLIT, RunFolder
 from lumbar_fast.split import train_val_studies
 from lumbar_fast.train import TrainConfig
-from tests.distributed_worker import WORLD, collectives, refuse
+from tests.distributed_worker import WORLD, collectives, crash, refuse
 
 BATCH = 4
 
@@ -41,6 +41,8 @@ def test_single_process_is_the_identity():
         assert not distributed.active()
     with pytest.raises(LumbarFastError, match="refused"):
         distributed.on_main(refuse)
+    with pytest.raises(OSError, match="No space left"):  # one process: the error as it is, traceback and all
+        distributed.on_main(crash)
 
 
 def _free_port() -> int:
@@ -51,7 +53,7 @@ def _free_port() -> int:
 
 def test_collectives_in_two_gloo_processes(tmp_path):
     """Exact-count gathers in rank order, rank 0's verdict on every rank although the ranks disagree, rank
-    0's buffers everywhere, rank 0's error raised on both ranks, sums."""
+    0's buffers everywhere, rank 0's errors (a user error, an unexpected one) raised on both ranks, sums."""
     mp.spawn(collectives, args=(_free_port(), str(tmp_path)), nprocs=WORLD)
     for rank in range(WORLD):
         got = json.loads((tmp_path / f"rank{rank}.json").read_text())
@@ -59,18 +61,23 @@ def test_collectives_in_two_gloo_processes(tmp_path):
         assert got["items"] == [0, 1, 2, 3, 4]
         assert got["verdict"] == {"stop": False}
         assert got["running_mean"] == [0.0, 0.0]
-        assert got["error"] == "refused on rank 0"
+        assert got["errors"] == ["refused on rank 0", "rank 0 failed: OSError: No space left on device"]
         assert got["sums"] == [2.0, 1.0]
 
 
 # -- a real torchrun training run ------------------------------------------------
-def launch(item_log, *args: str) -> str:
+def torchrun(item_log, *args: str) -> subprocess.CompletedProcess:
     """`lumbar-fast train --nproc 2 args...`, which re-runs itself as `torchrun --standalone
-    --nproc-per-node 2 -m lumbar_fast train args...`, with the loop's item log in `item_log`; its stdout."""
+    --nproc-per-node 2 -m lumbar_fast train args...`, with the loop's item log in `item_log`."""
     item_log.mkdir()
     command = [sys.executable, "-m", "lumbar_fast", "train", "--nproc", str(WORLD), *args]
     env = {**os.environ, ITEM_LOG_ENV: str(item_log), "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
-    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    return subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+
+
+def launch(item_log, *args: str) -> str:
+    """A torchrun training run that must succeed; its stdout."""
+    result = torchrun(item_log, *args)
     assert result.returncode == 0, result.stderr[-3000:]
     return result.stdout
 
@@ -84,6 +91,22 @@ def torchrun_run(synth_cache, tmp_path_factory):
                     "--batch-size", str(BATCH), "--folds", "3", "--loader", "torch", "--device", "cpu",
                     "--workers", "1", "--no-progress")
     return root / "runs", root / "items", stdout
+
+
+def test_an_unexpected_error_on_rank_0_ends_every_rank_with_one_line(synth_cache, tmp_path):
+    """--run-dir inside a regular file: rank 0's first write fails with an OSError, not a LumbarFastError.
+    Both ranks end with the same one line instead of rank 1 waiting for rank 0 forever; the file stays."""
+    taken = tmp_path / "taken"
+    taken.write_text("someone else's file")
+    result = torchrun(tmp_path / "items", "--sequence", "sag_t2", "--cache", str(synth_cache), "--run-dir",
+                      str(taken / "run"), "--model", "test_efficientnet", "--no-pretrained", "--epochs", "1",
+                      "--batch-size", str(BATCH), "--folds", "3", "--loader", "torch", "--device", "cpu",
+                      "--workers", "1", "--no-progress")
+    ours = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
+    assert result.returncode == 1, result.stderr[-3000:]  # torchrun's code for a failed rank
+    assert len(ours) == WORLD and len(set(ours)) == 1, result.stderr[-3000:]
+    assert ours[0].startswith("error: rank 0 failed: NotADirectoryError")
+    assert taken.read_text() == "someone else's file"
 
 
 def run_items(run_dir):
