@@ -97,8 +97,6 @@ class TrainConfig:
             raise LumbarFastError(f"--shift {self.shift} is outside 0..0.5 (a fraction of the crop's width)")
         if self.cuda_graphs and self.compile:
             raise LumbarFastError("choose one of --cuda-graphs and --compile")
-        if self.cuda_graphs and self.amp == "fp16":
-            raise LumbarFastError("--cuda-graphs needs --amp bf16 or none (fp16 loss scaling syncs the host)")
 
     def run_name(self, stamp: str) -> str:
         """A new run's folder name in --out: `{sequence}-{view}-fold{k}-{time}`, then the control if any."""
