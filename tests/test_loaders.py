@@ -238,11 +238,11 @@ def test_bad_inputs_are_one_line_errors(images, items, tmp_path):
 
 # --- devices ---
 
-def test_device_probe_does_not_initialise_cuda():
-    device = resolve_device("auto")
-    assert device.type == ("cuda" if gpu_count() else "cpu")
+def test_device_choices_follow_the_gpu_count():
+    """(That the NVML probe leaves CUDA uninitialised can only show on a GPU machine, where DALI's workers
+    need it: benchmarks/gpu_check.sh starts them after the probe.)"""
+    assert resolve_device("auto").type == ("cuda" if gpu_count() else "cpu")
     assert resolve_device("cpu") == torch.device("cpu")
-    assert not torch.cuda.is_initialized()
 
 
 @pytest.mark.skipif(gpu_count() > 0, reason="needs a machine without a GPU")
