@@ -1,9 +1,9 @@
 """The RSNA 2024 competition metric, its input checks, per-model classification summaries, a study bootstrap.
 
-The metric follows DESIGN §3 and the competition's public metric notebook (`rsna-lumbar-metric`):
+The metric follows docs/metric.md and the competition's public metric notebook (`rsna-lumbar-metric`):
 - each group (spinal, foraminal, subarticular; left/right and levels pooled) scores a sample-weighted log
   loss, weights 1/2/4 for normal_mild/moderate/severe, probabilities clipped to [eps, 1 - eps] and rows
-  renormalised (as sklearn's `log_loss` did);
+  renormalised (as sklearn's `log_loss` did in 2024; scikit-learn >= 1.5 does neither: docs/metric.md);
 - any_severe_spinal: one row per study, y = any spinal level severe, p = max over the levels of p(severe) as
   submitted, weight = the study's largest spinal sample weight; binary weighted log loss;
 - score = the mean of the four losses.

@@ -1,4 +1,5 @@
-"""The RSNA metric: hand-computed cases, missing labels, any_severe_spinal, a loop-based re-implementation."""
+"""The RSNA metric: hand-computed cases, missing labels, any_severe_spinal, a loop-based re-implementation,
+and scikit-learn's log_loss computed the way the competition's metric does (docs/metric.md)."""
 
 import json
 import math
@@ -6,6 +7,7 @@ import math
 import numpy as np
 import pandas as pd
 import pytest
+from sklearn.metrics import log_loss
 
 from lumbar_fast import metrics, rsna
 from lumbar_fast.errors import LumbarFastError
@@ -23,7 +25,7 @@ def random_labels(rng: np.random.Generator, n_studies: int, missing: float = 0.2
 
 
 def reference_score(train: pd.DataFrame, submission: pd.DataFrame, eps: float = metrics.EPS) -> dict:
-    """DESIGN §3 written as plain loops over train.csv cells, independent of metrics.py."""
+    """docs/metric.md written as plain loops over train.csv cells, independent of metrics.py."""
     probs = {r.row_id: (r.normal_mild, r.moderate, r.severe) for r in submission.itertuples()}
     sums = {group: [0.0, 0.0] for group in ("spinal", "foraminal", "subarticular", "any")}
     for _, study in train.iterrows():
@@ -116,6 +118,49 @@ def test_rsna_score_matches_loop_reference(seed):
     expected = reference_score(train, submission)
     for key, value in expected.items():
         assert result[key] == pytest.approx(value, rel=1e-10), key
+
+
+def sklearn_score(rows: pd.DataFrame, p: np.ndarray) -> dict:
+    """The competition's metric notebook: scikit-learn's log_loss with sample weights per condition group,
+    and any_severe_spinal from each study's maximum severe probability and maximum weight."""
+    frame = rows.assign(group=rows["condition"].map(rsna.CONDITION_GROUP), p_severe=p[:, 2])
+    keep = (frame["severity"] != rsna.MISSING).to_numpy()
+    frame, p = frame[keep], p[keep]
+    frame["weight"] = np.asarray(rsna.CLASS_WEIGHTS)[frame["severity"]]
+    losses = {}
+    for group in metrics.GROUPS:
+        mine = (frame["group"] == group).to_numpy()
+        losses[group] = log_loss(frame["severity"][mine], p[mine], sample_weight=frame["weight"][mine],
+                                 labels=[0, 1, 2])
+    spinal = frame[frame["group"] == "spinal"].groupby("study_id").agg(
+        y=("severity", "max"), p=("p_severe", "max"), weight=("weight", "max"))
+    losses["any_severe_spinal"] = log_loss(spinal["y"] == 2, spinal["p"], sample_weight=spinal["weight"],
+                                           labels=[False, True])
+    return {**losses, "score": float(np.mean(list(losses.values())))}
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_rsna_score_matches_sklearn_log_loss_on_valid_inputs(seed):
+    """Probabilities strictly inside (0, 1), rows summing to one: where the 2024 metric and today's
+    scikit-learn agree, the scores agree to rounding."""
+    rng = np.random.default_rng(seed)
+    rows = metrics.labels_to_rows(random_labels(rng, n_studies=40))
+    p = rng.dirichlet([2.0, 2.0, 2.0], len(rows))
+    result = metrics.rsna_score(rows, metrics.submission_frame(rows["row_id"], p))
+    for key, value in sklearn_score(rows, p).items():
+        assert result[key] == pytest.approx(value, rel=1e-9), key
+
+
+def test_edge_cases_follow_the_2024_metric_not_todays_sklearn():
+    """scikit-learn >= 1.5 clips at machine epsilon and no longer renormalises rows; the competition's
+    metric (sklearn of 2024) clipped at 1e-15 and renormalised. metrics.py keeps the competition's."""
+    zero = np.array([[0.0, 0.0, 1.0]])  # the true class predicted with probability 0
+    assert metrics.weighted_log_loss([0], zero) == pytest.approx(-math.log(1e-15), rel=1e-6)
+    assert log_loss([0], zero, labels=[0, 1, 2]) == pytest.approx(-math.log(np.finfo(float).eps), rel=1e-6)
+    unnormalised = np.array([[0.4, 0.05, 0.05]])  # sums to 0.5: renormalised to 0.8 for the true class
+    assert metrics.weighted_log_loss([0], unnormalised) == pytest.approx(-math.log(0.8), rel=1e-12)
+    with pytest.warns(UserWarning, match="do not sum to one"):
+        assert log_loss([0], unnormalised, labels=[0, 1, 2]) == pytest.approx(-math.log(0.4), rel=1e-12)
 
 
 def test_rsna_score_scores_only_the_submissions_studies():

@@ -6,7 +6,7 @@ from dataclasses import dataclass, field, fields, replace
 
 from lumbar_fast.errors import LumbarFastError
 
-#: real class balance over labelled rows per metric group (DESIGN §2): Normal/Mild, Moderate, Severe
+#: real class balance over labelled rows per metric group (docs/metric.md): Normal/Mild, Moderate, Severe
 REAL_FREQUENCIES: dict[str, tuple[float, float, float]] = {
     "spinal": (0.88, 0.07, 0.05),
     "foraminal": (0.78, 0.18, 0.04),
