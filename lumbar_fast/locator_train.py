@@ -19,16 +19,16 @@ import pandas as pd
 import torch
 
 from lumbar_fast import locator as loc
-from lumbar_fast import rsna
 from lumbar_fast.cache import open_cache
 from lumbar_fast.errors import LumbarFastError, first_line
 from lumbar_fast.inference import amp_dtype_for, resolve_device
 from lumbar_fast.runfolder import SPLIT, Panels, RunFolder
 from lumbar_fast.split import load_or_create_split, require_studies, train_val_studies
 from lumbar_fast.training import loop as training
-from lumbar_fast.training.amp import make_scaler
+from lumbar_fast.training.config import RunConfig
 from lumbar_fast.training.records import EpochBar
 from lumbar_fast.training.rng import seed_everything
+from lumbar_fast.training.task import TaskKind, TrainingTask
 
 #: validation value watched by early stopping and best.pt -> (metrics key, mode)
 MONITORS = {"loss": ("val_loss", "min"), "point-error": ("val_point_error_median_mm", "min")}
@@ -44,17 +44,9 @@ PANELS: Panels = {
 
 
 @dataclass
-class LocatorConfig:
+class LocatorConfig(RunConfig):
     """Every argument of a locator run; stored in config.json, so `resume` rebuilds the identical run."""
 
-    sequence: str
-    cache: str
-    out: str | None = None
-    run_dir: str | None = None
-    fold: int = 0
-    folds: int = 5
-    split_seed: int = 0
-    split_file: str | None = None
     model: str = "resnet18"
     pretrained: bool = True
     image_size: int = 160
@@ -66,18 +58,9 @@ class LocatorConfig:
     monitor: str = "loss"
     max_slices: int = 64
     augment: bool = True
-    amp: str = "auto"
-    device: str = "auto"
-    seed: int = 0
     limit_series: int | None = None
-    progress: bool = True
     extra: dict[str, Any] = field(default_factory=dict)
     kind: str = loc.KIND  # tells evaluate (and a reader of config.json) that this is a locator run
-
-    @classmethod
-    def from_record(cls, record: dict[str, Any]) -> LocatorConfig:
-        """The config of a run's config.json."""
-        return cls(**record)
 
     def run_name(self, stamp: str) -> str:
         """A new run's folder name in --out: `locator-{sequence}-fold{k}-{time}`."""
@@ -85,15 +68,11 @@ class LocatorConfig:
 
     def check(self) -> None:
         """Refuse inconsistent arguments with one line each, before any work starts."""
-        rsna.get_sequence(self.sequence)
+        self.check_run()
         if self.kind != loc.KIND:
             raise LumbarFastError(f"a locator run's kind is {loc.KIND!r}, not {self.kind!r}")
         if self.monitor not in MONITORS:
             raise LumbarFastError(f"--monitor must be one of {', '.join(MONITORS)}")
-        if (self.out is None) == (self.run_dir is None):
-            raise LumbarFastError("give exactly one of --out RUNS_DIR and --run-dir DIR")
-        if not 0 <= self.fold < self.folds:
-            raise LumbarFastError(f"--fold {self.fold} is outside 0..{self.folds - 1}")
         if self.epochs < 1 or self.patience < 1 or self.max_slices < 3 or self.image_size < 32:
             raise LumbarFastError("--epochs and --patience must be at least 1, --max-slices at least 3 "
                                   "and --image-size at least 32")
@@ -171,21 +150,18 @@ def augment(images: torch.Tensor, uv: np.ndarray,
 
 
 # -- the task ------------------------------------------------------------------------------------------------
-class LocatorTask:
-    """One locator run's data, model and optimisation, as a task of the training core."""
+class LocatorTask(TrainingTask):
+    """One locator run's data, model and optimisation: AdamW with a cosine schedule over the epochs."""
 
-    weights_key = "state_dict"
-    panels = PANELS
+    kind = TaskKind(weights_key="state_dict", panels=PANELS, monitors=MONITORS)
 
     def __init__(self, config: LocatorConfig, device: torch.device, amp_dtype: torch.dtype | None,
-                 split: pd.DataFrame, data: LocatorData, train_series: list[int], val_series: list[int],
+                 split: pd.DataFrame, data: LocatorData, series: tuple[list[int], list[int]],
                  model: loc.Locator) -> None:
-        self.config, self.device, self.amp_dtype, self.split = config, device, amp_dtype, split
-        self.data, self.train_series, self.val_series, self.model = data, train_series, val_series, model
-        self.optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
-        self.scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(self.optimizer, T_max=config.epochs)
-        self.scaler = make_scaler(device, amp_dtype)
-        self.monitor, self.mode = MONITORS[config.monitor]
+        optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+        super().__init__(config, device, amp_dtype, split, model, optimizer,
+                         torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=config.epochs))
+        self.data, (self.train_series, self.val_series) = data, series
         self.meta = checkpoint_meta(config, data.names)
 
     def __enter__(self) -> LocatorTask:
@@ -194,9 +170,6 @@ class LocatorTask:
                                             self.data.labels, self.data.stack_index)
         self.baseline = {f"baseline_{k}": v for k, v in baseline.items()}
         return self
-
-    def __exit__(self, *exc: object) -> None:
-        """Nothing to stop: the locator reads its series from RAM."""
 
     def train_epoch(self, epoch: int) -> dict[str, Any]:
         """One pass over the training series in a seeded order, with a progress bar in slices/s."""
@@ -312,7 +285,7 @@ def prepare(config: LocatorConfig, run: RunFolder) -> LocatorTask:
     model.set_position_prior(*loc.fit_position_prior([data.series[i] for i in train_series],
                                                      [data.targets[i] for i in train_series]))
     model = model.to(device, memory_format=torch.channels_last)
-    return LocatorTask(config, device, amp_dtype, split, data, train_series, val_series, model)
+    return LocatorTask(config, device, amp_dtype, split, data, (train_series, val_series), model)
 
 
 def checkpoint_meta(config: LocatorConfig, names: list[tuple[str, str]]) -> dict[str, Any]:

@@ -14,6 +14,7 @@ from typing import Any
 from lumbar_fast import recipes, rsna
 from lumbar_fast.errors import LumbarFastError
 from lumbar_fast.loaders import AugmentConfig
+from lumbar_fast.training.config import RunConfig
 
 VIEWS = ("level", "slice")
 #: --monitor -> (validation record key, which way it improves)
@@ -26,17 +27,9 @@ CONTROLS = ("none", "shuffled-labels", "level-off")
 
 
 @dataclass
-class TrainConfig:
+class TrainConfig(RunConfig):
     """Every argument of a run; stored in config.json, so `resume` rebuilds the identical run from it."""
 
-    sequence: str
-    cache: str
-    out: str | None = None  # runs folder: the run gets a sub-folder named by sequence, view, fold, time
-    run_dir: str | None = None  # or the run's folder itself
-    fold: int = 0
-    folds: int = 5
-    split_seed: int = 0
-    split_file: str | None = None
     model: str = "tf_efficientnetv2_s"
     weights: str | None = None
     pretrained: bool = True
@@ -49,7 +42,6 @@ class TrainConfig:
     recipe: str = "default"  # where the `auto` values below come from (lumbar_fast.recipes)
     monitor: str = recipes.AUTO
     class_weights: str = recipes.AUTO
-    amp: str = "auto"
     cuda_graphs: bool = False
     compile: bool = False
     view: str = "level"
@@ -58,17 +50,14 @@ class TrainConfig:
     shift: float = AugmentConfig.shift
     loader: str = "auto"
     workers: int = 2
-    device: str = "auto"
-    seed: int = 0
     limit_batches: int | None = None
-    progress: bool = True
 
     @classmethod
     def from_record(cls, record: dict[str, Any]) -> TrainConfig:
         """The config of a run's config.json (an earlier version's boolean augment read as such)."""
         if "augment" in record:
             record = {**record, "augment": recipes.recorded_augment(record["augment"])}
-        return cls(**record)
+        return super().from_record(record)
 
     def resolved(self) -> TrainConfig:
         """A copy with every `auto` replaced by the recipe's value for the sequence (what config.json
@@ -80,17 +69,13 @@ class TrainConfig:
 
     def check(self) -> None:
         """Refuse inconsistent arguments with one line each, before any work starts."""
-        rsna.get_sequence(self.sequence)
+        self.check_run()
         auto = (recipes.AUTO,)
         choices = {"view": VIEWS, "monitor": (*MONITORS, *auto), "class_weights": (*CLASS_WEIGHTINGS, *auto),
                    "amp": AMP_MODES, "control": CONTROLS, "recipe": recipes.RECIPES}
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 raise LumbarFastError(f"--{name.replace('_', '-')} must be one of {', '.join(allowed)}")
-        if (self.out is None) == (self.run_dir is None):
-            raise LumbarFastError("give exactly one of --out RUNS_DIR and --run-dir DIR")
-        if not 0 <= self.fold < self.folds:
-            raise LumbarFastError(f"--fold {self.fold} is outside 0..{self.folds - 1}")
         if self.epochs < 1 or self.batch_size < 1 or self.patience < 1:
             raise LumbarFastError("--epochs, --batch-size and --patience must be at least 1")
         if not 0 <= self.shift <= 0.5:

@@ -39,29 +39,27 @@ from lumbar_fast.loaders import Loader, LoaderConfig, build_loader, normalisatio
 from lumbar_fast.metrics import classification_summary
 from lumbar_fast.runfolder import CLASSIFIER_PANELS, RunFolder
 from lumbar_fast.split import load_or_create_split, train_val_studies
-from lumbar_fast.training.amp import make_scaler
 from lumbar_fast.training.records import EpochBar
 from lumbar_fast.training.rng import seed_everything
+from lumbar_fast.training.task import TaskKind, TrainingTask
 
 #: debugging and tests: a folder where each rank appends the training items of every epoch it trains to
 #: `items-rank{r}.jsonl` (the loop's own record of which items each rank saw)
 ITEM_LOG_ENV = "LUMBAR_FAST_ITEM_LOG"
 
 
-class ClassifierTask:
-    """One classifier run's model, optimisation and items; loaders and the step live while epochs run."""
+class ClassifierTask(TrainingTask):
+    """One classifier run's items and optimisation (Adam, StepLR); loaders and the step live while epochs
+    run."""
 
-    weights_key = "model"
-    panels = CLASSIFIER_PANELS
+    kind = TaskKind(weights_key="model", panels=CLASSIFIER_PANELS, monitors=MONITORS)
 
     def __init__(self, config: TrainConfig, device: torch.device, amp_dtype: torch.dtype | None,
-                 split: pd.DataFrame, train_items: Items, val_items: Items, model: nn.Module) -> None:
-        self.config, self.device, self.amp_dtype, self.split = config, device, amp_dtype, split
-        self.train_items, self.val_items, self.model = train_items, val_items, model
-        self.optimizer = make_optimizer(model, config, device)
-        self.scheduler = make_scheduler(self.optimizer, config)
-        self.scaler = make_scaler(device, amp_dtype)
-        self.monitor, self.mode = MONITORS[config.monitor]
+                 split: pd.DataFrame, items: tuple[Items, Items], model: nn.Module) -> None:
+        optimizer = make_optimizer(model, config, device)
+        super().__init__(config, device, amp_dtype, split, model, optimizer,
+                         make_scheduler(optimizer, config))
+        self.train_items, self.val_items = train_items, val_items = items
         self.prior = class_frequencies(train_items.labels)
         self.loader_config = loader_config(config, device, amp_dtype)
         self.meta = checkpoint_meta(config, train_items.images_path, self.loader_config)
@@ -132,7 +130,7 @@ def prepare(config: TrainConfig, run: RunFolder) -> ClassifierTask:
     train_items, val_items = split_items(in_view(items, cache, config, run), *studies)
     if config.control == "shuffled-labels":
         train_items = shuffled_labels(train_items, config.seed)
-    return ClassifierTask(config, device, amp_dtype, split, train_items, val_items, model)
+    return ClassifierTask(config, device, amp_dtype, split, (train_items, val_items), model)
 
 
 def check_fold(config: TrainConfig, train_items: Items, val_items: Items) -> None:

@@ -28,7 +28,7 @@ class Progress:
 def last_state(task: TrainingTask, progress: Progress) -> dict[str, Any]:
     """last.pt: everything `resume` needs to continue exactly where the latest epoch ended."""
     return {**task.checkpoint_meta(), "epoch": progress.records[-1]["epoch"],
-            task.weights_key: task.model.state_dict(), "optimizer": task.optimizer.state_dict(),
+            task.kind.weights_key: task.model.state_dict(), "optimizer": task.optimizer.state_dict(),
             "scheduler": task.scheduler.state_dict(), "scaler": task.scaler.state_dict(),
             "early_stopping": progress.stopper.state_dict(), "rng": rng_state(), "records": progress.records}
 
@@ -40,17 +40,17 @@ def commit_epoch(run: RunFolder, task: TrainingTask, progress: Progress,
     record = progress.records[-1]
     if best_predictions is not None:
         run.save_checkpoint(BEST, {**task.checkpoint_meta(), "epoch": record["epoch"],
-                                   task.weights_key: task.model.state_dict(), "metrics": record})
+                                   task.kind.weights_key: task.model.state_dict(), "metrics": record})
         run.write_table(PREDICTIONS, best_predictions)
     run.save_checkpoint(LAST, last_state(task, progress))
-    run.write_metrics(progress.records, task.panels)
+    run.write_metrics(progress.records, task.kind.panels)
     print(task.epoch_line(record), flush=True)
 
 
 def restore(run: RunFolder, task: TrainingTask, state: dict[str, Any]) -> Progress:
     """Put last.pt's training state into a freshly prepared task; the run's progress to continue from."""
     try:
-        task.model.load_state_dict(state[task.weights_key])
+        task.model.load_state_dict(state[task.kind.weights_key])
         load_optimizer_state(task.optimizer, state["optimizer"])
     except (RuntimeError, ValueError, KeyError) as exc:
         raise LumbarFastError(f"{run.file(LAST)} does not fit this run's model: {exc}") from None

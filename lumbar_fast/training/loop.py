@@ -19,9 +19,10 @@ from lumbar_fast.errors import LumbarFastError
 from lumbar_fast.inference import resolve_device
 from lumbar_fast.runfolder import LAST, SPLIT, RunFolder
 from lumbar_fast.training.checkpoint import Progress, commit_epoch, restore
+from lumbar_fast.training.config import TaskConfig
 from lumbar_fast.training.records import plain
 from lumbar_fast.training.stopping import EarlyStopping, update_everywhere
-from lumbar_fast.training.task import TaskConfig, TrainingTask
+from lumbar_fast.training.task import TrainingTask
 
 KILL_ENV = "LUMBAR_FAST_KILL_AFTER_EPOCHS"
 C = TypeVar("C", bound=TaskConfig)
@@ -57,7 +58,7 @@ def resume(run_dir: str | Path, read_config: Callable[[dict[str, Any]], C], prep
         state = run.load_checkpoint(LAST)
         task = prepare(config, run)
         progress = restore(run, task, state)
-        distributed.on_main(run.write_metrics, progress.records, task.panels)
+        distributed.on_main(run.write_metrics, progress.records, task.kind.panels)
         return fit(run, task, progress)
 
 

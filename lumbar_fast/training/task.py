@@ -7,56 +7,63 @@ the epochs, early stopping, checkpoints, resume, the run folder and its records.
 
 from __future__ import annotations
 
-from typing import Any, Protocol
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import Any
 
 import pandas as pd
 import torch
 from torch import nn
 
 from lumbar_fast.runfolder import Panels
+from lumbar_fast.training.amp import make_scaler
+from lumbar_fast.training.config import TaskConfig
 
 
-class TaskConfig(Protocol):
-    """The fields of a task's configuration that the core reads (both configs are dataclasses)."""
+@dataclass(frozen=True)
+class TaskKind:
+    """How a kind of task's run folder reads: where checkpoints hold the weights (each task's readers
+    expect their own key), curves.png's panels, and what --monitor may watch."""
 
-    epochs: int
-    patience: int
-    device: str
-    out: str | None
-    run_dir: str | None
-
-    def run_name(self, stamp: str) -> str:
-        """The name of a new run folder in --out, from the start time `stamp`."""
+    weights_key: str
+    panels: Panels
+    monitors: dict[str, tuple[str, str]]  # --monitor -> (validation record key, "min" | "max")
 
 
-class TrainingTask(Protocol):
+class TrainingTask(ABC):
     """One trainable task, built for a run by its `prepare` (every input check before the first file)."""
 
-    config: TaskConfig
-    model: nn.Module  # the bare model: its state_dict is what checkpoints hold
-    optimizer: torch.optim.Optimizer
-    scheduler: torch.optim.lr_scheduler.LRScheduler
-    scaler: torch.amp.GradScaler  # fp16 loss scaling (disabled otherwise); last.pt holds its state
-    split: pd.DataFrame  # the study-level split, copied into the run folder as split.csv
-    monitor: str  # the validation record key early stopping and best.pt watch
-    mode: str  # "min" or "max": which way `monitor` improves
-    weights_key: str  # the checkpoint key of the model's state_dict (each task's readers expect their own)
-    panels: Panels  # curves.png
+    kind: TaskKind
+
+    def __init__(self, config: TaskConfig, device: torch.device, amp_dtype: torch.dtype | None,
+                 split: pd.DataFrame, model: nn.Module, optimizer: torch.optim.Optimizer,
+                 scheduler: torch.optim.lr_scheduler.LRScheduler) -> None:
+        self.config, self.device, self.amp_dtype = config, device, amp_dtype
+        self.split = split  # the study-level split, copied into the run folder as split.csv
+        self.model = model  # the bare model: its state_dict is what checkpoints hold
+        self.optimizer, self.scheduler = optimizer, scheduler
+        self.scaler = make_scaler(device, amp_dtype)  # fp16 loss scaling; last.pt holds its state
+        self.monitor, self.mode = self.kind.monitors[config.monitor]  # what early stopping and best.pt watch
 
     def __enter__(self) -> TrainingTask:
         """Start what lives while epochs run (loaders, baselines)."""
+        return self
 
-    def __exit__(self, *exc: object) -> None:
+    def __exit__(self, *exc: object) -> None:  # noqa: B027 (a hook: a task with nothing to stop keeps it)
         """Stop it."""
 
+    @abstractmethod
     def train_epoch(self, epoch: int) -> dict[str, Any]:
         """Train one epoch; its `train_*` record fields (summed over ranks)."""
 
+    @abstractmethod
     def validate(self, epoch: int) -> tuple[dict[str, Any], pd.DataFrame]:
         """The `val_*` record fields (the same on every rank) and the validation predictions table."""
 
+    @abstractmethod
     def checkpoint_meta(self) -> dict[str, Any]:
         """What the task's readers need besides the weights (model name, geometry, config)."""
 
+    @abstractmethod
     def epoch_line(self, record: dict[str, Any]) -> str:
         """The epoch's one line on stdout."""
