@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from lumbar_fast.commands.options import amp_option, device_option
+from lumbar_fast.commands.options import inference_options
 
 
 @click.command("evaluate")
@@ -22,12 +22,7 @@ from lumbar_fast.commands.options import amp_option, device_option
 @click.option("--seed", default=0, show_default=True, help="Seed of the bootstrap.")
 @click.option("--gallery", "gallery_items", default=12, show_default=True, type=click.IntRange(min=1),
               help="Crops in each most-wrong gallery.")
-@click.option("--tta", is_flag=True,
-              help="Average each crop's prediction with its horizontal mirror's, for runs trained with "
-              "horizontal flips (--augment with hflip; no default recipe flips).")
-@device_option
-@amp_option
-@click.option("--batch-size", default=64, show_default=True, type=click.IntRange(min=1))
+@inference_options
 def command(runs: tuple[Path, ...], out_dir: Path, cache_path: Path | None, n_boot: int, seed: int,
             gallery_items: int, tta: bool, device: str, amp: str, batch_size: int) -> None:
     """Evaluate classifier and/or locator RUNS on their validation studies (the shared split; out-of-fold over

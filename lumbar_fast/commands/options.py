@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
+from typing import Any
 
 import click
 
+from lumbar_fast.errors import LumbarFastError
 from lumbar_fast.rsna import SEQUENCES
 
 device_option = click.option("--device", type=click.Choice(["auto", "cuda", "cpu"]), default="auto",
@@ -13,6 +16,60 @@ device_option = click.option("--device", type=click.Choice(["auto", "cuda", "cpu
 amp_option = click.option("--amp", type=click.Choice(["auto", "bf16", "fp16", "none"]), default="auto",
                           show_default=True,
                           help="Mixed precision; auto = bf16 on Ampere+, fp16 on older GPUs, none on CPU.")
+
+
+no_pretrained_option = click.option("--no-pretrained", is_flag=True, help="Start from random weights.")
+resume_option = click.option("--resume", "resume_dir", type=click.Path(),
+                             help="Continue this run from its last.pt.")
+no_progress_option = click.option("--no-progress", is_flag=True, help="No progress bar.")
+
+
+def stacked(options: list[Callable[[Callable], Callable]]) -> Callable[[Callable], Callable]:
+    """One decorator applying click options in the order listed (as they show in --help)."""
+    def decorate(function: Callable) -> Callable:
+        for option in reversed(options):
+            function = option(function)
+        return function
+
+    return decorate
+
+
+def schedule_options(epochs: int, epochs_help: str | None, lr_help: str,
+                     patience: int) -> Callable[[Callable], Callable]:
+    """A training command's --epochs, --lr (1e-3) and early-stopping --patience, with its defaults."""
+    return stacked([click.option("--epochs", default=epochs, show_default=True, help=epochs_help),
+                    click.option("--lr", default=1e-3, show_default=True, help=lr_help),
+                    click.option("--patience", default=patience, show_default=True,
+                                 help="Early-stopping patience in epochs.")])
+
+
+def session_options(seed_help: str, limit: Callable[[Callable], Callable]) -> Callable[[Callable], Callable]:
+    """A training command's device, seed, smoke-run limit, --resume and --no-progress."""
+    seed = click.option("--seed", default=0, show_default=True, help=seed_help)
+    return stacked([device_option, seed, limit, resume_option, no_progress_option])
+
+
+def inference_options(function: Callable) -> Callable:
+    """The options of a command that predicts with classifier runs: test-time mirroring, device, precision,
+    batch size."""
+    options = [click.option("--tta", is_flag=True,
+                            help="Average each crop's prediction with its horizontal mirror's, for runs "
+                                 "trained with horizontal flips (--augment with hflip; no default recipe "
+                                 "flips)."),
+               device_option, amp_option,
+               click.option("--batch-size", default=64, show_default=True, type=click.IntRange(min=1))]
+    return stacked(options)(function)
+
+
+def start_or_resume(resume_dir: str | None, run: dict[str, Any], resume: Callable[[str], Path],
+                    start: Callable[[], Path]) -> Path:
+    """A training command's run: --resume RUN_DIR continues one, else `run` (run_options' values, with
+    --sequence and --cache) starts one."""
+    if resume_dir is not None:
+        return resume(resume_dir)
+    if run["sequence"] is None or run["cache"] is None:
+        raise LumbarFastError("--sequence and --cache are required (or --resume RUN_DIR)")
+    return start()
 
 
 def run_options(sequence_help: str, cache_help: str) -> Callable[[Callable], Callable]:
@@ -28,10 +85,4 @@ def run_options(sequence_help: str, cache_help: str) -> Callable[[Callable], Cal
         click.option("--split-file", type=click.Path(),
                      help="A split CSV (study_id, fold) instead of the cache's."),
     ]
-
-    def decorate(function: Callable) -> Callable:
-        for option in reversed(options):
-            function = option(function)
-        return function
-
-    return decorate
+    return stacked(options)

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from lumbar_fast.commands.options import amp_option, device_option
+from lumbar_fast.commands.options import inference_options
 
 
 @click.command("predict")
@@ -17,12 +17,7 @@ from lumbar_fast.commands.options import amp_option, device_option
 @click.option("--out", required=True, type=click.Path(path_type=Path), help="The submission CSV to write.")
 @click.option("--allow-prior", is_flag=True,
               help="Fill rows without a crop with the runs' training prior instead of failing.")
-@click.option("--tta", is_flag=True,
-              help="Average each crop's prediction with its horizontal mirror's, for runs trained "
-                   "with horizontal flips (--augment with hflip; no default recipe flips).")
-@device_option
-@amp_option
-@click.option("--batch-size", default=64, show_default=True, type=click.IntRange(min=1))
+@inference_options
 @click.option("--locators", "locator_runs", multiple=True, type=click.Path(path_type=Path),
               help="A locator run (repeat: one per sequence): crop at the points it locates (locate → "
                    "ingest --coordinates into a derived cache beside --out) instead of the cache's own.")

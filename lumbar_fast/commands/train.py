@@ -2,23 +2,21 @@
 
 from __future__ import annotations
 
+from functools import partial
 from pathlib import Path
 
 import click
 
-from lumbar_fast.commands.options import amp_option, device_option, run_options
-from lumbar_fast.errors import LumbarFastError
+from lumbar_fast.commands import options
 
 
 @click.command("train")
-@run_options("MRI sequence (one model per sequence).", "Cache written by `lumbar-fast ingest`.")
+@options.run_options("MRI sequence (one model per sequence).", "Cache written by `lumbar-fast ingest`.")
 @click.option("--model", default="tf_efficientnetv2_s", show_default=True, help="timm model name.")
 @click.option("--weights", type=click.Path(), help="Local pretrained weights file (offline machines).")
-@click.option("--no-pretrained", is_flag=True, help="Start from random weights.")
-@click.option("--epochs", default=5, show_default=True, help="Most epochs (the seed's 5).")
+@options.no_pretrained_option
+@options.schedule_options(5, "Most epochs (the seed's 5).", "Adam learning rate (torch's default).", 3)
 @click.option("--batch-size", default=32, show_default=True)
-@click.option("--lr", default=1e-3, show_default=True, help="Adam learning rate (torch's default).")
-@click.option("--patience", default=3, show_default=True, help="Early-stopping patience in epochs.")
 @click.option("--recipe", type=click.Choice(["default", "seed"]), default="default", show_default=True,
               help="Where the `auto` options come from: the measured per-sequence defaults (docs/recipe.md) "
               "or the seed paper's (no augmentation, unweighted loss, accuracy as the monitor).")
@@ -27,7 +25,7 @@ from lumbar_fast.errors import LumbarFastError
               "competition's weighted log loss).")
 @click.option("--class-weights", type=click.Choice(["auto", "none", "metric", "inverse"]), default="auto",
               show_default=True, help="Cross-entropy weights: none, the metric's 1/2/4, inverse frequency.")
-@amp_option
+@options.amp_option
 @click.option("--cuda-graphs", is_flag=True, help="Capture the whole training step as one CUDA graph.")
 @click.option("--compile", "compile_", is_flag=True, help="torch.compile the model.")
 @click.option("--view", type=click.Choice(["level", "slice"]), default="level", show_default=True,
@@ -43,18 +41,15 @@ from lumbar_fast.errors import LumbarFastError
                    "classifiers that will see crops at located rather than labelled points.")
 @click.option("--loader", type=click.Choice(["auto", "dali", "torch"]), default="auto", show_default=True)
 @click.option("--workers", default=2, show_default=True, help="Loader worker processes.")
-@device_option
-@click.option("--seed", default=0, show_default=True, help="Seed of model init, shuffling, augmentation.")
-@click.option("--limit-batches", type=int, help="Stop each epoch after N batches (smoke runs).")
-@click.option("--resume", "resume_dir", type=click.Path(), help="Continue this run from its last.pt.")
-@click.option("--no-progress", is_flag=True, help="No progress bar.")
+@options.session_options("Seed of model init, shuffling, augmentation.",
+                         click.option("--limit-batches", type=int, help="Stop each epoch after N batches "
+                                      "(smoke runs)."))
 @click.option("--nproc", type=click.IntRange(min=1), default=1, show_default=True,
               help="Train with N processes (one per GPU) on this machine: re-launches this command under "
               "`torchrun --standalone --nproc-per-node N`. --batch-size is per process.")
-def command(sequence, cache, out, run_dir, fold, folds, split_seed, split_file, model, weights,
-            no_pretrained, epochs, batch_size, lr, patience, recipe, monitor, class_weights, amp,
-            cuda_graphs, compile_, view, control, augment, no_augment, shift, loader, workers, device, seed,
-            limit_batches, resume_dir, no_progress, nproc) -> None:
+def command(model, weights, no_pretrained, epochs, batch_size, lr, patience, recipe, monitor, class_weights,
+            amp, cuda_graphs, compile_, view, control, augment, no_augment, shift, loader, workers, device,
+            seed, limit_batches, resume_dir, no_progress, nproc, **run) -> None:
     """Train one sequence's classifier; writes a run folder (config, metrics, curves, checkpoints).
     Under torchrun each process trains on its share of every epoch (DistributedDataParallel)."""
     from lumbar_fast.train import TrainConfig, resume, train
@@ -62,20 +57,13 @@ def command(sequence, cache, out, run_dir, fold, folds, split_seed, split_file, 
     if nproc > 1:
         relaunch_under_torchrun(nproc, device)
         return
-    if resume_dir is not None:
-        announce(resume(resume_dir))
-        return
-    if sequence is None or cache is None:
-        raise LumbarFastError("--sequence and --cache are required (or --resume RUN_DIR)")
-    config = TrainConfig(
-        sequence=sequence, cache=cache, out=out, run_dir=run_dir, fold=fold, folds=folds,
-        split_seed=split_seed, split_file=split_file, model=model, weights=weights,
-        pretrained=not no_pretrained, epochs=epochs, batch_size=batch_size, lr=lr, patience=patience,
-        recipe=recipe, monitor=monitor, class_weights=class_weights, amp=amp, cuda_graphs=cuda_graphs,
-        compile=compile_, view=view, control=control, augment="none" if no_augment else augment, shift=shift,
-        loader=loader, workers=workers, device=device, seed=seed, limit_batches=limit_batches,
-        progress=not no_progress)
-    announce(train(config))
+    config = partial(
+        TrainConfig, **run, model=model, weights=weights, pretrained=not no_pretrained, epochs=epochs,
+        batch_size=batch_size, lr=lr, patience=patience, recipe=recipe, monitor=monitor,
+        class_weights=class_weights, amp=amp, cuda_graphs=cuda_graphs, compile=compile_, view=view,
+        control=control, augment="none" if no_augment else augment, shift=shift, loader=loader,
+        workers=workers, device=device, seed=seed, limit_batches=limit_batches, progress=not no_progress)
+    announce(options.start_or_resume(resume_dir, run, resume, lambda: train(config())))
 
 
 def announce(run_dir: Path) -> None:
