@@ -29,6 +29,9 @@ from lumbar_fast.train import TrainConfig
 from tests.distributed_worker import WORLD, collectives, crash, refuse
 
 BATCH = 4
+#: a tiny CPU run: random-weight test model, gloo, torch loader
+TINY = ("--model", "test_efficientnet", "--no-pretrained", "--batch-size", str(BATCH), "--folds", "3",
+        "--loader", "torch", "--device", "cpu", "--workers", "1", "--no-progress")
 
 
 def test_single_process_is_the_identity():
@@ -87,9 +90,7 @@ def torchrun_run(synth_cache, tmp_path_factory):
     """2 epochs on 2 processes (gloo, CPU, torch loader, tiny model): (runs folder, item log, stdout)."""
     root = tmp_path_factory.mktemp("ddp")
     stdout = launch(root / "items", "--sequence", "sag_t2", "--cache", str(synth_cache), "--out",
-                    str(root / "runs"), "--model", "test_efficientnet", "--no-pretrained", "--epochs", "2",
-                    "--batch-size", str(BATCH), "--folds", "3", "--loader", "torch", "--device", "cpu",
-                    "--workers", "1", "--no-progress")
+                    str(root / "runs"), "--epochs", "2", *TINY)
     return root / "runs", root / "items", stdout
 
 
@@ -99,9 +100,7 @@ def test_an_unexpected_error_on_rank_0_ends_every_rank_with_one_line(synth_cache
     taken = tmp_path / "taken"
     taken.write_text("someone else's file")
     result = torchrun(tmp_path / "items", "--sequence", "sag_t2", "--cache", str(synth_cache), "--run-dir",
-                      str(taken / "run"), "--model", "test_efficientnet", "--no-pretrained", "--epochs", "1",
-                      "--batch-size", str(BATCH), "--folds", "3", "--loader", "torch", "--device", "cpu",
-                      "--workers", "1", "--no-progress")
+                      str(taken / "run"), "--epochs", "1", *TINY)
     ours = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
     assert result.returncode == 1, result.stderr[-3000:]  # torchrun's code for a failed rank
     assert len(ours) == WORLD and len(set(ours)) == 1, result.stderr[-3000:]
