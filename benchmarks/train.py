@@ -61,10 +61,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def train_config(args: argparse.Namespace, batch_size: int, graphs: bool = False) -> TrainConfig:
-    """The run configuration the benchmark trains with: random init (no download), default augmentation."""
+    """The run configuration the benchmark trains with: random init (no download), the sequence's default
+    recipe (its `auto` values resolved, as `train` resolves them)."""
     return TrainConfig(sequence=args.sequence, cache="", out=str(args.workdir), model=args.model,
                        pretrained=False, cuda_graphs=graphs, amp=args.amp, batch_size=batch_size,
-                       workers=args.workers)
+                       workers=args.workers).resolved()
 
 
 class Trainer:
