@@ -64,9 +64,14 @@ VARIANTS: tuple[Variant, ...] = (
     Variant("monitor loss", {"monitor": "loss"}),
     Variant("lr 3e-4", {"lr": 3e-4}),
     Variant("lr 3e-3", {"lr": 3e-3}),
+    Variant("StepLR step 3", {"step_size": 3}),
+    Variant("constant lr (StepLR step 5)", {"step_size": 5}),
+    Variant("no augmentation + StepLR step 3", {"augment": "none", "step_size": 3}),
     Variant("crops without canonical side", canonical_side=False, sequences=("ax_t2",)),
     Variant("default, signal 0.5", signal=0.5),
     Variant("no augmentation, signal 0.5", {"augment": "none"}, signal=0.5),
+    Variant("shift only, signal 0.5", {"augment": "shift"}, signal=0.5),
+    Variant("default without shift, signal 0.5", {"augment": "rotate,scale,intensity"}, signal=0.5),
 )
 
 
@@ -74,7 +79,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = common.base_parser(__doc__.splitlines()[0], repeats=1)
     parser.add_argument("--pairs", default="201:1,202:2,203:3",
                         help="comma list of PHANTOM_SEED:TRAINING_SEED pairs (seeds the tests do not use)")
-    parser.add_argument("--variants", default="all", help="comma list of variant names, or all")
+    parser.add_argument("--variants", default="all", help="semicolon-separated variant names, or all")
     parser.add_argument("--sequences", default=",".join(rsna.SEQUENCES))
     parser.add_argument("--studies", type=int, default=300, help="phantom train studies")
     parser.add_argument("--test-studies", type=int, default=80, help="phantom test studies: the judged set")
@@ -105,7 +110,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def chosen_variants(args: argparse.Namespace) -> list[Variant]:
     """The variants asked for, less those that re-make the data when the data is the user's own cache."""
     by_name = {variant.name: variant for variant in VARIANTS}
-    names = list(by_name) if args.variants == "all" else args.variants.split(",")
+    names = list(by_name) if args.variants == "all" else args.variants.split(";")
     unknown = [name for name in names if name not in by_name]
     if unknown:
         raise LumbarFastError(f"unknown variant {unknown[0]!r}; choose from {', '.join(by_name)}")

@@ -94,7 +94,8 @@ def test_recipe_study(workdir, capsys):
     out = workdir / "recipe.json"
     recipe.main(["--workdir", str(workdir), "--studies", "6", "--test-studies", "3", "--image-size", "64",
                  "--size", "32", "--epochs", "1", "--pairs", "401:1", "--sequences", "sag_t2,ax_t2",
-                 "--variants", "default,seed recipe,crops without canonical side", "--json", str(out)])
+                 "--variants", "default;seed recipe;crops without canonical side", "--batch-size", "8",
+                 "--json", str(out)])
     record = read_record(out, "recipe")
     cells = record["results"]["cells"]
     assert set(cells["sag_t2"]) == {"default", "seed recipe"}

@@ -24,7 +24,7 @@ from pydicom.uid import JPEG2000Lossless, RLELossless
 
 from lumbar_fast import cache, dicom, rsna
 from lumbar_fast.errors import CacheError, DataError
-from lumbar_fast.ingest import IngestParams, convert_series, ingest, plan_ingest
+from lumbar_fast.ingest import IngestParams, convert_series, ingest, mirrored_to_canonical_side, plan_ingest
 from lumbar_fast.phantom import MANIFEST_NAME, PitfallRates
 from tests.cache_compare import assert_same_content
 
@@ -98,14 +98,18 @@ def test_level_crops_are_centred_on_their_labelled_point_on_the_labelled_slice(s
         assert np.corrcoef(severity[severity >= 0], here[severity >= 0])[0, 1] < -0.7, seq
 
 
-def recut_similarity(stored: np.ndarray, path: Path, x: float, y: float, width_mm: float) -> float:
+def recut_similarity(stored: np.ndarray, path: Path, x: float, y: float, width_mm: float,
+                     condition: str) -> float:
     """Correlation of a stored crop channel with the same window cut afresh from one DICOM file (min-max
-    scaled, so only the per-series window differs), away from padding and window clipping."""
+    scaled, so only the per-series window differs; mirrored into canonical side from the file's own
+    orientation where the condition needs it), away from padding and window clipping."""
     ds = pydicom.dcmread(path)
     pixels = dicom.decode_pixels(ds)
     scaled = dicom.to_uint8(pixels, (float(pixels.min()), float(pixels.max())))
     spacing = (float(ds.PixelSpacing[0]), float(ds.PixelSpacing[1]))
     recut = dicom.crop_mm(scaled, x, y, spacing, width_mm, stored.shape[0])
+    if mirrored_to_canonical_side(condition, np.asarray(ds.ImageOrientationPatient, dtype=float)):
+        recut = recut[:, ::-1]
     inside = (recut > 10) & (stored > 0) & (stored < 255)
     return float(np.corrcoef(recut[inside], stored[inside])[0, 1])
 
@@ -119,8 +123,9 @@ def test_the_middle_channel_is_cut_from_the_labelled_instance_file(synth_data, s
             folder = synth_data / "train_images" / str(row.study_id) / str(row.series_id)
             neighbour = index["instance_number"].iloc[row.stack_row + (1 if row.slice == 0 else -1)]
             stored = images[row.Index, ..., images.shape[-1] // 2]
-            here = recut_similarity(stored, folder / f"{row.instance_number}.dcm", row.x, row.y, width)
-            beside = recut_similarity(stored, folder / f"{neighbour}.dcm", row.x, row.y, width)
+            here = recut_similarity(stored, folder / f"{row.instance_number}.dcm", row.x, row.y, width,
+                                    row.condition)
+            beside = recut_similarity(stored, folder / f"{neighbour}.dcm", row.x, row.y, width, row.condition)
             assert here > 0.99 and here > beside, (seq, row.Index, here, beside)
 
 
