@@ -16,6 +16,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -197,9 +198,46 @@ def importable_env() -> dict[str, str]:
 
 
 def directory_mib(path: Path) -> float:
-    """Size on disk of a file or folder tree, in MiB (allocated blocks, as `du` counts)."""
-    paths = [path] if path.is_file() else [p for p in path.rglob("*") if p.is_file()]
-    return sum(p.stat().st_blocks * 512 for p in paths) / 2**20
+    """Size on disk of a file or folder tree, in MiB (allocated blocks, as `du` counts); 0 when absent, and
+    files that vanish while it counts (a running ingest deletes its part files) count as absent."""
+    return _allocated_bytes(path) / 2**20
+
+
+def _allocated_bytes(path: Path) -> int:
+    try:
+        if not path.is_dir():
+            return path.stat().st_blocks * 512
+        with os.scandir(path) as entries:
+            return sum(_allocated_bytes(Path(entry.path)) for entry in entries)
+    except FileNotFoundError:
+        return 0
+
+
+class DiskPeak:
+    """The largest total size on disk of some paths while a `with` block runs, sampled from a thread every
+    `interval` seconds (and once at the end)."""
+
+    def __init__(self, paths: Sequence[Path], interval: float = 0.02) -> None:
+        self.paths, self.interval = list(paths), interval
+        self.peak_mib = 0.0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._watch, daemon=True)
+
+    def __enter__(self) -> DiskPeak:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _watch(self) -> None:
+        while not self._stop.wait(self.interval):
+            self._sample()
+        self._sample()
+
+    def _sample(self) -> None:
+        self.peak_mib = max(self.peak_mib, sum(directory_mib(path) for path in self.paths))
 
 
 def report(benchmark: str, args: argparse.Namespace, results: dict[str, Any], table: str) -> dict[str, Any]:

@@ -28,14 +28,15 @@ def lumbar_fast_command(*args: str) -> list[str]:
     return [sys.executable, "-m", "lumbar_fast", *args]
 
 
-def synth_data(workdir: Path, studies: int, seed: int = 0) -> Path:
-    """A synth data set of `studies` studies, made once (on every core): uncompressed 512×512 12-bit slices
-    without pitfalls, like most real series."""
-    folder = workdir / f"synth-{studies}-s{seed}"
+def synth_data(workdir: Path, studies: int, seed: int = 0, image_size: int = 512) -> Path:
+    """A synth data set of `studies` studies, made once (on every core): uncompressed 12-bit slices of
+    `image_size` (512, like most real series) without pitfalls."""
+    folder = workdir / f"synth-{studies}-s{seed}" if image_size == 512 else \
+        workdir / f"synth-{studies}-s{seed}-i{image_size}"
     if not (folder / DONE).exists():
         shutil.rmtree(folder, ignore_errors=True)
         command = lumbar_fast_command("synth", str(folder), "--studies", str(studies), "--seed", str(seed),
-                                      "--image-size", "512", "--no-pitfalls", "--quiet")
+                                      "--image-size", str(image_size), "--no-pitfalls", "--quiet")
         subprocess.run(command, check=True, stdout=subprocess.DEVNULL)
         (folder / DONE).touch()
     return folder

@@ -2,10 +2,11 @@
 
 Contenders, per worker count: ingest to Zarr, ingest to HDF5, and the bare loop (the same DICOM files decoded
 and resized to 224 in a process pool, results dropped). Every run is a fresh process, so start-up counts for
-all alike; reported: slices/s, the peak RSS of the largest process, the cache's size on disk, and the time to
-read the finished cache's arrays into RAM.
+all alike; reported: slices/s, the peak RSS of the largest process, the cache's size on disk, the peak disk
+use of the ingest (cache and work folder, sampled every 20 ms) as a multiple of the finished cache, and the
+time to read the finished cache's arrays into RAM.
 
-    python -m benchmarks.ingest [--workers 1,2] [--studies 8] [--json out.json]
+    python -m benchmarks.ingest [--workers 1,2] [--studies 8] [--image-size 512] [--json out.json]
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--workers", default="1,2", help="comma-separated worker counts")
     parser.add_argument("--formats", default=",".join(FORMATS), help="cache formats: zarr, hdf5")
     parser.add_argument("--studies", type=int, default=8, help="synth studies to ingest")
+    parser.add_argument("--image-size", type=int, default=512, help="synth base image size (pixels)")
     return parser.parse_args(argv)
 
 
@@ -44,12 +46,15 @@ def read_seconds(cache: Path) -> float:
 
 
 def ingest_run(data: Path, cache: Path, workers: int, fmt: str, slices: int) -> dict[str, float]:
-    """One ingest from scratch: slices/s, peak RSS, cache size and its read time."""
+    """One ingest from scratch: slices/s, peak RSS, cache size, peak disk use and the cache's read time."""
     shutil.rmtree(cache, ignore_errors=True)
     cache.unlink(missing_ok=True)
-    measured = common.run_measured(ingest_command(data, cache, workers, fmt))
+    with common.DiskPeak([cache, cache.with_name(cache.name + ".ingest")]) as disk:
+        measured = common.run_measured(ingest_command(data, cache, workers, fmt))
+    cache_mib = common.directory_mib(cache)
     return {"slices_s": slices / measured["seconds"], "peak_rss_mib": measured["peak_rss_mib"],
-            "cache_mib": common.directory_mib(cache), "read_s": read_seconds(cache)}
+            "cache_mib": cache_mib, "peak_disk_ratio": disk.peak_mib / cache_mib,
+            "read_s": read_seconds(cache)}
 
 
 def bare_run(data: Path, workers: int, slices: int) -> dict[str, float]:
@@ -74,13 +79,14 @@ def ratios(runs: dict, workers: list[int], formats: list[str]) -> dict[str, dict
 
 
 def table(summary: dict, found: dict[str, dict[str, float]]) -> str:
-    """Slices/s, memory, size and read time per contender; then the ratios."""
+    """Slices/s, memory, size, peak disk and read time per contender; then the ratios."""
     rows = []
     for name, stats in summary.items():
         rows.append([name, common.cell(stats["slices_s"]), f"{stats['peak_rss_mib']['median']:.0f}",
                      f"{stats['cache_mib']['median']:.1f}" if "cache_mib" in stats else "",
+                     f"{stats['peak_disk_ratio']['max']:.2f}×" if "peak_disk_ratio" in stats else "",
                      common.cell(stats["read_s"], 2) if "read_s" in stats else ""])
-    header = ["contender", "slices/s", "peak RSS MiB", "cache MiB", "read s"]
+    header = ["contender", "slices/s", "peak RSS MiB", "cache MiB", "peak disk (max)", "read s"]
     notes = "\n".join(f"- {name}: {common.ratio_cell(stats)}" for name, stats in found.items())
     return common.markdown_table(header, rows) + "\n\n" + notes
 
@@ -89,10 +95,10 @@ def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
     workers = [int(count) for count in args.workers.split(",")]
     formats = [fmt for fmt in args.formats.split(",") if fmt]
-    data = synth_data(args.workdir, args.studies)
+    data = synth_data(args.workdir, args.studies, image_size=args.image_size)
     slices = len(dicom_files(data))
-    print(f"ingest benchmark: {args.studies} studies, {slices} slices, workers {workers}, "
-          f"{args.repeats} interleaved repeats", flush=True)
+    print(f"ingest benchmark: {args.studies} studies of {args.image_size}², {slices} slices, "
+          f"workers {workers}, {args.repeats} interleaved repeats", flush=True)
     contenders = {}
     for count in workers:
         for fmt in formats:

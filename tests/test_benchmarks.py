@@ -65,6 +65,7 @@ def test_ingest_benchmark(workdir, capsys):
     summary = record["results"]["summary"]
     assert set(summary) == {"zarr-w1", "hdf5-w1", "bare-w1"}
     assert summary["zarr-w1"]["cache_mib"]["median"] > 0 and summary["bare-w1"]["slices_s"]["median"] > 0
+    assert summary["zarr-w1"]["peak_disk_ratio"]["median"] >= 1.0
     assert "ingest zarr / bare time, 1 worker(s)" in capsys.readouterr().out
 
 
