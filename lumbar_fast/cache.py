@@ -8,6 +8,10 @@ order in its attributes):
     study_labels table                     errors table
     root attributes: schema_version, params, split, source, lumbar_fast_version, cache_id (written last:
     a store without them is an unfinished ingest)
+
+An unfinished Zarr store also holds `ingest_journal/`: what it holds so far (the first `series` series of
+its ingest, `rows` items per image array, and their tables, one group of tables per record), so that a killed
+ingest resumes from the store itself; `finish` removes it.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ import io
 import json
 import os
 import uuid
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +41,11 @@ SCHEMA_VERSION = 3
 FORMATS = ("zarr", "hdf5")
 #: images per chunk along the item axis (a chunk of 224² slices is ~1.6 MB)
 CHUNK_ITEMS = 32
+#: formats whose stores a killed writer leaves readable, so that an ingest resumes from them: zarr replaces
+#: every chunk and metadata file by a rename, while a killed HDF5 writer may leave freed space reused
+RESUMABLE_FORMATS = ("zarr",)
+#: the unfinished store's record of what it holds
+JOURNAL = "ingest_journal"
 #: Zarr compressor: zstd level 1 writes MR slices ~3× faster than zarr's default level, within 3 % of its size
 ZSTD_FAST = ZstdCodec(level=1)
 
@@ -93,7 +103,7 @@ class _Store:
             if self.fmt == "zarr":
                 self._root = zarr.open_group(self.path, mode=self.mode)
             else:
-                self._root = h5py.File(self.path, "w" if self.mode == "w" else "r")
+                self._root = h5py.File(self.path, self.mode)
             self._pid = os.getpid()
         return self._root
 
@@ -114,11 +124,17 @@ class _Store:
                                         dtype="uint8", chunks=chunks, compression="lzf")
 
     def write(self, name: str, values: np.ndarray) -> None:
-        """A new array holding `values` (non-empty) in one chunk."""
+        """A new array holding `values` (non-empty) in one chunk; in Zarr it replaces any array of that name
+        (one that a killed ingest wrote after its last record)."""
         if self.fmt == "zarr":
-            self.root.create_array(name, data=values, chunks=values.shape)
+            self.root.create_array(name, data=values, chunks=values.shape, overwrite=True)
         else:
             self.root.create_dataset(name, data=values)
+
+    def delete(self, name: str) -> None:
+        """Remove an array or group, if present."""
+        if name in self.root:
+            del self.root[name]
 
     def attrs(self, name: str = "") -> dict:
         node = self.root[name] if name else self.root
@@ -169,11 +185,20 @@ def _is_text(values: pd.Series) -> bool:
 class ImageAppender:
     """Appends images to a growable array in chunk-aligned blocks, so each chunk is written once."""
 
-    def __init__(self, store: _Store, target: Any) -> None:
+    def __init__(self, store: _Store, target: Any, rows: int = 0) -> None:
+        """`rows`: the items the array holds already (a resumed ingest); it is cut back to them, and those of
+        its last, partial chunk are read back, to be written again with the items that complete it."""
         self.store, self.target = store, target
-        self.written = 0
-        self.pending: list[np.ndarray] = []
-        self.pending_count = 0
+        self.written = rows - rows % CHUNK_ITEMS
+        self.pending = [np.asarray(target[self.written:rows])] if rows > self.written else []
+        self.pending_count = rows - self.written
+        if target.shape[0] != rows:
+            target.resize((rows, *target.shape[1:]))
+
+    @property
+    def rows(self) -> int:
+        """Items appended so far."""
+        return self.written + self.pending_count
 
     def append(self, images: np.ndarray) -> None:
         if len(images):
@@ -197,22 +222,63 @@ class ImageAppender:
         self.store.flush()
 
 
-class CacheWriter:
-    """Writes one cache from a single process; `finish` writes the root attributes last: the done mark."""
+@dataclass
+class Journal:
+    """What an unfinished store records holding: the first `series` series of its ingest, `rows` items per
+    image array, and their tables (one dict of tables per record, in order)."""
 
-    def __init__(self, path: Path, fmt: str) -> None:
+    series: int
+    rows: dict[str, int]
+    records: list[dict[str, pd.DataFrame]]
+
+
+class CacheWriter:
+    """Writes one cache from a single process; `finish` writes the root attributes last: the done mark.
+
+    `resume=True` reopens an unfinished store (of a RESUMABLE_FORMATS format) to append to what its journal
+    records.
+    """
+
+    def __init__(self, path: Path, fmt: str, resume: bool = False) -> None:
         if fmt not in FORMATS:
             raise LumbarFastError(f"unknown cache format {fmt!r}; choose one of {', '.join(FORMATS)}")
-        self.store = _Store(path, fmt, "w")
+        self.store = _Store(path, fmt, "r+" if resume else "w")
+        self.records = 0
+        if resume:
+            for torn in Path(path).rglob("*.partial"):  # zarr's temporary files, left by a kill
+                torn.unlink()
 
-    def images(self, name: str, item_shape: tuple[int, ...]) -> ImageAppender:
-        """An appender into a new uint8 image array of items of `item_shape`."""
+    def images(self, name: str, item_shape: tuple[int, ...], rows: int = 0) -> ImageAppender:
+        """An appender into a uint8 image array of items of `item_shape`: a new one, or the existing one
+        holding `rows` items (a resumed ingest)."""
+        if self.store.has(name):
+            return ImageAppender(self.store, self.store.array(name), rows)
         return ImageAppender(self.store, self.store.create_images(name, item_shape))
 
     def table(self, name: str, table: pd.DataFrame) -> None:
         write_table(self.store, name, table)
 
+    def record(self, tables: dict[str, pd.DataFrame], series: int, rows: dict[str, int]) -> None:
+        """Add one record to the journal: these tables, and that the store now holds `series` series and
+        `rows` items per image array (the record counts once its attributes are written, last)."""
+        for name, table in tables.items():
+            write_table(self.store, f"{JOURNAL}/{self.records}/{name}", table)
+        self.records += 1
+        self.store.set_attrs({"series": series, "rows": rows, "records": self.records}, JOURNAL)
+        self.store.flush()
+
+    def journal(self) -> Journal | None:
+        """What the store records holding (None when it records nothing)."""
+        if not self.store.has(JOURNAL) or "records" not in self.store.attrs(JOURNAL):
+            return None
+        progress = self.store.attrs(JOURNAL)
+        self.records = progress["records"]
+        records = [{name: read_table(self.store, f"{JOURNAL}/{k}/{name}")
+                    for name in self.store.root[f"{JOURNAL}/{k}"]} for k in range(self.records)]
+        return Journal(progress["series"], progress["rows"], records)
+
     def finish(self, attrs: dict) -> None:
+        self.store.delete(JOURNAL)
         self.store.set_attrs({**attrs, "schema_version": SCHEMA_VERSION, "cache_id": uuid.uuid4().hex})
         self.store.flush()
         self.store.close()

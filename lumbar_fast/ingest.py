@@ -4,9 +4,11 @@ Worker processes each turn one series into uint8 stack images, level crops and t
 one part file (`<out>.ingest/parts/{study}_{series}.pkl`, written under a temporary name and renamed, so a
 part is complete or absent). The main process alone appends the parts to the final Zarr or HDF5 store in
 sorted (study_id, series_id) order, each as soon as all before it are committed, and writes the tables and
-the attributes last.
-A killed run is resumed by running it again: complete parts are kept, temporary files dropped, an
-unfinished final store rebuilt from the parts; the result equals an uninterrupted run's.
+the attributes last. A Zarr store records in its journal what it holds (series, tables), now and then, and
+the parts it records are deleted, so parts never fill the disk beside the store.
+A killed run is resumed by running it again: complete parts are kept, temporary files dropped, a Zarr store
+appended to from its last record (an HDF5 file rebuilt from the parts); the result equals an uninterrupted
+run's.
 """
 
 from __future__ import annotations
@@ -15,8 +17,11 @@ import hashlib
 import json
 import os
 import pickle
+import queue
 import shutil
+import signal
 import time
+from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field, replace
 from functools import partial
@@ -34,6 +39,20 @@ SPLITS = ("train", "test")
 #: default level-crop window width in millimetres per sequence
 DEFAULT_CROP_MM: dict[str, float] = {"sag_t1": 40.0, "sag_t2": 40.0, "ax_t2": 50.0}
 DESCRIPTION_COLUMNS = ("study_id", "series_id", "series_description")
+#: the consolidator records what the store holds, and deletes those parts, once the parts not yet recorded
+#: reach this fraction of the image bytes appended (so records grow geometrically: a few hundred per ingest)
+RECORD_FRACTION = 0.05
+#: the tables each journal record holds (stack index and level labels with their sequence; the series)
+JOURNAL_TABLES: dict[str, dict[str, str]] = {
+    "stack_index": {**cache.STACK_INDEX_COLUMNS, "sequence": "object"},
+    "level_labels": {**cache.LEVEL_LABEL_COLUMNS, "sequence": "object"},
+    "errors": cache.ERROR_COLUMNS,
+    "series": {"study_id": "int64", "series_id": "int64"},
+}
+#: a series starts converting only within this many series per worker of the next one to append
+AHEAD_PER_WORKER = 2
+#: test hook: the ingest process SIGKILLs itself after appending this many series (the kill-and-resume tests)
+KILL_AFTER_ENV = "LUMBAR_FAST_INGEST_KILL_AFTER"
 
 
 @dataclass(frozen=True)
@@ -163,11 +182,11 @@ def ingest(data_dir: str | Path, out: str | Path, split: str = "train", workers:
     plan = plan_ingest(params)
     work = _prepare_work_dir(out, params)
     parts = work / "parts"
-    done = {p.name for p in parts.glob("*.pkl")}
-    todo = [task for task in plan.tasks if task.part_name not in done]
     writer = Consolidator(plan, params, parts, out)
+    done = {p.name for p in parts.glob("*.pkl")}
+    todo = [task for task in plan.tasks if task.part_name not in done | writer.recorded]
     writer.advance()
-    counts = _convert_all(todo, params, parts, _worker_count(workers), progress, writer.advance)
+    counts = _convert_all(todo, params, parts, _worker_count(workers), progress, writer)
     summary = writer.finish()
     shutil.rmtree(work)
     summary.series_converted = counts["series"]
@@ -326,27 +345,43 @@ def mirrored_to_canonical_side(condition: str, orientation: np.ndarray) -> bool:
 class Consolidator:
     """The single writer of the final cache: it appends each committed part in task order as soon as every
     earlier part is committed too (so it writes while the workers convert), and ends with the tables and
-    the attributes."""
+    the attributes.
+
+    In a resumable format it records in the store's journal, now and then, the series appended so far whose
+    images are all written (the appenders hold back a partial chunk), per sequence in order, with their
+    tables, and then deletes their part files: parts on disk stay a small fraction of the store, and a rerun
+    after a kill resumes from what the store records.
+    """
 
     def __init__(self, plan: IngestPlan, params: IngestParams, parts: Path, out: Path) -> None:
-        self.plan, self.params, self.parts = plan, params, parts
-        self.writer = cache.CacheWriter(out, params.fmt)
-        self.out = out
-        self.cursor = 0
-        self.appenders: dict[str, tuple[cache.ImageAppender, cache.ImageAppender]] = {}
-        self.index: dict[str, list[pd.DataFrame]] = {seq: [] for seq in rsna.SEQUENCES}
-        self.labels: dict[str, list[pd.DataFrame]] = {seq: [] for seq in rsna.SEQUENCES}
-        self.stack_rows = dict.fromkeys(rsna.SEQUENCES, 0)
-        self.errors = [plan.errors]
+        self.plan, self.params, self.parts, self.out = plan, params, parts, out
+        self.writer, journal = _open_store(out, params.fmt)
+        self.recording = params.fmt in cache.RESUMABLE_FORMATS
+        journal = journal or cache.Journal(0, {}, [])
+        self.recorded_tables, self.recorded_rows = journal.records, journal.rows
+        self.recorded = {f"{s}_{r}.pkl" for record in journal.records
+                         for s, r in record["series"].itertuples(index=False)}
+        self.unrecorded: list[_Appended] = []
+        self.position = {task.part_name: i for i, task in enumerate(plan.tasks)}
+        self.cursor = self.appended_here = self.appended_bytes = 0
+        self.appenders = {seq: self._appenders(seq, journal.rows) for seq in rsna.SEQUENCES
+                          if f"stacks/{seq}/images" in journal.rows}
+        self.kill_after = int(os.environ.get(KILL_AFTER_ENV, 0))
+        for name in self.recorded:  # a kill between a record and the deletion of its parts
+            (parts / name).unlink(missing_ok=True)
+
+    def ahead(self, task: SeriesTask) -> int:
+        """How many series `task` lies ahead of the next one to append."""
+        return self.position[task.part_name] - self.cursor
 
     def advance(self) -> None:
         """Append every part from the cursor on that is committed already."""
         while self.cursor < len(self.plan.tasks):
-            path = self.parts / self.plan.tasks[self.cursor].part_name
-            if not path.exists():
-                return
-            with open(path, "rb") as handle:
-                self._append(pickle.load(handle))
+            name = self.plan.tasks[self.cursor].part_name
+            if name not in self.recorded:
+                if not (self.parts / name).exists():
+                    return
+                self._append_part(self.parts / name)
             self.cursor += 1
 
     def finish(self) -> IngestSummary:
@@ -354,18 +389,21 @@ class Consolidator:
         self.advance()
         if self.cursor != len(self.plan.tasks):
             raise RuntimeError(f"part {self.plan.tasks[self.cursor].part_name} was never committed")
+        tables = [*self.recorded_tables, *(entry.tables for entry in self.unrecorded)]
+        index, labels, errors = (_concat(tables, name) for name in ("stack_index", "level_labels", "errors"))
         for seq, appenders in self.appenders.items():
             for appender in appenders:
                 appender.close()
-            self.writer.table(f"stacks/{seq}/index", pd.concat(self.index[seq], ignore_index=True))
-            labels = pd.concat(self.labels[seq], ignore_index=True)
-            self.writer.table(f"levels/{seq}/labels", cache.typed_table(labels, cache.LEVEL_LABEL_COLUMNS))
-        errors = pd.concat(self.errors, ignore_index=True)
-        errors = cache.typed_table(errors.sort_values(list(cache.ERROR_COLUMNS)), cache.ERROR_COLUMNS)
+            self.writer.table(f"stacks/{seq}/index", cache.typed_table(index[index["sequence"] == seq],
+                                                                       cache.STACK_INDEX_COLUMNS))
+            self.writer.table(f"levels/{seq}/labels", cache.typed_table(labels[labels["sequence"] == seq],
+                                                                        cache.LEVEL_LABEL_COLUMNS))
+        errors = pd.concat([self.plan.errors, errors]).sort_values(list(cache.ERROR_COLUMNS))
+        errors = cache.typed_table(errors, cache.ERROR_COLUMNS)
         self.writer.table("errors", errors)
         self.writer.table("study_labels", self.plan.study_labels)
-        counts = {"slices": sum(self.stack_rows.values()),
-                  "level_crops": sum(len(t) for tables in self.labels.values() for t in tables)}
+        counts = {"slices": sum(a[0].rows for a in self.appenders.values()),
+                  "level_crops": sum(a[1].rows for a in self.appenders.values())}
         source = {"data_dir": self.params.data_dir, "studies": len(self.plan.study_labels),
                   "series_listed": self.plan.series_listed, "series_ingested": len(self.plan.tasks), **counts,
                   "errors": len(errors)}
@@ -375,47 +413,122 @@ class Consolidator:
                              level_crops=counts["level_crops"], errors=len(errors),
                              error_reasons=cache.reason_counts(errors))
 
-    def _append(self, part: SeriesPart) -> None:
-        self.errors.append(part.errors)
-        if not len(part.stack_images):
+    def _appenders(self, seq: str, rows: dict[str, int]) -> tuple[cache.ImageAppender, cache.ImageAppender]:
+        """The stack and level-crop appenders of `seq`, over arrays holding `rows` items already."""
+        size, channels = self.params.size, self.params.channels
+        stacks, levels = f"stacks/{seq}/images", f"levels/{seq}/images"
+        return (self.writer.images(stacks, (size, size), rows.get(stacks, 0)),
+                self.writer.images(levels, (size, size, channels), rows.get(levels, 0)))
+
+    def _append_part(self, path: Path) -> None:
+        """Append one committed part, record what is due, and die here if the kill test asks."""
+        with open(path, "rb") as handle:
+            self._append(pickle.load(handle), path.stat().st_size)
+        if self.recording:
+            self._record_if_due()
+        self.appended_here += 1
+        if self.appended_here == self.kill_after:
+            os.kill(os.getpid(), signal.SIGKILL)  # the kill-and-resume tests' crash point (KILL_AFTER_ENV)
+
+    def _append(self, part: SeriesPart, part_bytes: int) -> None:
+        seq = part.task.sequence
+        entry = _Appended(part.task.part_name, seq, part_bytes, {}, {
+            "series": pd.DataFrame({"study_id": [part.task.study_id], "series_id": [part.task.series_id]}),
+            "stack_index": part.stack_index.assign(sequence=seq), "errors": part.errors,
+            "level_labels": part.level_labels.assign(sequence=seq)})
+        if len(part.stack_images):
+            if seq not in self.appenders:
+                self.appenders[seq] = self._appenders(seq, {})
+            stacks, levels = self.appenders[seq]
+            entry.tables["level_labels"]["stack_row"] += stacks.rows
+            stacks.append(part.stack_images)
+            levels.append(part.level_images)
+            entry.ends = {f"stacks/{seq}/images": stacks.rows, f"levels/{seq}/images": levels.rows}
+            self.appended_bytes += part.stack_images.nbytes + part.level_images.nbytes
+        self.unrecorded.append(entry)
+
+    def _record_if_due(self) -> None:
+        """Record the unrecorded series whose images are all written, and all before them of their sequence,
+        in the store's journal, then delete their parts, once those reach RECORD_FRACTION of the image bytes
+        appended."""
+        done = self._written_series()
+        if not done or sum(entry.part_bytes for entry in done) < RECORD_FRACTION * self.appended_bytes:
             return
-        seq, size, channels = part.task.sequence, self.params.size, self.params.channels
-        if seq not in self.appenders:
-            self.appenders[seq] = (self.writer.images(f"stacks/{seq}/images", (size, size)),
-                                   self.writer.images(f"levels/{seq}/images", (size, size, channels)))
-        stacks, levels = self.appenders[seq]
-        stacks.append(part.stack_images)
-        levels.append(part.level_images)
-        self.index[seq].append(part.stack_index)
-        self.labels[seq].append(part.level_labels.assign(
-            stack_row=part.level_labels["stack_row"] + self.stack_rows[seq]))
-        self.stack_rows[seq] += len(part.stack_images)
+        for entry in done:
+            self.recorded_rows = {**self.recorded_rows, **entry.ends}
+        record = {name: _concat([entry.tables for entry in done], name) for name in JOURNAL_TABLES}
+        self.recorded |= {entry.part_name for entry in done}
+        self.writer.record(record, len(self.recorded), self.recorded_rows)
+        for entry in done:
+            (self.parts / entry.part_name).unlink()
+        self.recorded_tables.append(record)
+        self.unrecorded = [entry for entry in self.unrecorded if entry.part_name not in self.recorded]
+
+    def _written_series(self) -> list[_Appended]:
+        """The unrecorded series whose images the store holds in complete chunks, and every unrecorded series
+        before them of their sequence too, in order."""
+        written = {f"{kind}/{seq}/images": appender.written for seq, pair in self.appenders.items()
+                   for kind, appender in zip(("stacks", "levels"), pair, strict=True)}
+        blocked: set[str] = set()
+        done = []
+        for entry in self.unrecorded:
+            if entry.sequence not in blocked and all(end <= written[n] for n, end in entry.ends.items()):
+                done.append(entry)
+            else:
+                blocked.add(entry.sequence)
+        return done
+
+
+@dataclass
+class _Appended:
+    """A series appended to the store but not yet recorded in its journal: its part file (still on disk),
+    the rows each of its image arrays needs written, its tables."""
+
+    part_name: str
+    sequence: str
+    part_bytes: int
+    ends: dict[str, int]
+    tables: dict[str, pd.DataFrame]
 
 
 def _convert_all(tasks: list[SeriesTask], params: IngestParams, parts: Path, workers: int,
-                 progress: bool, on_commit: Callable[[], None]) -> dict[str, int]:
-    """Convert `tasks` into part files with `workers` processes (in-process for 1), calling `on_commit`
-    after each; a progress bar shows series/s, slices/s and the ETA."""
+                 progress: bool, writer: Consolidator) -> dict[str, int]:
+    """Convert `tasks` into part files with `workers` processes (in-process for 1), letting `writer`
+    append after each; a task starts only within AHEAD_PER_WORKER × workers series of the writer's next, so
+    that parts cannot pile up on disk when the writer is slower than the workers. A progress bar shows
+    series/s, slices/s and the ETA."""
     counts = {"series": 0, "slices": 0}
     job = partial(_convert_and_commit, params=params, parts=parts)
     started = time.perf_counter()
     with tqdm(total=len(tasks), desc="ingest", unit="series", disable=not progress or not tasks) as bar:
-        for slices in _map(job, tasks, workers):
+        for slices in _map(job, tasks, workers, lambda task: writer.ahead(task) < AHEAD_PER_WORKER * workers):
             counts["series"] += 1
             counts["slices"] += slices
-            on_commit()
+            writer.advance()
             bar.set_postfix_str(f"{counts['slices'] / (time.perf_counter() - started):.0f} slices/s")
             bar.update()
     return counts
 
 
-def _map(job: Callable[[SeriesTask], int], tasks: list[SeriesTask], workers: int) -> Iterator[int]:
-    """Results of `job` over `tasks`, in completion order; only `workers` series are in flight at once."""
+def _map(job: Callable[[SeriesTask], int], tasks: list[SeriesTask], workers: int,
+         admits: Callable[[SeriesTask], bool]) -> Iterator[int]:
+    """Results of `job` over `tasks`, in completion order, from `workers` processes; the next task starts
+    when a process is free and `admits` it (or when none is in flight)."""
     if workers == 1 or len(tasks) <= 1:
         yield from map(job, tasks)
         return
+    results: queue.SimpleQueue = queue.SimpleQueue()
+    waiting, in_flight = deque(tasks), 0
     with pool_context().Pool(min(workers, len(tasks))) as pool:
-        yield from pool.imap_unordered(job, tasks)
+        while waiting or in_flight:
+            while waiting and in_flight < workers and (not in_flight or admits(waiting[0])):
+                pool.apply_async(job, (waiting.popleft(),), callback=results.put, error_callback=results.put)
+                in_flight += 1
+            result = results.get()
+            in_flight -= 1
+            if isinstance(result, BaseException):
+                raise result
+            yield result
 
 
 def _convert_and_commit(task: SeriesTask, params: IngestParams, parts: Path) -> int:
@@ -476,7 +589,6 @@ def _prepare_work_dir(out: Path, params: IngestParams) -> Path:
                              "run that ingest again or remove the folder")
         for stale in (work / "parts").glob("*.tmp"):
             stale.unlink()
-        _remove(out)
         return work
     if out.exists():
         raise CacheError(f"{out} exists and is not a lumbar-fast cache of this data; choose another --out")
@@ -486,6 +598,29 @@ def _prepare_work_dir(out: Path, params: IngestParams) -> Path:
     (fresh / "params.json").write_text(json.dumps(_param_attrs(params), indent=1))
     os.replace(fresh, work)
     return work
+
+
+def _open_store(out: Path, fmt: str) -> tuple[cache.CacheWriter, cache.Journal | None]:
+    """The store to append to and what its journal records: the unfinished one at `out` when it records
+    something, else a new one (also when a kill left it unreadable: its series are then converted again)."""
+    if out.exists() and fmt in cache.RESUMABLE_FORMATS:
+        try:
+            writer = cache.CacheWriter(out, fmt, resume=True)
+            journal = writer.journal()
+        except Exception:  # a store damaged by a killed writer fails inside zarr
+            journal = None
+        if journal is not None:
+            return writer, journal
+    _remove(out)
+    return cache.CacheWriter(out, fmt), None
+
+
+def _concat(tables: list[dict[str, pd.DataFrame]], name: str) -> pd.DataFrame:
+    """Journal table `name` of every entry of `tables`, one after the other (typed as JOURNAL_TABLES)."""
+    found, columns = [entry[name] for entry in tables], JOURNAL_TABLES[name]
+    if not found:
+        return cache.empty_table(columns)
+    return cache.typed_table(pd.concat(found, ignore_index=True), columns)
 
 
 def _work_dir(out: Path) -> Path:

@@ -4,6 +4,7 @@ one-line errors for bad input, and `info` telling the truth."""
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
@@ -11,7 +12,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -24,7 +24,14 @@ from pydicom.uid import JPEG2000Lossless, RLELossless
 
 from lumbar_fast import cache, dicom, rsna
 from lumbar_fast.errors import CacheError, DataError
-from lumbar_fast.ingest import IngestParams, convert_series, ingest, mirrored_to_canonical_side, plan_ingest
+from lumbar_fast.ingest import (
+    KILL_AFTER_ENV,
+    IngestParams,
+    convert_series,
+    ingest,
+    mirrored_to_canonical_side,
+    plan_ingest,
+)
 from lumbar_fast.phantom import MANIFEST_NAME, PitfallRates
 from tests.cache_compare import assert_same_content
 
@@ -264,38 +271,59 @@ def test_an_empty_descriptions_csv_is_a_data_error(tiny_data, tmp_path):
 
 # --- resuming, reruns, formats, splits --------------------------------------------------------------------
 
-def killed_ingest(data: Path, out: Path, parts_done: int) -> None:
-    """Start `lumbar-fast ingest` and SIGKILL it (and its workers) once `parts_done` series are committed
-    (the final store is being written from the first one on)."""
+def killed_ingest(data: Path, out: Path, series: int, fmt: str) -> int:
+    """Run `lumbar-fast ingest` in a session of its own until it SIGKILLs itself after appending `series`
+    series (ingest.KILL_AFTER_ENV), then kill the workers it left; returns its exit status."""
     command = [sys.executable, "-m", "lumbar_fast", "ingest", str(data), "--out", str(out), "--size", "32",
-               "--workers", "2", "--no-progress"]
-    process = subprocess.Popen(command, start_new_session=True, stdout=subprocess.DEVNULL,
-                               stderr=subprocess.DEVNULL)
-    parts = out.with_name(out.name + ".ingest") / "parts"
-    deadline = time.monotonic() + 60
-    while process.poll() is None and time.monotonic() < deadline:
-        if len(list(parts.glob("*.pkl"))) >= parts_done:
-            break
-        time.sleep(0.002)
-    if process.poll() is None:
+               "--workers", "2", "--format", fmt, "--no-progress"]
+    process = subprocess.Popen(command, env={**os.environ, KILL_AFTER_ENV: str(series)},
+                               start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    status = process.wait(timeout=120)
+    with contextlib.suppress(ProcessLookupError):
         os.killpg(process.pid, signal.SIGKILL)
-    process.wait()
+    return status
 
 
-@pytest.mark.parametrize("parts_done", [1, 6])
-def test_sigkill_then_rerun_equals_an_uninterrupted_run(tiny_data, make_cache, tmp_path, parts_done):
-    reference = cache.open_cache(make_cache(tiny_data, size=32, workers=1))
-    out = tmp_path / "c.zarr"
-    killed_ingest(tiny_data, out, parts_done)
-    work = out.with_name("c.zarr.ingest")
-    assert work.is_dir(), "the ingest finished before it could be killed"
+def assert_same_files(a: Path, b: Path) -> None:
+    """Two Zarr stores with the same files, byte for byte, but the root attributes (which hold a cache_id)."""
+    files = {path: sorted(p.relative_to(path) for p in path.rglob("*") if p.is_file()) for path in (a, b)}
+    assert files[a] == files[b]
+    for name in files[a]:
+        if name != Path("zarr.json"):
+            assert (a / name).read_bytes() == (b / name).read_bytes(), name
+
+
+@pytest.fixture(scope="module")
+def resume_data(make_synth) -> Path:
+    """8 studies of 64-pixel images, one damaged file per study: enough series for the store to record some
+    (a record needs a sequence's chunk of 32 images written) before the ingest is killed."""
+    return make_synth(8, 0, seed=5, image_size=64, pitfalls=PitfallRates().with_rates(corrupt=1.0))
+
+
+@pytest.mark.parametrize("series, fmt", [(10, "zarr"), (20, "zarr"), (10, "hdf5")])
+def test_sigkill_then_rerun_equals_an_uninterrupted_run(resume_data, make_cache, tmp_path, series, fmt):
+    """A Zarr ingest killed after its store recorded series and their parts were deleted resumes from the
+    store; an HDF5 one keeps every part and rebuilds its store; both end as an uninterrupted run."""
+    reference = make_cache(resume_data, size=32, workers=1)
+    out = tmp_path / f"c.{fmt}"
+    assert killed_ingest(resume_data, out, series, fmt) == -signal.SIGKILL
+    work = out.with_name(out.name + ".ingest")
     with pytest.raises(CacheError):  # absent, or a store without its attributes
         cache.open_cache(out)
+    tasks = plan_ingest(IngestParams(str(resume_data), size=32)).tasks
+    appended = {task.part_name for task in tasks[:series]}
+    kept = {path.name for path in (work / "parts").glob("*.pkl")}
+    if fmt in cache.RESUMABLE_FORMATS:  # the store records series whose parts are gone
+        assert appended - kept and zarr.open_group(out, mode="r")[cache.JOURNAL].attrs["series"] >= 1
+    else:
+        assert appended <= kept
     (work / "parts" / "1_2.pkl.999.tmp").write_bytes(b"half a part")
-    summary = ingest(tiny_data, out, size=32, workers=2, progress=False)
-    assert summary.series_resumed >= parts_done
+    summary = ingest(resume_data, out, size=32, workers=2, fmt=fmt, progress=False)
+    assert summary.series_resumed >= series
     assert not work.exists()
-    assert_same_cache(cache.open_cache(out), reference)
+    assert_same_cache(cache.open_cache(out), cache.open_cache(reference))
+    if fmt == "zarr":
+        assert_same_files(out, reference)
 
 
 def test_rerun_is_a_no_op_and_other_parameters_or_schema_are_refused(tiny_data, make_cache, run_cli,
