@@ -32,13 +32,16 @@ import pandas as pd
 from tqdm import tqdm
 
 from lumbar_fast import __version__, cache, dicom, rsna
+from lumbar_fast.csvfile import FLOAT, INT, TEXT, read_csv
 from lumbar_fast.errors import CacheError, DataError, LumbarFastError, typed_line
 from lumbar_fast.processes import pool_context
 
 SPLITS = ("train", "test")
 #: default level-crop window width in millimetres per sequence
 DEFAULT_CROP_MM: dict[str, float] = {"sag_t1": 40.0, "sag_t2": 40.0, "ax_t2": 50.0}
-DESCRIPTION_COLUMNS = ("study_id", "series_id", "series_description")
+DESCRIPTION_COLUMNS = {"study_id": INT, "series_id": INT, "series_description": TEXT}
+COORDINATE_COLUMNS = dict(zip(rsna.COORDINATE_COLUMNS, (INT, INT, INT, TEXT, TEXT, FLOAT, FLOAT),
+                              strict=True))
 #: the consolidator records what the store holds, and deletes those parts, once the parts not yet recorded
 #: reach this fraction of the image bytes appended (so records grow geometrically: a few hundred per ingest)
 RECORD_FRACTION = 0.05
@@ -201,18 +204,20 @@ def plan_ingest(params: IngestParams) -> IngestPlan:
     if not root.is_dir():
         raise DataError(f"data folder {root} does not exist")
     images = root / f"{params.split}_images"
-    descriptions = _read_csv(root / f"{params.split}_series_descriptions.csv", DESCRIPTION_COLUMNS)
+    listed = read_csv(root / f"{params.split}_series_descriptions.csv", DESCRIPTION_COLUMNS,
+                      "series descriptions")
     if not images.is_dir():
         raise DataError(f"{root} has no {images.name}/ folder: is it an RSNA 2024 data folder?")
-    if descriptions.empty:
+    if listed.empty:
         raise DataError(f"{params.split}_series_descriptions.csv in {root} lists no series")
-    studies = sorted(descriptions["study_id"].unique())[:params.limit_studies]
-    descriptions = descriptions[descriptions["study_id"].isin(studies)]
+    studies = sorted(listed["study_id"].unique())[:params.limit_studies]
+    descriptions, errors = _unique_series(listed[listed["study_id"].isin(studies)])
     labels_file, coordinates_file = _label_files(params)
-    study_labels = read_study_labels(labels_file, studies)
-    coordinates = (_read_csv(Path(coordinates_file), rsna.COORDINATE_COLUMNS) if coordinates_file
-                   else pd.DataFrame(columns=rsna.COORDINATE_COLUMNS))
-    level_labels, errors = _level_labels(coordinates, descriptions, study_labels)
+    study_labels, unlisted = read_study_labels(labels_file, studies, set(listed["study_id"]))
+    coordinates = (read_csv(coordinates_file, COORDINATE_COLUMNS, "coordinates") if coordinates_file
+                   else cache.empty_table({c: "object" for c in COORDINATE_COLUMNS}))
+    level_labels, label_errors = _level_labels(coordinates, listed, descriptions, study_labels)
+    errors += unlisted + label_errors
     tasks = []
     for row in descriptions.sort_values(["study_id", "series_id"]).itertuples(index=False):
         folder = images / str(row.study_id) / str(row.series_id)
@@ -227,21 +232,47 @@ def plan_ingest(params: IngestParams) -> IngestPlan:
     return IngestPlan(tasks, study_labels, cache.typed_table(errors, cache.ERROR_COLUMNS), len(descriptions))
 
 
-def read_study_labels(path: str | Path | None, studies: list[int]) -> pd.DataFrame:
-    """train.csv-format labels as int8 class ids for `studies` (-1 where missing or the file is absent)."""
+def _unique_series(descriptions: pd.DataFrame) -> tuple[pd.DataFrame, list[dict]]:
+    """One row per (study, series): a series listed twice with one description is ingested once, with
+    different ones not at all; each is an error row."""
+    keys = ["study_id", "series_id"]
+    seen = descriptions.groupby(keys)["series_description"].agg(["size", "nunique", "unique"])
+    errors = [_error(study, series, "", f"series listed {row['size']} times in the series descriptions: "
+                     + ("ingested once" if row["nunique"] == 1 else
+                        f"not ingested (descriptions {', '.join(map(repr, row['unique']))})"))
+              for (study, series), row in seen[seen["size"] > 1].iterrows()]
+    conflicting = seen.index[seen["nunique"] > 1]
+    kept = descriptions.drop_duplicates(keys).set_index(keys).drop(index=conflicting).reset_index()
+    return kept, errors
+
+
+def read_study_labels(path: str | Path | None, studies: list[int], listed: set[int]
+                      ) -> tuple[pd.DataFrame, list[dict]]:
+    """train.csv-format labels as int8 class ids for `studies` (-1 where missing or the file is absent), and
+    an error row per labelled study the series descriptions do not list at all (`listed`: those they do).
+
+    A study listed twice, or a severity that is not one of rsna.SEVERITIES, is a one-line DataError: which
+    row holds a study's labels would be a guess."""
     table = pd.DataFrame({"study_id": np.asarray(studies, dtype=np.int64)})
     if path is None:
         return cache.typed_table(table.assign(**{c: rsna.MISSING for c in rsna.LABEL_COLUMNS}),
-                                 cache.STUDY_LABEL_COLUMNS)
-    raw = _read_csv(Path(path), ("study_id", *rsna.LABEL_COLUMNS), dtype=str)
-    raw["study_id"] = raw["study_id"].astype(np.int64)
+                                 cache.STUDY_LABEL_COLUMNS), []
+    raw = read_csv(path, {"study_id": INT, **dict.fromkeys(rsna.LABEL_COLUMNS, TEXT)}, "labels")
+    twice = np.flatnonzero(raw["study_id"].duplicated().to_numpy())
+    if len(twice):
+        raise DataError(f"labels file {path}, row {twice[0] + 1}: study {raw['study_id'].iloc[twice[0]]} is "
+                        "listed twice")
     for column in rsna.LABEL_COLUMNS:
-        unknown = set(raw[column].dropna()) - set(rsna.SEVERITY_FROM_NAME)
-        if unknown:
-            raise DataError(f"{Path(path).name}: unknown severity {sorted(unknown)[0]!r} in column {column}")
+        unknown = ~raw[column].isna() & ~raw[column].isin(list(rsna.SEVERITY_FROM_NAME))
+        if unknown.any():
+            row = int(np.flatnonzero(unknown.to_numpy())[0])
+            raise DataError(f"labels file {path}, column {column}, row {row + 1}: unknown severity "
+                            f"{raw[column].iloc[row]!r}")
         raw[column] = raw[column].map(rsna.SEVERITY_FROM_NAME).fillna(rsna.MISSING)
-    merged = table.merge(raw.drop_duplicates("study_id"), on="study_id", how="left")
-    return cache.typed_table(merged.fillna(rsna.MISSING), cache.STUDY_LABEL_COLUMNS)
+    unlisted = [_error(study, -1, path, "labelled study not listed in the series descriptions")
+                for study in sorted(set(raw["study_id"]) - listed)]
+    merged = table.merge(raw, on="study_id", how="left")
+    return cache.typed_table(merged.fillna(rsna.MISSING), cache.STUDY_LABEL_COLUMNS), unlisted
 
 
 def convert_series(task: SeriesTask, params: IngestParams) -> SeriesPart:
@@ -307,9 +338,11 @@ def _level_items(task: SeriesTask, scan: dicom.SeriesScan, originals: list[list[
     stack_start = np.cumsum([0] + [len(stack.slices) for stack in scan.stacks])
     for label in task.labels:
         found = scan.find_instance(label.instance_number)
-        if found is None:
+        problem = (f"labelled instance missing or unusable: {label.condition} {label.level}" if found is None
+                   else _outside(label, originals[found[0]][found[1]].shape))
+        if problem:
             errors.append(_error(task.study_id, task.series_id, task.folder / f"{label.instance_number}.dcm",
-                                 f"labelled instance missing or unusable: {label.condition} {label.level}"))
+                                 problem))
             continue
         stack_id, slice_id = found
         labelled = scan.stacks[stack_id].slices[slice_id]
@@ -325,6 +358,15 @@ def _level_items(task: SeriesTask, scan: dicom.SeriesScan, originals: list[list[
             "stack_row": int(stack_start[stack_id] + slice_id),
         })
     return crops, rows
+
+
+def _outside(label: LevelLabel, shape: tuple[int, ...]) -> str | None:
+    """Why a labelled point lies outside its image of `shape` (rows, cols), or None when it lies inside."""
+    rows, cols = shape[:2]
+    if 0 <= label.x < cols and 0 <= label.y < rows:
+        return None
+    return (f"labelled point outside its image: {label.condition} {label.level} at x={label.x:g} "
+            f"y={label.y:g} in {cols}×{rows} pixels")
 
 
 def mirrored_to_canonical_side(condition: str, orientation: np.ndarray) -> bool:
@@ -662,27 +704,36 @@ def _remove(path: Path) -> None:
         path.unlink()
 
 
-def _level_labels(coordinates: pd.DataFrame, descriptions: pd.DataFrame, study_labels: pd.DataFrame
-                  ) -> tuple[dict[tuple[int, int], list[LevelLabel]], list[dict]]:
-    """Coordinate rows of the cache's studies grouped by (study, series), with their severities; rows that
-    cannot be used become error rows."""
+def _level_labels(coordinates: pd.DataFrame, listed: pd.DataFrame, descriptions: pd.DataFrame,
+                  study_labels: pd.DataFrame) -> tuple[dict[tuple[int, int], list[LevelLabel]], list[dict]]:
+    """Coordinate rows of the cache's studies (and of studies the descriptions do not list) grouped by
+    (study, series), with their severities; rows that cannot be used become error rows, a row listed twice is
+    cropped once."""
     series_sequence = {(s, r): rsna.SEQUENCE_FROM_DESCRIPTION.get(d) for s, r, d in
                        descriptions[list(DESCRIPTION_COLUMNS)].itertuples(index=False)}
     severities = study_labels.set_index("study_id")
+    limited_out = set(listed["study_id"]) - set(severities.index)
+    rows = coordinates[~coordinates["study_id"].isin(limited_out)]
+    errors = [_error(row.study_id, row.series_id, "", f"coordinate row listed {count} times: cropped once")
+              for row, count in _repeated(rows)]
     grouped: dict[tuple[int, int], list[LevelLabel]] = {}
-    errors = []
-    rows = coordinates[coordinates["study_id"].isin(severities.index)]
-    for row in rows.sort_values(list(rsna.COORDINATE_COLUMNS[:5])).itertuples(index=False):
-        key = (row.study_id, row.series_id)
+    for row in rows.drop_duplicates().sort_values(list(COORDINATE_COLUMNS)[:5]).itertuples(index=False):
         condition, level = rsna.CONDITION_FROM_TITLE.get(row.condition), rsna.LEVEL_FROM_TITLE.get(row.level)
         problem = _label_problem(row, condition, level, series_sequence)
         if problem:
             errors.append(_error(row.study_id, row.series_id, "", problem))
             continue
         severity = int(severities.at[row.study_id, f"{condition}_{level}"])
-        grouped.setdefault(key, []).append(
+        grouped.setdefault((row.study_id, row.series_id), []).append(
             LevelLabel(condition, level, int(row.instance_number), float(row.x), float(row.y), severity))
     return grouped, errors
+
+
+def _repeated(rows: pd.DataFrame) -> list[tuple[object, int]]:
+    """Each row that occurs more than once in `rows` (all columns equal), with its count."""
+    counts = rows.groupby(list(rows.columns), dropna=False).size()
+    return [(row, count) for row, count in zip(counts[counts > 1].index.to_frame().itertuples(index=False),
+                                                counts[counts > 1], strict=True)]
 
 
 def _label_problem(row, condition: str | None, level: str | None,
@@ -693,28 +744,12 @@ def _label_problem(row, condition: str | None, level: str | None,
         return "labelled series not listed in the series descriptions"
     if condition is None or level is None:
         return f"unknown condition or level: {row.condition!r} {row.level!r}"
+    if not (np.isfinite(row.x) and np.isfinite(row.y)):
+        return f"labelled point is not finite: x={row.x} y={row.y}"
     sequence = series_sequence[key]
     if sequence is not None and sequence != rsna.SEQUENCE_OF_CONDITION[condition]:
         return f"condition labelled on another sequence: {row.condition} on a {sequence} series"
     return None
-
-
-def _read_csv(path: Path, columns: tuple[str, ...], dtype: type | None = None) -> pd.DataFrame:
-    """A CSV with at least `columns`; DataError when it is missing or lacks one."""
-    if not path.is_file():
-        raise DataError(f"{path} is missing: is {path.parent} an RSNA 2024 data folder?")
-    try:
-        table = pd.read_csv(path, dtype=dtype)
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
-        raise DataError(f"{path} is not a readable CSV ({type(exc).__name__})") from None
-    absent = [c for c in columns if c not in table.columns]
-    if absent:
-        raise DataError(f"{path.name} lacks the column(s) {', '.join(absent)}")
-    if dtype is None:
-        for column in ("study_id", "series_id", "instance_number"):
-            if column in columns:
-                table[column] = table[column].astype(np.int64)
-    return table
 
 
 def _error(study_id: int, series_id: int, path: Path | str, reason: str) -> dict:

@@ -246,7 +246,7 @@ def test_a_series_that_fails_as_a_whole_is_one_error_row(tiny_data, monkeypatch)
 
 @pytest.mark.parametrize("make_args, message", [
     (lambda tmp, data: [str(tmp / "nowhere")], "does not exist"),
-    (lambda tmp, data: [str(tmp)], "train_series_descriptions.csv is missing"),
+    (lambda tmp, data: [str(tmp)], "train_series_descriptions.csv does not exist"),
     (lambda tmp, data: [str(data), "--split", "test", "--coordinates", str(tmp / "none.csv")], "none.csv"),
     (lambda tmp, data: [str(data), "--out", str(tmp / "occupied")], "not a lumbar-fast cache"),
 ])
@@ -259,6 +259,89 @@ def test_bad_input_is_a_one_line_error(tiny_data, tmp_path, run_cli, make_args, 
     code, _, err = run_cli("ingest", *args, "--no-progress")
     assert code == 2 and message in err and len(err.strip().splitlines()) == 1, err
     assert (tmp_path / "occupied" / "keep.txt").read_text() == "mine"
+
+
+def edited_csv(data: Path, tmp_path: Path, name: str, edit) -> Path:
+    """A copy of `data` (its images linked) whose CSV `name` is `edit(table)` (a DataFrame, text or bytes)."""
+    root = tmp_path / "edited"
+    shutil.copytree(data, root, copy_function=os.link)
+    (root / name).unlink()
+    table = pd.read_csv(data / name, dtype=str, keep_default_na=False)
+    edited = edit(table)
+    if isinstance(edited, bytes | str):
+        (root / name).write_bytes(edited if isinstance(edited, bytes) else edited.encode())
+    else:
+        edited.to_csv(root / name, index=False)
+    return root
+
+
+def set_row0(column: str, value: str):
+    def edit(table: pd.DataFrame) -> pd.DataFrame:
+        table.loc[0, column] = value
+        return table
+    return edit
+
+
+@pytest.mark.parametrize("name, edit, message", [
+    ("train_series_descriptions.csv", lambda t: t.drop(columns="series_description"),
+     "train_series_descriptions.csv lacks the column(s) series_description"),
+    ("train_series_descriptions.csv", set_row0("series_id", "abc"),
+     "column series_id, row 1: 'abc' is not an integer"),
+    ("train_series_descriptions.csv", lambda t: "", "is not a readable CSV (EmptyDataError"),
+    ("train.csv", lambda t: pd.concat([t, t.iloc[[0]]]), "row 4: study"),
+    ("train.csv", set_row0("spinal_canal_stenosis_l1_l2", "Awful"), "row 1: unknown severity 'Awful'"),
+    ("train_label_coordinates.csv", set_row0("instance_number", ""),
+     "instance_number, row 1: empty, needs an integer"),
+    ("train_label_coordinates.csv", set_row0("x", "left"), "column x, row 1: 'left' is not a number"),
+    ("train_label_coordinates.csv", lambda t: b"\xff\xfe\x00binary\n", "is not a readable CSV"),
+])
+def test_a_malformed_csv_is_a_one_line_error_and_nothing_is_written(tiny_data, tmp_path, run_cli, name, edit,
+                                                                     message):
+    root = edited_csv(tiny_data, tmp_path, name, edit)
+    out = tmp_path / "c.zarr"
+    code, _, err = run_cli("ingest", str(root), "--out", str(out), "--no-progress")
+    assert code == 2 and message in err and len(err.strip().splitlines()) == 1, err
+    assert name in err and not out.exists() and not out.with_name("c.zarr.ingest").exists()
+
+
+def test_csv_row_problems_are_error_rows_and_the_rest_is_ingested(tiny_data, make_cache, tmp_path):
+    """Repeated series and coordinate rows, points that are NaN or off their image, and labels or points
+    of a study without images: error rows, each; what can be used is, once."""
+    root = tmp_path / "rows"
+    shutil.copytree(tiny_data, root, copy_function=os.link)
+    for name in ("train_series_descriptions.csv", "train_label_coordinates.csv", "train.csv"):
+        (root / name).unlink()
+    descriptions = pd.read_csv(tiny_data / "train_series_descriptions.csv")
+    coordinates = pd.read_csv(tiny_data / "train_label_coordinates.csv")
+    labels = pd.read_csv(tiny_data / "train.csv")
+    twice, conflict = descriptions.iloc[0], descriptions.iloc[1]
+    pd.concat([descriptions, descriptions.iloc[[0]], descriptions.iloc[[1]].assign(
+        series_description="Coronal T1")]).to_csv(root / "train_series_descriptions.csv", index=False)
+    labelled = coordinates[coordinates["series_id"] == twice.series_id].index
+    coordinates.loc[labelled[1], "x"] = float("nan")
+    coordinates.loc[labelled[2], "y"] = 10_000.0
+    stray = coordinates.iloc[[0]].assign(study_id=999_999)
+    pd.concat([coordinates, coordinates.iloc[[labelled[0]]], stray]).to_csv(
+        root / "train_label_coordinates.csv", index=False)
+    pd.concat([labels, labels.iloc[[0]].assign(study_id=999_999)]).to_csv(root / "train.csv", index=False)
+
+    reader = cache.open_cache(ingest(root, tmp_path / "c.zarr", size=32, workers=1, progress=False).out)
+    reasons = {(r.study_id, r.reason.split(":")[0]) for r in reader.errors().itertuples()}
+    assert {(twice.study_id, "series listed 2 times in the series descriptions"),
+            (conflict.study_id, "series listed 2 times in the series descriptions"),
+            (twice.study_id, "coordinate row listed 2 times"),
+            (twice.study_id, "labelled point is not finite"),
+            (twice.study_id, "labelled point outside its image"),
+            (999_999, "labelled series not listed in the series descriptions"),
+            (999_999, "labelled study not listed in the series descriptions")} <= reasons
+    clean = cache.open_cache(make_cache(tiny_data, size=32, workers=1))
+    ingested = pd.concat([reader.stack_index(seq) for seq in reader.sequences()])
+    assert conflict.series_id not in set(ingested["series_id"])
+    assert (ingested["series_id"] == twice.series_id).sum() == sum(
+        (clean.stack_index(seq)["series_id"] == twice.series_id).sum() for seq in clean.sequences())
+    crops = pd.concat([reader.level_labels(seq) for seq in reader.sequences()])
+    assert (crops["series_id"] == twice.series_id).sum() == len(labelled) - 2
+    assert 999_999 not in set(reader.study_labels()["study_id"])
 
 
 def test_an_empty_descriptions_csv_is_a_data_error(tiny_data, tmp_path):
