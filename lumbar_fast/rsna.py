@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from lumbar_fast.csvfile import FLOAT, INT, TEXT
 from lumbar_fast.errors import LumbarFastError
 
 #: label-column condition names (train.csv, sample_submission row_id), in the competition's order
@@ -75,6 +76,12 @@ SEQUENCE_OF_CONDITION = {cond: seq.name for seq in SEQUENCES.values() for cond i
 
 #: train.csv label columns, `{condition}_{level}`, in the competition's order
 LABEL_COLUMNS: tuple[str, ...] = tuple(f"{c}_{lv}" for c in CONDITIONS for lv in LEVELS)
+
+
+#: the column kinds (csvfile.read_csv) of a train.csv-format labels file (its caller checks the severity
+#: names) and of a sample_submission.csv-format file
+LABELS_CSV: dict[str, str] = {"study_id": INT, **dict.fromkeys(LABEL_COLUMNS, TEXT)}
+SUBMISSION_CSV: dict[str, str] = {"row_id": TEXT, **dict.fromkeys(SUBMISSION_COLUMNS, FLOAT)}
 
 
 def get_sequence(name: str) -> Sequence:

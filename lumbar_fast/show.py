@@ -19,6 +19,7 @@ from PIL import Image, ImageDraw, ImageFont
 
 from lumbar_fast import rsna
 from lumbar_fast.cache import CacheReader
+from lumbar_fast.csvfile import FLOAT, INT, read_csv
 from lumbar_fast.errors import LumbarFastError
 from lumbar_fast.rsna import severity_name
 from lumbar_fast.runfolder import atomic_write
@@ -45,7 +46,7 @@ MARKER_RADIUS = 3
 LEGEND = "captions #slice i<instance number>; red dot: labelled point; green cross: --points"
 
 #: columns a --points file needs (train_label_coordinates.csv format; condition and level name the marker)
-POINT_COLUMNS = ("study_id", "series_id", "instance_number", "x", "y")
+POINT_COLUMNS = {"study_id": INT, "series_id": INT, "instance_number": INT, "x": FLOAT, "y": FLOAT}
 
 
 @dataclass(frozen=True)
@@ -336,13 +337,7 @@ def class_grid(reader: CacheReader, condition: str, severity: int, n: int,
 
 def read_points(path: Path) -> pd.DataFrame:
     """A coordinates CSV in train_label_coordinates format (e.g. a locator's output) to draw with --points."""
-    try:
-        points = pd.read_csv(path)
-    except (OSError, pd.errors.ParserError, pd.errors.EmptyDataError) as exc:
-        raise LumbarFastError(f"cannot read points file {path}: {exc}") from None
-    missing = [c for c in POINT_COLUMNS if c not in points.columns]
-    if missing:
-        raise LumbarFastError(f"points file {path} lacks column(s) {', '.join(missing)}")
+    points = read_csv(path, POINT_COLUMNS, "points")
     for column in ("condition", "level"):
         if column not in points.columns:
             points[column] = ""

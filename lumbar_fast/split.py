@@ -16,6 +16,7 @@ import numpy as np
 import pandas as pd
 
 from lumbar_fast import rsna
+from lumbar_fast.csvfile import INT, read_csv
 from lumbar_fast.errors import LumbarFastError
 from lumbar_fast.runfolder import atomic_write
 
@@ -64,15 +65,7 @@ def split_path_for(cache_path: str | os.PathLike, folds: int, seed: int) -> Path
 
 def read_split(path: str | os.PathLike, study_ids: np.ndarray, folds: int) -> pd.DataFrame:
     """A split file checked against the cache's studies and K: every study once, folds 0..K-1, none empty."""
-    try:
-        split = pd.read_csv(path)
-    except (OSError, pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
-        raise LumbarFastError(f"cannot read split file {path}: {exc}") from None
-    if list(split.columns) != list(SPLIT_COLUMNS):
-        found = ",".join(map(str, split.columns))
-        raise LumbarFastError(f"split file {path} must have columns study_id,fold; it has {found}")
-    if not all(pd.api.types.is_integer_dtype(split[c]) for c in SPLIT_COLUMNS):
-        raise LumbarFastError(f"split file {path}: study_id and fold must be integers")
+    split = read_csv(path, dict.fromkeys(SPLIT_COLUMNS, INT), "split", exact=True)
     problems = {
         "lists a study twice": split.loc[split["study_id"].duplicated(), "study_id"],
         "has studies that are not in the cache": split.loc[~split["study_id"].isin(study_ids), "study_id"],

@@ -71,8 +71,8 @@ def set_cell(column: str, value):
     (set_cell("severe", 0.5), "rows not summing to 1"),
     (lambda f: f.assign(normal_mild=f["normal_mild"] + f["moderate"] + 0.1, moderate=-0.1), "negative"),
     (set_cell("moderate", float("nan")), "NaN"),
-    (set_cell("moderate", "high"), "non-numeric"),
-    (lambda f: f.drop(columns=["severe"]), "expected row_id, normal_mild, moderate, severe"),
+    (set_cell("moderate", "high"), "column moderate, row 4: 'high' is not a number"),
+    (lambda f: f.drop(columns=["severe"]), "lacks the column(s) severe"),
     (lambda f: f.assign(extra=1), "submission columns are"),
     (lambda f: f.iloc[:0], "no rows"),
 ])
@@ -88,12 +88,14 @@ def test_missing_or_empty_file_is_a_one_line_error(capsys, tmp_path, files, whic
     paths = dict(files)
     paths[which] = tmp_path / "absent.csv"
     code, _, err = run_score(capsys, paths["labels"], paths["submission"])
-    assert code == 2 and err == f"error: {which} file not found: {paths[which]}\n"
+    assert code == 2 and err == f"error: {which} file {paths[which]} does not exist\n"
     paths[which].write_text("")
     code, _, err = run_score(capsys, paths["labels"], paths["submission"])
-    assert code == 2 and err.startswith(f"error: cannot read {which} file") and err.count("\n") == 1
+    assert code == 2 and err.startswith(f"error: {which} file {paths[which]} is not a readable CSV")
+    assert err.count("\n") == 1
 
 
 def test_labels_without_label_columns_is_an_error(capsys, files):
     code, _, err = run_score(capsys, files["submission"], files["submission"])
-    assert code == 2 and err.startswith("error: labels lack column(s) study_id")
+    assert code == 2 and err.startswith(f"error: labels file {files['submission']} lacks the column(s) "
+                                        "study_id")

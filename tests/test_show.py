@@ -227,6 +227,7 @@ def test_grid_shows_random_crops_of_one_class(reader, synth_cache, tmp_path, cap
     (["--grid", "--condition", "spinal_canal_stenosis", "--severity", "awful"], "unknown severity 'awful'"),
     (["--grid", "--condition", "spinal_canal_stenosis"], "--grid needs --condition and --severity"),
     ([], "give --study ID"),
+    (["--study", "{study}", "--points", "nowhere.csv"], "points file nowhere.csv does not exist"),
 ])
 def test_bad_input_is_a_one_line_error(reader, synth_cache, tmp_path, capsys, args, message):
     study = str(reader.study_labels().study_id.iloc[0])

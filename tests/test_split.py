@@ -82,8 +82,9 @@ def test_split_file_is_written_once_beside_the_cache_and_reused(tmp_path):
     (lambda s: pd.concat([s, s.iloc[:1]]), "lists a study twice"),
     (lambda s: s.assign(fold=s["fold"].where(s.index != 0, 7)), "outside 0..2"),
     (lambda s: s.assign(fold=s["fold"] % 2), "empty folds"),
-    (lambda s: s.rename(columns={"fold": "k"}), "must have columns study_id,fold"),
-    (lambda s: s.assign(fold="a"), "must be integers"),
+    (lambda s: s.rename(columns={"fold": "k"}), "lacks the column"),
+    (lambda s: s.assign(extra=1), "must have columns study_id,fold; it has study_id,fold,extra"),
+    (lambda s: s.assign(fold="a"), "column fold, row 1: 'a' is not an integer"),
 ])
 def test_given_split_file_is_validated(tmp_path, change, message):
     labels = study_labels()
@@ -94,5 +95,5 @@ def test_given_split_file_is_validated(tmp_path, change, message):
 
 
 def test_unreadable_split_file_is_an_error(tmp_path):
-    with pytest.raises(LumbarFastError, match="cannot read split file"):
+    with pytest.raises(LumbarFastError, match="split file .*none.csv does not exist"):
         split.load_or_create_split(study_labels(), tmp_path / "c", 3, 0, split_file=tmp_path / "none.csv")

@@ -17,18 +17,17 @@ import shutil
 import time
 from pathlib import Path
 
-import pandas as pd
 from demo import SEQUENCES, run
 
 from lumbar_fast import metrics
 from lumbar_fast.cache import open_cache
+from lumbar_fast.commands.score import read_labels, read_submission
 from lumbar_fast.locator import localisation_metrics
 
 
 def score(labels_csv: Path, submission_csv: Path) -> float:
     """The competition score of a submission against train.csv-format labels."""
-    labels = pd.read_csv(labels_csv)
-    submission = pd.read_csv(submission_csv, dtype={"row_id": str})
+    labels, submission = read_labels(labels_csv), read_submission(submission_csv)
     return float(metrics.rsna_score(metrics.labels_to_rows(labels), submission)["score"])
 
 

@@ -7,18 +7,19 @@ from pathlib import Path
 import click
 import pandas as pd
 
-from lumbar_fast import metrics
-from lumbar_fast.errors import LumbarFastError
+from lumbar_fast import metrics, rsna
+from lumbar_fast.csvfile import read_csv
 
 
-def read_csv(path: Path, what: str, **kwargs) -> pd.DataFrame:
-    """A CSV file as a DataFrame; a missing, empty or malformed file is a one-line error naming `what`."""
-    if not path.is_file():
-        raise LumbarFastError(f"{what} file not found: {path}")
-    try:
-        return pd.read_csv(path, **kwargs)
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
-        raise LumbarFastError(f"cannot read {what} file {path}: {exc}".splitlines()[0]) from None
+def read_labels(path: Path) -> pd.DataFrame:
+    """A train.csv-format labels file (one-line DataError when it cannot be read; labels_to_rows checks its
+    values)."""
+    return read_csv(path, rsna.LABELS_CSV, "labels")
+
+
+def read_submission(path: Path) -> pd.DataFrame:
+    """A sample_submission.csv-format file (one-line DataError when it cannot be read)."""
+    return read_csv(path, rsna.SUBMISSION_CSV, "submission")
 
 
 def format_score(result: dict, n_label_studies: int) -> str:
@@ -40,7 +41,6 @@ def command(labels_path: Path, submission_path: Path) -> None:
 
     Only the studies present in the submission are scored; each must have all its rows.
     """
-    labels = read_csv(labels_path, "labels")
-    submission = read_csv(submission_path, "submission", dtype={"row_id": str})
-    result = metrics.rsna_score(metrics.labels_to_rows(labels), submission)
+    labels = read_labels(labels_path)
+    result = metrics.rsna_score(metrics.labels_to_rows(labels), read_submission(submission_path))
     click.echo(format_score(result, n_label_studies=len(labels)))
