@@ -23,7 +23,7 @@ from lumbar_fast.cache import open_cache
 from lumbar_fast.errors import LumbarFastError, first_line
 from lumbar_fast.inference import amp_dtype_for, resolve_device
 from lumbar_fast.runfolder import SPLIT, Panels, RunFolder
-from lumbar_fast.split import load_or_create_split, require_studies, train_val_studies
+from lumbar_fast.split import load_or_create_split, read_split_file, require_studies, train_val_studies
 from lumbar_fast.training import loop as training
 from lumbar_fast.training.config import RunConfig
 from lumbar_fast.training.records import EpochBar
@@ -340,7 +340,7 @@ def read_locator_run(run_dir: Path) -> tuple[RunFolder, LocatorConfig, dict[str,
     run = RunFolder.open_existing(run_dir)
     try:
         config = LocatorConfig.from_record(run.read_config())
-        split = pd.read_csv(run.file(SPLIT))
+        split = read_split_file(run.file(SPLIT))
     except (TypeError, ValueError, OSError) as exc:
         raise LumbarFastError(f"{run_dir} is not a readable locator run: {first_line(exc)}") from None
     return run, config, loc.load_locator_checkpoint(run_dir), split

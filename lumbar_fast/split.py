@@ -63,9 +63,14 @@ def split_path_for(cache_path: str | os.PathLike, folds: int, seed: int) -> Path
     return cache_path.with_name(f"{cache_path.name}.split-k{folds}-s{seed}.csv")
 
 
+def read_split_file(path: str | os.PathLike) -> pd.DataFrame:
+    """A split file's (study_id, fold) rows, read with csvfile's one-line errors (a run's split.csv too)."""
+    return read_csv(path, dict.fromkeys(SPLIT_COLUMNS, INT), "split", exact=True)
+
+
 def read_split(path: str | os.PathLike, study_ids: np.ndarray, folds: int) -> pd.DataFrame:
     """A split file checked against the cache's studies and K: every study once, folds 0..K-1, none empty."""
-    split = read_csv(path, dict.fromkeys(SPLIT_COLUMNS, INT), "split", exact=True)
+    split = read_split_file(path)
     problems = {
         "lists a study twice": split.loc[split["study_id"].duplicated(), "study_id"],
         "has studies that are not in the cache": split.loc[~split["study_id"].isin(study_ids), "study_id"],

@@ -13,6 +13,7 @@ import pandas as pd
 from lumbar_fast import recipes, rsna
 from lumbar_fast.errors import LumbarFastError
 from lumbar_fast.runfolder import BEST, CONFIG, SPLIT, RunFolder
+from lumbar_fast.split import read_split_file
 
 
 @dataclass(frozen=True)
@@ -77,4 +78,4 @@ def read_run_split(run: ClassifierRun) -> pd.DataFrame:
     path = run.path / SPLIT
     if not path.is_file():
         raise LumbarFastError(f"run {run.path} has no {SPLIT}")
-    return pd.read_csv(path).sort_values("study_id").reset_index(drop=True)
+    return read_split_file(path).sort_values("study_id").reset_index(drop=True)
