@@ -341,7 +341,7 @@ def read_locator_run(run_dir: Path) -> tuple[RunFolder, LocatorConfig, dict[str,
     try:
         config = LocatorConfig.from_record(run.read_config())
         split = read_split_file(run.file(SPLIT))
-    except (TypeError, ValueError, OSError) as exc:
+    except (TypeError, ValueError, OSError, LumbarFastError) as exc:
         raise LumbarFastError(f"{run_dir} is not a readable locator run: {first_line(exc)}") from None
     return run, config, loc.load_locator_checkpoint(run_dir), split
 
