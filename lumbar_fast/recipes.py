@@ -8,7 +8,7 @@ The numbers behind every default are in docs/recipe.md (`python -m benchmarks.re
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 from lumbar_fast.errors import LumbarFastError
 from lumbar_fast.loaders.augment import AugmentConfig
@@ -95,12 +95,12 @@ def augment_config(augment: str, shift: float) -> AugmentConfig | None:
     pieces = augment_pieces(normalise_augment(augment))
     if not pieces:
         return None
-    full = replace(AugmentConfig(), shift=shift)
+    ranges = AugmentConfig()
     return AugmentConfig(
-        rotate_deg=full.rotate_deg if "rotate" in pieces else 0.0,
-        scale=full.scale if "scale" in pieces else 0.0,
-        shift=full.shift if "shift" in pieces else 0.0,
-        brightness=full.brightness if "intensity" in pieces else 0.0,
-        contrast=full.contrast if "intensity" in pieces else 0.0,
-        hflip=full.hflip if "hflip" in pieces else 0.0,
+        rotate_deg=ranges.rotate_deg if "rotate" in pieces else 0.0,
+        scale=ranges.scale if "scale" in pieces else 0.0,
+        shift=shift if "shift" in pieces else 0.0,
+        brightness=ranges.brightness if "intensity" in pieces else 0.0,
+        contrast=ranges.contrast if "intensity" in pieces else 0.0,
+        hflip=ranges.hflip if "hflip" in pieces else 0.0,
     )
