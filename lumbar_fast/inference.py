@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from lumbar_fast.loaders.gpu import resolve_device
-from lumbar_fast.model import create_model
+from lumbar_fast.multislice import architecture, create_classifier
 from lumbar_fast.runfolder import BEST, RunFolder
 
 __all__ = ["LoadedRun", "amp_dtype_for", "load_run", "predict_items", "resolve_device"]
@@ -53,7 +53,7 @@ class LoadedRun:
     """A trained model ready for prediction, with what its checkpoint says about its inputs."""
 
     model: nn.Module
-    meta: dict[str, Any]  # model_name, sequence, view, image_size, channels, mean, std, config, epoch
+    meta: dict[str, Any]  # model_name, pooling, windows, sequence, view, image_size, channels, mean, std, …
     device: torch.device
     amp_dtype: torch.dtype | None
 
@@ -64,8 +64,7 @@ def load_run(run_dir: str | Path, device: str = "auto", amp: str = "auto",
     folder = RunFolder.open_existing(Path(run_dir))
     target = resolve_device(device)
     state = folder.load_checkpoint(checkpoint)
-    model = create_model(state["model_name"], pretrained=False, weights=None, in_chans=state["channels"],
-                         num_classes=state["num_classes"])
+    model = create_classifier(**architecture(state), pretrained=False)
     model.load_state_dict(state.pop("model"))
     model = model.to(device=target, memory_format=torch.channels_last).eval()
     return LoadedRun(model, state, target, amp_dtype_for(amp, target))

@@ -42,6 +42,19 @@ DEFAULTS: dict[str, Recipe] = {
 }
 
 
+#: the pooling of crops with more than three slices (docs/multislice.md); three-slice crops keep the plain
+#: timm model, whose first convolution takes the three slices as RGB
+MULTI_SLICE_POOLING = "attention"
+
+
+def pooling_for(pooling: str, slices: int) -> str:
+    """A run's pooling: `auto` is the plain model (`stem`) for three-slice crops, MULTI_SLICE_POOLING for
+    more."""
+    if pooling != AUTO:
+        return pooling
+    return "stem" if slices <= 3 else MULTI_SLICE_POOLING
+
+
 def recipe_for(name: str, sequence: str) -> Recipe:
     """The named recipe's settings for `sequence`."""
     if name not in RECIPES:

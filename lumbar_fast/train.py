@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from lumbar_fast.cache import open_cache
 from lumbar_fast.classifier.config import TrainConfig
 from lumbar_fast.classifier.task import prepare
 from lumbar_fast.training import loop
@@ -18,9 +19,11 @@ __all__ = ["TrainConfig", "resume", "train"]
 
 
 def train(config: TrainConfig) -> Path:
-    """Start a new run for `config` (its `auto` values resolved by the recipe); returns its folder."""
+    """Start a new run for `config` (its `auto` values resolved by the recipe and the cache's slices per
+    crop); returns its folder."""
     config.check()
-    return loop.start(config.resolved(), prepare)
+    slices = int(open_cache(config.cache).attrs["params"]["channels"])
+    return loop.start(config.resolved(slices), prepare)
 
 
 def resume(run_dir: str | Path) -> Path:

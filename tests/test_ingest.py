@@ -29,11 +29,11 @@ from lumbar_fast.ingest import (
     IngestParams,
     convert_series,
     ingest,
-    mirrored_to_canonical_side,
     plan_ingest,
 )
 from lumbar_fast.phantom import MANIFEST_NAME, PitfallRates
 from tests.cache_compare import assert_same_content
+from tests.crops import recut_similarity
 
 
 @pytest.fixture(scope="module")
@@ -103,22 +103,6 @@ def test_level_crops_are_centred_on_their_labelled_point_on_the_labelled_slice(s
         means = [here[severity == k].mean() for k in (0, 1, 2)]
         assert means[0] > means[1] > means[2], (seq, means)
         assert np.corrcoef(severity[severity >= 0], here[severity >= 0])[0, 1] < -0.7, seq
-
-
-def recut_similarity(stored: np.ndarray, path: Path, x: float, y: float, width_mm: float,
-                     condition: str) -> float:
-    """Correlation of a stored crop channel with the same window cut afresh from one DICOM file (min-max
-    scaled, so only the per-series window differs; mirrored into canonical side from the file's own
-    orientation where the condition needs it), away from padding and window clipping."""
-    ds = pydicom.dcmread(path)
-    pixels = dicom.decode_pixels(ds)
-    scaled = dicom.to_uint8(pixels, (float(pixels.min()), float(pixels.max())))
-    spacing = (float(ds.PixelSpacing[0]), float(ds.PixelSpacing[1]))
-    recut = dicom.crop_mm(scaled, x, y, spacing, width_mm, stored.shape[0])
-    if mirrored_to_canonical_side(condition, np.asarray(ds.ImageOrientationPatient, dtype=float)):
-        recut = recut[:, ::-1]
-    inside = (recut > 10) & (stored > 0) & (stored < 255)
-    return float(np.corrcoef(recut[inside], stored[inside])[0, 1])
 
 
 def test_the_middle_channel_is_cut_from_the_labelled_instance_file(synth_data, synth_cache):

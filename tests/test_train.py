@@ -211,16 +211,21 @@ def test_step_lr_moves_a_captured_steps_tensor_learning_rate_in_place():
 
 def test_cuda_graph_refusals_follow_the_resolved_amp_dtype():
     """--amp auto resolves to fp16 on GPUs without bf16 (T4, V100, P100): a captured step would train it
-    without loss scaling, so it is refused, as are the CPU and several processes."""
+    without loss scaling, so it is refused, as are the CPU, several processes and the unchecked GRU
+    pooling."""
     cuda = torch.device("cuda")  # a device name only: nothing runs on it
-    refusals = [(CPU, None, 1, "needs a CUDA device"), (cuda, torch.bfloat16, 2, "single process"),
-                (cuda, torch.float16, 1, "--amp bf16 on a GPU with bf16, --amp none, or drop --cuda-graphs")]
-    for device, amp_dtype, world_size, message in refusals:
+    refusals = [(CPU, None, 1, "stem", "needs a CUDA device"),
+                (cuda, torch.bfloat16, 2, "stem", "single process"),
+                (cuda, torch.float16, 1, "stem",
+                 "--amp bf16 on a GPU with bf16, --amp none, or drop --cuda-graphs"),
+                (cuda, torch.bfloat16, 1, "gru", "use --pooling attention or drop --cuda-graphs")]
+    for device, amp_dtype, world_size, pooling, message in refusals:
         with pytest.raises(LumbarFastError, match=message) as error:
-            check_cuda_graphs(device, amp_dtype, world_size)
+            check_cuda_graphs(device, amp_dtype, world_size, pooling)
         assert "\n" not in str(error.value)
     for amp_dtype in (torch.bfloat16, None):
-        check_cuda_graphs(cuda, amp_dtype, 1)
+        for pooling in ("stem", "attention"):
+            check_cuda_graphs(cuda, amp_dtype, 1, pooling)
 
 
 # -- on a real cache ------------------------------------------------

@@ -11,7 +11,7 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
-from lumbar_fast import recipes, rsna
+from lumbar_fast import multislice, recipes, rsna
 from lumbar_fast.errors import LumbarFastError
 from lumbar_fast.loaders import AugmentConfig
 from lumbar_fast.training.config import RunConfig
@@ -31,6 +31,9 @@ class TrainConfig(RunConfig):
     """Every argument of a run; stored in config.json, so `resume` rebuilds the identical run from it."""
 
     model: str = "tf_efficientnetv2_s"
+    pooling: str = recipes.AUTO  # stem, attention or gru (lumbar_fast.multislice); auto: by the crop's slices
+    window_stride: int = 1
+    window_padding: str = "valid"
     weights: str | None = None
     pretrained: bool = True
     epochs: int = 5
@@ -59,20 +62,24 @@ class TrainConfig(RunConfig):
             record = {**record, "augment": recipes.recorded_augment(record["augment"])}
         return super().from_record(record)
 
-    def resolved(self) -> TrainConfig:
-        """A copy with every `auto` replaced by the recipe's value for the sequence (what config.json
-        records)."""
+    def resolved(self, slices: int = 3) -> TrainConfig:
+        """A copy with every `auto` replaced by the recipe's value for the sequence and for crops of
+        `slices` slices (what config.json records); windows that do not tile the crop are refused."""
         rsna.get_sequence(self.sequence)
         chosen = recipes.resolve(self.recipe, self.sequence, self.augment, self.class_weights, self.monitor)
+        pooling = recipes.pooling_for(self.pooling, slices)
+        if multislice.uses_windows(pooling):
+            multislice.SliceWindows(slices, self.window_stride, self.window_padding).check()
         return dataclasses.replace(self, augment=chosen.augment, class_weights=chosen.class_weights,
-                                   monitor=chosen.monitor)
+                                   monitor=chosen.monitor, pooling=pooling)
 
     def check(self) -> None:
         """Refuse inconsistent arguments with one line each, before any work starts."""
         self.check_run()
         auto = (recipes.AUTO,)
         choices = {"view": VIEWS, "monitor": (*MONITORS, *auto), "class_weights": (*CLASS_WEIGHTINGS, *auto),
-                   "amp": AMP_MODES, "control": CONTROLS, "recipe": recipes.RECIPES}
+                   "amp": AMP_MODES, "control": CONTROLS, "recipe": recipes.RECIPES,
+                   "pooling": (*multislice.POOLINGS, *auto), "window_padding": multislice.PADDINGS}
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 raise LumbarFastError(f"--{name.replace('_', '-')} must be one of {', '.join(allowed)}")

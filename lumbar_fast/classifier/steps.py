@@ -11,17 +11,19 @@ from torch import nn
 from lumbar_fast import rsna
 from lumbar_fast.classifier.config import TrainConfig
 from lumbar_fast.errors import LumbarFastError
-from lumbar_fast.model import create_model
+from lumbar_fast.multislice import create_classifier
 
 
 # -- model, optimiser, schedule ------------------------------------------------
 def build_model(config: TrainConfig, channels: int, device: torch.device) -> nn.Module:
-    """The timm classifier (3 classes) on `device`, in channels_last memory format.
+    """The classifier (3 classes) for crops of `channels` slices on `device`, in channels_last memory format:
+    the timm model, or the multi-slice model around it (lumbar_fast.multislice; `config.pooling` resolved).
 
     On CUDA, cuDNN autotuning picks the fastest kernels: every training batch has the same shape."""
     torch.backends.cudnn.benchmark = device.type == "cuda"
-    model = create_model(config.model, pretrained=config.pretrained, weights=config.weights,
-                         in_chans=channels, num_classes=len(rsna.SEVERITIES))
+    model = create_classifier(config.model, channels, config.pooling,
+                              config.window_stride, config.window_padding, num_classes=len(rsna.SEVERITIES),
+                              pretrained=config.pretrained, weights=config.weights)
     return model.to(device=device, memory_format=torch.channels_last)
 
 
@@ -138,10 +140,15 @@ def make_step(model: nn.Module, optimizer: torch.optim.Optimizer, criterion: nn.
     return EagerStep(model, optimizer, criterion, amp_dtype, device, scaler)
 
 
-def check_cuda_graphs(device: torch.device, amp_dtype: torch.dtype | None, world_size: int) -> None:
-    """Refuse --cuda-graphs where the captured step cannot run as asked, given the resolved autocast dtype:
-    without CUDA, across processes, or in fp16 (`--amp auto` on a GPU without bf16: T4, V100, P100), which
-    needs loss scaling that syncs the host and would otherwise train unscaled."""
+def check_cuda_graphs(device: torch.device, amp_dtype: torch.dtype | None, world_size: int,
+                      pooling: str) -> None:
+    """Refuse --cuda-graphs where the captured step cannot run as asked, given the resolved autocast dtype
+    and pooling: without CUDA, across processes, in fp16 (`--amp auto` on a GPU without bf16: T4, V100,
+    P100), which needs loss scaling that syncs the host and would otherwise train unscaled, or with the GRU
+    pooling, whose cuDNN kernels were never checked under capture."""
+    if pooling == "gru":
+        raise LumbarFastError("--cuda-graphs is not checked with --pooling gru (cuDNN's GRU under capture); "
+                              "use --pooling attention or drop --cuda-graphs")
     if device.type != "cuda":
         raise LumbarFastError("--cuda-graphs needs a CUDA device")
     if world_size > 1:

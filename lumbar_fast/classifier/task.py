@@ -14,7 +14,7 @@ import pandas as pd
 import torch
 from torch import nn
 
-from lumbar_fast import distributed, recipes, rsna
+from lumbar_fast import distributed, multislice, recipes, rsna
 from lumbar_fast.cache import open_cache
 from lumbar_fast.classifier.config import MONITORS, TrainConfig
 from lumbar_fast.classifier.items import (
@@ -61,7 +61,8 @@ class ClassifierTask(TrainingTask):
                          make_scheduler(optimizer, config))
         self.train_items, self.val_items = train_items, val_items = items
         self.prior = class_frequencies(train_items.labels)
-        self.loader_config = loader_config(config, device, amp_dtype)
+        channels = np.load(train_items.images_path, mmap_mode="r").shape[-1]
+        self.loader_config = loader_config(config, device, amp_dtype, channels)
         self.meta = checkpoint_meta(config, train_items.images_path, self.loader_config)
 
     def __enter__(self) -> ClassifierTask:
@@ -113,14 +114,16 @@ def prepare(config: TrainConfig, run: RunFolder) -> ClassifierTask:
     input check happens here, before the run folder gets its first file."""
     device = distributed.rank_device(resolve_device(config.device))
     amp_dtype = amp_dtype_for(config.amp, device)
-    if config.cuda_graphs:
-        check_cuda_graphs(device, amp_dtype, distributed.world_size())
     cache = open_cache(config.cache)
     if config.sequence not in cache.sequences():
         raise LumbarFastError(f"the cache {cache.path} has no items for sequence {config.sequence}")
     seed_everything(config.seed)
     distributed.on_main(cache.array_path, config.sequence, "levels")  # rank 0 exports a missing copy first
     channels = np.load(cache.array_path(config.sequence, "levels"), mmap_mode="r").shape[-1]
+    # a run from before multi-slice models records no pooling: auto, resolved here
+    config = dataclasses.replace(config, pooling=recipes.pooling_for(config.pooling, channels))
+    if config.cuda_graphs:
+        check_cuda_graphs(device, amp_dtype, distributed.world_size(), config.pooling)
     model = build_model(config, channels, device)
     items = level_items(cache, config)
     split = distributed.on_main(load_or_create_split, cache.study_labels(), cache.path, config.folds,
@@ -141,20 +144,26 @@ def check_fold(config: TrainConfig, train_items: Items, val_items: Items) -> Non
                               f"{config.batch_size}")
 
 
-def loader_config(config: TrainConfig, device: torch.device, amp_dtype: torch.dtype | None) -> LoaderConfig:
-    """The loaders' settings for this run and rank (each rank its own share of every epoch); float32 images
-    when not autocasting."""
+def loader_config(config: TrainConfig, device: torch.device, amp_dtype: torch.dtype | None,
+                  channels: int = 3) -> LoaderConfig:
+    """The loaders' settings for this run and rank (each rank its own share of every epoch) on crops of
+    `channels` slices; float32 images when not autocasting. A multi-slice model normalises each window
+    itself: its loaders scale to [0, 1]."""
+    scaled = multislice.uses_windows(config.pooling)
     return LoaderConfig(batch_size=config.batch_size, device=str(device), workers=config.workers,
                         seed=config.seed, rank=distributed.rank(), world_size=distributed.world_size(),
                         augment=recipes.augment_config(config.augment, config.shift),
-                        dtype=torch.float32 if amp_dtype is None else None)
+                        dtype=torch.float32 if amp_dtype is None else None,
+                        mean=(0.0,) * channels if scaled else None, std=(1.0,) * channels if scaled else None)
 
 
 def checkpoint_meta(config: TrainConfig, images_path: Path, cfg: LoaderConfig) -> dict[str, Any]:
-    """What inference needs besides the weights: model, sequence, view, image geometry, normalisation."""
+    """What inference needs besides the weights: model and its windows over the slices, sequence, view,
+    image geometry, normalisation."""
     shape = np.load(images_path, mmap_mode="r").shape
     mean, std = normalisation_stats(cfg, shape[-1])
-    return {"model_name": config.model, "sequence": config.sequence, "view": config.view,
+    return {"model_name": config.model, "pooling": config.pooling, "window_stride": config.window_stride,
+            "window_padding": config.window_padding, "sequence": config.sequence, "view": config.view,
             "image_size": int(shape[1]), "channels": int(shape[-1]), "mean": (mean / 255).tolist(),
             "std": (std / 255).tolist(), "num_classes": len(rsna.SEVERITIES),
             "config": dataclasses.asdict(config)}

@@ -15,6 +15,15 @@ from lumbar_fast.commands import options
 @click.option("--model", default="tf_efficientnetv2_s", show_default=True, help="timm model name.")
 @click.option("--weights", type=click.Path(), help="Local pretrained weights file (offline machines).")
 @options.no_pretrained_option
+@click.option("--pooling", type=click.Choice(["auto", "stem", "attention", "gru"]), default="auto",
+              show_default=True, help="How the crop's slices meet: stem (all in the first convolution), "
+              "or the backbone on each window of 3 slices pooled by attention or a bidirectional GRU; "
+              "auto: stem for 3-slice crops, attention for more (docs/multislice.md).")
+@click.option("--window-stride", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Slices between the starts of neighbouring windows.")
+@click.option("--window-padding", type=click.Choice(["valid", "edge"]), default="valid", show_default=True,
+              help="valid: windows inside the crop (N-2 at stride 1); edge: first and last slice repeated "
+              "(N windows, one centred on each slice).")
 @options.schedule_options(5, "Most epochs (the seed's 5).", "Adam learning rate (torch's default).", 3)
 @click.option("--batch-size", default=32, show_default=True)
 @click.option("--recipe", type=click.Choice(["default", "seed"]), default="default", show_default=True,
@@ -47,7 +56,8 @@ from lumbar_fast.commands import options
 @click.option("--nproc", type=click.IntRange(min=1), default=1, show_default=True,
               help="Train with N processes (one per GPU) on this machine: re-launches this command under "
               "`torchrun --standalone --nproc-per-node N`. --batch-size is per process.")
-def command(model, weights, no_pretrained, epochs, batch_size, lr, patience, recipe, monitor, class_weights,
+def command(model, weights, no_pretrained, pooling, window_stride, window_padding, epochs, batch_size, lr,
+            patience, recipe, monitor, class_weights,
             amp, cuda_graphs, compile_, view, control, augment, no_augment, shift, loader, workers, device,
             seed, limit_batches, resume_dir, no_progress, nproc, **run) -> None:
     """Train one sequence's classifier; writes a run folder (config, metrics, curves, checkpoints).
@@ -58,7 +68,8 @@ def command(model, weights, no_pretrained, epochs, batch_size, lr, patience, rec
         relaunch_under_torchrun(nproc, device)
         return
     config = partial(
-        TrainConfig, **run, model=model, weights=weights, pretrained=not no_pretrained, epochs=epochs,
+        TrainConfig, **run, model=model, weights=weights, pretrained=not no_pretrained, pooling=pooling,
+        window_stride=window_stride, window_padding=window_padding, epochs=epochs,
         batch_size=batch_size, lr=lr, patience=patience, recipe=recipe, monitor=monitor,
         class_weights=class_weights, amp=amp, cuda_graphs=cuda_graphs, compile=compile_, view=view,
         control=control, augment="none" if no_augment else augment, shift=shift, loader=loader,

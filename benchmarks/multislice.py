@@ -1,0 +1,412 @@
+"""Multi-slice study: does a model that sees the neighbouring slices grade right a slice off the point?
+
+On a phantom with the real class balance and a test split with its answer key, every variant (slices per crop,
+pooling, windows, schedule) trains one sequence's classifier (sag_t1 first: the foraminal term, where located
+points one slice off cost the most) once per training seed with the default recipe, and is judged on the
+test split five ways: at the labelled points, with the labelled slice moved -2, -1, +1 and +2 slices (what a
+locator's slice error does), and at the points trained locators find (`--locators`). The other two
+sequences' rows come from fixed three-slice default classifiers trained once, so the competition score moves
+with the studied sequence alone. Each figure is the mean over the training seeds ± their standard deviation,
+with a bootstrap interval over test studies of that mean; training and inference images/s and peak memory
+of every model beside them. docs/multislice.md holds the figures.
+
+    python -m benchmarks.multislice --data PHANTOM --locators RUNS --json multislice.json   # CPU, 64 px
+"""
+
+from __future__ import annotations
+
+import argparse
+import multiprocessing
+import statistics
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from benchmarks import common
+from lumbar_fast import metrics, rsna
+from lumbar_fast.cache import open_cache
+from lumbar_fast.classifier.runs import read_run
+from lumbar_fast.csvfile import read_csv
+from lumbar_fast.errors import LumbarFastError
+from lumbar_fast.ingest import COORDINATE_COLUMNS, ingest
+from lumbar_fast.locator import locate, write_coordinates
+from lumbar_fast.predict import (
+    InferenceOptions,
+    crop_predictions,
+    fill_rows,
+    location_probabilities,
+    sequence_priors,
+)
+from lumbar_fast.runfolder import RunFolder
+from lumbar_fast.train import TrainConfig, train
+
+SLICE_SHIFTS = (-2, -1, 1, 2)
+FORAMINAL = rsna.CONDITION_GROUP["left_neural_foraminal_narrowing"]
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One model of the study: slices per crop (ingest --channels) and TrainConfig changes from the
+    defaults."""
+
+    name: str
+    slices: int = 3
+    changes: dict[str, Any] = field(default_factory=dict)
+
+
+VARIANTS: tuple[Variant, ...] = (
+    Variant("3 slices (default)"),
+    Variant("9 slices, stem", 9, {"pooling": "stem"}),
+    Variant("5 slices, attention", 5, {"pooling": "attention"}),
+    Variant("9 slices, attention", 9, {"pooling": "attention"}),
+    Variant("5 slices, gru", 5, {"pooling": "gru"}),
+    Variant("9 slices, gru", 9, {"pooling": "gru"}),
+    Variant("9 slices, attention, stride 2", 9, {"pooling": "attention", "window_stride": 2}),
+    Variant("5 slices, attention, edge", 5, {"pooling": "attention", "window_padding": "edge"}),
+    Variant("9 slices, attention, 10 epochs (StepLR 4)", 9,
+            {"pooling": "attention", "epochs": 10, "step_size": 4}),
+    Variant("3 slices, shift 0.125", 3, {"shift": 0.125}),
+    Variant("9 slices, attention, shift 0.125", 9, {"pooling": "attention", "shift": 0.125}),
+)
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = common.base_parser(__doc__.splitlines()[0], repeats=1)
+    parser.add_argument("--data", type=Path, required=True,
+                        help="a phantom folder with a test split and its answer key (lumbar-fast synth)")
+    parser.add_argument("--locators", type=Path, required=True,
+                        help="folder with a trained locator run per sequence, named after it")
+    parser.add_argument("--sequence", default="sag_t1", choices=rsna.SEQUENCES)
+    parser.add_argument("--variants", default="all", help="semicolon-separated variant names, or all")
+    parser.add_argument("--seeds", default="1,2,3", help="training seeds (the tests use others)")
+    parser.add_argument("--fixed-seed", type=int, default=1, help="seed of the other sequences' classifiers")
+    parser.add_argument("--size", type=int, default=64, help="crop size, ingest --size")
+    parser.add_argument("--locator-size", type=int, default=128, help="the locators' stack size")
+    parser.add_argument("--model", default="test_efficientnet")
+    parser.add_argument("--pretrained", action="store_true")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--n-boot", type=int, default=300, help="bootstrap replicates over test studies")
+    args = parser.parse_args(argv)
+    args.seeds = [int(seed) for seed in args.seeds.split(",")]
+    return args
+
+
+def chosen_variants(names: str) -> list[Variant]:
+    """The variants asked for by name (semicolon-separated), or all."""
+    by_name = {variant.name: variant for variant in VARIANTS}
+    if names == "all":
+        return list(VARIANTS)
+    unknown = [name for name in names.split(";") if name not in by_name]
+    if unknown:
+        raise LumbarFastError(f"unknown variant {unknown[0]!r}; choose from {'; '.join(by_name)}")
+    return [by_name[name] for name in names.split(";")]
+
+
+# -- the judged sets: the test split's crops at labelled, slice-shifted and located points -------------
+class TestSets:
+    """Test caches of every judged set and slice count, ingested once into the work folder."""
+
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.args, self.data = args, args.data
+        self.folder = args.workdir / f"multislice-{args.data.name}-{args.size}px"
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self.labels = args.data / "test_labels.csv"
+        self.coordinates = {"labelled": args.data / "test_label_coordinates.csv"}
+
+    def names(self) -> list[str]:
+        """The judged sets, in table order."""
+        return ["labelled", *(f"slice {k:+d}" for k in SLICE_SHIFTS), "located"]
+
+    def prepare(self) -> None:
+        """Write the coordinate files of the shifted and located sets (the located ones by the locators)."""
+        labelled = self.cache("labelled", 3)
+        for shift in SLICE_SHIFTS:
+            path = self.folder / f"coordinates-slice{shift:+d}.csv"
+            if not path.is_file():
+                shifted_coordinates(self.coordinates["labelled"], labelled, self.args.sequence, shift, path)
+            self.coordinates[f"slice {shift:+d}"] = path
+        located = self.folder / "coordinates-located.csv"
+        if not located.is_file():
+            stacks = self.folder / f"test-stacks-{self.args.locator_size}.zarr"
+            ingest(self.data, stacks, split="test", size=self.args.locator_size, progress=False)
+            runs = [self.args.locators / sequence for sequence in rsna.SEQUENCES]
+            write_coordinates(locate(runs, open_cache(stacks), self.args.device), located)
+        self.coordinates["located"] = located
+
+    def cache(self, name: str, slices: int) -> Path:
+        """The test cache of one judged set with crops of `slices` slices (ingested on first use)."""
+        path = self.folder / f"test-{name.replace(' ', '')}-c{slices}.zarr"
+        ingest(self.data, path, split="test", size=self.args.size, channels=slices, progress=False,
+               coordinates=self.coordinates[name], labels=self.labels)
+        return path
+
+
+def shifted_coordinates(coordinates: Path, labelled_cache: Path, sequence: str, shift: int,
+                        out: Path) -> None:
+    """The answer key's coordinates with every `sequence` point moved `shift` slices along its stack (in
+    ascending position; clamped at the stack's ends), its in-plane point kept."""
+    cache = open_cache(labelled_cache)
+    index, labels = cache.stack_index(sequence), cache.level_labels(sequence)
+    last = index.groupby(["series_id", "stack"])["slice"].max()
+    instance = index.set_index(["series_id", "stack", "slice"])["instance_number"]
+    stacks = list(zip(labels["series_id"], labels["stack"], strict=True))
+    target = np.clip(labels["slice"].to_numpy() + shift, 0, last.loc[stacks].to_numpy())
+    slices = [(*stack, int(slice_)) for stack, slice_ in zip(stacks, target, strict=True)]
+    moved = labels.assign(moved=instance.loc[slices].to_numpy())
+    table = read_csv(coordinates, COORDINATE_COLUMNS, "coordinates")
+    keys = table.assign(condition=table["condition"].map(rsna.CONDITION_FROM_TITLE),
+                        level=table["level"].map(rsna.LEVEL_FROM_TITLE))
+    joined = keys.merge(moved[["study_id", "series_id", "condition", "level", "moved"]], how="left",
+                        on=["study_id", "series_id", "condition", "level"], validate="many_to_one")
+    table["instance_number"] = joined["moved"].fillna(joined["instance_number"]).astype(np.int64).to_numpy()
+    table.to_csv(out, index=False)
+
+
+# -- runs ------------------------------------------------
+def train_run(args: argparse.Namespace, sequence: str, cache: Path, run_dir: Path, seed: int,
+              changes: dict[str, Any]) -> Path:
+    """One default-recipe run (reused when its folder holds a finished one)."""
+    if not (run_dir / "best.pt").is_file():
+        train(TrainConfig(sequence=sequence, cache=str(cache), run_dir=str(run_dir), model=args.model,
+                          pretrained=args.pretrained, device=args.device, loader="torch",
+                          workers=args.workers, seed=seed, progress=False, **changes))
+    return run_dir
+
+
+def crops_of(run_dir: Path, cache: Path, device: str) -> tuple[pd.DataFrame, float]:
+    """The run's crop predictions on a test cache and its inference images/s."""
+    started = time.perf_counter()
+    crops = crop_predictions([read_run(run_dir)], open_cache(cache), None, InferenceOptions(device=device))
+    return crops, len(crops) / (time.perf_counter() - started)
+
+
+@dataclass
+class Judged:
+    """One run's submission probabilities on one set, aligned to the set's solution rows."""
+
+    solution: pd.DataFrame
+    probabilities: np.ndarray
+    crops: pd.DataFrame  # the studied sequence's crops, with their labels
+    prior: np.ndarray
+
+
+def judge(crops: pd.DataFrame, fixed: pd.DataFrame, cache: Path, runs_prior: dict[str, np.ndarray]) -> Judged:
+    """The submission rows of the studied sequence's crops with the fixed sequences' crops (as `predict`
+    writes them: crops averaged per location, rows without a crop the training prior)."""
+    solution = metrics.labels_to_rows(open_cache(cache).study_labels())
+    filled = fill_rows(solution, location_probabilities(pd.concat([crops, fixed])), runs_prior)
+    sequence = crops["sequence"].iloc[0]
+    return Judged(solution, filled.probabilities, crops, runs_prior[sequence])
+
+
+def figures(judged: list[Judged], rows: np.ndarray | None = None,
+            copies: np.ndarray | None = None) -> dict[str, float]:
+    """Seed-mean figures of one set: competition score, foraminal term, studied sequence's balanced
+    accuracy and weighted log loss ÷ prior (on resampled rows when `rows` is given)."""
+    out: dict[str, list[float]] = {"score": [], "foraminal": []}
+    for one in judged:
+        solution = one.solution
+        pick = np.arange(len(solution)) if rows is None else rows
+        studies = solution["study_id"].to_numpy()[pick] if copies is None else copies
+        losses = metrics.competition_losses(studies, solution["condition"].to_numpy()[pick],
+                                            solution["severity"].to_numpy()[pick], one.probabilities[pick])
+        out["score"].append(losses["score"])
+        out["foraminal"].append(losses[FORAMINAL])
+    return {name: float(np.mean(values)) for name, values in out.items()}
+
+
+def crop_figures(judged: Judged) -> dict[str, float]:
+    """Balanced accuracy and weighted log loss ÷ prior of the studied sequence's labelled crops."""
+    crops = judged.crops[judged.crops["severity"] != rsna.MISSING]
+    probs = crops[[f"p_{name}" for name in rsna.SUBMISSION_COLUMNS]].to_numpy()
+    summary = metrics.classification_summary(crops["severity"].to_numpy(), probs, judged.prior)
+    return {"balanced_accuracy": summary["balanced_accuracy"],
+            "wll_ratio": summary["weighted_log_loss"] / summary["prior_weighted_log_loss"]}
+
+
+def intervals(by_set: dict[str, list[Judged]], n_boot: int) -> dict[str, dict[str, tuple[float, float]]]:
+    """Bootstrap intervals over test studies of each set's seed-mean score and foraminal term, and of the
+    located ÷ labelled score ratio (same resampled studies in both)."""
+    study_ids = by_set["labelled"][0].solution["study_id"].to_numpy()
+
+    def replicate(rows: np.ndarray, copies: np.ndarray) -> dict[str, float]:
+        values = {}
+        for name, judged in by_set.items():
+            for key, value in figures(judged, rows, copies).items():
+                values[f"{name}|{key}"] = value
+        values["ratio"] = values["located|score"] / values["labelled|score"]
+        return values
+
+    flat = metrics.bootstrap_intervals(study_ids, replicate, n_boot, seed=0)
+    nested: dict[str, dict[str, tuple[float, float]]] = {}
+    for key, interval in flat.items():
+        name, _, figure = key.partition("|")
+        nested.setdefault(name, {})[figure or "value"] = interval
+    return nested
+
+
+def mean_sd(values: list[float]) -> dict[str, float]:
+    return {"mean": statistics.fmean(values), "sd": statistics.stdev(values) if len(values) > 1 else 0.0}
+
+
+# -- speed and memory ------------------------------------------------
+def speed(args: argparse.Namespace, variant: Variant, batch: int = 32, steps: int = 6) -> dict[str, float]:
+    """Training and inference images/s and peak memory of the variant's model, in a fresh process (its peak
+    resident memory on CPU, or peak CUDA memory, is then the model's own)."""
+    context = multiprocessing.get_context("spawn")
+    with context.Pool(1) as pool:
+        return pool.apply(_speed_in_process, (args.model, variant.slices, variant.changes, args.size, batch,
+                                              steps, args.device))
+
+
+def _speed_in_process(model_name: str, slices: int, changes: dict[str, Any], size: int, batch: int,
+                      steps: int, device_name: str) -> dict[str, float]:
+    import torch
+
+    from lumbar_fast.multislice import create_classifier
+
+    device = torch.device(device_name)
+    config = TrainConfig(sequence="sag_t1", cache="-", **changes).resolved(slices)
+    model = create_classifier(model_name, slices, config.pooling, config.window_stride, config.window_padding,
+                              pretrained=False).to(device, memory_format=torch.channels_last)
+    optimizer = torch.optim.Adam(model.parameters())
+    images = torch.rand(batch, slices, size, size, device=device).to(memory_format=torch.channels_last)
+    labels = torch.zeros(batch, dtype=torch.int64, device=device)
+
+    def timed(step) -> float:
+        step()  # warm-up
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        started = time.perf_counter()
+        for _ in range(steps):
+            step()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        return batch * steps / (time.perf_counter() - started)
+
+    def train_step() -> None:
+        optimizer.zero_grad()
+        torch.nn.functional.cross_entropy(model(images), labels).backward()
+        optimizer.step()
+
+    def infer_step() -> None:
+        with torch.no_grad():
+            model(images)
+
+    model.train()
+    train_rate = timed(train_step)
+    model.eval()
+    infer_rate = timed(infer_step)
+    peak = (torch.cuda.max_memory_allocated(device) if device.type == "cuda" else _peak_rss())
+    return {"train_images_per_s": train_rate, "inference_images_per_s": infer_rate,
+            "peak_memory_mb": peak / 2**20, "parameters_m": sum(p.numel() for p in model.parameters()) / 1e6}
+
+
+def _peak_rss() -> int:
+    """This process's peak resident memory in bytes (Linux VmHWM)."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) * 1024
+    return 0
+
+
+# -- the study ------------------------------------------------
+def study_variant(args: argparse.Namespace, variant: Variant, sets: TestSets, fixed: dict[str, pd.DataFrame],
+                  priors: dict[str, np.ndarray], train_caches: dict[int, Path], runs: Path) -> dict[str, Any]:
+    """Train the variant per seed and judge every run on every set."""
+    by_set: dict[str, list[Judged]] = {name: [] for name in sets.names()}
+    per_seed = []
+    for seed in args.seeds:
+        name = variant.name.replace(" ", "_").replace(",", "")
+        run_dir = train_run(args, args.sequence, train_caches[variant.slices],
+                            runs / f"{args.sequence}-{name}-{seed}", seed, variant.changes)
+        records = RunFolder(run_dir).read_metrics()
+        best = [record for record in records if record["best"]][-1]
+        row: dict[str, Any] = {"seed": seed, "best_epoch": best["epoch"], "epochs_run": len(records),
+                               "train_images_per_s": statistics.median(r["train_images_per_s"]
+                                                                       for r in records),
+                               "train_seconds": sum(r["train_seconds"] for r in records)}
+        for name in sets.names():
+            crops, rate = crops_of(run_dir, sets.cache(name, variant.slices), args.device)
+            priors_now = {**priors, args.sequence: read_run(run_dir).prior}
+            judged = judge(crops, fixed["located" if name == "located" else "labelled"],
+                           sets.cache(name, variant.slices), priors_now)
+            by_set[name].append(judged)
+            row[name] = {**figures([judged]), **crop_figures(judged), "inference_images_per_s": rate}
+        row["ratio"] = row["located"]["score"] / row["labelled"]["score"]
+        per_seed.append(row)
+        print(f"{variant.name} | seed {seed}: labelled score {row['labelled']['score']:.4f} (foraminal "
+              f"{row['labelled']['foraminal']:.3f}), located {row['located']['score']:.4f}, ratio "
+              f"{row['ratio']:.3f}; slice -1/+1 foraminal {row['slice -1']['foraminal']:.3f}/"
+              f"{row['slice +1']['foraminal']:.3f} (best epoch {row['best_epoch']})", flush=True)
+    summary = {name: {key: mean_sd([row[name][key] for row in per_seed])
+                      for key in ("score", "foraminal", "balanced_accuracy", "wll_ratio")}
+               for name in sets.names()}
+    summary["ratio"] = mean_sd([row["ratio"] for row in per_seed])
+    return {"variant": variant.name, "slices": variant.slices, "changes": variant.changes, "seeds": per_seed,
+            "summary": summary, "intervals": intervals(by_set, args.n_boot), "speed": speed(args, variant)}
+
+
+def fixed_crops(args: argparse.Namespace, sets: TestSets, train_cache: Path,
+                runs: Path) -> tuple[dict[str, pd.DataFrame], dict[str, np.ndarray]]:
+    """The other sequences' three-slice default classifiers (trained once): their crops at the labelled
+    and at the located points, and their training priors."""
+    others = [seq for seq in rsna.SEQUENCES if seq != args.sequence]
+    dirs = [train_run(args, seq, train_cache, runs / f"fixed-{seq}-{args.fixed_seed}", args.fixed_seed, {})
+            for seq in others]
+    fixed_runs = [read_run(path) for path in dirs]
+    crops = {name: crop_predictions(fixed_runs, open_cache(sets.cache(name, 3)), None,
+                                    InferenceOptions(device=args.device))
+             for name in ("labelled", "located")}
+    return crops, sequence_priors(fixed_runs)
+
+
+def table(results: list[dict[str, Any]], sets: list[str]) -> str:
+    """The Markdown table: per variant, the score per set (mean ± sd over seeds, bootstrap interval) and the
+    ratio, then the foraminal term, then speed."""
+    def cell(stats: dict[str, float], interval: tuple[float, float] | None = None, digits: int = 3) -> str:
+        text = f"{stats['mean']:.{digits}f} ± {stats['sd']:.{digits}f}"
+        return text + (f" [{interval[0]:.{digits}f}, {interval[1]:.{digits}f}]" if interval else "")
+
+    header = ["variant", *(f"score {name}" for name in ("labelled", "located")), "located ÷ labelled",
+              *(f"foraminal {name}" for name in sets), "bal. acc. labelled", "wll ÷ prior labelled",
+              "train img/s", "inference img/s", "peak MB"]
+    rows = []
+    for result in results:
+        s, ci, sp = result["summary"], result["intervals"], result["speed"]
+        rows.append([result["variant"], cell(s["labelled"]["score"], ci["labelled"]["score"]),
+                     cell(s["located"]["score"], ci["located"]["score"]),
+                     cell(s["ratio"], ci["ratio"]["value"]),
+                     *(cell(s[name]["foraminal"]) for name in sets),
+                     cell(s["labelled"]["balanced_accuracy"], digits=2),
+                     cell(s["labelled"]["wll_ratio"], digits=2),
+                     f"{sp['train_images_per_s']:.0f}", f"{sp['inference_images_per_s']:.0f}",
+                     f"{sp['peak_memory_mb']:.0f}"])
+    return common.markdown_table(header, rows)
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    try:
+        variants = chosen_variants(args.variants)
+    except LumbarFastError as exc:
+        raise SystemExit(f"error: {exc}") from None
+    sets = TestSets(args)
+    sets.prepare()
+    train_caches = {}
+    for slices in sorted({3, *(variant.slices for variant in variants)}):
+        train_caches[slices] = sets.folder / f"train-c{slices}.zarr"
+        ingest(args.data, train_caches[slices], size=args.size, channels=slices, progress=False)
+    runs = sets.folder / "runs"
+    fixed, priors = fixed_crops(args, sets, train_caches[3], runs)
+    results = [study_variant(args, variant, sets, fixed, priors, train_caches, runs) for variant in variants]
+    common.report("multislice", args, {"results": results}, table(results, sets.names()))
+
+
+if __name__ == "__main__":
+    main()
