@@ -42,12 +42,14 @@ def synth_data(workdir: Path, studies: int, seed: int = 0, image_size: int = 512
     return folder
 
 
-def ingested_cache(data: Path, workdir: Path, fmt: str = "zarr") -> Path:
-    """The ingest cache of `data`, made once (on every core)."""
-    cache = workdir / f"{data.name}.{fmt}"
+def ingested_cache(data: Path, workdir: Path, fmt: str = "zarr", slices: int = 3) -> Path:
+    """The ingest cache of `data` with level crops of `slices` slices, made once (on every core). Three by
+    default: the seed's pipelines, the benchmarks' peers, read three slices."""
+    cache = workdir / f"{data.name}-c{slices}.{fmt}"
     if not (workdir / f"{cache.name}{DONE}").exists():
         shutil.rmtree(cache, ignore_errors=True)
-        subprocess.run(ingest_command(data, cache, None, fmt), check=True, stdout=subprocess.DEVNULL)
+        command = [*ingest_command(data, cache, None, fmt), "--channels", str(slices)]
+        subprocess.run(command, check=True, stdout=subprocess.DEVNULL)
         (workdir / f"{cache.name}{DONE}").touch()
     return cache
 
@@ -85,11 +87,11 @@ def level_items(cache: CacheReader, data: Path, sequence: str) -> LevelItems:
                       table["severity"].to_numpy(np.int64), dicoms)
 
 
-def prepared_items(workdir: Path, studies: int, sequence: str, items: int) -> LevelItems:
+def prepared_items(workdir: Path, studies: int, sequence: str, items: int, slices: int = 3) -> LevelItems:
     """Synth data, its cache and `items` level items of `sequence` from it: the loader and train benchmarks'
     data."""
     data = synth_data(workdir, studies)
-    cache = open_cache(ingested_cache(data, workdir))
+    cache = open_cache(ingested_cache(data, workdir, slices=slices))
     return level_items(cache, data, sequence).tiled(items)
 
 
@@ -98,10 +100,12 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description="synth data + ingest cache for the benchmarks")
     parser.add_argument("--workdir", type=Path, required=True)
     parser.add_argument("--studies", type=int, required=True)
+    parser.add_argument("--slices", default="3", help="comma list: a cache per slices-per-crop count")
     args = parser.parse_args(argv)
     start = time.perf_counter()
-    cache = ingested_cache(synth_data(args.workdir, args.studies), args.workdir)
-    print(f"{cache} ready in {time.perf_counter() - start:.0f} s")
+    for slices in args.slices.split(","):
+        cache = ingested_cache(synth_data(args.workdir, args.studies), args.workdir, slices=int(slices))
+        print(f"{cache} ready after {time.perf_counter() - start:.0f} s")
 
 
 if __name__ == "__main__":

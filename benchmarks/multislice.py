@@ -1,16 +1,18 @@
 """Multi-slice study: does a model that sees the neighbouring slices grade right a slice off the point?
 
 On a phantom with the real class balance and a test split with its answer key, every variant (slices per crop,
-pooling, windows, schedule) trains one sequence's classifier (sag_t1 first: the foraminal term, where located
-points one slice off cost the most) once per training seed with the default recipe, and is judged on the
-test split five ways: at the labelled points, with the labelled slice moved -2, -1, +1 and +2 slices (what a
-locator's slice error does), and at the points trained locators find (`--locators`). The other two
-sequences' rows come from fixed three-slice default classifiers trained once, so the competition score moves
-with the studied sequence alone. Each figure is the mean over the training seeds ± their standard deviation,
-with a bootstrap interval over test studies of that mean; training and inference images/s and peak memory
-of every model beside them. docs/multislice.md holds the figures.
+pooling, windows, schedule, shift) trains the studied sequences' classifiers (sag_t1 by default: the
+foraminal term, where located points one slice off were thought to cost the most; `--sequences all` for the
+whole submission) once per training seed with the default recipe, and is judged on the test split six ways:
+at the labelled points, with the studied sequences' labelled slices moved -2, -1, +1 and +2 slices (what a
+locator's slice error does), and at the points trained locators find (`--locators`). The other sequences'
+rows come from fixed three-slice default classifiers trained once, so the competition score moves with the
+studied sequences alone. Each figure is the mean over the training seeds ± their standard deviation, with a
+bootstrap interval over test studies of that mean; training and inference images/s and peak memory of every
+model beside them. docs/multislice.md holds the figures.
 
     python -m benchmarks.multislice --data PHANTOM --locators RUNS --json multislice.json   # CPU, 64 px
+    python -m benchmarks.multislice --data PHANTOM --locators RUNS --sequences all --variants NAME
 """
 
 from __future__ import annotations
@@ -45,7 +47,8 @@ from lumbar_fast.runfolder import RunFolder
 from lumbar_fast.train import TrainConfig, train
 
 SLICE_SHIFTS = (-2, -1, 1, 2)
-FORAMINAL = rsna.CONDITION_GROUP["left_neural_foraminal_narrowing"]
+#: the competition term each sequence's classifier predicts
+TERM_OF = {seq.name: rsna.CONDITION_GROUP[seq.conditions[0]] for seq in rsna.SEQUENCES.values()}
 
 
 @dataclass(frozen=True)
@@ -62,6 +65,7 @@ VARIANTS: tuple[Variant, ...] = (
     Variant("3 slices (default)"),
     Variant("9 slices, stem", 9, {"pooling": "stem"}),
     Variant("5 slices, attention", 5, {"pooling": "attention"}),
+    Variant("7 slices, attention", 7, {"pooling": "attention"}),
     Variant("9 slices, attention", 9, {"pooling": "attention"}),
     Variant("5 slices, gru", 5, {"pooling": "gru"}),
     Variant("9 slices, gru", 9, {"pooling": "gru"}),
@@ -80,7 +84,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="a phantom folder with a test split and its answer key (lumbar-fast synth)")
     parser.add_argument("--locators", type=Path, required=True,
                         help="folder with a trained locator run per sequence, named after it")
-    parser.add_argument("--sequence", default="sag_t1", choices=rsna.SEQUENCES)
+    parser.add_argument("--sequences", default="sag_t1", help="comma list of studied sequences, or all")
     parser.add_argument("--variants", default="all", help="semicolon-separated variant names, or all")
     parser.add_argument("--seeds", default="1,2,3", help="training seeds (the tests use others)")
     parser.add_argument("--fixed-seed", type=int, default=1, help="seed of the other sequences' classifiers")
@@ -88,11 +92,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--locator-size", type=int, default=128, help="the locators' stack size")
     parser.add_argument("--model", default="test_efficientnet")
     parser.add_argument("--pretrained", action="store_true")
+    parser.add_argument("--epochs", type=int, default=5, help="most epochs (the recipe's 5) unless a variant "
+                        "sets its own")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--n-boot", type=int, default=300, help="bootstrap replicates over test studies")
     args = parser.parse_args(argv)
     args.seeds = [int(seed) for seed in args.seeds.split(",")]
+    args.sequences = list(rsna.SEQUENCES) if args.sequences == "all" else args.sequences.split(",")
+    unknown = [seq for seq in args.sequences if seq not in rsna.SEQUENCES]
+    if unknown:
+        parser.error(f"unknown sequence {unknown[0]!r}; choose from {', '.join(rsna.SEQUENCES)} or all")
     return args
 
 
@@ -117,6 +127,7 @@ class TestSets:
         self.folder.mkdir(parents=True, exist_ok=True)
         self.labels = args.data / "test_labels.csv"
         self.coordinates = {"labelled": args.data / "test_label_coordinates.csv"}
+        self.studied = "+".join(args.sequences)  # the sequences whose points the shifted sets move
 
     def names(self) -> list[str]:
         """The judged sets, in table order."""
@@ -126,9 +137,9 @@ class TestSets:
         """Write the coordinate files of the shifted and located sets (the located ones by the locators)."""
         labelled = self.cache("labelled", 3)
         for shift in SLICE_SHIFTS:
-            path = self.folder / f"coordinates-slice{shift:+d}.csv"
+            path = self.folder / f"coordinates-{self.studied}-slice{shift:+d}.csv"
             if not path.is_file():
-                shifted_coordinates(self.coordinates["labelled"], labelled, self.args.sequence, shift, path)
+                shifted_coordinates(self.coordinates["labelled"], labelled, self.args.sequences, shift, path)
             self.coordinates[f"slice {shift:+d}"] = path
         located = self.folder / "coordinates-located.csv"
         if not located.is_file():
@@ -140,24 +151,19 @@ class TestSets:
 
     def cache(self, name: str, slices: int) -> Path:
         """The test cache of one judged set with crops of `slices` slices (ingested on first use)."""
-        path = self.folder / f"test-{name.replace(' ', '')}-c{slices}.zarr"
+        moved = f"-{self.studied}" if name.startswith("slice") else ""
+        path = self.folder / f"test-{name.replace(' ', '')}{moved}-c{slices}.zarr"
         ingest(self.data, path, split="test", size=self.args.size, channels=slices, progress=False,
                coordinates=self.coordinates[name], labels=self.labels)
         return path
 
 
-def shifted_coordinates(coordinates: Path, labelled_cache: Path, sequence: str, shift: int,
+def shifted_coordinates(coordinates: Path, labelled_cache: Path, sequences: list[str], shift: int,
                         out: Path) -> None:
-    """The answer key's coordinates with every `sequence` point moved `shift` slices along its stack (in
+    """The answer key's coordinates with every point of `sequences` moved `shift` slices along its stack (in
     ascending position; clamped at the stack's ends), its in-plane point kept."""
     cache = open_cache(labelled_cache)
-    index, labels = cache.stack_index(sequence), cache.level_labels(sequence)
-    last = index.groupby(["series_id", "stack"])["slice"].max()
-    instance = index.set_index(["series_id", "stack", "slice"])["instance_number"]
-    stacks = list(zip(labels["series_id"], labels["stack"], strict=True))
-    target = np.clip(labels["slice"].to_numpy() + shift, 0, last.loc[stacks].to_numpy())
-    slices = [(*stack, int(slice_)) for stack, slice_ in zip(stacks, target, strict=True)]
-    moved = labels.assign(moved=instance.loc[slices].to_numpy())
+    moved = pd.concat([moved_instances(cache, sequence, shift) for sequence in sequences])
     table = read_csv(coordinates, COORDINATE_COLUMNS, "coordinates")
     keys = table.assign(condition=table["condition"].map(rsna.CONDITION_FROM_TITLE),
                         level=table["level"].map(rsna.LEVEL_FROM_TITLE))
@@ -167,21 +173,34 @@ def shifted_coordinates(coordinates: Path, labelled_cache: Path, sequence: str, 
     table.to_csv(out, index=False)
 
 
+def moved_instances(cache, sequence: str, shift: int) -> pd.DataFrame:
+    """The sequence's level labels with `moved`: the instance number `shift` slices along the stack."""
+    index, labels = cache.stack_index(sequence), cache.level_labels(sequence)
+    last = index.groupby(["series_id", "stack"])["slice"].max()
+    instance = index.set_index(["series_id", "stack", "slice"])["instance_number"]
+    stacks = list(zip(labels["series_id"], labels["stack"], strict=True))
+    target = np.clip(labels["slice"].to_numpy() + shift, 0, last.loc[stacks].to_numpy())
+    slices = [(*stack, int(slice_)) for stack, slice_ in zip(stacks, target, strict=True)]
+    return labels.assign(moved=instance.loc[slices].to_numpy())
+
+
 # -- runs ------------------------------------------------
 def train_run(args: argparse.Namespace, sequence: str, cache: Path, run_dir: Path, seed: int,
               changes: dict[str, Any]) -> Path:
     """One default-recipe run (reused when its folder holds a finished one)."""
     if not (run_dir / "best.pt").is_file():
-        train(TrainConfig(sequence=sequence, cache=str(cache), run_dir=str(run_dir), model=args.model,
-                          pretrained=args.pretrained, device=args.device, loader="torch",
-                          workers=args.workers, seed=seed, progress=False, **changes))
+        settings = dict(sequence=sequence, cache=str(cache), run_dir=str(run_dir), model=args.model,
+                        pretrained=args.pretrained, epochs=args.epochs, device=args.device, loader="torch",
+                        workers=args.workers, seed=seed, progress=False)
+        train(TrainConfig(**{**settings, **changes}))
     return run_dir
 
 
-def crops_of(run_dir: Path, cache: Path, device: str) -> tuple[pd.DataFrame, float]:
-    """The run's crop predictions on a test cache and its inference images/s."""
+def crops_of(run_dirs: list[Path], cache: Path, device: str) -> tuple[pd.DataFrame, float]:
+    """The runs' crop predictions on a test cache and their inference images/s."""
     started = time.perf_counter()
-    crops = crop_predictions([read_run(run_dir)], open_cache(cache), None, InferenceOptions(device=device))
+    crops = crop_predictions([read_run(path) for path in run_dirs], open_cache(cache), None,
+                             InferenceOptions(device=device))
     return crops, len(crops) / (time.perf_counter() - started)
 
 
@@ -191,47 +210,48 @@ class Judged:
 
     solution: pd.DataFrame
     probabilities: np.ndarray
-    crops: pd.DataFrame  # the studied sequence's crops, with their labels
-    prior: np.ndarray
+    crops: pd.DataFrame  # the studied sequences' crops, with their labels
+    priors: dict[str, np.ndarray]
 
 
-def judge(crops: pd.DataFrame, fixed: pd.DataFrame, cache: Path, runs_prior: dict[str, np.ndarray]) -> Judged:
-    """The submission rows of the studied sequence's crops with the fixed sequences' crops (as `predict`
+def judge(crops: pd.DataFrame, fixed: pd.DataFrame, cache: Path, priors: dict[str, np.ndarray]) -> Judged:
+    """The submission rows of the studied sequences' crops with the fixed sequences' crops (as `predict`
     writes them: crops averaged per location, rows without a crop the training prior)."""
     solution = metrics.labels_to_rows(open_cache(cache).study_labels())
-    filled = fill_rows(solution, location_probabilities(pd.concat([crops, fixed])), runs_prior)
-    sequence = crops["sequence"].iloc[0]
-    return Judged(solution, filled.probabilities, crops, runs_prior[sequence])
+    filled = fill_rows(solution, location_probabilities(pd.concat([crops, fixed])), priors)
+    return Judged(solution, filled.probabilities, crops, priors)
 
 
 def figures(judged: list[Judged], rows: np.ndarray | None = None,
             copies: np.ndarray | None = None) -> dict[str, float]:
-    """Seed-mean figures of one set: competition score, foraminal term, studied sequence's balanced
-    accuracy and weighted log loss ÷ prior (on resampled rows when `rows` is given)."""
-    out: dict[str, list[float]] = {"score": [], "foraminal": []}
+    """Seed-mean competition losses of one set: the score and its four terms (on resampled rows when
+    `rows` is given)."""
+    out: dict[str, list[float]] = {}
     for one in judged:
         solution = one.solution
         pick = np.arange(len(solution)) if rows is None else rows
         studies = solution["study_id"].to_numpy()[pick] if copies is None else copies
         losses = metrics.competition_losses(studies, solution["condition"].to_numpy()[pick],
                                             solution["severity"].to_numpy()[pick], one.probabilities[pick])
-        out["score"].append(losses["score"])
-        out["foraminal"].append(losses[FORAMINAL])
+        for name, value in losses.items():
+            out.setdefault(name, []).append(value)
     return {name: float(np.mean(values)) for name, values in out.items()}
 
 
-def crop_figures(judged: Judged) -> dict[str, float]:
-    """Balanced accuracy and weighted log loss ÷ prior of the studied sequence's labelled crops."""
-    crops = judged.crops[judged.crops["severity"] != rsna.MISSING]
-    probs = crops[[f"p_{name}" for name in rsna.SUBMISSION_COLUMNS]].to_numpy()
-    summary = metrics.classification_summary(crops["severity"].to_numpy(), probs, judged.prior)
-    return {"balanced_accuracy": summary["balanced_accuracy"],
-            "wll_ratio": summary["weighted_log_loss"] / summary["prior_weighted_log_loss"]}
+def crop_figures(judged: Judged) -> dict[str, dict[str, float]]:
+    """Per studied sequence: balanced accuracy and weighted log loss ÷ prior of its labelled crops."""
+    result = {}
+    for sequence, crops in judged.crops[judged.crops["severity"] != rsna.MISSING].groupby("sequence"):
+        probs = crops[[f"p_{name}" for name in rsna.SUBMISSION_COLUMNS]].to_numpy()
+        summary = metrics.classification_summary(crops["severity"].to_numpy(), probs, judged.priors[sequence])
+        result[sequence] = {"balanced_accuracy": summary["balanced_accuracy"],
+                            "wll_ratio": summary["weighted_log_loss"] / summary["prior_weighted_log_loss"]}
+    return result
 
 
 def intervals(by_set: dict[str, list[Judged]], n_boot: int) -> dict[str, dict[str, tuple[float, float]]]:
-    """Bootstrap intervals over test studies of each set's seed-mean score and foraminal term, and of the
-    located ÷ labelled score ratio (same resampled studies in both)."""
+    """Bootstrap intervals over test studies of each set's seed-mean score and terms, and of the located ÷
+    labelled score ratio (same resampled studies in both)."""
     study_ids = by_set["labelled"][0].solution["study_id"].to_numpy()
 
     def replicate(rows: np.ndarray, copies: np.ndarray) -> dict[str, float]:
@@ -318,45 +338,61 @@ def _peak_rss() -> int:
 # -- the study ------------------------------------------------
 def study_variant(args: argparse.Namespace, variant: Variant, sets: TestSets, fixed: dict[str, pd.DataFrame],
                   priors: dict[str, np.ndarray], train_caches: dict[int, Path], runs: Path) -> dict[str, Any]:
-    """Train the variant per seed and judge every run on every set."""
+    """Train the variant per seed and studied sequence, and judge every seed's runs on every set."""
     by_set: dict[str, list[Judged]] = {name: [] for name in sets.names()}
     per_seed = []
+    name = variant.name.replace(" ", "_").replace(",", "")
     for seed in args.seeds:
-        name = variant.name.replace(" ", "_").replace(",", "")
-        run_dir = train_run(args, args.sequence, train_caches[variant.slices],
-                            runs / f"{args.sequence}-{name}-{seed}", seed, variant.changes)
-        records = RunFolder(run_dir).read_metrics()
-        best = [record for record in records if record["best"]][-1]
-        row: dict[str, Any] = {"seed": seed, "best_epoch": best["epoch"], "epochs_run": len(records),
-                               "train_images_per_s": statistics.median(r["train_images_per_s"]
-                                                                       for r in records),
-                               "train_seconds": sum(r["train_seconds"] for r in records)}
-        for name in sets.names():
-            crops, rate = crops_of(run_dir, sets.cache(name, variant.slices), args.device)
-            priors_now = {**priors, args.sequence: read_run(run_dir).prior}
-            judged = judge(crops, fixed["located" if name == "located" else "labelled"],
-                           sets.cache(name, variant.slices), priors_now)
-            by_set[name].append(judged)
-            row[name] = {**figures([judged]), **crop_figures(judged), "inference_images_per_s": rate}
+        run_dirs = [train_run(args, sequence, train_caches[variant.slices],
+                              runs / f"{sequence}-{name}-{seed}", seed, variant.changes)
+                    for sequence in args.sequences]
+        records = [record for path in run_dirs for record in RunFolder(path).read_metrics()]
+        row: dict[str, Any] = {
+            "seed": seed, "best_epochs": [best_epoch(path) for path in run_dirs],
+            "train_images_per_s": statistics.median(r["train_images_per_s"] for r in records),
+            "train_seconds": sum(r["train_seconds"] for r in records)}
+        run_priors = {**priors, **{read_run(path).sequence: read_run(path).prior for path in run_dirs}}
+        for set_name in sets.names():
+            cache = sets.cache(set_name, variant.slices)
+            crops, rate = crops_of(run_dirs, cache, args.device)
+            others = fixed["located" if set_name == "located" else "labelled"]
+            judged = judge(crops, others, cache, run_priors)
+            by_set[set_name].append(judged)
+            row[set_name] = {**figures([judged]), "crops": crop_figures(judged),
+                             "inference_images_per_s": rate}
         row["ratio"] = row["located"]["score"] / row["labelled"]["score"]
         per_seed.append(row)
-        print(f"{variant.name} | seed {seed}: labelled score {row['labelled']['score']:.4f} (foraminal "
-              f"{row['labelled']['foraminal']:.3f}), located {row['located']['score']:.4f}, ratio "
-              f"{row['ratio']:.3f}; slice -1/+1 foraminal {row['slice -1']['foraminal']:.3f}/"
-              f"{row['slice +1']['foraminal']:.3f} (best epoch {row['best_epoch']})", flush=True)
-    summary = {name: {key: mean_sd([row[name][key] for row in per_seed])
-                      for key in ("score", "foraminal", "balanced_accuracy", "wll_ratio")}
-               for name in sets.names()}
+        terms = ", ".join(f"{term} {row['labelled'][term]:.3f} / {row['slice -1'][term]:.3f} / "
+                          f"{row['slice +1'][term]:.3f} / {row['located'][term]:.3f}"
+                          for term in dict.fromkeys(TERM_OF[seq] for seq in args.sequences))
+        print(f"{variant.name} | seed {seed}: score labelled {row['labelled']['score']:.4f}, located "
+              f"{row['located']['score']:.4f}, ratio {row['ratio']:.3f}; labelled / slice -1 / +1 / located: "
+              f"{terms} (best epochs {row['best_epochs']})", flush=True)
+    summary: dict[str, Any] = {set_name: {key: mean_sd([row[set_name][key] for row in per_seed])
+                                          for key in ("score", *metrics.GROUPS, metrics.ANY_SEVERE)}
+                               for set_name in sets.names()}
+    for set_name in sets.names():
+        summary[set_name]["crops"] = {
+            seq: {key: mean_sd([row[set_name]["crops"][seq][key] for row in per_seed])
+                  for key in ("balanced_accuracy", "wll_ratio")} for seq in args.sequences}
     summary["ratio"] = mean_sd([row["ratio"] for row in per_seed])
-    return {"variant": variant.name, "slices": variant.slices, "changes": variant.changes, "seeds": per_seed,
-            "summary": summary, "intervals": intervals(by_set, args.n_boot), "speed": speed(args, variant)}
+    return {"variant": variant.name, "slices": variant.slices, "changes": variant.changes,
+            "sequences": args.sequences, "seeds": per_seed, "summary": summary,
+            "intervals": intervals(by_set, args.n_boot), "speed": speed(args, variant)}
+
+
+def best_epoch(run_dir: Path) -> int:
+    """The epoch of the run's best.pt."""
+    return [record for record in RunFolder(run_dir).read_metrics() if record["best"]][-1]["epoch"]
 
 
 def fixed_crops(args: argparse.Namespace, sets: TestSets, train_cache: Path,
                 runs: Path) -> tuple[dict[str, pd.DataFrame], dict[str, np.ndarray]]:
     """The other sequences' three-slice default classifiers (trained once): their crops at the labelled
-    and at the located points, and their training priors."""
-    others = [seq for seq in rsna.SEQUENCES if seq != args.sequence]
+    and at the located points, and their training priors (none when every sequence is studied)."""
+    others = [seq for seq in rsna.SEQUENCES if seq not in args.sequences]
+    if not others:
+        return {"labelled": pd.DataFrame(), "located": pd.DataFrame()}, {}
     dirs = [train_run(args, seq, train_cache, runs / f"fixed-{seq}-{args.fixed_seed}", args.fixed_seed, {})
             for seq in others]
     fixed_runs = [read_run(path) for path in dirs]
@@ -367,24 +403,27 @@ def fixed_crops(args: argparse.Namespace, sets: TestSets, train_cache: Path,
 
 
 def table(results: list[dict[str, Any]], sets: list[str]) -> str:
-    """The Markdown table: per variant, the score per set (mean ± sd over seeds, bootstrap interval) and the
-    ratio, then the foraminal term, then speed."""
+    """The Markdown table: per variant, the score per set (mean ± sd over seeds, with the bootstrap
+    interval at the labelled and located points) and the ratio; the studied terms at the labelled and
+    located points; the studied sequences' balanced accuracy; speed."""
     def cell(stats: dict[str, float], interval: tuple[float, float] | None = None, digits: int = 3) -> str:
         text = f"{stats['mean']:.{digits}f} ± {stats['sd']:.{digits}f}"
         return text + (f" [{interval[0]:.{digits}f}, {interval[1]:.{digits}f}]" if interval else "")
 
-    header = ["variant", *(f"score {name}" for name in ("labelled", "located")), "located ÷ labelled",
-              *(f"foraminal {name}" for name in sets), "bal. acc. labelled", "wll ÷ prior labelled",
-              "train img/s", "inference img/s", "peak MB"]
+    sequences = results[0]["sequences"]
+    terms = list(dict.fromkeys(TERM_OF[seq] for seq in sequences))
+    header = ["variant", *(f"score {name}" for name in sets), "located ÷ labelled",
+              *(f"{term} {name}" for term in terms for name in ("labelled", "located")),
+              *(f"{seq} bal. acc." for seq in sequences), "train img/s", "inference img/s", "peak MB"]
     rows = []
     for result in results:
         s, ci, sp = result["summary"], result["intervals"], result["speed"]
-        rows.append([result["variant"], cell(s["labelled"]["score"], ci["labelled"]["score"]),
-                     cell(s["located"]["score"], ci["located"]["score"]),
+        rows.append([result["variant"],
+                     *(cell(s[name]["score"], ci[name]["score"] if name in ("labelled", "located") else None)
+                       for name in sets),
                      cell(s["ratio"], ci["ratio"]["value"]),
-                     *(cell(s[name]["foraminal"]) for name in sets),
-                     cell(s["labelled"]["balanced_accuracy"], digits=2),
-                     cell(s["labelled"]["wll_ratio"], digits=2),
+                     *(cell(s[name][term]) for term in terms for name in ("labelled", "located")),
+                     *(cell(s["labelled"]["crops"][seq]["balanced_accuracy"], digits=2) for seq in sequences),
                      f"{sp['train_images_per_s']:.0f}", f"{sp['inference_images_per_s']:.0f}",
                      f"{sp['peak_memory_mb']:.0f}"])
     return common.markdown_table(header, rows)

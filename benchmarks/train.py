@@ -49,6 +49,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--workers", type=int, default=4, help="loader worker processes")
     parser.add_argument("--studies", type=int, default=30, help="synth studies behind the cache")
     parser.add_argument("--sequence", default="ax_t2")
+    parser.add_argument("--slices", type=int, default=3, help="slices per crop: 3 for the plain model, more "
+                        "for the multi-slice one (the seed-recipe epoch comparison runs at 3 only)")
     parser.add_argument("--items", type=int, default=4096,
                         help="training items per epoch (cycling the cache)")
     parser.add_argument("--epoch-items", type=int, default=1024, help="items of the full-epoch comparison "
@@ -65,7 +67,7 @@ def train_config(args: argparse.Namespace, batch_size: int, graphs: bool = False
     recipe (its `auto` values resolved, as `train` resolves them)."""
     return TrainConfig(sequence=args.sequence, cache="", out=str(args.workdir), model=args.model,
                        pretrained=False, cuda_graphs=graphs, amp=args.amp, batch_size=batch_size,
-                       workers=args.workers).resolved()
+                       workers=args.workers).resolved(args.slices)
 
 
 class Trainer:
@@ -122,15 +124,16 @@ def window(trainer: Trainer, feed: Iterator, steps: int) -> dict[str, float]:
 def throughput(args: argparse.Namespace, items: LevelItems, device: torch.device) -> dict:
     """Ceiling and loader contenders in every mode, interleaved; their runs and summary."""
     modes = (args.modes or ("eager,graphs" if device.type == "cuda" else "eager")).split(",")
-    cfg = loader_config(train_config(args, args.batch_size), device, amp_dtype_for(args.amp, device))
+    cfg = loader_config(train_config(args, args.batch_size), device, amp_dtype_for(args.amp, device),
+                        args.slices)
     # loaders first: their workers start before this process does any CUDA work
     loaders, skipped = common.startable({
         name: partial(build_loader, name, items.images_path, items.rows, items.labels, cfg, True)
         for name in args.loaders.split(",") if name})
     ceiling_dtype = cfg.dtype or (torch.float16 if device.type == "cuda" else torch.float32)
-    feeds = {"ceiling": ceiling_feed(args.batch_size, 3, ceiling_dtype, device),
+    feeds = {"ceiling": ceiling_feed(args.batch_size, args.slices, ceiling_dtype, device),
              **{name: loader_feed(loader) for name, loader in loaders.items()}}
-    trainers = {mode: Trainer(train_config(args, args.batch_size, mode == "graphs"), 3, device)
+    trainers = {mode: Trainer(train_config(args, args.batch_size, mode == "graphs"), args.slices, device)
                 for mode in modes}
     pairs = {f"{feed}-{mode}": (trainers[mode], feeds[feed]) for mode in modes for feed in feeds}
     for name, (trainer, feed) in pairs.items():
@@ -148,7 +151,7 @@ def full_epoch(args: argparse.Namespace, items: LevelItems, device: torch.device
     """One training epoch of the seed recipe (batch 32, eager) fed by the seed's loader and by ours."""
     items = items.tiled(args.epoch_items)
     config = train_config(args, SEED_BATCH_SIZE)
-    cfg = loader_config(config, device, amp_dtype_for(args.amp, device))
+    cfg = loader_config(config, device, amp_dtype_for(args.amp, device), 3)
     ours = build_loader("auto", items.images_path, items.rows, items.labels, cfg, True)
     dicoms = SeedDicomDataset(items.dicoms, items.labels, 224)
     seed = PeerLoader(dicoms, SEED_BATCH_SIZE, args.workers, device)
@@ -201,11 +204,11 @@ def table(result: dict, epoch: dict | None, args: argparse.Namespace) -> str:
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
     device = torch.device(args.device)
-    items = prepared_items(args.workdir, args.studies, args.sequence, args.items)
-    print(f"train benchmark: {args.model}, batch {args.batch_size}, {args.device}, {len(items.rows)} items, "
-          f"{args.repeats} interleaved repeats", flush=True)
+    items = prepared_items(args.workdir, args.studies, args.sequence, args.items, args.slices)
+    print(f"train benchmark: {args.model}, {args.slices}-slice crops, batch {args.batch_size}, "
+          f"{args.device}, {len(items.rows)} items, {args.repeats} interleaved repeats", flush=True)
     result = throughput(args, items, device)
-    epoch = full_epoch(args, items, device) if args.epoch_items else None
+    epoch = full_epoch(args, items, device) if args.epoch_items and args.slices == 3 else None
     results = {"throughput": result, "full_epoch": epoch}
     return common.report("train", args, results, table(result, epoch, args))
 

@@ -39,6 +39,9 @@ from lumbar_fast.processes import pool_context
 SPLITS = ("train", "test")
 #: default level-crop window width in millimetres per sequence
 DEFAULT_CROP_MM: dict[str, float] = {"sag_t1": 40.0, "sag_t2": 40.0, "ax_t2": 50.0}
+#: slices per level crop: the labelled one and four on each side, the multi-slice model's input; measured
+#: against 3, 5 and 7 in docs/multislice.md (the competition score at labelled and located points)
+DEFAULT_CHANNELS = 9
 DESCRIPTION_COLUMNS = {"study_id": INT, "series_id": INT, "series_description": TEXT}
 COORDINATE_COLUMNS = dict(zip(rsna.COORDINATE_COLUMNS, (INT, INT, INT, TEXT, TEXT, FLOAT, FLOAT),
                               strict=True))
@@ -66,7 +69,7 @@ class IngestParams:
     split: str = "train"
     fmt: str = "zarr"
     size: int = 224
-    channels: int = 3
+    channels: int = DEFAULT_CHANNELS
     crop_mm: dict[str, float] = field(default_factory=lambda: dict(DEFAULT_CROP_MM))
     #: mirror subarticular crops so the patient's midline lies left of every graded recess (canonical_side)
     canonical_side: bool = True
@@ -162,7 +165,7 @@ class IngestSummary:
 
 
 def ingest(data_dir: str | Path, out: str | Path, split: str = "train", workers: int | None = None,
-           fmt: str = "zarr", size: int = 224, channels: int = 3,
+           fmt: str = "zarr", size: int = 224, channels: int = DEFAULT_CHANNELS,
            crop_mm: dict[str, float] | None = None, canonical_side: bool = True,
            limit_studies: int | None = None, coordinates: str | Path | None = None,
            labels: str | Path | None = None, progress: bool = True) -> IngestSummary:

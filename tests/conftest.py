@@ -69,8 +69,8 @@ def make_cache(tmp_path_factory) -> Callable[..., Path]:
 
 @pytest.fixture(scope="session")
 def synth_cache(make_cache, synth_data) -> Path:
-    """synth_data's train split ingested into a Zarr cache: 64×64 images, 3-channel level crops, default
-    crop widths (its errors table lists the phantom's damaged files)."""
+    """synth_data's train split ingested into a Zarr cache: 64×64 images, 9-slice level crops (ingest's
+    default), default crop widths (its errors table lists the phantom's damaged files)."""
     return make_cache(synth_data)
 
 

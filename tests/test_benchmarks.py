@@ -14,7 +14,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from benchmarks import common, ingest, recipe
+from benchmarks import common, ingest, multislice, recipe
+from lumbar_fast import rsna
 
 REPO = Path(__file__).resolve().parents[1]
 STUDIES = "2"
@@ -84,6 +85,9 @@ def test_gpu_check_dry_run(workdir, tmp_path):
     train_results = read_record(tmp_path / "train.json", "train")["results"]
     assert set(train_results["throughput"]["summary"]) == {"ceiling-eager", "dali-eager", "torch-eager"}
     assert len(train_results["full_epoch"]["summary"]) == 2
+    multi_slice = read_record(tmp_path / "train-9.json", "train")
+    assert multi_slice["args"]["slices"] == 9 and multi_slice["results"]["full_epoch"] is None
+    assert set(multi_slice["results"]["throughput"]["summary"]) == set(train_results["throughput"]["summary"])
     loader_summary = read_record(tmp_path / "loader.json", "loader")["results"]["summary"]
     assert set(loader_summary) == {"dali", "torch", "seed", "png"}
     assert all(np.isfinite(stats["steady_img_s"]["median"]) for stats in loader_summary.values())
@@ -105,3 +109,27 @@ def test_recipe_study(workdir, capsys):
     assert len(runs) == 5 and all(run["judged_on"] == "held-out test split" for run in runs)
     assert all(sum(run["support"]) > 0 and 0 <= run["balanced_accuracy"] <= 1 for run in runs)
     assert "| crops without canonical side |  |  |" in capsys.readouterr().out
+
+
+def test_multislice_study(workdir, synth_data, synth_cache, tmp_path, capsys):
+    """The multi-slice study at a tiny size, with tiny locators: every variant trains per seed and is judged
+    at the labelled, slice-shifted and located points of the held-out test split."""
+    from lumbar_fast.locator_train import LocatorConfig, train_locator
+
+    for sequence in rsna.SEQUENCES:
+        train_locator(LocatorConfig(sequence=sequence, cache=str(synth_cache),
+                                    run_dir=str(tmp_path / sequence), model="test_efficientnet",
+                                    pretrained=False, image_size=64, width=16, epochs=1, limit_series=3,
+                                    max_slices=8, device="cpu", progress=False))
+    out = workdir / "multislice.json"
+    multislice.main(["--workdir", str(workdir), "--data", str(synth_data), "--locators", str(tmp_path),
+                     "--locator-size", "64", "--size", "32", "--seeds", "1", "--n-boot", "5", "--epochs", "1",
+                     "--variants", "3 slices (default);5 slices, attention", "--json", str(out)])
+    results = read_record(out, "multislice")["results"]["results"]
+    assert [result["variant"] for result in results] == ["3 slices (default)", "5 slices, attention"]
+    for result in results:
+        assert set(result["intervals"]) == {"labelled", "slice -2", "slice -1", "slice +1", "slice +2",
+                                            "located", "ratio"}
+        assert all(np.isfinite(result["summary"][name]["score"]["mean"]) for name in ("labelled", "located"))
+        assert result["speed"]["train_images_per_s"] > 0 and result["speed"]["peak_memory_mb"] > 0
+    assert "| 5 slices, attention |" in capsys.readouterr().out

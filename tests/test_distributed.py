@@ -143,7 +143,7 @@ def single_process_validation(run_dir, checkpoint: str):
     """One process validating `checkpoint` with the loop's own `validate`: (epoch, metrics, predictions)."""
     config, train_items, val_items = run_items(run_dir)
     loaded = load_run(run_dir, device="cpu", amp="none", checkpoint=checkpoint)
-    cfg = loader_config(config, loaded.device, None)
+    cfg = loader_config(config, loaded.device, None, loaded.meta["channels"])
     loader = build_loader("torch", val_items.images_path, val_items.rows, val_items.labels, cfg, train=False)
     prior = class_frequencies(train_items.labels)
     return loaded.meta["epoch"], *validate(loaded.model, loader, val_items, prior, None, None)

@@ -213,8 +213,9 @@ def test_a_killed_multi_slice_run_resumes_to_the_uninterrupted_result(five_slice
     assert RunFolder(killed).read_config()["pooling"] == "gru"
 
 
-def test_three_slice_crops_keep_the_plain_model(synth_cache, tmp_path, run_cli):
-    code, _, stderr = run_cli("train", "--sequence", "sag_t2", "--cache", synth_cache, "--run-dir",
+def test_three_slice_crops_keep_the_plain_model(make_cache, synth_data, tmp_path, run_cli):
+    three = make_cache(synth_data, channels=3)
+    code, _, stderr = run_cli("train", "--sequence", "sag_t2", "--cache", three, "--run-dir",
                               tmp_path / "run", *SMOKE)
     assert code == 0, stderr
     assert RunFolder(tmp_path / "run").read_config()["pooling"] == "stem"
@@ -236,44 +237,48 @@ def real_balance_data(make_synth):
     return make_synth(300, seed=11, image_size=128)
 
 
-def shifted_cache(make_cache, data, labelled: str, channels: int, shift: int, folder) -> str:
+STUDIES = 160  # of the phantom's 300: enough items of every class in a validation fold of 4, and quick
+
+
+def shifted_cache(make_cache, data, labelled, channels: int, shift: int, folder) -> str:
     """The train split's crops with every sag_t1 point moved `shift` slices along its stack."""
     coordinates = folder / f"coordinates{shift:+d}.csv"
-    shifted_coordinates(data / "train_label_coordinates.csv", labelled, "sag_t1", shift, coordinates)
-    return make_cache(data, size=64, channels=channels, coordinates=coordinates)
+    shifted_coordinates(data / "train_label_coordinates.csv", labelled, ["sag_t1"], shift, coordinates)
+    return make_cache(data, size=64, channels=channels, limit_studies=STUDIES, coordinates=coordinates)
 
 
 def validation_figures(run_dir, cache) -> tuple[float, float]:
     """Balanced accuracy and weighted log loss ÷ prior of the run's best checkpoint on its validation
-    studies' crops in `cache`."""
+    studies' labelled crops in `cache`."""
     run = read_run(run_dir)
     reader = open_cache(cache)
     split = pd.read_csv(run_dir / "split.csv")
     labels = reader.level_labels("sag_t1")
-    rows = np.flatnonzero(labels["study_id"].isin(split.loc[split["fold"] == run.fold, "study_id"]).to_numpy()
-                          & (labels["severity"].to_numpy() >= 0))
+    validated = labels["study_id"].isin(split.loc[split["fold"] == run.fold, "study_id"]).to_numpy()
+    rows = np.flatnonzero(validated & (labels["severity"].to_numpy() >= 0))
     probs = predict_crops(run, reader, rows, InferenceOptions(device="cpu"))
     summary = classification_summary(labels["severity"].to_numpy()[rows], probs, run.prior)
     return summary["balanced_accuracy"], summary["weighted_log_loss"] / summary["prior_weighted_log_loss"]
 
 
-def test_a_five_slice_model_learns_and_grades_a_slice_off_as_well_as_on(real_balance_data, make_cache,
+def test_a_nine_slice_model_learns_and_grades_a_slice_off_as_well_as_on(real_balance_data, make_cache,
                                                                           tmp_path):
-    """sag_t1 under the default recipe: a 5-slice attention model learns the phantom, and crops whose
-    labelled slice moved one slice either way score about as well as the labelled ones; the 3-slice model,
-    trained the same way, fails on them (the study: 0.02 against 1.3-1.7 foraminal loss)."""
+    """sag_t1 under the default recipe: a 9-slice model (attention, the default pooling) learns the phantom,
+    and crops whose labelled slice moved one slice either way score about as well as the labelled ones; the
+    3-slice model trained the same way fails on them (the study: 0.02 against 0.45-1.9 foraminal loss)."""
     figures = {}
-    for channels in (3, 5):
-        labelled = make_cache(real_balance_data, size=64, channels=channels)
+    for channels in (3, 9):
+        labelled = make_cache(real_balance_data, size=64, channels=channels, limit_studies=STUDIES)
         run_dir = tmp_path / f"c{channels}"
         train(TrainConfig(sequence="sag_t1", cache=str(labelled), run_dir=str(run_dir), folds=4,
                           model="test_efficientnet", pretrained=False, loader="torch", workers=1,
                           device="cpu", seed=5, progress=False))
+        assert RunFolder(run_dir).read_config()["pooling"] == ("stem" if channels == 3 else "attention")
         figures[channels] = {shift: validation_figures(run_dir, labelled if shift == 0 else shifted_cache(
             make_cache, real_balance_data, labelled, channels, shift, tmp_path)) for shift in (-1, 0, 1)}
         print(f"{channels} slices: (balanced accuracy, wll ÷ prior) by slice shift {figures[channels]}")
-    multi, plain = figures[5], figures[3]
+    multi, plain = figures[9], figures[3]
     assert multi[0][0] >= 0.7 and multi[0][1] <= 0.6  # it learns
     for shift in (-1, 1):
-        assert multi[shift][0] >= 0.7 and multi[shift][1] <= max(0.3, 2 * multi[0][1])
-        assert plain[shift][1] >= 0.6 and plain[shift][1] >= 3 * multi[shift][1]
+        assert multi[shift][0] >= 0.7 and multi[shift][1] <= max(0.15, 2 * multi[0][1])
+        assert plain[shift][1] >= 3 * max(plain[0][1], multi[shift][1])

@@ -53,7 +53,7 @@ def test_the_seed_recipe_is_the_papers():
     assert (seed.augment, seed.class_weights, seed.monitor) == ("none", "none", "accuracy")
     assert seed.view == "level"
     assert (seed.lr, seed.step_size, seed.gamma, seed.patience, seed.epochs) == (1e-3, 2, 0.1, 3, 5)
-    assert loader_config(seed, CPU, None).augment is None
+    assert loader_config(seed, CPU, None, 3).augment is None
     assert class_weight_tensor(seed.class_weights, np.array([0, 0, 1, 2]), CPU) is None
     assert MONITORS[seed.monitor] == ("val_accuracy", "max")
     optimizer = make_optimizer(nn.Linear(2, 3), seed, CPU)

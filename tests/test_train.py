@@ -283,8 +283,9 @@ def test_slice_view_gives_each_label_its_whole_slice(learning_cache, tmp_path):
     stacks = cache.stack_images("sag_t1")
     assert len(items.rows) == len(labelled)
     assert len(images) == labelled["stack_row"].nunique() < len(items.rows)  # items share their slice
+    middle = images.shape[-1] // 2
     for i in (0, len(items.rows) // 2, len(items.rows) - 1):  # the middle channel is the labelled slice
-        assert np.array_equal(images[items.rows[i], :, :, 1], stacks[labelled.loc[i, "stack_row"]])
+        assert np.array_equal(images[items.rows[i], :, :, middle], stacks[labelled.loc[i, "stack_row"]])
 
 
 def cli(*args: str) -> list[str]:
@@ -390,6 +391,6 @@ def test_a_test_split_cache_has_no_items_to_train_on(make_cache, synth_data, tmp
 
 def test_shift_reaches_the_loaders_augmentation(tmp_path):
     config = TrainConfig(sequence="sag_t2", cache="c.zarr", run_dir=str(tmp_path), shift=0.125).resolved()
-    assert loader_config(config, torch.device("cpu"), None).augment.shift == 0.125
+    assert loader_config(config, torch.device("cpu"), None, 3).augment.shift == 0.125
     plain = TrainConfig(sequence="sag_t2", cache="c.zarr", run_dir=str(tmp_path), augment="none")
-    assert loader_config(plain, torch.device("cpu"), None).augment is None
+    assert loader_config(plain, torch.device("cpu"), None, 3).augment is None

@@ -145,7 +145,7 @@ def check_fold(config: TrainConfig, train_items: Items, val_items: Items) -> Non
 
 
 def loader_config(config: TrainConfig, device: torch.device, amp_dtype: torch.dtype | None,
-                  channels: int = 3) -> LoaderConfig:
+                  channels: int) -> LoaderConfig:
     """The loaders' settings for this run and rank (each rank its own share of every epoch) on crops of
     `channels` slices; float32 images when not autocasting. A multi-slice model normalises each window
     itself: its loaders scale to [0, 1]."""

@@ -18,8 +18,9 @@ SHOWN_ERRORS = 5
 @click.option("--workers", type=click.IntRange(min=1), help="worker processes  [default: CPU cores]")
 @click.option("--size", type=click.IntRange(8, 2048), default=224, show_default=True,
               help="side of every stored image (pixels)")
-@click.option("--channels", type=click.IntRange(min=1), default=3, show_default=True,
-              help="slices per level crop (odd): the labelled slice and its neighbours")
+@click.option("--channels", type=click.IntRange(min=1), default=9, show_default=True,
+              help="slices per level crop (odd): the labelled slice and its neighbours; 9 feeds the "
+              "multi-slice model, 3 the plain one (docs/multislice.md)")
 @click.option("--crop-mm-sagittal", type=click.FloatRange(min=0, min_open=True), default=40.0,
               show_default=True, help="level-crop width on sagittal series (mm)")
 @click.option("--crop-mm-axial", type=click.FloatRange(min=0, min_open=True), default=50.0,
