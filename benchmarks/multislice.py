@@ -36,6 +36,7 @@ from lumbar_fast.csvfile import read_csv
 from lumbar_fast.errors import LumbarFastError
 from lumbar_fast.ingest import COORDINATE_COLUMNS, ingest
 from lumbar_fast.locator import locate, write_coordinates
+from lumbar_fast.multislice import SliceWindows
 from lumbar_fast.predict import (
     InferenceOptions,
     crop_predictions,
@@ -97,6 +98,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--n-boot", type=int, default=300, help="bootstrap replicates over test studies")
+    parser.add_argument("--speed-only", action="store_true", help="only time each variant's model (training "
+                        "and inference images/s, peak memory), each in a fresh process, on random crops")
+    parser.add_argument("--speed-steps", type=int, default=10, help="timed steps per speed figure")
+    parser.add_argument("--speed-batch", type=int, default=32)
     args = parser.parse_args(argv)
     args.seeds = [int(seed) for seed in args.seeds.split(",")]
     args.sequences = list(rsna.SEQUENCES) if args.sequences == "all" else args.sequences.split(",")
@@ -275,13 +280,13 @@ def mean_sd(values: list[float]) -> dict[str, float]:
 
 
 # -- speed and memory ------------------------------------------------
-def speed(args: argparse.Namespace, variant: Variant, batch: int = 32, steps: int = 6) -> dict[str, float]:
+def speed(args: argparse.Namespace, variant: Variant) -> dict[str, float]:
     """Training and inference images/s and peak memory of the variant's model, in a fresh process (its peak
     resident memory on CPU, or peak CUDA memory, is then the model's own)."""
     context = multiprocessing.get_context("spawn")
     with context.Pool(1) as pool:
-        return pool.apply(_speed_in_process, (args.model, variant.slices, variant.changes, args.size, batch,
-                                              steps, args.device))
+        return pool.apply(_speed_in_process, (args.model, variant.slices, variant.changes, args.size,
+                                              args.speed_batch, args.speed_steps, args.device))
 
 
 def _speed_in_process(model_name: str, slices: int, changes: dict[str, Any], size: int, batch: int,
@@ -325,6 +330,14 @@ def _speed_in_process(model_name: str, slices: int, changes: dict[str, Any], siz
     peak = (torch.cuda.max_memory_allocated(device) if device.type == "cuda" else _peak_rss())
     return {"train_images_per_s": train_rate, "inference_images_per_s": infer_rate,
             "peak_memory_mb": peak / 2**20, "parameters_m": sum(p.numel() for p in model.parameters()) / 1e6}
+
+
+def windows_of(variant: Variant) -> int:
+    """Backbone passes per item of the variant's model (1 for the plain one)."""
+    config = TrainConfig(sequence="sag_t1", cache="-", **variant.changes).resolved(variant.slices)
+    if config.pooling == "stem":
+        return 1
+    return SliceWindows(variant.slices, config.window_stride, config.window_padding).count()
 
 
 def _peak_rss() -> int:
@@ -378,7 +391,7 @@ def study_variant(args: argparse.Namespace, variant: Variant, sets: TestSets, fi
     summary["ratio"] = mean_sd([row["ratio"] for row in per_seed])
     return {"variant": variant.name, "slices": variant.slices, "changes": variant.changes,
             "sequences": args.sequences, "seeds": per_seed, "summary": summary,
-            "intervals": intervals(by_set, args.n_boot), "speed": speed(args, variant)}
+            "intervals": intervals(by_set, args.n_boot)}
 
 
 def best_epoch(run_dir: Path) -> int:
@@ -405,7 +418,7 @@ def fixed_crops(args: argparse.Namespace, sets: TestSets, train_cache: Path,
 def table(results: list[dict[str, Any]], sets: list[str]) -> str:
     """The Markdown table: per variant, the score per set (mean ± sd over seeds, with the bootstrap
     interval at the labelled and located points) and the ratio; the studied terms at the labelled and
-    located points; the studied sequences' balanced accuracy; speed."""
+    located points; the studied sequences' balanced accuracy."""
     def cell(stats: dict[str, float], interval: tuple[float, float] | None = None, digits: int = 3) -> str:
         text = f"{stats['mean']:.{digits}f} ± {stats['sd']:.{digits}f}"
         return text + (f" [{interval[0]:.{digits}f}, {interval[1]:.{digits}f}]" if interval else "")
@@ -414,19 +427,29 @@ def table(results: list[dict[str, Any]], sets: list[str]) -> str:
     terms = list(dict.fromkeys(TERM_OF[seq] for seq in sequences))
     header = ["variant", *(f"score {name}" for name in sets), "located ÷ labelled",
               *(f"{term} {name}" for term in terms for name in ("labelled", "located")),
-              *(f"{seq} bal. acc." for seq in sequences), "train img/s", "inference img/s", "peak MB"]
+              *(f"{seq} bal. acc." for seq in sequences)]
     rows = []
     for result in results:
-        s, ci, sp = result["summary"], result["intervals"], result["speed"]
+        s, ci = result["summary"], result["intervals"]
         rows.append([result["variant"],
                      *(cell(s[name]["score"], ci[name]["score"] if name in ("labelled", "located") else None)
                        for name in sets),
                      cell(s["ratio"], ci["ratio"]["value"]),
                      *(cell(s[name][term]) for term in terms for name in ("labelled", "located")),
-                     *(cell(s["labelled"]["crops"][seq]["balanced_accuracy"], digits=2) for seq in sequences),
-                     f"{sp['train_images_per_s']:.0f}", f"{sp['inference_images_per_s']:.0f}",
-                     f"{sp['peak_memory_mb']:.0f}"])
+                     *(cell(s["labelled"]["crops"][seq]["balanced_accuracy"], digits=2)
+                       for seq in sequences)])
     return common.markdown_table(header, rows)
+
+
+def speed_table(results: list[dict[str, Any]], args: argparse.Namespace) -> str:
+    """The Markdown table of every variant's model speed and peak memory."""
+    rows = [[result["variant"], result["windows"], f"{result['speed']['train_images_per_s']:.0f}",
+             f"{result['speed']['inference_images_per_s']:.0f}", f"{result['speed']['peak_memory_mb']:.0f}",
+             f"{result['speed']['parameters_m']:.2f}"] for result in results]
+    return (common.markdown_table(["variant", "backbone passes per item", "train img/s", "inference img/s",
+                                   "peak MB", "parameters (M)"], rows)
+            + f"\n\n{args.model}, {args.size} px, batch {args.speed_batch}, {args.device}, "
+              f"{args.speed_steps} timed steps after one warm-up, a fresh process per model.")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -435,6 +458,11 @@ def main(argv: list[str] | None = None) -> None:
         variants = chosen_variants(args.variants)
     except LumbarFastError as exc:
         raise SystemExit(f"error: {exc}") from None
+    if args.speed_only:
+        results = [{"variant": variant.name, "slices": variant.slices, "windows": windows_of(variant),
+                    "speed": speed(args, variant)} for variant in variants]
+        common.report("multislice", args, {"speed": results}, speed_table(results, args))
+        return
     sets = TestSets(args)
     sets.prepare()
     train_caches = {}

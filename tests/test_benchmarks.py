@@ -131,5 +131,10 @@ def test_multislice_study(workdir, synth_data, synth_cache, tmp_path, capsys):
         assert set(result["intervals"]) == {"labelled", "slice -2", "slice -1", "slice +1", "slice +2",
                                             "located", "ratio"}
         assert all(np.isfinite(result["summary"][name]["score"]["mean"]) for name in ("labelled", "located"))
-        assert result["speed"]["train_images_per_s"] > 0 and result["speed"]["peak_memory_mb"] > 0
     assert "| 5 slices, attention |" in capsys.readouterr().out
+    multislice.main(["--workdir", str(workdir), "--data", str(synth_data), "--locators", str(tmp_path),
+                     "--size", "32", "--speed-only", "--speed-steps", "1", "--variants",
+                     "9 slices, attention", "--json", str(out)])
+    (timed,) = read_record(out, "multislice")["results"]["speed"]
+    assert timed["windows"] == 7 and timed["speed"]["train_images_per_s"] > 0
+    assert timed["speed"]["peak_memory_mb"] > 0
