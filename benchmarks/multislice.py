@@ -364,7 +364,7 @@ def study_variant(args: argparse.Namespace, variant: Variant, sets: TestSets, fi
             "seed": seed, "best_epochs": [best_epoch(path) for path in run_dirs],
             "train_images_per_s": statistics.median(r["train_images_per_s"] for r in records),
             "train_seconds": sum(r["train_seconds"] for r in records)}
-        run_priors = {**priors, **{read_run(path).sequence: read_run(path).prior for path in run_dirs}}
+        run_priors = {**priors, **{run.sequence: run.prior for run in map(read_run, run_dirs)}}
         for set_name in sets.names():
             cache = sets.cache(set_name, variant.slices)
             crops, rate = crops_of(run_dirs, cache, args.device)
