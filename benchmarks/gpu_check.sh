@@ -21,13 +21,13 @@ mkdir -p "$RESULTS" "$WORK"
 
 if [[ ${1:-} == --dry-run ]]; then
   PY=${PYTHON:-.venv/bin/python}
-  DEVICE=cpu MODEL=test_efficientnet BATCH=8 AMP=none WORKERS=1 STUDIES=${DRY_STUDIES:-3} STEPS=2 WARMUP=1
+  DEVICE=cpu MODEL=test_efficientnet BATCH=8 BATCH9=2 AMP=none WORKERS=1 STUDIES=${DRY_STUDIES:-3} STEPS=2 WARMUP=1
   TRAIN_ITEMS=32 EPOCH_ITEMS=32 LOADER_ITEMS=32 LOADER_BATCH=8 REPEATS=${DRY_REPEATS:-5}
   LIMIT_DATA=600 LIMIT_TRAIN=600 LIMIT_LOADER=600
   WORK=${DRY_WORKDIR:-$WORK}
 else
   PY=python3
-  DEVICE=cuda MODEL=tf_efficientnetv2_s BATCH=128 AMP=bf16 WORKERS=6 STUDIES=30 STEPS=30 WARMUP=10
+  DEVICE=cuda MODEL=tf_efficientnetv2_s BATCH=128 BATCH9=16 AMP=bf16 WORKERS=6 STUDIES=30 STEPS=30 WARMUP=10
   TRAIN_ITEMS=8192 EPOCH_ITEMS=1024 LOADER_ITEMS=3072 LOADER_BATCH=128 REPEATS=5
   LIMIT_DATA=150 LIMIT_TRAIN=240 LIMIT_LOADER=180  # seconds; expected about 40, 120, 100
   export PYTORCH_NVML_BASED_CUDA_CHECK=1 PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1
@@ -84,9 +84,9 @@ COMMON=(--workdir "$WORK" --repeats "$REPEATS")
 run_step train "$LIMIT_TRAIN" $PY -m benchmarks.train "${COMMON[@]}" --device "$DEVICE" --model "$MODEL" --batch-size "$BATCH" \
   --amp "$AMP" --loaders "$LOADERS" --workers "$WORKERS" --studies "$STUDIES" --steps "$STEPS" --warmup "$WARMUP" \
   --items "$TRAIN_ITEMS" --epoch-items "$EPOCH_ITEMS" --epoch-repeats "$REPEATS" --json "$RESULTS/train.json"
-# the multi-slice model (9-slice crops, 7 backbone passes per item) against the plain one above
+# the multi-slice model (9-slice crops, 7 backbone passes per item: BATCH9 items are 7 x BATCH9 images)
 run_step train-9 "$LIMIT_TRAIN" $PY -m benchmarks.train "${COMMON[@]}" --device "$DEVICE" --model "$MODEL" \
-  --batch-size "$BATCH" --amp "$AMP" --loaders "$LOADERS" --workers "$WORKERS" --studies "$STUDIES" --steps "$STEPS" \
+  --batch-size "$BATCH9" --amp "$AMP" --loaders "$LOADERS" --workers "$WORKERS" --studies "$STUDIES" --steps "$STEPS" \
   --warmup "$WARMUP" --items "$TRAIN_ITEMS" --slices 9 --epoch-items 0 --json "$RESULTS/train-9.json"
 run_step loader "$LIMIT_LOADER" $PY -m benchmarks.loader "${COMMON[@]}" --device "$DEVICE" --contenders "$LOADER_CONTENDERS" \
   --workers "$WORKERS" --batch-size "$LOADER_BATCH" --studies "$STUDIES" --items "$LOADER_ITEMS" --epochs 2 \

@@ -18,9 +18,12 @@ model beside them. docs/multislice.md holds the figures.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import multiprocessing
+import shutil
 import statistics
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,7 +33,7 @@ import pandas as pd
 
 from benchmarks import common
 from lumbar_fast import metrics, rsna
-from lumbar_fast.cache import open_cache
+from lumbar_fast.cache import CacheReader, open_cache
 from lumbar_fast.classifier.runs import read_run
 from lumbar_fast.csvfile import read_csv
 from lumbar_fast.errors import LumbarFastError
@@ -44,8 +47,8 @@ from lumbar_fast.predict import (
     location_probabilities,
     sequence_priors,
 )
-from lumbar_fast.runfolder import RunFolder
-from lumbar_fast.train import TrainConfig, train
+from lumbar_fast.runfolder import LAST, RunFolder
+from lumbar_fast.train import TrainConfig, resume, train
 
 SLICE_SHIFTS = (-2, -1, 1, 2)
 #: the competition term each sequence's classifier predicts
@@ -146,7 +149,8 @@ class TestSets:
             if not path.is_file():
                 shifted_coordinates(self.coordinates["labelled"], labelled, self.args.sequences, shift, path)
             self.coordinates[f"slice {shift:+d}"] = path
-        located = self.folder / "coordinates-located.csv"
+        runs = f"{self.args.locators.resolve()}@{self.args.locator_size}"
+        located = self.folder / f"coordinates-located-{hashlib.sha1(runs.encode()).hexdigest()[:10]}.csv"
         if not located.is_file():
             stacks = self.folder / f"test-stacks-{self.args.locator_size}.zarr"
             ingest(self.data, stacks, split="test", size=self.args.locator_size, progress=False)
@@ -155,9 +159,9 @@ class TestSets:
         self.coordinates["located"] = located
 
     def cache(self, name: str, slices: int) -> Path:
-        """The test cache of one judged set with crops of `slices` slices (ingested on first use)."""
-        moved = f"-{self.studied}" if name.startswith("slice") else ""
-        path = self.folder / f"test-{name.replace(' ', '')}{moved}-c{slices}.zarr"
+        """The test cache of one judged set with crops of `slices` slices (ingested on first use), named
+        after its coordinates file."""
+        path = self.folder / f"test-{self.coordinates[name].stem}-c{slices}.zarr"
         ingest(self.data, path, split="test", size=self.args.size, channels=slices, progress=False,
                coordinates=self.coordinates[name], labels=self.labels)
         return path
@@ -178,7 +182,7 @@ def shifted_coordinates(coordinates: Path, labelled_cache: Path, sequences: list
     table.to_csv(out, index=False)
 
 
-def moved_instances(cache, sequence: str, shift: int) -> pd.DataFrame:
+def moved_instances(cache: CacheReader, sequence: str, shift: int) -> pd.DataFrame:
     """The sequence's level labels with `moved`: the instance number `shift` slices along the stack."""
     index, labels = cache.stack_index(sequence), cache.level_labels(sequence)
     last = index.groupby(["series_id", "stack"])["slice"].max()
@@ -192,8 +196,12 @@ def moved_instances(cache, sequence: str, shift: int) -> pd.DataFrame:
 # -- runs ------------------------------------------------
 def train_run(args: argparse.Namespace, sequence: str, cache: Path, run_dir: Path, seed: int,
               changes: dict[str, Any]) -> Path:
-    """One default-recipe run (reused when its folder holds a finished one)."""
-    if not (run_dir / "best.pt").is_file():
+    """One default-recipe run: a folder with a last.pt is resumed (at once when finished), one without is
+    started afresh."""
+    if (run_dir / LAST).is_file():
+        resume(run_dir)
+    else:
+        shutil.rmtree(run_dir, ignore_errors=True)  # killed before its first epoch
         settings = dict(sequence=sequence, cache=str(cache), run_dir=str(run_dir), model=args.model,
                         pretrained=args.pretrained, epochs=args.epochs, device=args.device, loader="torch",
                         workers=args.workers, seed=seed, progress=False)
@@ -255,11 +263,16 @@ def crop_figures(judged: Judged) -> dict[str, dict[str, float]]:
 
 
 def intervals(by_set: dict[str, list[Judged]], n_boot: int) -> dict[str, dict[str, tuple[float, float]]]:
-    """Bootstrap intervals over test studies of each set's seed-mean score and terms, and of the located ÷
-    labelled score ratio (same resampled studies in both)."""
-    study_ids = by_set["labelled"][0].solution["study_id"].to_numpy()
+    """Bootstrap intervals over test studies of each set's seed-mean score and terms, and of the ratio of
+    the seed-mean located and labelled scores (same resampled studies in both: every set's solution rows
+    are the same rows in the same order)."""
+    keys = ["study_id", "condition", "level"]
+    first = by_set["labelled"][0].solution[keys]
+    assert all(one.solution[keys].equals(first) for judged in by_set.values() for one in judged)
+    study_ids = first["study_id"].to_numpy()
 
     def replicate(rows: np.ndarray, copies: np.ndarray) -> dict[str, float]:
+        """Every set's seed-mean figures on the resampled rows, and the ratio of the scores."""
         values = {}
         for name, judged in by_set.items():
             for key, value in figures(judged, rows, copies).items():
@@ -276,6 +289,7 @@ def intervals(by_set: dict[str, list[Judged]], n_boot: int) -> dict[str, dict[st
 
 
 def mean_sd(values: list[float]) -> dict[str, float]:
+    """Mean and sample standard deviation (0 for a single value)."""
     return {"mean": statistics.fmean(values), "sd": statistics.stdev(values) if len(values) > 1 else 0.0}
 
 
@@ -291,6 +305,7 @@ def speed(args: argparse.Namespace, variant: Variant) -> dict[str, float]:
 
 def _speed_in_process(model_name: str, slices: int, changes: dict[str, Any], size: int, batch: int,
                       steps: int, device_name: str) -> dict[str, float]:
+    """speed's worker: time `steps` Adam training steps and inference passes on random crops."""
     import torch
 
     from lumbar_fast.multislice import create_classifier
@@ -303,7 +318,8 @@ def _speed_in_process(model_name: str, slices: int, changes: dict[str, Any], siz
     images = torch.rand(batch, slices, size, size, device=device).to(memory_format=torch.channels_last)
     labels = torch.zeros(batch, dtype=torch.int64, device=device)
 
-    def timed(step) -> float:
+    def timed(step: Callable[[], None]) -> float:
+        """Images/s of `step` over `steps` calls after one warm-up call."""
         step()  # warm-up
         if device.type == "cuda":
             torch.cuda.synchronize()
@@ -417,7 +433,8 @@ def fixed_crops(args: argparse.Namespace, sets: TestSets, train_cache: Path,
 
 def table(results: list[dict[str, Any]], sets: list[str]) -> str:
     """The Markdown table: per variant, the score per set (mean ± sd over seeds, with the bootstrap
-    interval at the labelled and located points) and the ratio; the studied terms at the labelled and
+    interval at the labelled and located points) and the ratio (mean ± sd of the seeds' ratios, with the
+    interval of the ratio of the seed-mean scores); the studied terms at the labelled and
     located points; the studied sequences' balanced accuracy."""
     def cell(stats: dict[str, float], interval: tuple[float, float] | None = None, digits: int = 3) -> str:
         text = f"{stats['mean']:.{digits}f} ± {stats['sd']:.{digits}f}"

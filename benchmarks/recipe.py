@@ -85,6 +85,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--test-studies", type=int, default=80, help="phantom test studies: the judged set")
     parser.add_argument("--image-size", type=int, help="phantom DICOM size [CPU 128, GPU 384]")
     parser.add_argument("--size", type=int, help="cache image size, ingest --size [CPU 64, GPU 224]")
+    parser.add_argument("--slices", type=int, default=3, help="slices per level crop, ingest --channels (the "
+                        "study in docs/recipe.md ran 3, the plain model; 9 is the multi-slice default)")
     parser.add_argument("--model", help="timm model [CPU test_efficientnet, GPU tf_efficientnetv2_s]")
     parser.add_argument("--pretrained", action="store_true", help="ImageNet weights (hub or --weights)")
     parser.add_argument("--weights", help="local pretrained weights file")
@@ -131,10 +133,12 @@ def phantom_caches(args: argparse.Namespace, seed: int, signal: float,
         generate(data, args.studies, args.test_studies,
                  PhantomOptions(seed=seed, image_size=args.image_size, signal=signal), progress=False)
     crops = "canonical" if canonical_side else "plain"
-    train_cache, test_cache = (folder / f"{split}-{args.size}-{crops}.zarr" for split in ("train", "test"))
-    ingest(data, train_cache, size=args.size, canonical_side=canonical_side, progress=False)
-    ingest(data, test_cache, split="test", size=args.size, canonical_side=canonical_side, progress=False,
-           coordinates=data / "test_label_coordinates.csv", labels=data / "test_labels.csv")
+    train_cache, test_cache = (folder / f"{split}-{args.size}-c{args.slices}-{crops}.zarr"
+                               for split in ("train", "test"))
+    crop_options = dict(size=args.size, channels=args.slices, canonical_side=canonical_side, progress=False)
+    ingest(data, train_cache, **crop_options)
+    ingest(data, test_cache, split="test", coordinates=data / "test_label_coordinates.csv",
+           labels=data / "test_labels.csv", **crop_options)
     return train_cache, test_cache
 
 

@@ -23,13 +23,12 @@ import torch
 from torch import nn
 
 from lumbar_fast.errors import LumbarFastError
+from lumbar_fast.loaders import IMAGENET_MEAN, IMAGENET_STD
 from lumbar_fast.model import create_model
 
 POOLINGS = ("stem", "attention", "gru")
 PADDINGS = ("valid", "edge")
 WINDOW = 3  # slices per window: the backbone's RGB input
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 @dataclass(frozen=True)
@@ -60,11 +59,6 @@ class SliceWindows:
     def count(self) -> int:
         """Windows per crop: the backbone passes per item."""
         return (self.padded() - WINDOW) // self.stride + 1
-
-    def centres(self) -> list[int]:
-        """The crop slice at the centre of each window (the repeated edge slice for an edge window)."""
-        offset = 1 if self.padding == "edge" else 0
-        return [start + 1 - offset for start in range(0, self.padded() - WINDOW + 1, self.stride)]
 
 
 class AttentionPooling(nn.Module):
@@ -102,8 +96,7 @@ class MultiSliceClassifier(nn.Module):
     def __init__(self, backbone: nn.Module, windows: SliceWindows, pooling: str, num_classes: int) -> None:
         super().__init__()
         self.backbone, self.windows = backbone, windows
-        self.pool = AttentionPooling(backbone.num_features) if pooling == "attention" \
-            else GRUPooling(backbone.num_features)
+        self.pool = {"attention": AttentionPooling, "gru": GRUPooling}[pooling](backbone.num_features)
         self.head = nn.Linear(self.pool.features, num_classes)
         self.register_buffer("mean", torch.tensor(IMAGENET_MEAN), persistent=False)
         self.register_buffer("std", torch.tensor(IMAGENET_STD), persistent=False)

@@ -35,11 +35,9 @@ from tests.test_loaders import KINDS
 
 # -- windows ------------------------------------------------
 def test_windows_tile_the_crop_at_their_stride_and_padding():
-    assert (SliceWindows(5).count(), SliceWindows(5).centres()) == (3, [1, 2, 3])
-    assert SliceWindows(5, padding="edge").centres() == [0, 1, 2, 3, 4]  # one backbone pass per slice
-    assert SliceWindows(9, stride=2).centres() == [1, 3, 5, 7]
-    assert SliceWindows(9, stride=3, padding="edge").centres() == [0, 3, 6]
-    assert SliceWindows(3).centres() == [1]
+    assert SliceWindows(9).count() == 7 and SliceWindows(3).count() == 1
+    assert SliceWindows(5, padding="edge").count() == 5  # one backbone pass per slice
+    assert SliceWindows(9, stride=2).count() == 4 and SliceWindows(9, stride=3, padding="edge").count() == 3
     for bad in (SliceWindows(9, stride=4), SliceWindows(1), SliceWindows(5, padding="wrap")):
         with pytest.raises(LumbarFastError) as error:
             bad.check()
@@ -55,14 +53,14 @@ class CornerPixels(nn.Module):
         return images[:, :, 0, 0]
 
 
-@pytest.mark.parametrize("padding", ["valid", "edge"])
-def test_each_window_is_three_neighbouring_slices_normalised_with_imagenet_statistics(padding):
-    model = MultiSliceClassifier(CornerPixels(), SliceWindows(5, padding=padding), "attention", 3)
-    slices = torch.tensor([0.1, 0.2, 0.3, 0.4, 0.5])
-    crops = slices.view(1, 5, 1, 1).expand(2, 5, 4, 4).contiguous(memory_format=torch.channels_last)
+@pytest.mark.parametrize(("padding", "stride"), [("valid", 1), ("edge", 1), ("valid", 2), ("edge", 3)])
+def test_each_window_is_three_neighbouring_slices_normalised_with_imagenet_statistics(padding, stride):
+    model = MultiSliceClassifier(CornerPixels(), SliceWindows(7, stride, padding), "attention", 3)
+    slices = torch.linspace(0.1, 0.7, 7)
+    crops = slices.view(1, 7, 1, 1).expand(2, 7, 4, 4).contiguous(memory_format=torch.channels_last)
     features = model.window_features(crops)[0]
     padded = torch.cat([slices[:1], slices, slices[-1:]]) if padding == "edge" else slices
-    expected = torch.stack([padded[i:i + 3] for i in range(len(padded) - 2)])
+    expected = torch.stack([padded[i:i + 3] for i in range(0, len(padded) - 2, stride)])
     mean, std = torch.tensor(IMAGENET_MEAN), torch.tensor(IMAGENET_STD)
     torch.testing.assert_close(features, (expected - mean) / std)
 
@@ -87,6 +85,20 @@ def test_the_window_attention_does_not_depend_on_where_the_window_sits():
     moved = torch.cat([blank[:, :2], lesion, blank, blank[:, :1]], dim=1)
     with torch.no_grad():
         torch.testing.assert_close(model(centred), model(moved), atol=1e-5, rtol=1e-4)
+
+
+def test_a_run_from_before_multi_slice_models_resumes_as_the_plain_model_it_was():
+    record = {**TrainConfig(sequence="sag_t1", cache="c.zarr", run_dir="run").__dict__}
+    for key in ("pooling", "window_stride", "window_padding"):
+        del record[key]
+    assert TrainConfig.from_record(record).pooling == "stem"
+
+
+def test_window_options_are_refused_for_the_plain_model():
+    with pytest.raises(LumbarFastError, match="the plain model .* has none"):
+        TrainConfig(sequence="sag_t1", cache="c", run_dir="r", window_padding="edge").resolved(3)
+    with pytest.raises(LumbarFastError, match="has none"):
+        TrainConfig(sequence="sag_t1", cache="c", run_dir="r", pooling="stem", window_stride=2).resolved(9)
 
 
 def test_auto_pooling_follows_the_crops_slices():

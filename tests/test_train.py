@@ -360,7 +360,7 @@ def test_last_checkpoint_carries_the_fp16_loss_scale(synth_cache, tmp_path):
     overflowing steps would otherwise restart at 65536 and the resumed run would differ."""
     config = TrainConfig(sequence="sag_t2", cache=str(synth_cache), run_dir=str(tmp_path / "run"),
                          model="test_efficientnet", pretrained=False, folds=3, amp="fp16", device="cpu",
-                         loader="torch").resolved()
+                         loader="torch").resolved(9)  # synth_cache's slices
     run = RunFolder(tmp_path / "run")
     task = prepare(config, run)
     task.scaler.scale(torch.ones(1))
@@ -390,7 +390,7 @@ def test_a_test_split_cache_has_no_items_to_train_on(make_cache, synth_data, tmp
 
 
 def test_shift_reaches_the_loaders_augmentation(tmp_path):
-    config = TrainConfig(sequence="sag_t2", cache="c.zarr", run_dir=str(tmp_path), shift=0.125).resolved()
+    config = TrainConfig(sequence="sag_t2", cache="c.zarr", run_dir=str(tmp_path), shift=0.125).resolved(3)
     assert loader_config(config, torch.device("cpu"), None, 3).augment.shift == 0.125
     plain = TrainConfig(sequence="sag_t2", cache="c.zarr", run_dir=str(tmp_path), augment="none")
     assert loader_config(plain, torch.device("cpu"), None, 3).augment is None

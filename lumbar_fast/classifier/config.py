@@ -57,19 +57,24 @@ class TrainConfig(RunConfig):
 
     @classmethod
     def from_record(cls, record: dict[str, Any]) -> TrainConfig:
-        """The config of a run's config.json (an earlier version's boolean augment read as such)."""
+        """The config of a run's config.json: an earlier version's boolean augment read as such, and a run
+        from before multi-slice models (no pooling recorded) as the plain model it was."""
         if "augment" in record:
             record = {**record, "augment": recipes.recorded_augment(record["augment"])}
-        return super().from_record(record)
+        return super().from_record({"pooling": "stem", **record})
 
-    def resolved(self, slices: int = 3) -> TrainConfig:
+    def resolved(self, slices: int) -> TrainConfig:
         """A copy with every `auto` replaced by the recipe's value for the sequence and for crops of
-        `slices` slices (what config.json records); windows that do not tile the crop are refused."""
+        `slices` slices (what config.json records); windows that do not tile the crop, or window options
+        for the plain model, are refused."""
         rsna.get_sequence(self.sequence)
         chosen = recipes.resolve(self.recipe, self.sequence, self.augment, self.class_weights, self.monitor)
         pooling = recipes.pooling_for(self.pooling, slices)
         if multislice.uses_windows(pooling):
             multislice.SliceWindows(slices, self.window_stride, self.window_padding).check()
+        elif (self.window_stride, self.window_padding) != (1, "valid"):
+            raise LumbarFastError(f"--window-stride and --window-padding shape the windows of a multi-slice "
+                                  f"model; the plain model ({pooling} on {slices}-slice crops) has none")
         return dataclasses.replace(self, augment=chosen.augment, class_weights=chosen.class_weights,
                                    monitor=chosen.monitor, pooling=pooling)
 

@@ -114,16 +114,14 @@ def prepare(config: TrainConfig, run: RunFolder) -> ClassifierTask:
     input check happens here, before the run folder gets its first file."""
     device = distributed.rank_device(resolve_device(config.device))
     amp_dtype = amp_dtype_for(config.amp, device)
+    if config.cuda_graphs:
+        check_cuda_graphs(device, amp_dtype, distributed.world_size(), config.pooling)
     cache = open_cache(config.cache)
     if config.sequence not in cache.sequences():
         raise LumbarFastError(f"the cache {cache.path} has no items for sequence {config.sequence}")
     seed_everything(config.seed)
     distributed.on_main(cache.array_path, config.sequence, "levels")  # rank 0 exports a missing copy first
     channels = np.load(cache.array_path(config.sequence, "levels"), mmap_mode="r").shape[-1]
-    # a run from before multi-slice models records no pooling: auto, resolved here
-    config = dataclasses.replace(config, pooling=recipes.pooling_for(config.pooling, channels))
-    if config.cuda_graphs:
-        check_cuda_graphs(device, amp_dtype, distributed.world_size(), config.pooling)
     model = build_model(config, channels, device)
     items = level_items(cache, config)
     split = distributed.on_main(load_or_create_split, cache.study_labels(), cache.path, config.folds,

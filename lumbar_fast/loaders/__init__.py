@@ -22,7 +22,8 @@ from lumbar_fast.loaders.augment import AugmentConfig
 if TYPE_CHECKING:
     import torch
 
-__all__ = ["AugmentConfig", "Batch", "Loader", "LoaderConfig", "build_loader", "normalisation_stats"]
+__all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "AugmentConfig", "Batch", "Loader", "LoaderConfig",
+           "build_loader", "normalisation_stats"]
 
 log = logging.getLogger(__name__)
 
