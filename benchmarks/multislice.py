@@ -136,6 +136,7 @@ class TestSets:
         self.labels = args.data / "test_labels.csv"
         self.coordinates = {"labelled": args.data / "test_label_coordinates.csv"}
         self.studied = "+".join(args.sequences)  # the sequences whose points the shifted sets move
+        self.ingested: set[Path] = set()
 
     def names(self) -> list[str]:
         """The judged sets, in table order."""
@@ -162,8 +163,10 @@ class TestSets:
         """The test cache of one judged set with crops of `slices` slices (ingested on first use), named
         after its coordinates file."""
         path = self.folder / f"test-{self.coordinates[name].stem}-c{slices}.zarr"
-        ingest(self.data, path, split="test", size=self.args.size, channels=slices, progress=False,
-               coordinates=self.coordinates[name], labels=self.labels)
+        if path not in self.ingested:
+            ingest(self.data, path, split="test", size=self.args.size, channels=slices, progress=False,
+                   coordinates=self.coordinates[name], labels=self.labels)
+            self.ingested.add(path)
         return path
 
 

@@ -61,9 +61,9 @@ class ClassifierTask(TrainingTask):
                          make_scheduler(optimizer, config))
         self.train_items, self.val_items = train_items, val_items = items
         self.prior = class_frequencies(train_items.labels)
-        channels = np.load(train_items.images_path, mmap_mode="r").shape[-1]
-        self.loader_config = loader_config(config, device, amp_dtype, channels)
-        self.meta = checkpoint_meta(config, train_items.images_path, self.loader_config)
+        shape = np.load(train_items.images_path, mmap_mode="r").shape
+        self.loader_config = loader_config(config, device, amp_dtype, shape[-1])
+        self.meta = checkpoint_meta(config, shape, self.loader_config)
 
     def __enter__(self) -> ClassifierTask:
         config, device = self.config, self.device
@@ -155,10 +155,9 @@ def loader_config(config: TrainConfig, device: torch.device, amp_dtype: torch.dt
                         mean=(0.0,) * channels if scaled else None, std=(1.0,) * channels if scaled else None)
 
 
-def checkpoint_meta(config: TrainConfig, images_path: Path, cfg: LoaderConfig) -> dict[str, Any]:
+def checkpoint_meta(config: TrainConfig, shape: tuple[int, ...], cfg: LoaderConfig) -> dict[str, Any]:
     """What inference needs besides the weights: model and its windows over the slices, sequence, view,
-    image geometry, normalisation."""
-    shape = np.load(images_path, mmap_mode="r").shape
+    geometry of the training images (`shape`: N, S, S, C), normalisation."""
     mean, std = normalisation_stats(cfg, shape[-1])
     return {"model_name": config.model, "pooling": config.pooling, "window_stride": config.window_stride,
             "window_padding": config.window_padding, "sequence": config.sequence, "view": config.view,
