@@ -28,10 +28,10 @@ from lumbar_fast.errors import typed_line
 from lumbar_fast.header import (
     DicomReadError,
     ImageHeader,
+    check_frame_length,
     check_geometry,
     check_image,
     check_instance_number,
-    fits,
 )
 
 #: largest per-component difference of ImageOrientationPatient cosines inside one stack (~0.06°: stacks
@@ -224,6 +224,9 @@ def _read_file(path: Path) -> pydicom.Dataset:
 def _decode(ds: pydicom.Dataset, image: ImageHeader) -> np.ndarray:
     """decode_pixels for a checked header: the stored array must have the header's shape (and an RLE
     segment its Rows × Columns bytes: RLE, unlike the JPEG codecs, records no image size of its own)."""
+    if not image.transfer_syntax.is_encapsulated and len(ds.PixelData) > image.frame_bytes:
+        # zero padding (header.check_size): dropped, since pydicom reads a frame's worth of it as a frame
+        ds.PixelData = ds.PixelData[:image.frame_bytes]
     try:
         stored = ds.pixel_array
     except Exception as exc:  # pydicom and its decoders raise many types for damaged pixel data
@@ -248,22 +251,20 @@ def _decode(ds: pydicom.Dataset, image: ImageHeader) -> np.ndarray:
 
 
 def _check_rle_size(ds: pydicom.Dataset, image: ImageHeader) -> None:
-    """An RLE segment holds one byte per pixel: Rows × Columns of them."""
-    segment, pixels = _rle_segment_bytes(ds), image.rows * image.columns
-    if not fits(segment, pixels):
-        raise DicomReadError(f"pixel data does not match the header: RLE segments of {segment} bytes, but "
-                             f"Rows {image.rows} × Columns {image.columns} need {pixels}")
+    """An RLE segment holds one byte per pixel: Rows × Columns of them, then at most zero padding."""
+    check_frame_length(_rle_segment(ds), image.rows * image.columns, "RLE segments of ",
+                       f"Rows {image.rows} × Columns {image.columns}")
 
 
-def _rle_segment_bytes(ds: pydicom.Dataset) -> int:
-    """Decoded length of one segment of an RLE frame (every segment holds one byte per pixel): the shortest,
-    whose long runs decode fastest. The frame's header is a segment count, then 15 offsets."""
+def _rle_segment(ds: pydicom.Dataset) -> bytes:
+    """One decoded segment of an RLE frame (every segment holds one byte per pixel): the shortest, whose
+    long runs decode fastest. The frame's header is a segment count, then 15 offsets."""
     try:
         frame = get_frame(ds.PixelData, 0, number_of_frames=1)
         header = np.frombuffer(frame[:64], dtype="<u4")
         bounds = [*(int(v) for v in header[1:1 + min(int(header[0]), 15)]), len(frame)]
         start, end = min(pairwise(bounds), key=lambda pair: pair[1] - pair[0])
-        return len(decode_segment(frame[start:end]))
+        return bytes(decode_segment(frame[start:end]))
     except Exception as exc:  # a header that lists no segment, or a damaged segment
         raise DicomReadError(f"pixel data cannot be decoded: {typed_line(exc)}") from exc
 

@@ -99,7 +99,7 @@ def check_image(ds: pydicom.Dataset) -> ImageHeader:
         slope=_rescale(ds, "RescaleSlope", 1.0), intercept=_rescale(ds, "RescaleIntercept", 0.0),
     )
     if not syntax.is_encapsulated:
-        check_size(len(_raw(ds, "PixelData") or b""), image)
+        check_size(bytes(_raw(ds, "PixelData") or b""), image)
     return image
 
 
@@ -114,18 +114,26 @@ def check_transfer_syntax(ds: pydicom.Dataset) -> uid.UID:
     return syntax
 
 
-def fits(actual: int, expected: int) -> bool:
-    """Whether `actual` bytes hold exactly `expected`, or one more: the padding of an odd length."""
-    return actual == expected or (expected % 2 == 1 and actual == expected + 1)
+def check_size(data: bytes, image: ImageHeader) -> None:
+    """Uncompressed pixel data must hold one frame of the header's size. Bytes beyond it are padding when
+    they are all zero (every reader drops them); data there means Rows/Columns lost part of the image."""
+    check_frame_length(data, image.frame_bytes, "", _frame_size(image))
 
 
-def check_size(actual: int, image: ImageHeader) -> None:
-    """Uncompressed pixel data of `actual` bytes must hold exactly one frame of the header's size."""
-    if not fits(actual, image.frame_bytes):
-        raise DicomReadError(
-            f"pixel data does not match the header: {actual} bytes, but Rows {image.rows} × Columns "
-            f"{image.columns} × SamplesPerPixel {image.samples} × BitsAllocated {image.bits_allocated} "
-            f"need {image.frame_bytes}")
+def check_frame_length(data: bytes, expected: int, what: str, size: str) -> None:
+    """`data` holds `expected` bytes, then only zero padding; else a one-line error naming `what` ("" for
+    the pixel data itself) and the header fields (`size`) that ask for `expected` bytes."""
+    if len(data) >= expected and not data[expected:].strip(b"\0"):
+        return
+    extra = len(data) - expected
+    detail = f", and the {extra} beyond them are not zero padding" if extra > 0 else ""
+    raise DicomReadError(f"pixel data does not match the header: {what}{len(data)} bytes, but {size} "
+                         f"need {expected}{detail}")
+
+
+def _frame_size(image: ImageHeader) -> str:
+    return (f"Rows {image.rows} × Columns {image.columns} × SamplesPerPixel {image.samples} × BitsAllocated "
+            f"{image.bits_allocated}")
 
 
 def check_geometry(ds: pydicom.Dataset) -> Geometry:

@@ -117,20 +117,29 @@ def test_pixel_spacing_must_be_positive_and_finite(bad, good, first):
 
 
 @settings(max_examples=50, deadline=None)
-@given(st.integers(1, 4096), st.integers(1, 4096), st.sampled_from([1, 3]), st.sampled_from([8, 16]),
-       st.integers(-3, 3))
-def test_pixel_data_size_must_equal_the_header(rows, columns, samples, bits, error):
+@given(st.integers(1, 1024), st.integers(1, 1024), st.sampled_from([1, 3]), st.sampled_from([8, 16]),
+       st.integers(-3, 3), st.booleans())
+def test_pixel_data_must_hold_one_frame_then_only_zero_padding(rows, columns, samples, bits, error, zeros):
     image = header.ImageHeader(pydicom.uid.ExplicitVRLittleEndian, rows, columns, samples,
                                "MONOCHROME2" if samples == 1 else "RGB", bits, bits, False, 1.0, 0.0)
     expected = rows * columns * samples * bits // 8
-    actual = expected + error
-    padding = error == 1 and expected % 2 == 1
-    if error == 0 or padding:
-        header.check_size(actual, image)
+    frame = bytes(range(256)) * (expected // 256) + bytes(expected % 256)
+    data = frame[:expected + error] if error <= 0 else frame + (bytes(error) if zeros else b"\1" * error)
+    if error == 0 or (error > 0 and zeros):
+        header.check_size(data, image)
     else:
-        message = f"{actual} bytes, but Rows {rows} × Columns {columns} .* need {expected}$"
-        with pytest.raises(header.DicomReadError, match=message):
-            header.check_size(actual, image)
+        message = f"{len(data)} bytes, but Rows {rows} × Columns {columns} .* need {expected}"
+        with pytest.raises(header.DicomReadError, match=message + ("$" if error < 0 else ", and the")):
+            header.check_size(data, image)
+
+
+def test_a_zero_padded_file_reads_as_its_unpadded_twin(tmp_path):
+    """Trailing zero padding, even a whole frame's worth, is dropped; the slice equals the original's."""
+    ds = pydicom.dcmread(MR_SMALL)
+    ds.PixelData = ds.PixelData + bytes(len(ds.PixelData))
+    ds.save_as(tmp_path / "padded.dcm")
+    np.testing.assert_array_equal(dicom.read_slice(tmp_path / "padded.dcm").pixels,
+                                  dicom.read_slice(MR_SMALL).pixels)
 
 
 def test_frame_bytes_follow_pydicom_for_packed_and_subsampled_pixels():

@@ -213,6 +213,48 @@ def test_broken_inputs_go_to_the_errors_table_and_the_rest_is_ingested(tiny_data
     assert not ingested & gone and len(ingested) == summary.series - 1  # the empty series has no image
 
 
+def edit_pixel_data(path: Path, edit) -> None:
+    """Rewrite a DICOM file with `edit(PixelData)` as its pixel data (a new file: copies may share inodes)."""
+    ds = pydicom.dcmread(path)
+    ds.PixelData = edit(ds.PixelData)
+    path.unlink()
+    ds.save_as(path)
+
+
+def test_zero_padded_pixel_data_ingests_like_its_twin_and_lost_rows_or_short_data_are_reported(
+        tiny_data, make_cache, tmp_path):
+    """Zero bytes beyond one frame are padding (a whole frame's worth, which pydicom would read as a second
+    frame); data beyond it (a header that lost rows) or too little data are error rows."""
+    root = tmp_path / "padded"
+    shutil.copytree(tiny_data, root)
+    native = [s for s in manifest(root)["series"]
+              if s["split"] == "train" and s["transfer_syntax"] == "explicit_little" and s["labelled"]]
+    padded, lost_rows, short = (root / "train_images" / str(s["study_id"]) / str(s["series_id"])
+                                for s in native[:3])
+    for path in padded.glob("*.dcm"):
+        edit_pixel_data(path, lambda data: data + bytes(len(data)))
+    damaged = {d["path"] for d in manifest(root)["damaged_files"]}
+    victims = [next(p for p in sorted(folder.glob("*.dcm")) if p.relative_to(root).as_posix() not in damaged
+                    and pydicom.dcmread(p, stop_before_pixels=True).InstanceNumber != 1)
+               for folder in (lost_rows, short)]
+    edit_pixel_data(victims[0], lambda data: data + data[: 2 * len(data) // pydicom.dcmread(victims[0]).Rows])
+    edit_pixel_data(victims[1], lambda data: data[:-2])
+    ingest(root, tmp_path / "c.zarr", size=32, workers=1, progress=False)
+    edited, clean = cache.open_cache(tmp_path / "c.zarr"), cache.open_cache(make_cache(tiny_data, size=32,
+                                                                                        workers=1))
+    series_id = int(padded.name)
+    for seq in clean.sequences():
+        rows = {name: reader.stack_index(seq)["series_id"].to_numpy() == series_id
+                for name, reader in (("edited", edited), ("clean", clean))}
+        np.testing.assert_array_equal(edited.stack_images(seq)[rows["edited"]],
+                                      clean.stack_images(seq)[rows["clean"]])
+    reasons = {Path(r.path).name: r.reason for r in edited.errors().itertuples()
+               if int(r.series_id) in (int(lost_rows.name), int(short.name))}
+    assert reasons[victims[0].name].endswith("are not zero padding")
+    assert "pixel data does not match the header" in reasons[victims[1].name]
+    assert int(padded.name) not in set(edited.errors()["series_id"].dropna().astype(int))
+
+
 def test_a_series_that_fails_as_a_whole_is_one_error_row(tiny_data, monkeypatch):
     """An exception no check foresaw, while converting a series, is that series' problem alone."""
     params = IngestParams(data_dir=str(tiny_data), size=32)
