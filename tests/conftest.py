@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import contextlib
 import io
+import os
+import shutil
 from collections.abc import Callable
 from pathlib import Path
 
@@ -102,6 +104,45 @@ def locator_runs(synth_cache, tmp_path_factory) -> list[Path]:
                                         pretrained=False, image_size=64, width=16, epochs=1, limit_series=3,
                                         max_slices=8, device="cpu", progress=False))
             for k in range(3)]
+
+
+# -- the learning tests' shared phantom and runs -------------------------------------------------------------
+@pytest.fixture(scope="session")
+def real_balance_data(make_synth) -> Path:
+    """A phantom with the real class balance (no `balanced`) and a seed no other test uses: 240 studies, so
+    that a validation fold of 3 holds at least 15 items of every class of every sequence."""
+    return make_synth(240, seed=11, image_size=128)
+
+
+@pytest.fixture(scope="session")
+def real_balance_cache(make_cache, real_balance_data) -> Path:
+    """real_balance_data ingested with ingest's defaults (9-slice crops) at 32 px."""
+    return make_cache(real_balance_data, size=32)
+
+
+@pytest.fixture(scope="session")
+def default_runs(real_balance_cache, tmp_path_factory) -> dict[str, Path]:
+    """One default-recipe run per sequence on real_balance_cache (the multi-slice model on 9-slice crops),
+    trained once for every learning test that judges them."""
+    from lumbar_fast.rsna import SEQUENCES
+    from tests.learning import default_run
+
+    folder = tmp_path_factory.mktemp("default-runs")
+    return {sequence: default_run(real_balance_cache, folder / sequence, sequence) for sequence in SEQUENCES}
+
+
+@pytest.fixture(scope="session")
+def sag_t1_cache(make_cache, real_balance_data, tmp_path_factory) -> Callable[..., Path]:
+    """Factory: `sag_t1_cache(channels)` -> real_balance_data's Sagittal T1 series alone, ingested
+    with `channels`-slice crops at 32 px (the other series left out of a linked copy: a quarter of the decoding)."""
+    root = tmp_path_factory.mktemp("sag-t1") / "rsna"
+    shutil.copytree(real_balance_data, root, copy_function=os.link)
+    descriptions = root / "train_series_descriptions.csv"
+    lines = descriptions.read_text().splitlines(keepends=True)
+    kept = [line for line in lines[1:] if line.rstrip().endswith(",Sagittal T1")]
+    descriptions.unlink()  # a new file: the linked one is real_balance_data's
+    descriptions.write_text(lines[0] + "".join(kept))
+    return lambda channels: make_cache(root, size=32, channels=channels)
 
 
 @pytest.fixture(scope="session")

@@ -10,12 +10,11 @@ import pytest
 import torch
 from torch import nn
 
-from benchmarks.multislice import shifted_coordinates
 from lumbar_fast import recipes
 from lumbar_fast.cache import open_cache
 from lumbar_fast.classifier.runs import read_run
 from lumbar_fast.errors import LumbarFastError
-from lumbar_fast.inference import load_run
+from lumbar_fast.inference import load_run, predict_items
 from lumbar_fast.loaders import LoaderConfig, build_loader
 from lumbar_fast.metrics import classification_summary
 from lumbar_fast.multislice import (
@@ -25,11 +24,11 @@ from lumbar_fast.multislice import (
     SliceWindows,
     create_classifier,
 )
-from lumbar_fast.predict import InferenceOptions, predict_crops
 from lumbar_fast.runfolder import BEST, RunFolder
-from lumbar_fast.train import TrainConfig, train
+from lumbar_fast.train import TrainConfig
 from tests.crashes import killed_after_epochs, without_timings
 from tests.crops import recut_similarity
+from tests.learning import default_run
 from tests.test_loaders import KINDS
 
 
@@ -243,53 +242,60 @@ def test_a_window_stride_that_does_not_tile_is_refused_before_any_file(five_slic
 
 
 # -- learning, and the shifted-slice control ------------------------------------------------
-@pytest.fixture(scope="module")
-def real_balance_data(make_synth):
-    """test_recipe's phantom (real class balance, seed 11, 300 studies): the same folder, built once."""
-    return make_synth(300, seed=11, image_size=128)
+def window_probabilities(run_dir, crops: np.ndarray, folder) -> np.ndarray:
+    """(N, 3) probabilities of a run's best checkpoint for uint8 crops (N, S, S, C), read as predict reads
+    a cache's crops: the torch loader on the CPU."""
+    path = folder / "crops.npy"
+    np.save(path, np.ascontiguousarray(crops))
+    loaded = load_run(run_dir, device="cpu")
+    cfg = LoaderConfig(batch_size=64, device="cpu", augment=None, dtype=torch.float32,
+                       mean=tuple(loaded.meta["mean"]), std=tuple(loaded.meta["std"]))
+    items = np.arange(len(crops))
+    loader = build_loader("torch", path, items, np.zeros_like(items), cfg, train=False)
+    try:
+        order, probs = predict_items(loaded.model, loader, None)
+    finally:
+        loader.close()
+    result = np.empty_like(probs)
+    result[order] = probs
+    return result
 
 
-STUDIES = 160  # of the phantom's 300: enough items of every class in a validation fold of 4, and quick
-
-
-def shifted_cache(make_cache, data, labelled, channels: int, shift: int, folder) -> str:
-    """The train split's crops with every sag_t1 point moved `shift` slices along its stack."""
-    coordinates = folder / f"coordinates{shift:+d}.csv"
-    shifted_coordinates(data / "train_label_coordinates.csv", labelled, ["sag_t1"], shift, coordinates)
-    return make_cache(data, size=64, channels=channels, limit_studies=STUDIES, coordinates=coordinates)
-
-
-def validation_figures(run_dir, cache) -> tuple[float, float]:
-    """Balanced accuracy and weighted log loss ÷ prior of the run's best checkpoint on its validation
-    studies' labelled crops in `cache`."""
+def shift_figures(run_dir, wide, slices: int, folder) -> dict[int, tuple[float, float]]:
+    """Balanced accuracy and weighted log loss ÷ prior of a `slices`-slice run on its validation studies'
+    labelled sag_t1 points, by slice shift -1, 0, +1: the `slices` channels of the wider crops of `wide`
+    centred one slice off the labelled one (what a crop at a point moved one slice along its stack holds)."""
     run = read_run(run_dir)
-    reader = open_cache(cache)
+    labels = wide.level_labels("sag_t1")
     split = pd.read_csv(run_dir / "split.csv")
-    labels = reader.level_labels("sag_t1")
     validated = labels["study_id"].isin(split.loc[split["fold"] == run.fold, "study_id"]).to_numpy()
     rows = np.flatnonzero(validated & (labels["severity"].to_numpy() >= 0))
-    probs = predict_crops(run, reader, rows, InferenceOptions(device="cpu"))
-    summary = classification_summary(labels["severity"].to_numpy()[rows], probs, run.prior)
-    return summary["balanced_accuracy"], summary["weighted_log_loss"] / summary["prior_weighted_log_loss"]
-
-
-def test_a_nine_slice_model_learns_and_grades_a_slice_off_as_well_as_on(real_balance_data, make_cache,
-                                                                          tmp_path):
-    """sag_t1 under the default recipe: a 9-slice model (attention, the default pooling) learns the phantom,
-    and crops whose labelled slice moved one slice either way score about as well as the labelled ones; the
-    3-slice model trained the same way fails on them (the study: 0.02 against 0.45-1.9 foraminal loss)."""
+    crops, y = wide.level_images("sag_t1")[rows], labels["severity"].to_numpy()[rows]
+    middle = crops.shape[3] // 2
     figures = {}
-    for channels in (3, 9):
-        labelled = make_cache(real_balance_data, size=64, channels=channels, limit_studies=STUDIES)
-        run_dir = tmp_path / f"c{channels}"
-        train(TrainConfig(sequence="sag_t1", cache=str(labelled), run_dir=str(run_dir), folds=4,
-                          model="test_efficientnet", pretrained=False, loader="torch", workers=1,
-                          device="cpu", seed=5, progress=False))
-        assert RunFolder(run_dir).read_config()["pooling"] == ("stem" if channels == 3 else "attention")
-        figures[channels] = {shift: validation_figures(run_dir, labelled if shift == 0 else shifted_cache(
-            make_cache, real_balance_data, labelled, channels, shift, tmp_path)) for shift in (-1, 0, 1)}
-        print(f"{channels} slices: (balanced accuracy, wll ÷ prior) by slice shift {figures[channels]}")
-    multi, plain = figures[9], figures[3]
+    for shift in (-1, 0, 1):
+        first = middle + shift - slices // 2
+        probs = window_probabilities(run_dir, crops[..., first:first + slices], folder)
+        summary = classification_summary(y, probs, run.prior)
+        figures[shift] = (summary["balanced_accuracy"],
+                          summary["weighted_log_loss"] / summary["prior_weighted_log_loss"])
+    return figures
+
+
+def test_a_nine_slice_model_learns_and_grades_a_slice_off_as_well_as_on(default_runs, sag_t1_cache, tmp_path):
+    """sag_t1 under the default recipe: the 9-slice model (attention, the default pooling; the learning
+    tests' run) learns the phantom, and crops whose labelled slice moved one slice either way score about as
+    well as the labelled ones; the 3-slice model trained the same way fails on them (the study: 0.02 against
+    0.45-1.9 foraminal loss). The moved crops are the channels of 11-slice crops centred one slice off."""
+    plain_dir = default_run(sag_t1_cache(3), tmp_path / "c3", "sag_t1")
+    multi_dir = default_runs["sag_t1"]
+    assert RunFolder(multi_dir).read_config()["pooling"] == "attention"
+    assert RunFolder(plain_dir).read_config()["pooling"] == "stem"
+    assert (plain_dir / "split.csv").read_bytes() == (multi_dir / "split.csv").read_bytes()
+    wide = open_cache(sag_t1_cache(11))
+    multi, plain = (shift_figures(run_dir, wide, slices, tmp_path) for run_dir, slices in
+                    ((multi_dir, 9), (plain_dir, 3)))
+    print(f"(balanced accuracy, wll ÷ prior) by slice shift: 9 slices {multi}, 3 slices {plain}")
     assert multi[0][0] >= 0.7 and multi[0][1] <= 0.6  # it learns
     for shift in (-1, 1):
         assert multi[shift][0] >= 0.7 and multi[shift][1] <= max(0.15, 2 * multi[0][1])
