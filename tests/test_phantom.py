@@ -15,7 +15,8 @@ from pydicom.uid import JPEG2000Lossless, RLELossless
 from lumbar_fast import rsna
 from lumbar_fast.dicom import decode_pixels
 from lumbar_fast.phantom import MANIFEST_NAME, PhantomOptions, PitfallRates, generate, load_manifest
-from lumbar_fast.phantom.anatomy import sample_anatomy
+from lumbar_fast.phantom.anatomy import class_narrowing, sample_anatomy
+from lumbar_fast.phantom.grading import sample_truth
 from lumbar_fast.phantom.options import REAL_FREQUENCIES
 from lumbar_fast.phantom.render import axial_planes, sagittal_planes
 from lumbar_fast.phantom.study import sample_severity
@@ -248,7 +249,7 @@ def test_coordinates_sit_where_a_radiologist_marks_them(synth_data):
 # --- determinism --------------------------------------------------------------------------------------------
 
 def test_same_seed_same_bytes_whatever_the_worker_count(make_synth, tmp_path):
-    reference = make_synth(2, 1, seed=7, image_size=64)
+    reference = make_synth(2, 1, seed=7, image_size=64, difficulty="real")
     generate(tmp_path / "again", 2, 1, PhantomOptions(seed=7, image_size=64), workers=1, progress=False)
     files = sorted(p.relative_to(reference) for p in reference.rglob("*") if p.is_file())
     assert files == sorted(p.relative_to(tmp_path / "again") for p in (tmp_path / "again").rglob("*")
@@ -313,9 +314,17 @@ def test_a_measurement_at_the_label_separates_the_classes_and_elsewhere_does_not
 
 def test_signal_knob_scales_the_narrowing():
     severity = sample_severity(np.random.default_rng(0), REAL_FREQUENCIES)
-    full = sample_anatomy(np.random.default_rng(1), severity, 1.0).narrowing
-    subtle = sample_anatomy(np.random.default_rng(1), severity, 0.4).narrowing
+    full = sample_anatomy(np.random.default_rng(1), class_narrowing(severity, 1.0)).narrowing
+    subtle = sample_anatomy(np.random.default_rng(1), class_narrowing(severity, 0.4)).narrowing
     assert all(subtle[k] == pytest.approx(0.4 * full[k]) for k in full)
+
+
+def test_signal_knob_under_noise_scales_only_the_narrowing_the_pixels_show():
+    full = sample_truth(np.random.default_rng(1), REAL_FREQUENCIES, 1.0)
+    subtle = sample_truth(np.random.default_rng(1), REAL_FREQUENCIES, 0.4)
+    assert all(subtle.narrowing[k] == pytest.approx(0.4 * full.narrowing[k]) for k in full.narrowing)
+    assert subtle.grades == full.grades and subtle.latent == full.latent
+    assert all(np.array_equal(subtle.probabilities[k], full.probabilities[k]) for k in full.probabilities)
 
 
 @pytest.mark.parametrize("balanced", [False, True])
@@ -382,7 +391,7 @@ def test_cli_bad_input_is_one_line_error(tmp_path, run_cli, make_args, message):
 def test_off_centre_series_are_shifted_yet_cover_every_labelled_point():
     """The off_centre pitfall moves sagittal stacks along x and lets axial series run on past the end discs;
     every labelled point still lies within half a slice gap of the series' nearest plane."""
-    anatomy = sample_anatomy(np.random.default_rng(0), {}, 1.0)
+    anatomy = sample_anatomy(np.random.default_rng(0), class_narrowing({}, 1.0))
     points = {seq: [anatomy.labelled_point(c, lv) for c in rsna.get_sequence(seq).conditions
                     for lv in rsna.LEVELS] for seq in rsna.SEQUENCES}
 

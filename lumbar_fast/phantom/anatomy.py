@@ -7,6 +7,7 @@ any set of world points for one sequence. Each labelled (condition, level) narro
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -31,6 +32,8 @@ NARROWING: tuple[tuple[float, float], ...] = ((0.0, 0.2), (0.38, 0.55), (0.68, 0
 PLATEAU_MM, FADE_MM = 2.5, 8.0
 EDGE_MM = 0.8  # width of the partial-volume edge of every shape
 FORAMEN_HALF_WIDTH = 5.5  # mm along x: a foramen shows on two or three sagittal slices
+#: draws a study's narrowing per (condition, level) from the anatomy's random stream
+NarrowingDraw = Callable[[np.random.Generator], dict[tuple[str, str], float]]
 
 
 @dataclass(frozen=True)
@@ -70,8 +73,20 @@ class Anatomy:
         return np.array([x, y + self.spine_offset(z), z])
 
 
-def sample_anatomy(rng: np.random.Generator, severity: dict[tuple[str, str], int], signal: float) -> Anatomy:
-    """Draw a spine whose narrowing per (condition, level) follows `severity` (class ids), times `signal`."""
+def class_narrowing(severity: dict[tuple[str, str], int], signal: float) -> NarrowingDraw:
+    """The easy phantom's narrowing: uniform in its class's NARROWING range, × `signal` (capped at 0.95)."""
+    def draw(rng: np.random.Generator) -> dict[tuple[str, str], float]:
+        narrowing = {}
+        for key, cls in severity.items():
+            low, high = NARROWING[cls]
+            narrowing[key] = float(min(0.95, signal * rng.uniform(low, high)))
+        return narrowing
+    return draw
+
+
+def sample_anatomy(rng: np.random.Generator, draw_narrowing: NarrowingDraw) -> Anatomy:
+    """Draw a spine; `draw_narrowing` gives its narrowing per (condition, level), drawn at this point of the
+    random stream (so the easy phantom's draws keep their order)."""
     top = rng.uniform(60.0, 75.0)
     gaps = rng.uniform(30.0, 38.0, size=4)
     disc_z = tuple(float(z) for z in top - np.concatenate([[0.0], np.cumsum(gaps)]))
@@ -85,10 +100,7 @@ def sample_anatomy(rng: np.random.Generator, severity: dict[tuple[str, str], int
     foramen = (recess_reach + FORAMEN_HALF_WIDTH + float(rng.uniform(0.0, 3.0)),
                posterior_wall + float(rng.uniform(4.0, 6.0)), float(rng.uniform(2.5, 4.5)))
     foramen_radii = (FORAMEN_HALF_WIDTH, float(rng.uniform(4.0, 5.0)), float(rng.uniform(6.0, 7.5)))
-    narrowing = {}
-    for key, cls in severity.items():
-        low, high = NARROWING[cls]
-        narrowing[key] = float(min(0.95, signal * rng.uniform(low, high)))
+    narrowing = draw_narrowing(rng)
     return Anatomy(
         disc_z=disc_z, disc_half_height=float(rng.uniform(4.0, 5.5)),
         body_y=posterior_wall - body_half[1], body_half=body_half,
