@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from lumbar_fast import rsna
-from lumbar_fast.phantom.anatomy import Anatomy, NarrowingDraw, class_narrowing, sample_anatomy
+from lumbar_fast.phantom.anatomy import EFFACEMENT, Anatomy, NarrowingDraw, class_narrowing, sample_anatomy
 from lumbar_fast.phantom.dicom_writer import Encoding, SeriesHeader, SeriesWriter, damage_file
 from lumbar_fast.phantom.grading import StudyTruth, sample_truth
 from lumbar_fast.phantom.options import PhantomOptions
@@ -93,7 +93,7 @@ def build_study(job: StudyJob) -> StudyResult:
     rng = np.random.default_rng([options.seed, SPLIT_CODES[job.split], job.index])
     severity, draw_narrowing, truth = _sample_labels(rng, options)
     missing = _sample_missing(rng, options)
-    anatomy = sample_anatomy(rng, draw_narrowing)
+    anatomy = sample_anatomy(rng, draw_narrowing, EFFACEMENT if truth else 0.0)
     plans = _plan_series(rng, anatomy, job, options)
     result = StudyResult(job.split, job.study_id, {}, [], [])
     for number, plan in enumerate(plans, start=1):
