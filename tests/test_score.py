@@ -180,9 +180,11 @@ def test_score_table_shows_the_best_possible_beside_an_answer_key_only(capsys, f
     code, out, err = run_score(capsys, labels, submission)
     assert code == 0, err
     assert out.splitlines()[1].split() == ["term", "loss", "rows", "prior", "best", "E[best]", "closed"]
+    assert "best possible" in out.splitlines()[-2] and "gap closed" in out.splitlines()[-2]
+    assert float(out.split("score")[-1]) > 0  # the score alone on the last line, as test_evaluate reads it
     code, out, _ = run_score(capsys, files["labels"], files["submission"])
     assert out.splitlines()[1].split() == ["term", "loss", "rows", "prior"]
-    assert "no best possible score known" in out.splitlines()[-1]
+    assert "no best possible known" in out.splitlines()[-2] and float(out.split("score")[-1]) > 0
     main(["score", "--labels", str(files["labels"]), "--submission", str(files["submission"]), "--json"])
     plain = json.loads(capsys.readouterr().out)
     assert plain["best_possible"] is None and plain["gap_closed"] is None

@@ -51,28 +51,44 @@ def prior_losses(training: pd.DataFrame, solution: pd.DataFrame, study_ids: np.n
 
 
 def _number(value: float | None, width: int = 8) -> str:
+    """A loss in a table column, '-' when unknown."""
     return f"{value:>{width}.4f}" if value is not None else f"{'-':>{width}}"
 
 
+def _share(value: float | None, width: int = 8) -> str:
+    """A share of the gap closed as a percentage, '-' when undefined (no gap)."""
+    return f"{value:>{width}.0%}" if value is not None else f"{'-':>{width}}"
+
+
 def format_score(result: dict, report: dict, n_label_studies: int) -> str:
-    """A small table: each term's loss and labelled rows (studies for any_severe), the prior and, where an
-    answer key is known, the best possible (realised and expected) and the share of the gap closed."""
+    """A small table: each term's loss and labelled rows (studies for any_severe), its prior and, where an
+    answer key is known, the best possible (realised and expected) and the share of the gap closed; then the
+    score's own figures in words, and the score alone on the last line (scripts read it there)."""
     best = report["expected_best_possible"]
     lines = [f"scored {result['n_studies']} of the {n_label_studies} studies in the labels",
              f"{'term':<20}{'loss':>8}{'rows':>8}{'prior':>8}" + (f"{'best':>8}{'E[best]':>9}{'closed':>8}"
                                                                  if best else "")]
-    for term, rows in [*result["n_rows"].items(), ("score", "")]:
-        figures = report["terms"].get(term, report)
+    for term, rows in result["n_rows"].items():
+        figures = report["terms"][term]
         line = f"{term:<20}{figures['score']:>8.4f}{rows:>8}{figures['prior']:>8.4f}"
         if best:
-            closed = figures["gap_closed"]
             line += (f"{_number(figures['best_possible'])}{_number(best[term], 9)}"
-                     + (f"{closed:>8.0%}" if closed is not None else f"{'-':>8}"))
+                     f"{_share(figures['gap_closed'])}")
         lines.append(line)
-    lines.append(f"best possible: from {ANSWER_KEY_NAME}, on these labels (best) and over rater noise "
-                 f"(E[best], {EXPECTATION_DRAWS} redraws); closed = (prior - loss) / (prior - best)"
-                 if best else f"no best possible score known: no {ANSWER_KEY_NAME} beside the labels")
+    lines += [_mean_line(report), f"{'score':<20}{result['score']:>8.4f}"]
     return "\n".join(lines)
+
+
+def _mean_line(report: dict) -> str:
+    """The score's prior, best possible and gap closed in words; free of the last line's first word, since
+    scripts read the score as the number after its last occurrence."""
+    best = report["expected_best_possible"]
+    if not best:
+        return (f"the mean: prior {report['prior']:.4f}, no best possible known: no {ANSWER_KEY_NAME} beside "
+                "the labels")
+    return (f"the mean: prior {report['prior']:.4f}, best possible {report['best_possible']:.4f} on these "
+            f"labels, {best['score']:.4f} expected over rater noise ({ANSWER_KEY_NAME}, {EXPECTATION_DRAWS} "
+            f"redraws), gap closed {_share(report['gap_closed'], 0)} = (prior - loss) / (prior - best)")
 
 
 @click.command("score")

@@ -39,7 +39,7 @@ def parse_rates(specs: tuple[str, ...], base: PitfallRates) -> PitfallRates:
               help="real: a latent severity graded by a noisy rater, with the answer key "
                    f"{ANSWER_KEY_NAME} (the best possible score); easy: disjoint classes labelled exactly.")
 @click.option("--signal", type=float, default=1.0, show_default=True,
-              help="Scales the narrowing the pixels show (labels and answer key unchanged); lower is subtler.")
+              help="Scales the narrowing the pixels show (labels, answer key unchanged); lower is subtler.")
 @click.option("--balanced", is_flag=True, help="Equal class frequencies instead of the real ones.")
 @click.option("--no-pitfalls", is_flag=True,
               help="Clean data: 12-bit, uncompressed, ordered, one stack, base size, all labels present.")
@@ -49,8 +49,8 @@ def parse_rates(specs: tuple[str, ...], base: PitfallRates) -> PitfallRates:
 @click.option("--workers", type=int, default=None, help="Worker processes (default: all cores).")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def command(out: Path, n_studies: int, n_test: int, seed: int, image_size: int, difficulty: str,
-            signal: float, balanced: bool, no_pitfalls: bool, pitfall_specs: tuple[str, ...], workers: int | None,
-            quiet: bool) -> None:
+            signal: float, balanced: bool, no_pitfalls: bool, pitfall_specs: tuple[str, ...],
+            workers: int | None, quiet: bool) -> None:
     """Write a synthetic RSNA 2024 lumbar spine data set (CSVs + DICOM) to the new folder OUT."""
     base = PitfallRates.none() if no_pitfalls else PitfallRates()
     options = PhantomOptions(seed=seed, image_size=image_size, signal=signal, balanced=balanced,
