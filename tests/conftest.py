@@ -30,6 +30,7 @@ def make_synth(tmp_path_factory) -> Callable[..., Path]:
 
     def make(n_studies: int = 4, n_test_studies: int = 0, **options) -> Path:
         options.setdefault("image_size", 128)
+        options.setdefault("difficulty", "easy")  # the learning tests stay on it until the defaults change
         key = (n_studies, n_test_studies, tuple(sorted(options.items())))
         if key not in built:
             out = tmp_path_factory.mktemp("synth") / "rsna"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import subprocess
 import sys
 from pathlib import Path
@@ -14,9 +15,12 @@ from pydicom.uid import JPEG2000Lossless, RLELossless
 
 from lumbar_fast import rsna
 from lumbar_fast.dicom import decode_pixels
-from lumbar_fast.phantom import MANIFEST_NAME, PhantomOptions, PitfallRates, generate, load_manifest
-from lumbar_fast.phantom.anatomy import sample_anatomy
+from lumbar_fast.phantom import MANIFEST_NAME, PhantomOptions, PitfallRates, generate, grading, load_manifest
+from lumbar_fast.phantom.anatomy import class_narrowing, sample_anatomy
+from lumbar_fast.phantom.answer_key import ANSWER_KEY_NAME
+from lumbar_fast.phantom.grading import sample_truth
 from lumbar_fast.phantom.options import REAL_FREQUENCIES
+from lumbar_fast.phantom.readability import crop_measurements, readability_table
 from lumbar_fast.phantom.render import axial_planes, sagittal_planes
 from lumbar_fast.phantom.study import sample_severity
 
@@ -248,7 +252,7 @@ def test_coordinates_sit_where_a_radiologist_marks_them(synth_data):
 # --- determinism --------------------------------------------------------------------------------------------
 
 def test_same_seed_same_bytes_whatever_the_worker_count(make_synth, tmp_path):
-    reference = make_synth(2, 1, seed=7, image_size=64)
+    reference = make_synth(2, 1, seed=7, image_size=64, difficulty="real")
     generate(tmp_path / "again", 2, 1, PhantomOptions(seed=7, image_size=64), workers=1, progress=False)
     files = sorted(p.relative_to(reference) for p in reference.rglob("*") if p.is_file())
     assert files == sorted(p.relative_to(tmp_path / "again") for p in (tmp_path / "again").rglob("*")
@@ -313,9 +317,17 @@ def test_a_measurement_at_the_label_separates_the_classes_and_elsewhere_does_not
 
 def test_signal_knob_scales_the_narrowing():
     severity = sample_severity(np.random.default_rng(0), REAL_FREQUENCIES)
-    full = sample_anatomy(np.random.default_rng(1), severity, 1.0).narrowing
-    subtle = sample_anatomy(np.random.default_rng(1), severity, 0.4).narrowing
+    full = sample_anatomy(np.random.default_rng(1), class_narrowing(severity, 1.0)).narrowing
+    subtle = sample_anatomy(np.random.default_rng(1), class_narrowing(severity, 0.4)).narrowing
     assert all(subtle[k] == pytest.approx(0.4 * full[k]) for k in full)
+
+
+def test_signal_knob_under_noise_scales_only_the_narrowing_the_pixels_show():
+    full = sample_truth(np.random.default_rng(1), REAL_FREQUENCIES, 1.0)
+    subtle = sample_truth(np.random.default_rng(1), REAL_FREQUENCIES, 0.4)
+    assert all(subtle.narrowing[k] == pytest.approx(0.4 * full.narrowing[k]) for k in full.narrowing)
+    assert subtle.grades == full.grades and subtle.latent == full.latent
+    assert all(np.array_equal(subtle.probabilities[k], full.probabilities[k]) for k in full.probabilities)
 
 
 @pytest.mark.parametrize("balanced", [False, True])
@@ -382,7 +394,7 @@ def test_cli_bad_input_is_one_line_error(tmp_path, run_cli, make_args, message):
 def test_off_centre_series_are_shifted_yet_cover_every_labelled_point():
     """The off_centre pitfall moves sagittal stacks along x and lets axial series run on past the end discs;
     every labelled point still lies within half a slice gap of the series' nearest plane."""
-    anatomy = sample_anatomy(np.random.default_rng(0), {}, 1.0)
+    anatomy = sample_anatomy(np.random.default_rng(0), class_narrowing({}, 1.0))
     points = {seq: [anatomy.labelled_point(c, lv) for c in rsna.get_sequence(seq).conditions
                     for lv in rsna.LEVELS] for seq in rsna.SEQUENCES}
 
@@ -402,3 +414,89 @@ def test_off_centre_series_are_shifted_yet_cover_every_labelled_point():
             gap = float(np.linalg.norm(np.subtract(first[1], first[0])))
             for point in points[seq]:
                 assert min(abs(p.to_pixel(point)[2]) for p in planes) <= 0.5 * gap + 0.5, (seq, i)
+
+
+# --- real difficulty: the noise model, its answer key, readable pixels ------------------------------------
+
+@pytest.fixture(scope="module")
+def real_phantom(make_synth) -> Path:
+    """4 train + 2 test studies at real difficulty, some labels missing (test_score.py builds it too)."""
+    return make_synth(4, 2, seed=5, image_size=64, difficulty="real",
+                      pitfalls=PitfallRates.none().with_rates(missing_label=0.1))
+
+
+def phi(x: float) -> float:
+    return 0.5 * (1.0 + math.erf(x / math.sqrt(2.0)))
+
+
+def test_answer_key_probabilities_match_an_independent_computation(real_phantom):
+    """p(grade | latent) and the narrowing recomputed from the manifest's model and each row's latent."""
+    manifest = load_manifest(real_phantom)
+    model, signal = manifest["grading"], manifest["options"]["signal"]
+    key = read_csv(real_phantom, ANSWER_KEY_NAME)
+    studies = manifest["studies"]["train"] + manifest["studies"]["test"]
+    assert len(key) == 25 * len(studies) and set(key.study_id) == set(studies)
+    for row in key.itertuples():
+        group = model["groups"][rsna.CONDITION_GROUP[row.condition]]
+        t1, t2 = group["thresholds"]
+        p0 = phi((t1 - row.latent) / group["spread_any"])
+        p2 = (1.0 - p0) * phi((row.latent - t2) / group["spread_severe"])
+        expected = (p0, 1.0 - p0 - p2, p2)
+        assert (row.p_normal_mild, row.p_moderate, row.p_severe) == pytest.approx(expected, abs=1e-7)
+        shown = signal * model["narrowing_max"] * phi((row.latent - (t1 + t2) / 2) / (t2 - t1))
+        assert row.narrowing == pytest.approx(min(0.95, shown), abs=1e-7)
+
+
+def test_every_label_is_a_grade_the_answer_key_allows_and_missing_ones_keep_their_row(real_phantom):
+    key = read_csv(real_phantom, ANSWER_KEY_NAME).set_index("row_id")
+    missing = load_manifest(real_phantom)["missing_labels"]
+    assert missing
+    for labels_name in ("train.csv", "test_labels.csv"):
+        labels = read_csv(real_phantom, labels_name).set_index("study_id")
+        for study in labels.index:
+            for column in rsna.LABEL_COLUMNS:
+                grade = labels.at[study, column]
+                row = key.loc[f"{study}_{column}"]
+                if isinstance(grade, str):
+                    assert row[f"p_{rsna.SUBMISSION_COLUMNS[rsna.SEVERITY_FROM_NAME[grade]]}"] > 1e-12
+    for m in missing:
+        assert f"{m['study_id']}_{m['condition']}_{m['level']}" in key.index
+
+
+def test_easy_difficulty_writes_no_answer_key_and_no_model(make_synth, real_phantom):
+    easy = make_synth(2, 1, seed=5, image_size=64, difficulty="easy", pitfalls=PitfallRates.none())
+    assert not (easy / ANSWER_KEY_NAME).exists() and "grading" not in load_manifest(easy)
+    assert load_manifest(easy)["options"]["difficulty"] == "easy"
+    assert (real_phantom / ANSWER_KEY_NAME).exists()
+    assert load_manifest(real_phantom)["options"]["difficulty"] == "real"
+
+
+@pytest.mark.parametrize("balanced", [False, True])
+def test_rater_grades_follow_the_class_frequencies(balanced):
+    options = PhantomOptions(balanced=balanced)
+    rng = np.random.default_rng(0)
+    _, conditions, p = grading.simulate(rng, 3000, options.frequencies)
+    grades = grading.draw_grades(rng, p)
+    groups = np.array([rsna.CONDITION_GROUP[c] for c in conditions])
+    for group, expected in options.frequencies.items():
+        observed = np.bincount(grades[groups == group], minlength=3) / (groups == group).sum()
+        assert np.allclose(observed, expected, atol=0.02), (group, observed)
+
+
+def test_levels_of_one_patient_degenerate_together():
+    """Two spinal levels' latents correlate by the loading squared, around each level's mean."""
+    latents = grading.sample_latents(np.random.default_rng(0), 4000)
+    spinal = latents[:, rsna.CONDITIONS.index("spinal_canal_stenosis")]
+    loading = grading.NOISE["spinal"].loading
+    assert np.corrcoef(spinal[:, 0], spinal[:, 3])[0, 1] == pytest.approx(loading ** 2, abs=0.05)
+    assert np.allclose(spinal.mean(axis=0), grading.LEVEL_EFFECT, atol=0.06)
+
+
+def test_pixels_carry_the_drawn_narrowing(make_synth, make_cache):
+    """A plain measurement at the labelled point of 64-pixel crops recovers the narrowing (R² >= 0.9 per group
+    at the default base size: docs/phantom.md; this small phantom at base size 160 reaches 0.90-0.99)."""
+    root = make_synth(6, 0, seed=2, image_size=160, difficulty="real", pitfalls=PitfallRates.none())
+    table = readability_table(crop_measurements(make_cache(root, channels=3), root / ANSWER_KEY_NAME))
+    assert set(table.index) == set(REAL_FREQUENCIES)
+    assert (table.r_squared > 0.8).all(), table
+    assert (table.correlation < -0.8).all(), table

@@ -1,14 +1,21 @@
-"""`lumbar-fast score`: the RSNA 2024 competition score of a submission file against train.csv labels."""
+"""`lumbar-fast score`: the RSNA 2024 competition score of a submission file against train.csv labels, beside
+the prior and, for a real-difficulty phantom (an answer key beside the labels), the best possible score."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import click
+import numpy as np
 import pandas as pd
 
 from lumbar_fast import metrics, rsna
 from lumbar_fast.csvfile import read_csv
+from lumbar_fast.phantom.answer_key import ANSWER_KEY_NAME, TERMS, best_possible, gap_report
+
+#: the best possible score's expectation over rater noise: labels redrawn this many times
+EXPECTATION_DRAWS = 200
 
 
 def read_labels(path: Path) -> pd.DataFrame:
@@ -22,13 +29,66 @@ def read_submission(path: Path) -> pd.DataFrame:
     return read_csv(path, rsna.SUBMISSION_CSV, "submission")
 
 
-def format_score(result: dict, n_label_studies: int) -> str:
-    """A small table: each term's loss and labelled rows (studies for any_severe), then the score."""
+def prior_labels(labels_path: Path, labels: pd.DataFrame) -> pd.DataFrame:
+    """The labels the prior is counted on: train.csv beside the labels file when there is one (a test
+    split's training labels), else the labels file itself."""
+    train = labels_path.parent / "train.csv"
+    return read_labels(train) if train.is_file() and train.resolve() != labels_path.resolve() else labels
+
+
+def prior_losses(training: pd.DataFrame, solution: pd.DataFrame, study_ids: np.ndarray) -> dict[str, float]:
+    """The competition losses on `study_ids` of the prior: each group's class frequencies over the labelled
+    rows of `training` (labels_to_rows), predicted for every row, as evaluate's training prior."""
+    groups = training["condition"].map(rsna.CONDITION_GROUP)
+    labelled = training["severity"] != rsna.MISSING
+    frequencies = {group: np.bincount(training.loc[labelled & (groups == group), "severity"], minlength=3)
+                   for group in metrics.GROUPS}
+    rows = solution[solution["study_id"].isin(study_ids)]
+    p = np.stack([frequencies[group] / frequencies[group].sum()
+                  for group in rows["condition"].map(rsna.CONDITION_GROUP)])
+    return metrics.competition_losses(rows["study_id"].to_numpy(), rows["condition"].to_numpy(),
+                                      rows["severity"].to_numpy(), p)
+
+
+def _number(value: float | None, width: int = 8) -> str:
+    """A loss in a table column, '-' when unknown."""
+    return f"{value:>{width}.4f}" if value is not None else f"{'-':>{width}}"
+
+
+def _share(value: float | None, width: int = 8) -> str:
+    """A share of the gap closed as a percentage, '-' when undefined (no gap)."""
+    return f"{value:>{width}.0%}" if value is not None else f"{'-':>{width}}"
+
+
+def format_score(result: dict, report: dict, n_label_studies: int) -> str:
+    """A small table: each term's loss and labelled rows (studies for any_severe), its prior and, where an
+    answer key is known, the best possible (realised and expected) and the share of the gap closed; then the
+    score's own figures in words, and the score alone on the last line (scripts read it there)."""
+    best = report["expected_best_possible"]
     lines = [f"scored {result['n_studies']} of the {n_label_studies} studies in the labels",
-             f"{'term':<20}{'loss':>8}{'rows':>8}"]
-    lines += [f"{term:<20}{result[term]:>8.4f}{rows:>8}" for term, rows in result["n_rows"].items()]
-    lines.append(f"{'score':<20}{result['score']:>8.4f}")
+             f"{'term':<20}{'loss':>8}{'rows':>8}{'prior':>8}" + (f"{'best':>8}{'E[best]':>9}{'closed':>8}"
+                                                                 if best else "")]
+    for term, rows in result["n_rows"].items():
+        figures = report["terms"][term]
+        line = f"{term:<20}{figures['score']:>8.4f}{rows:>8}{figures['prior']:>8.4f}"
+        if best:
+            line += (f"{_number(figures['best_possible'])}{_number(best[term], 9)}"
+                     f"{_share(figures['gap_closed'])}")
+        lines.append(line)
+    lines += [_mean_line(report), f"{'score':<20}{result['score']:>8.4f}"]
     return "\n".join(lines)
+
+
+def _mean_line(report: dict) -> str:
+    """The score's prior, best possible and gap closed in words; free of the last line's first word, since
+    scripts read the score as the number after its last occurrence."""
+    best = report["expected_best_possible"]
+    if not best:
+        return (f"the mean: prior {report['prior']:.4f}, no best possible known: no {ANSWER_KEY_NAME} beside "
+                "the labels")
+    return (f"the mean: prior {report['prior']:.4f}, best possible {report['best_possible']:.4f} on these "
+            f"labels, {best['score']:.4f} expected over rater noise ({ANSWER_KEY_NAME}, {EXPECTATION_DRAWS} "
+            f"redraws), gap closed {_share(report['gap_closed'], 0)} = (prior - loss) / (prior - best)")
 
 
 @click.command("score")
@@ -36,11 +96,24 @@ def format_score(result: dict, n_label_studies: int) -> str:
               help="train.csv-format labels: study_id and the 25 condition_level columns.")
 @click.option("--submission", "submission_path", required=True, type=click.Path(path_type=Path),
               help="sample_submission.csv-format file: row_id, normal_mild, moderate, severe.")
-def command(labels_path: Path, submission_path: Path) -> None:
-    """Score a submission with the competition metric (weighted log losses 1/2/4, any_severe_spinal, mean).
+@click.option("--json", "as_json", is_flag=True,
+              help="Print one JSON object: score, prior, best_possible, gap_closed, terms (each term the "
+                   "same four keys), expected_best_possible.")
+def command(labels_path: Path, submission_path: Path, as_json: bool) -> None:
+    """Score a submission with the competition metric (weighted log losses 1/2/4, any_severe_spinal, mean),
+    beside the prior (each group's class frequencies in train.csv beside the labels, else in the labels)
+    and, when a phantom answer key lies beside the labels, the best possible score and the share of the
+    prior → best gap closed.
 
     Only the studies present in the submission are scored; each must have all its rows.
     """
     labels = read_labels(labels_path)
-    result = metrics.rsna_score(metrics.labels_to_rows(labels), read_submission(submission_path))
-    click.echo(format_score(result, n_label_studies=len(labels)))
+    solution = metrics.labels_to_rows(labels)
+    submission = read_submission(submission_path)
+    result = metrics.rsna_score(solution, submission)
+    studies = metrics.parse_row_ids(submission["row_id"])["study_id"].unique()
+    best = best_possible(labels_path, studies, draws=EXPECTATION_DRAWS)
+    training = metrics.labels_to_rows(prior_labels(labels_path, labels))
+    report = gap_report({term: result[term] for term in ("score", *TERMS)},
+                        prior_losses(training, solution, studies), best)
+    click.echo(json.dumps(report, indent=1) if as_json else format_score(result, report, len(labels)))

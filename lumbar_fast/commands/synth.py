@@ -8,6 +8,8 @@ import click
 
 from lumbar_fast.errors import LumbarFastError
 from lumbar_fast.phantom import MANIFEST_NAME, PhantomOptions, PitfallRates, generate
+from lumbar_fast.phantom.answer_key import ANSWER_KEY_NAME
+from lumbar_fast.phantom.options import DIFFICULTIES
 
 
 def parse_rates(specs: tuple[str, ...], base: PitfallRates) -> PitfallRates:
@@ -32,8 +34,12 @@ def parse_rates(specs: tuple[str, ...], base: PitfallRates) -> PitfallRates:
 @click.option("--seed", type=int, default=0, show_default=True, help="Same seed, same data set.")
 @click.option("--image-size", type=int, default=PhantomOptions.image_size, show_default=True,
               help="Base Rows = Columns of every slice (series deviate at the varied_size rate).")
+@click.option("--difficulty", type=click.Choice(DIFFICULTIES), default=PhantomOptions.difficulty,
+              show_default=True,
+              help="real: a latent severity graded by a noisy rater, with the answer key "
+                   f"{ANSWER_KEY_NAME} (the best possible score); easy: disjoint classes labelled exactly.")
 @click.option("--signal", type=float, default=1.0, show_default=True,
-              help="Strength of the planted severity signal; lower is subtler.")
+              help="Scales the narrowing the pixels show (labels, answer key unchanged); lower is subtler.")
 @click.option("--balanced", is_flag=True, help="Equal class frequencies instead of the real ones.")
 @click.option("--no-pitfalls", is_flag=True,
               help="Clean data: 12-bit, uncompressed, ordered, one stack, base size, all labels present.")
@@ -42,13 +48,13 @@ def parse_rates(specs: tuple[str, ...], base: PitfallRates) -> PitfallRates:
                    f"{', '.join(PitfallRates.names())}.")
 @click.option("--workers", type=int, default=None, help="Worker processes (default: all cores).")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
-def command(out: Path, n_studies: int, n_test: int, seed: int, image_size: int, signal: float,
-            balanced: bool, no_pitfalls: bool, pitfall_specs: tuple[str, ...], workers: int | None,
-            quiet: bool) -> None:
+def command(out: Path, n_studies: int, n_test: int, seed: int, image_size: int, difficulty: str,
+            signal: float, balanced: bool, no_pitfalls: bool, pitfall_specs: tuple[str, ...],
+            workers: int | None, quiet: bool) -> None:
     """Write a synthetic RSNA 2024 lumbar spine data set (CSVs + DICOM) to the new folder OUT."""
     base = PitfallRates.none() if no_pitfalls else PitfallRates()
     options = PhantomOptions(seed=seed, image_size=image_size, signal=signal, balanced=balanced,
-                             pitfalls=parse_rates(pitfall_specs, base))
+                             pitfalls=parse_rates(pitfall_specs, base), difficulty=difficulty)
     if workers is not None and workers < 1:
         raise LumbarFastError(f"--workers must be at least 1 (got {workers})")
     summary = generate(out, n_studies, n_test, options, workers=workers, progress=not quiet)

@@ -7,6 +7,7 @@ any set of world points for one sequence. Each labelled (condition, level) narro
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -31,6 +32,11 @@ NARROWING: tuple[tuple[float, float], ...] = ((0.0, 0.2), (0.38, 0.55), (0.68, 0
 PLATEAU_MM, FADE_MM = 2.5, 8.0
 EDGE_MM = 0.8  # width of the partial-volume edge of every shape
 FORAMEN_HALF_WIDTH = 5.5  # mm along x: a foramen shows on two or three sagittal slices
+#: real difficulty: a narrowed canal, recess or foramen also loses this share of its own signal (CSF, fat) at
+#: narrowing 1, so that the labelled point darkens steadily from the first narrowing on
+EFFACEMENT = 1.0
+#: draws a study's narrowing per (condition, level) from the anatomy's random stream
+NarrowingDraw = Callable[[np.random.Generator], dict[tuple[str, str], float]]
 
 
 @dataclass(frozen=True)
@@ -49,6 +55,7 @@ class Anatomy:
     contrast: tuple[float, ...]  # per-tissue gain (order of TISSUES)
     narrowing: dict[tuple[str, str], float]  # (condition, level) -> fraction of the structure closed
     lordosis: float  # curvature: the spine lies lordosis * (z - mid)^2 mm further back away from its middle
+    effacement: float = 0.0  # share of a narrowed structure's signal lost at narrowing 1 (0: easy phantom)
 
     def spine_offset(self, z: np.ndarray | float) -> np.ndarray | float:
         """Posterior shift (mm) of the curved spine at height z; the shapes above are for the straight one."""
@@ -70,8 +77,21 @@ class Anatomy:
         return np.array([x, y + self.spine_offset(z), z])
 
 
-def sample_anatomy(rng: np.random.Generator, severity: dict[tuple[str, str], int], signal: float) -> Anatomy:
-    """Draw a spine whose narrowing per (condition, level) follows `severity` (class ids), times `signal`."""
+def class_narrowing(severity: dict[tuple[str, str], int], signal: float) -> NarrowingDraw:
+    """The easy phantom's narrowing: uniform in its class's NARROWING range, × `signal` (capped at 0.95)."""
+    def draw(rng: np.random.Generator) -> dict[tuple[str, str], float]:
+        narrowing = {}
+        for key, cls in severity.items():
+            low, high = NARROWING[cls]
+            narrowing[key] = float(min(0.95, signal * rng.uniform(low, high)))
+        return narrowing
+    return draw
+
+
+def sample_anatomy(rng: np.random.Generator, draw_narrowing: NarrowingDraw,
+                   effacement: float = 0.0) -> Anatomy:
+    """Draw a spine; `draw_narrowing` gives its narrowing per (condition, level), drawn at this point of the
+    random stream (so the easy phantom's draws keep their order); `effacement` as Anatomy's."""
     top = rng.uniform(60.0, 75.0)
     gaps = rng.uniform(30.0, 38.0, size=4)
     disc_z = tuple(float(z) for z in top - np.concatenate([[0.0], np.cumsum(gaps)]))
@@ -85,16 +105,13 @@ def sample_anatomy(rng: np.random.Generator, severity: dict[tuple[str, str], int
     foramen = (recess_reach + FORAMEN_HALF_WIDTH + float(rng.uniform(0.0, 3.0)),
                posterior_wall + float(rng.uniform(4.0, 6.0)), float(rng.uniform(2.5, 4.5)))
     foramen_radii = (FORAMEN_HALF_WIDTH, float(rng.uniform(4.0, 5.0)), float(rng.uniform(6.0, 7.5)))
-    narrowing = {}
-    for key, cls in severity.items():
-        low, high = NARROWING[cls]
-        narrowing[key] = float(min(0.95, signal * rng.uniform(low, high)))
+    narrowing = draw_narrowing(rng)
     return Anatomy(
         disc_z=disc_z, disc_half_height=float(rng.uniform(4.0, 5.5)),
         body_y=posterior_wall - body_half[1], body_half=body_half,
         canal_y=canal_y, canal_half=canal_half, recess=recess, foramen=foramen,
         foramen_radii=foramen_radii, contrast=tuple(rng.uniform(0.9, 1.1, size=len(TISSUES))),
-        narrowing=narrowing, lordosis=float(rng.uniform(0.0004, 0.0012)),
+        narrowing=narrowing, lordosis=float(rng.uniform(0.0004, 0.0012)), effacement=effacement,
     )
 
 
@@ -220,7 +237,8 @@ def _paint_foramina(anatomy: Anatomy, spine: _Canvas) -> None:
                 continue
             alpha = _ellipsoid(c.x - side * fx, c.y - fy - ry * n * 0.5, c.z - centre_z,
                                rx, ry * (1.0 - 0.5 * n), rz * (1.0 - n))
-            c.paint(alpha, "foramen_fat")
+            below = np.clip(1.0 - (c.z - centre_z) / max(rz * (1.0 - n), 1e-3), 0.0, 1.0)
+            c.paint(_effaced(anatomy, alpha, n * below), "foramen_fat")  # effaced from below, by the disc
 
 
 def _paint_canal(anatomy: Anatomy, spine: _Canvas) -> None:
@@ -232,12 +250,22 @@ def _paint_canal(anatomy: Anatomy, spine: _Canvas) -> None:
         return
     c.paint(_ellipse(c.x, c.y - anatomy.canal_y, cx + 1.5, cy + 1.5), "ligament")
     spinal = _level_profile(anatomy, "spinal_canal_stenosis", c)
-    c.paint(_ellipse(c.x, c.y - (anatomy.canal_y - cy * spinal), cx, cy * (1.0 - spinal)), "csf")
+    sac = _ellipse(c.x, c.y - (anatomy.canal_y - cy * spinal), cx, cy * (1.0 - spinal))
+    c.paint(_effaced(anatomy, sac, spinal), "csf")
     rx, ry, rr = anatomy.recess
     for side, condition in ((1.0, rsna.CONDITIONS[3]), (-1.0, rsna.CONDITIONS[4])):
         n = _level_profile(anatomy, condition, c)
         shift = rr * n  # the recess retreats towards the midline as it closes
-        c.paint(_ellipse(c.x - side * (rx - shift), c.y - ry, rr * (1.0 - n), rr * (1.0 - n)), "csf")
+        recess = _ellipse(c.x - side * (rx - shift), c.y - ry, rr * (1.0 - n), rr * (1.0 - n))
+        c.paint(_effaced(anatomy, recess, n), "csf")
+
+
+def _effaced(anatomy: Anatomy, alpha: np.ndarray, narrowing: np.ndarray | float) -> np.ndarray:
+    """A narrowed structure's paint weight with its own signal faded by effacement × narrowing (real
+    difficulty: the centre of the labelled point darkens from the first narrowing on); unchanged when 0."""
+    if not anatomy.effacement:
+        return alpha
+    return alpha * (1.0 - anatomy.effacement * narrowing)
 
 
 def _level_profile(anatomy: Anatomy, condition: str, c: _Canvas) -> np.ndarray:

@@ -16,6 +16,8 @@ from tqdm import tqdm
 
 from lumbar_fast import __version__, rsna
 from lumbar_fast.errors import LumbarFastError
+from lumbar_fast.phantom.answer_key import ANSWER_KEY_CSV, ANSWER_KEY_NAME, answer_key_rows
+from lumbar_fast.phantom.grading import model_description
 from lumbar_fast.phantom.options import PhantomOptions
 from lumbar_fast.phantom.study import SERIES_PER_STUDY, StudyJob, StudyResult, build_study
 from lumbar_fast.processes import pool_context
@@ -42,7 +44,8 @@ def generate(out_dir: str | Path, n_studies: int, n_test_studies: int = 0,
              options: PhantomOptions | None = None, workers: int | None = None,
              progress: bool = True) -> PhantomSummary:
     """Write a phantom RSNA folder at `out_dir` (new or empty): `n_studies` labelled train studies,
-    `n_test_studies` test studies with their answer key, and phantom_manifest.json."""
+    `n_test_studies` test studies with their labels, phantom_manifest.json and, at real difficulty, the
+    answer key phantom_answer_key.csv (p(grade | latent) per label of both splits)."""
     options = options or PhantomOptions()
     started = time.perf_counter()
     root = _prepare_out_dir(out_dir, n_studies, n_test_studies)
@@ -59,6 +62,9 @@ def generate(out_dir: str | Path, n_studies: int, n_test_studies: int = 0,
     _write_submission(root / "sample_submission.csv", test)
     _write_labels(root / "test_labels.csv", test)
     _write_coordinates(root / "test_label_coordinates.csv", test)
+    if options.difficulty == "real":
+        _write_csv(root / ANSWER_KEY_NAME, ANSWER_KEY_CSV,
+                   (row for r in results for row in answer_key_rows(r.split, r.study_id, r.truth)))
     _write_manifest(root / MANIFEST_NAME, results, options)
     return PhantomSummary(
         out_dir=root, train_studies=len(train), test_studies=len(test),
@@ -175,4 +181,6 @@ def _write_manifest(path: Path, results: list[StudyResult], options: PhantomOpti
         "damaged_files": [d for r in results for d in r.damaged],
         "missing_labels": [m for r in results for m in r.missing],
     }
+    if options.difficulty == "real":
+        manifest["grading"] = {**model_description(options.frequencies), "answer_key": ANSWER_KEY_NAME}
     path.write_text(json.dumps(manifest, indent=1) + "\n")

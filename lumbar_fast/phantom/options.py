@@ -16,6 +16,8 @@ BALANCED_FREQUENCIES: dict[str, tuple[float, float, float]] = {
     group: (1 / 3, 1 / 3, 1 / 3) for group in REAL_FREQUENCIES
 }
 
+DIFFICULTIES: tuple[str, ...] = ("real", "easy")
+
 
 @dataclass(frozen=True)
 class PitfallRates:
@@ -63,15 +65,20 @@ class PhantomOptions:
 
     seed: int = 0
     image_size: int = 384  # base Rows = Columns; series deviate from it at rate pitfalls.varied_size
-    signal: float = 1.0  # scales every narrowing: lower is subtler
+    signal: float = 1.0  # scales the narrowing the pixels show: lower is subtler (labels unchanged)
     balanced: bool = False  # equal class frequencies instead of the real ones
     pitfalls: PitfallRates = field(default_factory=PitfallRates)
+    # "real": a latent severity graded by a noisy rater, with an answer key (grading.py); "easy": classes
+    # drawn from disjoint narrowing ranges and labelled exactly (the phantom before issue 23, byte for byte)
+    difficulty: str = "real"
 
     def __post_init__(self) -> None:
         if not 64 <= self.image_size <= 1024:
             raise LumbarFastError(f"image size {self.image_size} is outside 64..1024")
         if not 0.0 <= self.signal <= 2.0:
             raise LumbarFastError(f"signal {self.signal} is outside 0..2")
+        if self.difficulty not in DIFFICULTIES:
+            raise LumbarFastError(f"difficulty {self.difficulty!r} is not one of {', '.join(DIFFICULTIES)}")
 
     @property
     def frequencies(self) -> dict[str, tuple[float, float, float]]:

@@ -9,8 +9,9 @@ from pathlib import Path
 import numpy as np
 
 from lumbar_fast import rsna
-from lumbar_fast.phantom.anatomy import Anatomy, sample_anatomy
+from lumbar_fast.phantom.anatomy import EFFACEMENT, Anatomy, NarrowingDraw, class_narrowing, sample_anatomy
 from lumbar_fast.phantom.dicom_writer import Encoding, SeriesHeader, SeriesWriter, damage_file
+from lumbar_fast.phantom.grading import StudyTruth, sample_truth
 from lumbar_fast.phantom.options import PhantomOptions
 from lumbar_fast.phantom.render import (
     SlicePlane,
@@ -83,15 +84,16 @@ class StudyResult:
     damaged: list[dict] = field(default_factory=list)
     missing: list[dict] = field(default_factory=list)
     files: int = 0
+    truth: StudyTruth | None = None  # the real-difficulty phantom's latents and p(grade), for the answer key
 
 
 def build_study(job: StudyJob) -> StudyResult:
     """Sample, render and write one study under job.root; return its rows for the CSVs and manifest."""
     options, rates = job.options, job.options.pitfalls
     rng = np.random.default_rng([options.seed, SPLIT_CODES[job.split], job.index])
-    severity = sample_severity(rng, options.frequencies)
+    severity, draw_narrowing, truth = _sample_labels(rng, options)
     missing = _sample_missing(rng, options)
-    anatomy = sample_anatomy(rng, severity, options.signal)
+    anatomy = sample_anatomy(rng, draw_narrowing, EFFACEMENT if truth else 0.0)
     plans = _plan_series(rng, anatomy, job, options)
     result = StudyResult(job.split, job.study_id, {}, [], [])
     for number, plan in enumerate(plans, start=1):
@@ -104,6 +106,7 @@ def build_study(job: StudyJob) -> StudyResult:
         result.damaged.append(_damage_one(rng, job, plans, labelled_slices))
     result.missing = [{"study_id": job.study_id, "condition": c, "level": lv, "kind": kind}
                       for (c, lv), kind in sorted(missing.items())]
+    result.truth = truth
     return result
 
 
@@ -119,6 +122,17 @@ def _write_series(rng: np.random.Generator, anatomy: Anatomy, job: StudyJob, pla
     for plane, instance in zip(plan.planes, plan.instance_numbers, strict=True):
         writer.write(folder / f"{instance}.dcm", render(anatomy, plan.sequence, plane, noise, bias, rng),
                      plane, instance)
+
+
+def _sample_labels(rng: np.random.Generator, options: PhantomOptions
+                   ) -> tuple[dict[tuple[str, str], int], NarrowingDraw, StudyTruth | None]:
+    """The study's grades and how the anatomy draws its narrowing: a rater's noisy grades of drawn latents
+    (real difficulty), or classes whose narrowing comes from disjoint ranges (easy: the draws of before)."""
+    if options.difficulty == "easy":
+        severity = sample_severity(rng, options.frequencies)
+        return severity, class_narrowing(severity, options.signal), None
+    truth = sample_truth(rng, options.frequencies, options.signal)
+    return truth.grades, lambda _rng: truth.narrowing, truth
 
 
 def sample_severity(rng: np.random.Generator,
