@@ -31,6 +31,7 @@ from lumbar_fast.locator_train import RunEvaluation, evaluate_run
 from lumbar_fast.predict import (
     PROBABILITY_COLUMNS,
     InferenceOptions,
+    check_runs,
     crop_predictions,
     fill_rows,
     location_probabilities,
@@ -500,6 +501,7 @@ def evaluate_classifiers(run_paths: Sequence[Path], out_dir: Path, cache_path: P
     runs = read_runs(run_paths)
     split = common_split(runs)
     cache = evaluation_cache(runs, cache_path)
+    check_runs(runs, cache)
     studies = validation_studies(runs, split, cache)
     crops = crop_predictions(runs, cache, studies, options.inference)
     groups = runs_by_sequence(runs)

@@ -23,7 +23,7 @@ import signal
 import time
 from collections import deque
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, replace
 from functools import partial
 from pathlib import Path
 
@@ -32,16 +32,11 @@ import pandas as pd
 from tqdm import tqdm
 
 from lumbar_fast import __version__, cache, dicom, rsna
+from lumbar_fast.cache import DEFAULT_CHANNELS, DEFAULT_CROP_MM, ImageSettings, IngestSettings
 from lumbar_fast.csvfile import FLOAT, INT, TEXT, read_csv
-from lumbar_fast.errors import CacheError, DataError, LumbarFastError, typed_line
+from lumbar_fast.errors import CacheError, DataError, typed_line
 from lumbar_fast.processes import pool_context
 
-SPLITS = ("train", "test")
-#: default level-crop window width in millimetres per sequence
-DEFAULT_CROP_MM: dict[str, float] = {"sag_t1": 40.0, "sag_t2": 40.0, "ax_t2": 50.0}
-#: slices per level crop: the labelled one and four on each side, the multi-slice model's input; measured
-#: against 3, 5 and 7 in docs/multislice.md (the competition score at labelled and located points)
-DEFAULT_CHANNELS = 9
 DESCRIPTION_COLUMNS = {"study_id": INT, "series_id": INT, "series_description": TEXT}
 COORDINATE_COLUMNS = dict(zip(rsna.COORDINATE_COLUMNS, (INT, INT, INT, TEXT, TEXT, FLOAT, FLOAT),
                               strict=True))
@@ -59,40 +54,6 @@ JOURNAL_TABLES: dict[str, dict[str, str]] = {
 AHEAD_PER_WORKER = 2
 #: test hook: the ingest process SIGKILLs itself after appending this many series (the kill-and-resume tests)
 KILL_AFTER_ENV = "LUMBAR_FAST_INGEST_KILL_AFTER"
-
-
-@dataclass(frozen=True)
-class IngestParams:
-    """Everything that determines a cache's contents; a rerun with other values is refused."""
-
-    data_dir: str
-    split: str = "train"
-    fmt: str = "zarr"
-    size: int = 224
-    channels: int = DEFAULT_CHANNELS
-    crop_mm: dict[str, float] = field(default_factory=lambda: dict(DEFAULT_CROP_MM))
-    #: mirror subarticular crops so the patient's midline lies left of every graded recess (canonical_side)
-    canonical_side: bool = True
-    limit_studies: int | None = None
-    coordinates: str | None = None
-    labels: str | None = None
-    #: SHA-256 of each CSV read (`_input_digests`), taken once when the ingest starts
-    input_digests: dict[str, str | None] = field(default_factory=dict)
-
-    def check(self) -> None:
-        """One-line errors for impossible values."""
-        if self.split not in SPLITS:
-            raise LumbarFastError(f"unknown split {self.split!r}; choose train or test")
-        if self.fmt not in cache.FORMATS:
-            raise LumbarFastError(f"unknown format {self.fmt!r}; choose one of {', '.join(cache.FORMATS)}")
-        if not 8 <= self.size <= 2048:
-            raise LumbarFastError(f"--size {self.size} is outside 8..2048")
-        if self.channels < 1 or self.channels % 2 == 0:
-            raise LumbarFastError(f"--channels must be odd and positive (got {self.channels})")
-        if any(mm <= 0 for mm in self.crop_mm.values()):
-            raise LumbarFastError(f"crop widths must be positive (got {self.crop_mm})")
-        if self.limit_studies is not None and self.limit_studies < 1:
-            raise LumbarFastError(f"--limit-studies must be at least 1 (got {self.limit_studies})")
 
 
 @dataclass(frozen=True)
@@ -171,14 +132,21 @@ def ingest(data_dir: str | Path, out: str | Path, split: str = "train", workers:
            labels: str | Path | None = None, progress: bool = True) -> IngestSummary:
     """Convert an RSNA-layout folder into a cache at `out` (resuming an interrupted run, a no-op when the
     cache is already finished with the same parameters)."""
+    images = ImageSettings(size=size, channels=channels, crop_mm={**DEFAULT_CROP_MM, **(crop_mm or {})},
+                           canonical_side=canonical_side)
+    settings = IngestSettings(
+        data_dir=str(data_dir), split=split, fmt=fmt, images=images, limit_studies=limit_studies,
+        coordinates=str(coordinates) if coordinates else None, labels=str(labels) if labels else None)
+    return ingest_with(settings, out, workers, progress)
+
+
+def ingest_with(settings: IngestSettings, out: str | Path, workers: int | None = None,
+                progress: bool = True) -> IngestSummary:
+    """`ingest` of typed settings: a cache at `out` made as `settings` say (paths resolved, the CSVs'
+    digests taken now); `replace(reader.settings(), ...)` makes a cache like another one."""
     started = time.perf_counter()
-    params = IngestParams(
-        data_dir=str(Path(data_dir).resolve()), split=split, fmt=fmt, size=size, channels=channels,
-        crop_mm={**DEFAULT_CROP_MM, **(crop_mm or {})}, canonical_side=canonical_side,
-        limit_studies=limit_studies,
-        coordinates=str(Path(coordinates).resolve()) if coordinates else None,
-        labels=str(Path(labels).resolve()) if labels else None,
-    )
+    params = replace(settings, data_dir=_resolved(settings.data_dir),
+                     coordinates=_resolved(settings.coordinates), labels=_resolved(settings.labels))
     params.check()
     params = replace(params, input_digests=_input_digests(params))
     out = Path(out)
@@ -201,7 +169,11 @@ def ingest(data_dir: str | Path, out: str | Path, split: str = "train", workers:
     return summary
 
 
-def plan_ingest(params: IngestParams) -> IngestPlan:
+def _resolved(path: str | None) -> str | None:
+    return str(Path(path).resolve()) if path else None
+
+
+def plan_ingest(params: IngestSettings) -> IngestPlan:
     """Read the split's CSVs into series tasks, study labels and the errors visible without decoding."""
     root = Path(params.data_dir)
     if not root.is_dir():
@@ -278,7 +250,7 @@ def read_study_labels(path: str | Path | None, studies: list[int], listed: set[i
     return cache.typed_table(merged.fillna(rsna.MISSING), cache.STUDY_LABEL_COLUMNS), unlisted
 
 
-def convert_series(task: SeriesTask, params: IngestParams) -> SeriesPart:
+def convert_series(task: SeriesTask, params: IngestSettings) -> SeriesPart:
     """Decode one series into windowed, resized stack images and its level crops, with their tables; an
     exception no check foresaw becomes the series' error row, so that it cannot end the ingest."""
     try:
@@ -289,7 +261,7 @@ def convert_series(task: SeriesTask, params: IngestParams) -> SeriesPart:
                      [], [])
 
 
-def _convert(task: SeriesTask, params: IngestParams) -> SeriesPart:
+def _convert(task: SeriesTask, params: IngestSettings) -> SeriesPart:
     """convert_series without the safety net."""
     scan = dicom.read_series(task.folder)
     errors = [_error(task.study_id, task.series_id, path, reason) for path, reason in scan.errors]
@@ -298,15 +270,15 @@ def _convert(task: SeriesTask, params: IngestParams) -> SeriesPart:
         errors.append(_error(task.study_id, task.series_id, task.folder, reason))
     window = dicom.series_window(scan.slices) if scan.slices else (0.0, 1.0)
     originals = [[dicom.to_uint8(s.pixels, window) for s in stack.slices] for stack in scan.stacks]
-    stack_images, index_rows = _stack_items(task, scan, originals, params.size)
+    stack_images, index_rows = _stack_items(task, scan, originals, params.images.size)
     crops, level_rows = _level_items(task, scan, originals, params, errors)
     return _part(task, params, index_rows, level_rows, errors, stack_images, crops)
 
 
-def _part(task: SeriesTask, params: IngestParams, index_rows: list[dict], level_rows: list[dict],
+def _part(task: SeriesTask, params: IngestSettings, index_rows: list[dict], level_rows: list[dict],
           errors: list[dict], stack_images: list[np.ndarray], crops: list[np.ndarray]) -> SeriesPart:
     """A SeriesPart of typed tables and stacked images (empty arrays of the right shape when none)."""
-    size, channels = params.size, params.channels
+    size, channels = params.images.size, params.images.channels
     return SeriesPart(
         task=task,
         stack_index=cache.typed_table(index_rows, cache.STACK_INDEX_COLUMNS),
@@ -334,7 +306,7 @@ def _stack_items(task: SeriesTask, scan: dicom.SeriesScan, originals: list[list[
 
 
 def _level_items(task: SeriesTask, scan: dicom.SeriesScan, originals: list[list[np.ndarray]],
-                 params: IngestParams, errors: list[dict]) -> tuple[list[np.ndarray], list[dict]]:
+                 params: IngestSettings, errors: list[dict]) -> tuple[list[np.ndarray], list[dict]]:
     """The 2.5D crop of every label of the series with its label row; a label whose instance is not
     among the usable slices becomes an error row."""
     crops, rows = [], []
@@ -349,9 +321,10 @@ def _level_items(task: SeriesTask, scan: dicom.SeriesScan, originals: list[list[
             continue
         stack_id, slice_id = found
         labelled = scan.stacks[stack_id].slices[slice_id]
+        images = params.images
         crop = dicom.level_crop(originals[stack_id], slice_id, label.x, label.y, labelled.spacing,
-                                params.crop_mm[task.sequence], params.size, params.channels)
-        if params.canonical_side and mirrored_to_canonical_side(label.condition, labelled.orientation):
+                                images.crop_mm[task.sequence], images.size, images.channels)
+        if images.canonical_side and mirrored_to_canonical_side(label.condition, labelled.orientation):
             crop = np.ascontiguousarray(crop[:, ::-1])
         crops.append(crop)
         rows.append({
@@ -398,7 +371,7 @@ class Consolidator:
     after a kill resumes from what the store records.
     """
 
-    def __init__(self, plan: IngestPlan, params: IngestParams, parts: Path, out: Path) -> None:
+    def __init__(self, plan: IngestPlan, params: IngestSettings, parts: Path, out: Path) -> None:
         self.plan, self.params, self.parts, self.out = plan, params, parts, out
         self.writer, journal = _open_store(out, params.fmt)
         self.recording = params.fmt in cache.RESUMABLE_FORMATS
@@ -452,7 +425,7 @@ class Consolidator:
         source = {"data_dir": self.params.data_dir, "studies": len(self.plan.study_labels),
                   "series_listed": self.plan.series_listed, "series_ingested": len(self.plan.tasks), **counts,
                   "errors": len(errors)}
-        self.writer.finish({"params": _param_attrs(self.params), "split": self.params.split, "source": source,
+        self.writer.finish({"params": self.params.attrs(), "split": self.params.split, "source": source,
                             "lumbar_fast_version": __version__})
         return IngestSummary(out=self.out, series=len(self.plan.tasks), slices=counts["slices"],
                              level_crops=counts["level_crops"], errors=len(errors),
@@ -460,7 +433,7 @@ class Consolidator:
 
     def _appenders(self, seq: str, rows: dict[str, int]) -> tuple[cache.ImageAppender, cache.ImageAppender]:
         """The stack and level-crop appenders of `seq`, over arrays holding `rows` items already."""
-        size, channels = self.params.size, self.params.channels
+        size, channels = self.params.images.size, self.params.images.channels
         stacks, levels = f"stacks/{seq}/images", f"levels/{seq}/images"
         return (self.writer.images(stacks, (size, size), rows.get(stacks, 0)),
                 self.writer.images(levels, (size, size, channels), rows.get(levels, 0)))
@@ -536,7 +509,7 @@ class _Appended:
     tables: dict[str, pd.DataFrame]
 
 
-def _convert_all(tasks: list[SeriesTask], params: IngestParams, parts: Path, workers: int,
+def _convert_all(tasks: list[SeriesTask], params: IngestSettings, parts: Path, workers: int,
                  progress: bool, writer: Consolidator) -> dict[str, int]:
     """Convert `tasks` into part files with `workers` processes (in-process for 1), letting `writer`
     append after each; a task starts only within AHEAD_PER_WORKER × workers series of the writer's next, so
@@ -576,7 +549,7 @@ def _map(job: Callable[[SeriesTask], int], tasks: list[SeriesTask], workers: int
             yield result
 
 
-def _convert_and_commit(task: SeriesTask, params: IngestParams, parts: Path) -> int:
+def _convert_and_commit(task: SeriesTask, params: IngestSettings, parts: Path) -> int:
     """Convert one series and commit it as a part file (temporary name, then an atomic rename); returns
     its slice count."""
     part = convert_series(task, params)
@@ -588,7 +561,7 @@ def _convert_and_commit(task: SeriesTask, params: IngestParams, parts: Path) -> 
     return len(part.stack_images)
 
 
-def _finished_summary(out: Path, params: IngestParams) -> IngestSummary | None:
+def _finished_summary(out: Path, params: IngestSettings) -> IngestSummary | None:
     """For a finished cache at `out`: a no-op summary when its parameters match, CacheError otherwise;
     None when there is no finished cache (nothing there, or an unfinished one of this same ingest)."""
     if not out.exists():
@@ -596,10 +569,10 @@ def _finished_summary(out: Path, params: IngestParams) -> IngestSummary | None:
     try:
         reader = cache.open_cache(out)
     except CacheError:
-        if _work_params(out) == _param_attrs(params):
+        if _work_params(out) == params.attrs():
             return None  # our own unfinished consolidation: it will be rebuilt from the parts
         raise
-    wanted = {"params": _param_attrs(params), "split": params.split}
+    wanted = {"params": params.attrs(), "split": params.split}
     made = {"params": reader.attrs["params"], "split": reader.attrs["split"]}
     if made != wanted:
         raise CacheError(f"{out} was made with other parameters ({_changes(made, wanted)}); "
@@ -624,12 +597,12 @@ def _changes(made: dict, wanted: dict) -> str:
     return f"{', '.join(sorted(changed)) or 'split'} changed"
 
 
-def _prepare_work_dir(out: Path, params: IngestParams) -> Path:
+def _prepare_work_dir(out: Path, params: IngestSettings) -> Path:
     """The work folder of this ingest: reused when its parameters match (temporary files and an unfinished
     final store removed), created otherwise; CacheError for another ingest's work folder."""
     work = _work_dir(out)
     if work.exists():
-        if _work_params(out) != _param_attrs(params):
+        if _work_params(out) != params.attrs():
             raise CacheError(f"{work} holds an interrupted ingest with other parameters; "
                              "run that ingest again or remove the folder")
         for stale in (work / "parts").glob("*.tmp"):
@@ -640,7 +613,7 @@ def _prepare_work_dir(out: Path, params: IngestParams) -> Path:
     fresh = work.with_name(work.name + ".new")
     shutil.rmtree(fresh, ignore_errors=True)
     (fresh / "parts").mkdir(parents=True)
-    (fresh / "params.json").write_text(json.dumps(_param_attrs(params), indent=1))
+    (fresh / "params.json").write_text(json.dumps(params.attrs(), indent=1))
     os.replace(fresh, work)
     return work
 
@@ -677,7 +650,7 @@ def _work_params(out: Path) -> dict | None:
     return json.loads(file.read_text()) if file.is_file() else None
 
 
-def _label_files(params: IngestParams) -> tuple[Path | None, Path | None]:
+def _label_files(params: IngestSettings) -> tuple[Path | None, Path | None]:
     """The train.csv-format and coordinates CSVs an ingest reads: as given, or the train split's own."""
     root, train = Path(params.data_dir), params.split == "train"
     labels = params.labels or (root / "train.csv" if train else None)
@@ -685,7 +658,7 @@ def _label_files(params: IngestParams) -> tuple[Path | None, Path | None]:
     return (Path(labels) if labels else None), (Path(coordinates) if coordinates else None)
 
 
-def _input_digests(params: IngestParams) -> dict[str, str | None]:
+def _input_digests(params: IngestSettings) -> dict[str, str | None]:
     """SHA-256 of each CSV the ingest reads, so that a rerun after one changed (new located coordinates at
     the same path) is not taken for an up-to-date cache; None for a file that is absent."""
     descriptions = Path(params.data_dir) / f"{params.split}_series_descriptions.csv"
@@ -693,11 +666,6 @@ def _input_digests(params: IngestParams) -> dict[str, str | None]:
                                                              strict=True))}
     return {name: hashlib.sha256(path.read_bytes()).hexdigest() if path and path.is_file() else None
             for name, path in files.items()}
-
-
-def _param_attrs(params: IngestParams) -> dict:
-    """The parameters a cache records and a rerun must match (JSON-normalised)."""
-    return json.loads(json.dumps(asdict(params)))
 
 
 def _remove(path: Path) -> None:

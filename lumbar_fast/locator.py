@@ -28,6 +28,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from lumbar_fast import rsna
+from lumbar_fast.cache import ImageSettings, check_fits
 from lumbar_fast.errors import LumbarFastError
 from lumbar_fast.model import create_model
 from lumbar_fast.runfolder import BEST, RunFolder, atomic_write
@@ -547,6 +548,14 @@ def load_locator_checkpoint(run_dir: Path) -> dict:
     return state
 
 
+def check_cache(state: dict, cache, run: Path) -> None:
+    """Refuse, in one line, a cache whose stack images differ in size from those the locator run trained on
+    (its checkpoint's `cache_settings`); slices per crop, crop widths and side convention shape only the
+    level crops, which a locator never reads."""
+    check_fits(ImageSettings.from_record(state["cache_settings"]), cache, run, state["sequence"],
+               fields=("size",))
+
+
 def checkpoint_model(state: dict) -> Locator:
     """The Locator stored in a locator checkpoint (its weights loaded, in eval mode)."""
     model = Locator(state["model_name"], len(state["targets"]), width=state["width"])
@@ -570,6 +579,7 @@ def locate(runs: list[Path], cache, device: str = "auto") -> pd.DataFrame:
         sequence = state["sequence"]
         if sequence not in cache.sequences():
             raise LumbarFastError(f"cache {cache.path} has no {sequence} stacks for locator run {run}")
+        check_cache(state, cache, run)
         model = checkpoint_model(state).to(device)
         stack_index, images = cache.stack_index(sequence), cache.stack_images(sequence)
         targets = [tuple(t) for t in state["targets"]]

@@ -19,7 +19,7 @@ import pandas as pd
 import torch
 
 from lumbar_fast import locator as loc
-from lumbar_fast.cache import open_cache
+from lumbar_fast.cache import ImageSettings, open_cache
 from lumbar_fast.errors import LumbarFastError, first_line
 from lumbar_fast.inference import amp_dtype_for, resolve_device
 from lumbar_fast.runfolder import SPLIT, Panels, RunFolder
@@ -157,10 +157,11 @@ class LocatorTask(TrainingTask):
 
     def __init__(self, config: LocatorConfig, device: torch.device, amp_dtype: torch.dtype | None,
                  split: pd.DataFrame, data: LocatorData, series: tuple[list[int], list[int]],
-                 model: loc.Locator) -> None:
+                 model: loc.Locator, cache_settings: ImageSettings) -> None:
         optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
         super().__init__(config, device, amp_dtype, split, model, optimizer,
-                         torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=config.epochs))
+                         torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=config.epochs),
+                         cache_settings)
         self.data, (self.train_series, self.val_series) = data, series
         self.meta = checkpoint_meta(config, data.names)
 
@@ -285,7 +286,8 @@ def prepare(config: LocatorConfig, run: RunFolder) -> LocatorTask:
     model.set_position_prior(*loc.fit_position_prior([data.series[i] for i in train_series],
                                                      [data.targets[i] for i in train_series]))
     model = model.to(device, memory_format=torch.channels_last)
-    return LocatorTask(config, device, amp_dtype, split, data, (train_series, val_series), model)
+    return LocatorTask(config, device, amp_dtype, split, data, (train_series, val_series), model,
+                       cache.settings().images)
 
 
 def checkpoint_meta(config: LocatorConfig, names: list[tuple[str, str]]) -> dict[str, Any]:
@@ -353,6 +355,7 @@ def evaluate_run(run_dir: str | Path, cache_path: str | Path | None = None,
     run, config, state, split = read_locator_run(Path(run_dir))
     target = resolve_device(device)
     cache = open_cache(cache_path or config.cache)
+    loc.check_cache(state, cache, run.path)
     train_studies, val_studies = train_val_studies(split, config.fold)
     require_studies(val_studies, cache.study_labels()["study_id"].to_numpy(), cache.path, run.path)
     data = load_data(cache, config.sequence)

@@ -110,14 +110,26 @@ class RunFolder:
         return self.path / name
 
     # -- config and split ------------------------------------------------
-    def write_config(self, config: dict[str, Any]) -> None:
-        """config.json: the run's arguments plus versions and git commit."""
-        text = json.dumps({"arguments": config, "environment": environment()}, indent=2, default=str)
+    def write_config(self, config: dict[str, Any], cache_settings: dict[str, Any] | None = None) -> None:
+        """config.json: the run's arguments, the settings of the cache it trains on
+        (`cache.ImageSettings.record()`, when given), versions and git commit."""
+        settings = {} if cache_settings is None else {"cache_settings": cache_settings}
+        text = json.dumps({"arguments": config, **settings, "environment": environment()}, indent=2,
+                          default=str)
         atomic_write(self.file(CONFIG), lambda tmp: tmp.write_text(text + "\n"))
 
     def read_config(self) -> dict[str, Any]:
         """The arguments stored in config.json."""
         return json.loads(self.file(CONFIG).read_text())["arguments"]
+
+    def read_cache_settings(self) -> dict[str, Any]:
+        """The settings of the cache the run trained on, as config.json records them; a run from before they
+        were recorded is a one-line error."""
+        settings = json.loads(self.file(CONFIG).read_text()).get("cache_settings")
+        if settings is None:
+            raise LumbarFastError(f"{self.path} records no settings of its training cache: it was trained by "
+                                  "an earlier lumbar-fast; train it again (CHANGELOG.md)")
+        return settings
 
     def write_table(self, name: str, table: pd.DataFrame) -> None:
         """A CSV file of the run (split.csv, val_predictions.csv)."""

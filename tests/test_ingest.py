@@ -23,10 +23,10 @@ from pydicom.data import get_testdata_file
 from pydicom.uid import JPEG2000Lossless, RLELossless
 
 from lumbar_fast import cache, dicom, rsna
+from lumbar_fast.cache import ImageSettings, IngestSettings
 from lumbar_fast.errors import CacheError, DataError
 from lumbar_fast.ingest import (
     KILL_AFTER_ENV,
-    IngestParams,
     convert_series,
     ingest,
     plan_ingest,
@@ -121,7 +121,7 @@ def test_the_middle_channel_is_cut_from_the_labelled_instance_file(synth_data, s
 
 
 def test_compressed_twins_give_the_same_arrays(tiny_data, tmp_path):
-    params = IngestParams(data_dir=str(tiny_data), size=32)
+    params = IngestSettings(data_dir=str(tiny_data), images=ImageSettings(size=32))
     plan = plan_ingest(params)
     damaged = {d["series_id"] for d in manifest(tiny_data)["damaged_files"]}
     uncompressed = {s["series_id"] for s in manifest(tiny_data)["series"]
@@ -215,7 +215,7 @@ def test_broken_inputs_go_to_the_errors_table_and_the_rest_is_ingested(tiny_data
 
 def test_a_series_that_fails_as_a_whole_is_one_error_row(tiny_data, monkeypatch):
     """An exception no check foresaw, while converting a series, is that series' problem alone."""
-    params = IngestParams(data_dir=str(tiny_data), size=32)
+    params = IngestSettings(data_dir=str(tiny_data), images=ImageSettings(size=32))
     task = plan_ingest(params).tasks[0]
 
     def broken(slices):
@@ -377,7 +377,7 @@ def test_sigkill_then_rerun_equals_an_uninterrupted_run(resume_data, make_cache,
     work = out.with_name(out.name + ".ingest")
     with pytest.raises(CacheError):  # absent, or a store without its attributes
         cache.open_cache(out)
-    tasks = plan_ingest(IngestParams(str(resume_data), size=32)).tasks
+    tasks = plan_ingest(IngestSettings(str(resume_data), images=ImageSettings(size=32))).tasks
     appended = {task.part_name for task in tasks[:series]}
     kept = {path.name for path in (work / "parts").glob("*.pkl")}
     if fmt in cache.RESUMABLE_FORMATS:  # the store records series whose parts are gone

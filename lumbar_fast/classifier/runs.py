@@ -11,6 +11,7 @@ import numpy as np
 import pandas as pd
 
 from lumbar_fast import recipes, rsna
+from lumbar_fast.cache import ImageSettings
 from lumbar_fast.errors import LumbarFastError
 from lumbar_fast.runfolder import BEST, CONFIG, SPLIT, RunFolder
 from lumbar_fast.split import read_split_file
@@ -26,6 +27,7 @@ class ClassifierRun:
     cache: Path  # the cache it trained on
     prior: np.ndarray  # training class frequencies, the baseline's prediction
     hflip: bool  # trained on horizontally mirrored crops: --tta averages over the mirror
+    settings: ImageSettings  # of the cache it trained on: a cache to predict must have the same
 
 
 def read_run(path: Path) -> ClassifierRun:
@@ -49,7 +51,8 @@ def read_run(path: Path) -> ClassifierRun:
         raise LumbarFastError(f"run {path} has no training prior in its metrics")
     return ClassifierRun(path, config["sequence"], int(config["fold"]), Path(config["cache"]),
                          np.asarray(records[-1]["val_prior"], dtype=np.float64),
-                         recipes.flips_horizontally(config.get("augment", True)))
+                         recipes.flips_horizontally(config["augment"]),
+                         ImageSettings.from_record(folder.read_cache_settings()))
 
 
 def read_runs(paths: Sequence[Path]) -> list[ClassifierRun]:

@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from lumbar_fast import distributed, multislice, recipes, rsna
-from lumbar_fast.cache import open_cache
+from lumbar_fast.cache import ImageSettings, open_cache
 from lumbar_fast.classifier.config import MONITORS, TrainConfig
 from lumbar_fast.classifier.items import (
     Items,
@@ -55,10 +55,11 @@ class ClassifierTask(TrainingTask):
     kind = TaskKind(weights_key="model", panels=CLASSIFIER_PANELS, monitors=MONITORS)
 
     def __init__(self, config: TrainConfig, device: torch.device, amp_dtype: torch.dtype | None,
-                 split: pd.DataFrame, items: tuple[Items, Items], model: nn.Module) -> None:
+                 split: pd.DataFrame, items: tuple[Items, Items], model: nn.Module,
+                 cache_settings: ImageSettings) -> None:
         optimizer = make_optimizer(model, config, device)
         super().__init__(config, device, amp_dtype, split, model, optimizer,
-                         make_scheduler(optimizer, config))
+                         make_scheduler(optimizer, config), cache_settings)
         self.train_items, self.val_items = train_items, val_items = items
         self.prior = class_frequencies(train_items.labels)
         shape = np.load(train_items.images_path, mmap_mode="r").shape
@@ -131,7 +132,8 @@ def prepare(config: TrainConfig, run: RunFolder) -> ClassifierTask:
     train_items, val_items = split_items(in_view(items, cache, config, run), *studies)
     if config.control == "shuffled-labels":
         train_items = shuffled_labels(train_items, config.seed)
-    return ClassifierTask(config, device, amp_dtype, split, (train_items, val_items), model)
+    return ClassifierTask(config, device, amp_dtype, split, (train_items, val_items), model,
+                          cache.settings().images)
 
 
 def check_fold(config: TrainConfig, train_items: Items, val_items: Items) -> None:

@@ -25,9 +25,15 @@ class Progress:
     start_epoch: int = 0
 
 
+def meta(task: TrainingTask) -> dict[str, Any]:
+    """What every checkpoint holds besides the weights and training state: the task's meta and the settings
+    of the cache it trains on (which a cache must match to be predicted by the run)."""
+    return {**task.checkpoint_meta(), "cache_settings": task.cache_settings.record()}
+
+
 def last_state(task: TrainingTask, progress: Progress) -> dict[str, Any]:
     """last.pt: everything `resume` needs to continue exactly where the latest epoch ended."""
-    return {**task.checkpoint_meta(), "epoch": progress.records[-1]["epoch"],
+    return {**meta(task), "epoch": progress.records[-1]["epoch"],
             task.kind.weights_key: task.model.state_dict(), "optimizer": task.optimizer.state_dict(),
             "scheduler": task.scheduler.state_dict(), "scaler": task.scaler.state_dict(),
             "early_stopping": progress.stopper.state_dict(), "rng": rng_state(), "records": progress.records}
@@ -39,7 +45,7 @@ def commit_epoch(run: RunFolder, task: TrainingTask, progress: Progress,
     given), last.pt, metrics and curves; then the epoch's line on stdout."""
     record = progress.records[-1]
     if best_predictions is not None:
-        run.save_checkpoint(BEST, {**task.checkpoint_meta(), "epoch": record["epoch"],
+        run.save_checkpoint(BEST, {**meta(task), "epoch": record["epoch"],
                                    task.kind.weights_key: task.model.state_dict(), "metrics": record})
         run.write_table(PREDICTIONS, best_predictions)
     run.save_checkpoint(LAST, last_state(task, progress))

@@ -41,7 +41,7 @@ def start(config: C, prepare: Prepare) -> Path:
     with distributed.process_group(resolve_device(config.device)):
         run = distributed.on_main(new_run_folder, config)
         task = prepare(config, run)
-        distributed.on_main(run.write_config, dataclasses.asdict(config))
+        distributed.on_main(run.write_config, dataclasses.asdict(config), task.cache_settings.record())
         return fit(run, task, Progress(EarlyStopping(task.mode, config.patience)))
 
 
