@@ -38,7 +38,7 @@ from lumbar_fast.classifier.runs import read_run
 from lumbar_fast.csvfile import read_csv
 from lumbar_fast.errors import LumbarFastError
 from lumbar_fast.ingest import COORDINATE_COLUMNS, ingest
-from lumbar_fast.locator import locate, write_coordinates
+from lumbar_fast.locator.locate import locate, write_coordinates
 from lumbar_fast.multislice import SliceWindows
 from lumbar_fast.predict import (
     InferenceOptions,

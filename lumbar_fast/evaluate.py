@@ -21,13 +21,13 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from lumbar_fast import locator as loc
 from lumbar_fast import metrics, rsna
 from lumbar_fast.cache import CacheReader, open_cache
 from lumbar_fast.classifier.runs import ClassifierRun, read_run_split, read_runs, runs_by_sequence
 from lumbar_fast.errors import LumbarFastError
 from lumbar_fast.inference import resolve_device
-from lumbar_fast.locator_train import RunEvaluation, evaluate_run
+from lumbar_fast.locator.metrics import LOCALISATION_FIGURES, summarise_localisation
+from lumbar_fast.locator.runs import RunEvaluation, evaluate_run, is_locator_run
 from lumbar_fast.predict import (
     PROBABILITY_COLUMNS,
     InferenceOptions,
@@ -231,16 +231,16 @@ def localisation_figures(group: Sequence[RunEvaluation], options: EvaluateOption
     is_model = np.arange(len(both)) < len(model)
 
     def statistics(rows: np.ndarray, _copies: np.ndarray) -> dict[str, float]:
-        drawn = {name: loc.summarise_localisation(both.iloc[rows[picked]])
+        drawn = {name: summarise_localisation(both.iloc[rows[picked]])
                  for name, picked in (("model", is_model[rows]), ("baseline", ~is_model[rows]))}
         return {f"{name}.{key}": summary[key] for name, summary in drawn.items()
-                for key in loc.LOCALISATION_FIGURES}
+                for key in LOCALISATION_FIGURES}
 
     intervals = metrics.bootstrap_intervals(both["study_id"].to_numpy(), statistics, options.n_boot,
                                             options.seed)
-    return {"studies": int(model["study_id"].nunique()), "model": loc.summarise_localisation(model),
-            "baseline": loc.summarise_localisation(baseline),
-            "intervals": {name: {key: intervals[f"{name}.{key}"] for key in loc.LOCALISATION_FIGURES}
+    return {"studies": int(model["study_id"].nunique()), "model": summarise_localisation(model),
+            "baseline": summarise_localisation(baseline),
+            "intervals": {name: {key: intervals[f"{name}.{key}"] for key in LOCALISATION_FIGURES}
                           for name in ("model", "baseline")}}
 
 
@@ -473,7 +473,7 @@ def evaluate(run_paths: Sequence[Path], out_dir: Path, cache_path: Path | None =
     options = options or EvaluateOptions()
     if not run_paths:
         raise LumbarFastError("give at least one run folder")
-    locator_paths = [Path(path) for path in run_paths if loc.is_locator_run(Path(path))]
+    locator_paths = [Path(path) for path in run_paths if is_locator_run(Path(path))]
     classifier_paths = [Path(path) for path in run_paths if Path(path) not in locator_paths]
     located = evaluate_locators(locator_paths, cache_path, options) if locator_paths else None
     report = (evaluate_classifiers(classifier_paths, out_dir, cache_path, options) if classifier_paths

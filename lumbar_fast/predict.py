@@ -215,7 +215,7 @@ def located_cache(locator_runs: Sequence[Path], cache: CacheReader, out: Path, d
     points reuses (or resumes) it and other points never meet a stale one.
     """
     from lumbar_fast.ingest import ingest_with
-    from lumbar_fast.locator import locate, write_coordinates
+    from lumbar_fast.locator.locate import locate, write_coordinates
 
     coordinates = locate(list(locator_runs), cache, device)
     digest = hashlib.sha1(coordinates.to_csv(index=False, columns=list(rsna.COORDINATE_COLUMNS)).encode())

@@ -32,16 +32,6 @@ BEST = "best.pt"
 LAST = "last.pt"
 #: curves.png panels: title -> (record key, legend label, line style) of each line; baselines dashed
 Panels = dict[str, tuple[tuple[str, str, str], ...]]
-CLASSIFIER_PANELS: Panels = {
-    "loss (baseline dashed)": (
-        ("train_loss", "train loss", "-"), ("val_loss", "val loss", "-"),
-        ("val_weighted_log_loss", "val weighted log loss", "-"),
-        ("val_prior_weighted_log_loss", "prior's weighted log loss", "--")),
-    "accuracy (baseline dashed)": (
-        ("train_accuracy", "train accuracy", "-"), ("val_accuracy", "val accuracy", "-"),
-        ("val_balanced_accuracy", "val balanced accuracy", "-"),
-        ("val_majority_accuracy", "majority class's accuracy", "--")),
-}
 #: bumped when a checkpoint's keys change, so that an old run is refused with a clear message
 CHECKPOINT_FORMAT = 1
 
@@ -143,7 +133,7 @@ class RunFolder:
             return []
         return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
-    def write_metrics(self, records: list[dict[str, Any]], panels: Panels = CLASSIFIER_PANELS) -> None:
+    def write_metrics(self, records: list[dict[str, Any]], panels: Panels) -> None:
         """metrics.jsonl (one record per epoch), metrics.csv (the same, flattened) and curves.png."""
         lines = "".join(json.dumps(record) + "\n" for record in records)
         atomic_write(self.file(METRICS_JSONL), lambda tmp: tmp.write_text(lines))
@@ -186,9 +176,8 @@ def _flatten_lists(record: dict[str, Any]) -> dict[str, Any]:
     return flat
 
 
-def plot_curves(records: list[dict[str, Any]], path: Path, panels: Panels = CLASSIFIER_PANELS) -> None:
-    """curves.png: one panel per entry of `panels`, each value per epoch (by default the classifier's loss
-    with the prior's, and accuracy with the majority class's)."""
+def plot_curves(records: list[dict[str, Any]], path: Path, panels: Panels) -> None:
+    """curves.png: one panel per entry of `panels` (the task's), each value per epoch."""
     import matplotlib
 
     matplotlib.use("Agg")

@@ -94,7 +94,8 @@ def locator_runs(synth_cache, tmp_path_factory) -> list[Path]:
     """Three sag_t2 locator runs, folds 0, 1 and 2 of 3 of synth_cache (the classifier runs' split):
     test_efficientnet from random weights at 64 px, one epoch of 3 series, CPU — tiny runs for evaluate's
     localisation part, whose numbers mean nothing."""
-    from lumbar_fast.locator_train import LocatorConfig, train_locator
+    from lumbar_fast.locator.config import LocatorConfig
+    from lumbar_fast.locator.runs import train_locator
 
     folder = tmp_path_factory.mktemp("locator-runs")
     return [train_locator(LocatorConfig(sequence="sag_t2", cache=str(synth_cache), fold=k, folds=3,

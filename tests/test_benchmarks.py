@@ -114,7 +114,8 @@ def test_recipe_study(workdir, capsys):
 def test_multislice_study(workdir, synth_data, synth_cache, tmp_path, capsys):
     """The multi-slice study at a tiny size, with tiny locators: every variant trains per seed and is judged
     at the labelled, slice-shifted and located points of the held-out test split."""
-    from lumbar_fast.locator_train import LocatorConfig, train_locator
+    from lumbar_fast.locator.config import LocatorConfig
+    from lumbar_fast.locator.runs import train_locator
 
     for sequence in rsna.SEQUENCES:
         train_locator(LocatorConfig(sequence=sequence, cache=str(synth_cache),

@@ -19,7 +19,8 @@ from lumbar_fast import metrics, rsna
 from lumbar_fast.cache import ImageSettings, open_cache
 from lumbar_fast.classifier.runs import read_runs
 from lumbar_fast.errors import LumbarFastError
-from lumbar_fast.locator_train import LocatorConfig, train_locator
+from lumbar_fast.locator.config import LocatorConfig
+from lumbar_fast.locator.runs import train_locator
 from lumbar_fast.predict import (
     LOCATION,
     PROBABILITY_COLUMNS,

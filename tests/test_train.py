@@ -17,6 +17,7 @@ import torch
 import zarr
 
 from lumbar_fast.cache import SCHEMA_VERSION, open_cache
+from lumbar_fast.classifier.config import PANELS
 from lumbar_fast.classifier.items import (
     Items,
     adjacent_level_rows,
@@ -83,7 +84,7 @@ def test_metrics_files_and_curves(tmp_path):
                 "val_balanced_accuracy": 0.55, "val_majority_accuracy": 0.34,
                 "val_recall": [0.1, 0.2, None], "val_confusion": [[1, 2, 3], [4, 5, 6], [7, 8, 9]]}
                for e in (1, 2)]
-    run.write_metrics(records)
+    run.write_metrics(records, PANELS)
     assert run.read_metrics() == records
     table = pd.read_csv(tmp_path / "metrics.csv")
     assert list(table["epoch"]) == [1, 2]

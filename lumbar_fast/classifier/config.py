@@ -14,6 +14,7 @@ from typing import Any
 from lumbar_fast import multislice, recipes, rsna
 from lumbar_fast.errors import LumbarFastError
 from lumbar_fast.loaders import AugmentConfig
+from lumbar_fast.runfolder import Panels
 from lumbar_fast.training.config import RunConfig
 
 VIEWS = ("level", "slice")
@@ -22,6 +23,17 @@ MONITORS = {"accuracy": ("val_accuracy", "max"), "loss": ("val_loss", "min"),
             "rsna": ("val_weighted_log_loss", "min")}
 CLASS_WEIGHTINGS = ("none", "metric", "inverse")
 AMP_MODES = ("auto", "bf16", "fp16", "none")
+#: curves.png of a classifier run: its loss beside the prior's, its accuracy beside the majority class's
+PANELS: Panels = {
+    "loss (baseline dashed)": (
+        ("train_loss", "train loss", "-"), ("val_loss", "val loss", "-"),
+        ("val_weighted_log_loss", "val weighted log loss", "-"),
+        ("val_prior_weighted_log_loss", "prior's weighted log loss", "--")),
+    "accuracy (baseline dashed)": (
+        ("train_accuracy", "train accuracy", "-"), ("val_accuracy", "val accuracy", "-"),
+        ("val_balanced_accuracy", "val balanced accuracy", "-"),
+        ("val_majority_accuracy", "majority class's accuracy", "--")),
+}
 #: negative controls, run by the real loop: the pipeline must NOT learn under them
 CONTROLS = ("none", "shuffled-labels", "level-off")
 

@@ -16,7 +16,7 @@ from torch import nn
 
 from lumbar_fast import distributed, multislice, recipes, rsna
 from lumbar_fast.cache import ImageSettings, open_cache
-from lumbar_fast.classifier.config import MONITORS, TrainConfig
+from lumbar_fast.classifier.config import MONITORS, PANELS, TrainConfig
 from lumbar_fast.classifier.items import (
     Items,
     class_frequencies,
@@ -37,7 +37,7 @@ from lumbar_fast.errors import LumbarFastError
 from lumbar_fast.inference import amp_dtype_for, predict_items, resolve_device
 from lumbar_fast.loaders import Loader, LoaderConfig, build_loader, normalisation_stats
 from lumbar_fast.metrics import classification_summary
-from lumbar_fast.runfolder import CLASSIFIER_PANELS, RunFolder
+from lumbar_fast.runfolder import RunFolder
 from lumbar_fast.split import load_or_create_split, train_val_studies
 from lumbar_fast.training.records import EpochBar
 from lumbar_fast.training.rng import seed_everything
@@ -52,7 +52,7 @@ class ClassifierTask(TrainingTask):
     """One classifier run's items and optimisation (Adam, StepLR); loaders and the step live while epochs
     run."""
 
-    kind = TaskKind(weights_key="model", panels=CLASSIFIER_PANELS, monitors=MONITORS)
+    kind = TaskKind(panels=PANELS, monitors=MONITORS)
 
     def __init__(self, config: TrainConfig, device: torch.device, amp_dtype: torch.dtype | None,
                  split: pd.DataFrame, items: tuple[Items, Items], model: nn.Module,

@@ -15,6 +15,9 @@ from lumbar_fast.training.rng import rng_state, set_rng_state
 from lumbar_fast.training.stopping import EarlyStopping
 from lumbar_fast.training.task import TrainingTask
 
+#: the checkpoint key of the model's state_dict, for every task
+WEIGHTS = "model"
+
 
 @dataclass
 class Progress:
@@ -34,7 +37,7 @@ def meta(task: TrainingTask) -> dict[str, Any]:
 def last_state(task: TrainingTask, progress: Progress) -> dict[str, Any]:
     """last.pt: everything `resume` needs to continue exactly where the latest epoch ended."""
     return {**meta(task), "epoch": progress.records[-1]["epoch"],
-            task.kind.weights_key: task.model.state_dict(), "optimizer": task.optimizer.state_dict(),
+            WEIGHTS: task.model.state_dict(), "optimizer": task.optimizer.state_dict(),
             "scheduler": task.scheduler.state_dict(), "scaler": task.scaler.state_dict(),
             "early_stopping": progress.stopper.state_dict(), "rng": rng_state(), "records": progress.records}
 
@@ -46,7 +49,7 @@ def commit_epoch(run: RunFolder, task: TrainingTask, progress: Progress,
     record = progress.records[-1]
     if best_predictions is not None:
         run.save_checkpoint(BEST, {**meta(task), "epoch": record["epoch"],
-                                   task.kind.weights_key: task.model.state_dict(), "metrics": record})
+                                   WEIGHTS: task.model.state_dict(), "metrics": record})
         run.write_table(PREDICTIONS, best_predictions)
     run.save_checkpoint(LAST, last_state(task, progress))
     run.write_metrics(progress.records, task.kind.panels)
@@ -56,7 +59,7 @@ def commit_epoch(run: RunFolder, task: TrainingTask, progress: Progress,
 def restore(run: RunFolder, task: TrainingTask, state: dict[str, Any]) -> Progress:
     """Put last.pt's training state into a freshly prepared task; the run's progress to continue from."""
     try:
-        task.model.load_state_dict(state[task.kind.weights_key])
+        task.model.load_state_dict(state[WEIGHTS])
         load_optimizer_state(task.optimizer, state["optimizer"])
     except (RuntimeError, ValueError, KeyError) as exc:
         raise LumbarFastError(f"{run.file(LAST)} does not fit this run's model: {exc}") from None

@@ -23,10 +23,8 @@ from lumbar_fast.training.config import TaskConfig
 
 @dataclass(frozen=True)
 class TaskKind:
-    """How a kind of task's run folder reads: where checkpoints hold the weights (each task's readers
-    expect their own key), curves.png's panels, and what --monitor may watch."""
+    """How a kind of task's run folder reads: curves.png's panels, and what --monitor may watch."""
 
-    weights_key: str
     panels: Panels
     monitors: dict[str, tuple[str, str]]  # --monitor -> (validation record key, "min" | "max")
 

@@ -1,0 +1,2 @@
+"""The networks: `locator.py` (the level locator); more to come here: timm creation and weights, the
+classifiers, test-time augmentation."""
