@@ -34,7 +34,8 @@ import pandas as pd
 from benchmarks import common
 from lumbar_fast import metrics, rsna
 from lumbar_fast.cache import CacheReader, open_cache
-from lumbar_fast.classifier.runs import read_run
+from lumbar_fast.classifier.config import TrainConfig
+from lumbar_fast.classifier.runs import read_run, resume, train
 from lumbar_fast.csvfile import read_csv
 from lumbar_fast.errors import LumbarFastError
 from lumbar_fast.ingest import COORDINATE_COLUMNS, ingest
@@ -48,7 +49,6 @@ from lumbar_fast.predict import (
     sequence_priors,
 )
 from lumbar_fast.runfolder import LAST, RunFolder
-from lumbar_fast.train import TrainConfig, resume, train
 
 SLICE_SHIFTS = (-2, -1, 1, 2)
 #: the competition term each sequence's classifier predicts

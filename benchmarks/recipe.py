@@ -29,7 +29,8 @@ import numpy as np
 from benchmarks import common
 from lumbar_fast import rsna
 from lumbar_fast.cache import open_cache
-from lumbar_fast.classifier.runs import read_run
+from lumbar_fast.classifier.config import TrainConfig
+from lumbar_fast.classifier.runs import read_run, train
 from lumbar_fast.errors import LumbarFastError
 from lumbar_fast.ingest import ingest
 from lumbar_fast.loaders.gpu import resolve_device
@@ -38,7 +39,6 @@ from lumbar_fast.phantom import PhantomOptions, generate
 from lumbar_fast.predict import InferenceOptions, predict_crops
 from lumbar_fast.recipes import AUGMENTATIONS
 from lumbar_fast.runfolder import RunFolder
-from lumbar_fast.train import TrainConfig, train
 
 
 @dataclass(frozen=True)

@@ -394,6 +394,11 @@ class CacheReader:
         """The settings this cache was ingested with (its `params` attribute, typed)."""
         return IngestSettings.from_attrs(self.attrs["params"])
 
+    def slices_per_crop(self) -> int:
+        """How many slices a level crop holds (its channels): the one answer, read by training, its
+        checkpoint and the whole-slice view alike."""
+        return self.settings().images.channels
+
     def sequences(self) -> list[str]:
         """Sequences with stacks in this cache, in rsna.SEQUENCES order."""
         return [seq for seq in rsna.SEQUENCES if self._store.has(f"stacks/{seq}")]

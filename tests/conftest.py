@@ -79,8 +79,9 @@ def trained_runs(synth_cache, tmp_path_factory) -> dict[str, Path]:
     """One classifier run per sequence, validated on fold 0 of 3 of synth_cache: test_efficientnet from
     random weights, one epoch, CPU, torch loader — tiny runs for the stages that consume runs (evaluate,
     predict); they learn little, which those tests do not need."""
+    from lumbar_fast.classifier.config import TrainConfig
+    from lumbar_fast.classifier.runs import train
     from lumbar_fast.rsna import SEQUENCES
-    from lumbar_fast.train import TrainConfig, train
 
     folder = tmp_path_factory.mktemp("runs")
     return {seq: train(TrainConfig(sequence=seq, cache=str(synth_cache), run_dir=str(folder / seq),

@@ -18,6 +18,7 @@ import torch.multiprocessing as mp
 
 from lumbar_fast import distributed
 from lumbar_fast.cache import open_cache
+from lumbar_fast.classifier.config import TrainConfig
 from lumbar_fast.classifier.items import build_items, class_frequencies, split_items
 from lumbar_fast.classifier.task import ITEM_LOG_ENV, loader_config, validate
 from lumbar_fast.errors import LumbarFastError
@@ -25,7 +26,6 @@ from lumbar_fast.inference import load_run
 from lumbar_fast.loaders import build_loader
 from lumbar_fast.runfolder import BEST, LAST, PREDICTIONS, SPLIT, RunFolder
 from lumbar_fast.split import train_val_studies
-from lumbar_fast.train import TrainConfig
 from tests.distributed_worker import WORLD, collectives, crash, refuse
 
 BATCH = 4

@@ -13,6 +13,8 @@ import pytest
 
 from lumbar_fast import metrics, rsna
 from lumbar_fast.cache import open_cache
+from lumbar_fast.classifier.config import TrainConfig
+from lumbar_fast.classifier.runs import train
 from lumbar_fast.evaluate import (
     EvaluateOptions,
     format_table,
@@ -24,7 +26,6 @@ from lumbar_fast.locator import metrics as loc
 from lumbar_fast.locator.runs import RunEvaluation, evaluate_run
 from lumbar_fast.predict import PROBABILITY_COLUMNS
 from lumbar_fast.runfolder import RunFolder
-from lumbar_fast.train import TrainConfig, train
 
 
 def test_item_losses_are_the_weighted_log_loss_terms():

@@ -13,7 +13,8 @@ from torch import nn
 from benchmarks.multislice import shifted_coordinates
 from lumbar_fast import recipes
 from lumbar_fast.cache import open_cache
-from lumbar_fast.classifier.runs import read_run
+from lumbar_fast.classifier.config import TrainConfig
+from lumbar_fast.classifier.runs import read_run, train
 from lumbar_fast.errors import LumbarFastError
 from lumbar_fast.inference import load_run
 from lumbar_fast.loaders import LoaderConfig, build_loader
@@ -27,7 +28,6 @@ from lumbar_fast.multislice import (
 )
 from lumbar_fast.predict import InferenceOptions, predict_crops
 from lumbar_fast.runfolder import BEST, RunFolder
-from lumbar_fast.train import TrainConfig, train
 from tests.crashes import killed_after_epochs, without_timings
 from tests.crops import recut_similarity
 from tests.test_loaders import KINDS
@@ -204,7 +204,7 @@ def test_evaluate_and_predict_take_multi_slice_runs(multi_slice_runs, five_slice
     pd.testing.assert_frame_equal(submissions["plain"], submissions["tta"])  # no default recipe flips
     code, _, stderr = run_cli("evaluate", runs[0], "--cache", synth_cache, "--out", tmp_path / "e3",
                               "--device", "cpu")
-    assert code != 0 and "expects (64, 64, 5)" in stderr and len(stderr.strip().splitlines()) == 1
+    assert code != 0 and "9 slices per crop, not 5" in stderr and len(stderr.strip().splitlines()) == 1
 
 
 def test_a_killed_multi_slice_run_resumes_to_the_uninterrupted_result(five_slice_cache, tmp_path, run_cli):

@@ -17,7 +17,8 @@ from torch import nn
 
 from lumbar_fast import metrics, rsna
 from lumbar_fast.cache import ImageSettings, open_cache
-from lumbar_fast.classifier.runs import read_runs
+from lumbar_fast.classifier.config import TrainConfig
+from lumbar_fast.classifier.runs import read_runs, train
 from lumbar_fast.errors import LumbarFastError
 from lumbar_fast.locator.config import LocatorConfig
 from lumbar_fast.locator.runs import train_locator
@@ -29,7 +30,6 @@ from lumbar_fast.predict import (
     location_probabilities,
 )
 from lumbar_fast.runfolder import BEST, RunFolder
-from lumbar_fast.train import TrainConfig, train
 
 PRIORS = {"sag_t1": np.array([0.7, 0.2, 0.1]), "sag_t2": np.array([0.8, 0.1, 0.1]),
           "ax_t2": np.array([0.6, 0.3, 0.1])}

@@ -11,14 +11,14 @@ from torch import nn
 
 from lumbar_fast import recipes, rsna
 from lumbar_fast.cache import open_cache
-from lumbar_fast.classifier.config import MONITORS
+from lumbar_fast.classifier.config import MONITORS, TrainConfig
 from lumbar_fast.classifier.items import class_weight_tensor
+from lumbar_fast.classifier.runs import train
 from lumbar_fast.classifier.steps import make_optimizer, make_scheduler
 from lumbar_fast.classifier.task import loader_config
 from lumbar_fast.errors import LumbarFastError
 from lumbar_fast.ingest import mirrored_to_canonical_side
 from lumbar_fast.runfolder import RunFolder
-from lumbar_fast.train import TrainConfig, train
 
 CPU = torch.device("cpu")
 

@@ -17,7 +17,7 @@ import torch
 import zarr
 
 from lumbar_fast.cache import SCHEMA_VERSION, open_cache
-from lumbar_fast.classifier.config import PANELS
+from lumbar_fast.classifier.config import PANELS, TrainConfig
 from lumbar_fast.classifier.items import (
     Items,
     adjacent_level_rows,
@@ -27,6 +27,7 @@ from lumbar_fast.classifier.items import (
     shuffled_labels,
     slice_neighbours,
 )
+from lumbar_fast.classifier.runs import resume, train
 from lumbar_fast.classifier.steps import (
     check_cuda_graphs,
     make_optimizer,
@@ -39,7 +40,6 @@ from lumbar_fast.cli import main
 from lumbar_fast.errors import LumbarFastError
 from lumbar_fast.loaders.gpu import gpu_count
 from lumbar_fast.runfolder import CHECKPOINT_FORMAT, RunFolder
-from lumbar_fast.train import TrainConfig, resume, train
 from lumbar_fast.training.checkpoint import Progress, last_state, load_optimizer_state, restore
 from lumbar_fast.training.stopping import EarlyStopping
 from tests.crashes import killed_after_epochs, without_timings

@@ -62,9 +62,8 @@ class ClassifierTask(TrainingTask):
                          make_scheduler(optimizer, config), cache_settings)
         self.train_items, self.val_items = train_items, val_items = items
         self.prior = class_frequencies(train_items.labels)
-        shape = np.load(train_items.images_path, mmap_mode="r").shape
-        self.loader_config = loader_config(config, device, amp_dtype, shape[-1])
-        self.meta = checkpoint_meta(config, shape, self.loader_config)
+        self.loader_config = loader_config(config, device, amp_dtype, cache_settings.channels)
+        self.meta = checkpoint_meta(config, cache_settings, self.loader_config)
 
     def __enter__(self) -> ClassifierTask:
         config, device = self.config, self.device
@@ -122,8 +121,7 @@ def prepare(config: TrainConfig, run: RunFolder) -> ClassifierTask:
         raise LumbarFastError(f"the cache {cache.path} has no items for sequence {config.sequence}")
     seed_everything(config.seed)
     distributed.on_main(cache.array_path, config.sequence, "levels")  # rank 0 exports a missing copy first
-    channels = np.load(cache.array_path(config.sequence, "levels"), mmap_mode="r").shape[-1]
-    model = build_model(config, channels, device)
+    model = build_model(config, cache.slices_per_crop(), device)
     items = level_items(cache, config)
     split = distributed.on_main(load_or_create_split, cache.study_labels(), cache.path, config.folds,
                                 config.split_seed, config.split_file)
@@ -157,13 +155,13 @@ def loader_config(config: TrainConfig, device: torch.device, amp_dtype: torch.dt
                         mean=(0.0,) * channels if scaled else None, std=(1.0,) * channels if scaled else None)
 
 
-def checkpoint_meta(config: TrainConfig, shape: tuple[int, ...], cfg: LoaderConfig) -> dict[str, Any]:
+def checkpoint_meta(config: TrainConfig, images: ImageSettings, cfg: LoaderConfig) -> dict[str, Any]:
     """What inference needs besides the weights: model and its windows over the slices, sequence, view,
-    geometry of the training images (`shape`: N, S, S, C), normalisation."""
-    mean, std = normalisation_stats(cfg, shape[-1])
+    geometry of the training images (the cache's: S×S, C slices per crop), normalisation."""
+    mean, std = normalisation_stats(cfg, images.channels)
     return {"model_name": config.model, "pooling": config.pooling, "window_stride": config.window_stride,
             "window_padding": config.window_padding, "sequence": config.sequence, "view": config.view,
-            "image_size": int(shape[1]), "channels": int(shape[-1]), "mean": (mean / 255).tolist(),
+            "image_size": images.size, "channels": images.channels, "mean": (mean / 255).tolist(),
             "std": (std / 255).tolist(), "num_classes": len(rsna.SEVERITIES),
             "config": dataclasses.asdict(config)}
 
