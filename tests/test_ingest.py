@@ -26,12 +26,12 @@ from lumbar_fast import cache, dicom, rsna
 from lumbar_fast.cache import ImageSettings, IngestSettings
 from lumbar_fast.errors import CacheError, DataError
 from lumbar_fast.ingest import (
-    KILL_AFTER_ENV,
     convert_series,
     ingest,
     plan_ingest,
 )
 from lumbar_fast.phantom import MANIFEST_NAME, PitfallRates
+from lumbar_fast.testhooks import INGEST_KILL_AFTER_ENV
 from tests.cache_compare import assert_same_content
 from tests.crops import recut_similarity
 
@@ -340,10 +340,10 @@ def test_an_empty_descriptions_csv_is_a_data_error(tiny_data, tmp_path):
 
 def killed_ingest(data: Path, out: Path, series: int, fmt: str) -> int:
     """Run `lumbar-fast ingest` in a session of its own until it SIGKILLs itself after appending `series`
-    series (ingest.KILL_AFTER_ENV), then kill the workers it left; returns its exit status."""
+    series (testhooks.INGEST_KILL_AFTER_ENV), then kill the workers it left; returns its exit status."""
     command = [sys.executable, "-m", "lumbar_fast", "ingest", str(data), "--out", str(out), "--size", "32",
                "--workers", "2", "--format", fmt, "--no-progress"]
-    process = subprocess.Popen(command, env={**os.environ, KILL_AFTER_ENV: str(series)},
+    process = subprocess.Popen(command, env={**os.environ, INGEST_KILL_AFTER_ENV: str(series)},
                                start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     status = process.wait(timeout=120)
     with contextlib.suppress(ProcessLookupError):
@@ -469,6 +469,7 @@ from pathlib import Path
 marker, root = Path(sys.argv[1]), Path(sys.argv[2])
 os.register_at_fork(after_in_child=lambda: marker.write_text("forked"))
 from lumbar_fast.ingest import ingest
+from lumbar_fast.testhooks import INGEST_KILL_AFTER_ENV
 from lumbar_fast.phantom import PhantomOptions, generate
 generate(root / "data", 2, 0, PhantomOptions(image_size=64), workers=2, progress=False)
 ingest(root / "data", root / "c.zarr", size=32, workers=2, progress=False)
