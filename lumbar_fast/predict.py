@@ -19,37 +19,19 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
-from torch import nn
 
 from lumbar_fast import metrics, rsna
 from lumbar_fast.cache import CacheReader, check_fits, open_cache
 from lumbar_fast.classifier.runs import ClassifierRun, read_runs, runs_by_sequence
 from lumbar_fast.errors import LumbarFastError
-from lumbar_fast.inference import load_run, predict_items, resolve_device
+from lumbar_fast.inference import load_run, predict_items
 from lumbar_fast.loaders import LoaderConfig, build_loader
+from lumbar_fast.loaders.gpu import resolve_device
+from lumbar_fast.models.tta import FlipAverage
 from lumbar_fast.runfolder import atomic_write
 
 PROBABILITY_COLUMNS: tuple[str, ...] = tuple(f"p_{name}" for name in rsna.SUBMISSION_COLUMNS)
 LOCATION = ["study_id", "condition", "level"]
-
-
-class FlipAverage(nn.Module):
-    """Test-time augmentation: the class probabilities of an image and of its horizontal mirror, averaged.
-
-    Returns their log, so that the softmax `predict_items` applies gives the average back. Used only for runs
-    whose training augmentation flipped horizontally (`ClassifierRun.hflip`), so the model has seen such
-    images: the defaults flip no sequence (an anterior-posterior mirror on sagittal crops; the undoing of
-    axial crops' canonical side).
-    """
-
-    def __init__(self, model: nn.Module) -> None:
-        super().__init__()
-        self.model = model
-
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        mirrored = images.flip(-1).contiguous(memory_format=torch.channels_last)
-        probs = (self.model(images).float().softmax(dim=1) + self.model(mirrored).float().softmax(dim=1)) / 2
-        return probs.log()
 
 
 @dataclass(frozen=True)

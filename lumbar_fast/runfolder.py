@@ -138,6 +138,8 @@ class RunFolder:
         lines = "".join(json.dumps(record) + "\n" for record in records)
         atomic_write(self.file(METRICS_JSONL), lambda tmp: tmp.write_text(lines))
         self.write_table(METRICS_CSV, pd.json_normalize([_flatten_lists(r) for r in records]))
+        from lumbar_fast.plots import plot_curves  # matplotlib, imported when a run draws its curves
+
         atomic_write(self.file(CURVES), lambda tmp: plot_curves(records, tmp, panels))
 
     # -- checkpoints ------------------------------------------------
@@ -174,27 +176,3 @@ def _flatten_lists(record: dict[str, Any]) -> dict[str, Any]:
         else:
             flat[key] = value
     return flat
-
-
-def plot_curves(records: list[dict[str, Any]], path: Path, panels: Panels) -> None:
-    """curves.png: one panel per entry of `panels` (the task's), each value per epoch."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    from matplotlib import pyplot as plt
-    from matplotlib.ticker import MaxNLocator
-
-    frame = pd.DataFrame(records)
-    fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 4), squeeze=False)
-    for ax, (title, lines) in zip(axes[0], panels.items(), strict=True):
-        for column, label, style in lines:
-            ax.plot(frame["epoch"], frame[column], style, marker="o", label=label)
-        ax.set_title(title)
-        ax.set_xlabel("epoch")
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
-    fig.tight_layout()
-    with open(path, "wb") as handle:
-        fig.savefig(handle, format="png", dpi=100)
-    plt.close(fig)

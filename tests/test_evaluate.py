@@ -17,7 +17,6 @@ from lumbar_fast.classifier.config import TrainConfig
 from lumbar_fast.classifier.runs import train
 from lumbar_fast.evaluate import (
     EvaluateOptions,
-    format_table,
     item_losses,
     localisation_figures,
     sequence_summary,
@@ -25,6 +24,7 @@ from lumbar_fast.evaluate import (
 from lumbar_fast.locator import metrics as loc
 from lumbar_fast.locator.runs import RunEvaluation, evaluate_run
 from lumbar_fast.predict import PROBABILITY_COLUMNS
+from lumbar_fast.report import format_table
 from lumbar_fast.runfolder import RunFolder
 
 

@@ -10,7 +10,6 @@ import pytest
 import torch
 from torch import nn
 
-from benchmarks.multislice import shifted_coordinates
 from lumbar_fast import recipes
 from lumbar_fast.cache import open_cache
 from lumbar_fast.classifier.config import TrainConfig
@@ -19,7 +18,7 @@ from lumbar_fast.errors import LumbarFastError
 from lumbar_fast.inference import load_run
 from lumbar_fast.loaders import LoaderConfig, build_loader
 from lumbar_fast.metrics import classification_summary
-from lumbar_fast.multislice import (
+from lumbar_fast.models.classifier import (
     IMAGENET_MEAN,
     IMAGENET_STD,
     MultiSliceClassifier,
@@ -28,6 +27,7 @@ from lumbar_fast.multislice import (
 )
 from lumbar_fast.predict import InferenceOptions, predict_crops
 from lumbar_fast.runfolder import BEST, RunFolder
+from studies.multislice import shifted_coordinates
 from tests.crashes import killed_after_epochs, without_timings
 from tests.crops import recut_similarity
 from tests.test_loaders import KINDS
@@ -85,13 +85,6 @@ def test_the_window_attention_does_not_depend_on_where_the_window_sits():
     moved = torch.cat([blank[:, :2], lesion, blank, blank[:, :1]], dim=1)
     with torch.no_grad():
         torch.testing.assert_close(model(centred), model(moved), atol=1e-5, rtol=1e-4)
-
-
-def test_a_run_from_before_multi_slice_models_resumes_as_the_plain_model_it_was():
-    record = {**TrainConfig(sequence="sag_t1", cache="c.zarr", run_dir="run").__dict__}
-    for key in ("pooling", "window_stride", "window_padding"):
-        del record[key]
-    assert TrainConfig.from_record(record).pooling == "stem"
 
 
 def test_window_options_are_refused_for_the_plain_model():

@@ -22,10 +22,10 @@ from lumbar_fast.classifier.runs import read_runs, train
 from lumbar_fast.errors import LumbarFastError
 from lumbar_fast.locator.config import LocatorConfig
 from lumbar_fast.locator.runs import train_locator
+from lumbar_fast.models.tta import FlipAverage
 from lumbar_fast.predict import (
     LOCATION,
     PROBABILITY_COLUMNS,
-    FlipAverage,
     fill_rows,
     location_probabilities,
 )

@@ -15,7 +15,7 @@ import pandas as pd
 from lumbar_fast import recipes, rsna
 from lumbar_fast.cache import ImageSettings, open_cache
 from lumbar_fast.classifier.config import TrainConfig
-from lumbar_fast.classifier.task import prepare
+from lumbar_fast.classifier.task import prepare_classifier
 from lumbar_fast.errors import LumbarFastError
 from lumbar_fast.runfolder import BEST, CONFIG, SPLIT, RunFolder
 from lumbar_fast.split import read_split_file
@@ -26,13 +26,13 @@ def train(config: TrainConfig) -> Path:
     """Start a new run for `config` (its `auto` values resolved by the recipe and the cache's slices per
     crop); returns its folder."""
     config.check()
-    return loop.start(config.resolved(open_cache(config.cache).slices_per_crop()), prepare)
+    return loop.start(config.resolved(open_cache(config.cache).slices_per_crop()), prepare_classifier)
 
 
 def resume(run_dir: str | Path) -> Path:
     """Continue a run from its last.pt (model, optimiser, scaler, schedule, early stopping, RNG) to the same
     result as an uninterrupted run; a finished run returns at once."""
-    return loop.resume(run_dir, TrainConfig.from_record, prepare)
+    return loop.resume(run_dir, TrainConfig.from_record, prepare_classifier)
 
 
 @dataclass(frozen=True)

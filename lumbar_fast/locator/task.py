@@ -16,7 +16,6 @@ import torch
 from lumbar_fast import distributed
 from lumbar_fast.cache import ImageSettings, open_cache
 from lumbar_fast.errors import LumbarFastError
-from lumbar_fast.inference import amp_dtype_for
 from lumbar_fast.loaders.gpu import resolve_device
 from lumbar_fast.loaders.series import SeriesLoader, SeriesLoaderConfig
 from lumbar_fast.locator.config import KIND, MONITORS, PANELS, LocatorConfig
@@ -31,6 +30,7 @@ from lumbar_fast.locator.targets import LocatorData, fit_position_prior, load_da
 from lumbar_fast.models.locator import Locator
 from lumbar_fast.runfolder import RunFolder
 from lumbar_fast.split import load_or_create_split, train_val_studies
+from lumbar_fast.training.amp import amp_dtype_for
 from lumbar_fast.training.records import EpochBar
 from lumbar_fast.training.rng import seed_everything
 from lumbar_fast.training.task import TaskKind, TrainingTask

@@ -1,2 +1,2 @@
-"""The networks: `locator.py` (the level locator); more to come here: timm creation and weights, the
-classifiers, test-time augmentation."""
+"""The networks: `backbone.py` (timm creation, pretrained or local weights), `classifier.py` (the plain and
+the multi-slice classifier), `locator.py` (the level locator), `tta.py` (test-time flip averaging)."""

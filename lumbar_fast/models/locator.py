@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from lumbar_fast.errors import LumbarFastError
-from lumbar_fast.model import create_model
+from lumbar_fast.models.backbone import create_model
 
 #: the positional prior's spread never falls below this (mm): about a slice gap, so it never overrules the
 #: images between neighbouring slices, only between far-apart ones
