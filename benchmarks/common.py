@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from lumbar_fast.errors import LumbarFastError
+from lumbar_fast.report import markdown_table  # noqa: F401 (the benchmarks' tables: common.markdown_table)
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 #: a contender runs once per call and returns its figures (name -> number) for that repeat
@@ -89,13 +90,6 @@ def ratio_cell(stats: dict[str, float]) -> str:
 def cell(stats: dict[str, float], digits: int = 0) -> str:
     """One table cell: the median with its ± half-range in percent."""
     return f"{stats['median']:.{digits}f} ±{stats['spread_pct']:.0f}%"
-
-
-def markdown_table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
-    """A GitHub Markdown table."""
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(str(value) for value in row) + " |" for row in rows]
-    return "\n".join(lines)
 
 
 def ratio(numerator: float, denominator: float) -> float:
@@ -240,12 +234,14 @@ class DiskPeak:
         self.peak_mib = max(self.peak_mib, sum(directory_mib(path) for path in self.paths))
 
 
-def report(benchmark: str, args: argparse.Namespace, results: dict[str, Any], table: str) -> dict[str, Any]:
-    """Print the Markdown table; write the JSON record (hardware, versions, arguments, figures) if asked."""
+def report(benchmark: str, args: argparse.Namespace, results: dict[str, Any], table: str,
+           package: str = "benchmarks") -> dict[str, Any]:
+    """Print the Markdown table; write the JSON record (hardware, versions, arguments, figures) if asked
+    (`package`: where the benchmark's module lives, benchmarks or studies)."""
     record = {
         "benchmark": benchmark,
         "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-        "command": " ".join([Path(sys.executable).name, "-m", f"benchmarks.{benchmark}", *sys.argv[1:]]),
+        "command": " ".join([Path(sys.executable).name, "-m", f"{package}.{benchmark}", *sys.argv[1:]]),
         "hardware": hardware(),
         "versions": versions(),
         "args": {key: str(value) if isinstance(value, Path) else value for key, value in vars(args).items()},

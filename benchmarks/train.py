@@ -26,12 +26,11 @@ from torch import nn
 from benchmarks import common
 from benchmarks.data import LevelItems, prepared_items
 from benchmarks.peers import PeerLoader, SeedDicomDataset
+from lumbar_fast.classifier.config import TrainConfig
 from lumbar_fast.classifier.steps import build_model, make_optimizer, make_step
 from lumbar_fast.classifier.task import loader_config, train_one_epoch
-from lumbar_fast.inference import amp_dtype_for
 from lumbar_fast.loaders import build_loader
-from lumbar_fast.train import TrainConfig
-from lumbar_fast.training.amp import make_scaler
+from lumbar_fast.training.amp import amp_dtype_for, make_scaler
 
 SEED_BATCH_SIZE = 32
 

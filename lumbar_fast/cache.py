@@ -16,11 +16,12 @@ ingest resumes from the store itself; `finish` removes it.
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 import os
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -49,6 +50,13 @@ JOURNAL = "ingest_journal"
 #: Zarr compressor: zstd level 1 writes MR slices ~3× faster than zarr's default level, within 3 % of its size
 ZSTD_FAST = ZstdCodec(level=1)
 
+SPLITS = ("train", "test")
+#: default level-crop window width in millimetres per sequence
+DEFAULT_CROP_MM: dict[str, float] = {"sag_t1": 40.0, "sag_t2": 40.0, "ax_t2": 50.0}
+#: slices per level crop: the labelled one and four on each side, the multi-slice model's input; measured
+#: against 3, 5 and 7 in docs/multislice.md (the competition score at labelled and located points)
+DEFAULT_CHANNELS = 9
+
 STACK_INDEX_COLUMNS: dict[str, str] = {
     "study_id": "int64", "series_id": "int64", "stack": "int32", "slice": "int32",
     "instance_number": "int64", "position": "float64", "rows": "int32", "cols": "int32",
@@ -63,6 +71,95 @@ ERROR_COLUMNS: dict[str, str] = {
     "study_id": "int64", "series_id": "int64", "path": "object", "reason": "object",
 }
 STUDY_LABEL_COLUMNS: dict[str, str] = {"study_id": "int64", **{c: "int8" for c in rsna.LABEL_COLUMNS}}
+
+
+@dataclass(frozen=True)
+class ImageSettings:
+    """What a cache's images are, and so what a model trained on them expects: the side of every image, the
+    slices per level crop, each sequence's crop width (mm) and whether subarticular crops are mirrored to
+    the canonical side. A run records those of its training cache; a cache with others does not fit it."""
+
+    size: int = 224
+    channels: int = DEFAULT_CHANNELS
+    crop_mm: dict[str, float] = field(default_factory=lambda: dict(DEFAULT_CROP_MM))
+    #: mirror subarticular crops so the patient's midline lies left of every graded recess (canonical side)
+    canonical_side: bool = True
+
+    @classmethod
+    def from_record(cls, record: dict[str, Any]) -> ImageSettings:
+        """The settings a run (or a cache's params) recorded."""
+        return cls(size=int(record["size"]), channels=int(record["channels"]),
+                   crop_mm={seq: float(mm) for seq, mm in record["crop_mm"].items()},
+                   canonical_side=bool(record["canonical_side"]))
+
+    def record(self) -> dict[str, Any]:
+        """JSON-ready, as config.json and checkpoints hold them."""
+        return dataclasses.asdict(self)
+
+    def differences(self, cache: ImageSettings, sequences: tuple[str, ...] = rsna.SEQUENCES,
+                    fields: tuple[str, ...] = ("size", "channels", "crop_mm", "canonical_side")) -> list[str]:
+        """How a cache's settings differ from these (a run's), in `fields`, the crop widths of `sequences`
+        only: one phrase each, empty when the cache fits."""
+        phrases = []
+        if "size" in fields and cache.size != self.size:
+            phrases.append(f"{cache.size}-pixel images, not {self.size}")
+        if "channels" in fields and cache.channels != self.channels:
+            phrases.append(f"{cache.channels} slices per crop, not {self.channels}")
+        if "crop_mm" in fields:
+            phrases += [f"{seq} crops {cache.crop_mm.get(seq)} mm wide, not {self.crop_mm.get(seq)}"
+                        for seq in sequences if cache.crop_mm.get(seq) != self.crop_mm.get(seq)]
+        if "canonical_side" in fields and cache.canonical_side != self.canonical_side:
+            phrases.append(f"canonical side {'on' if cache.canonical_side else 'off'}, not "
+                           f"{'on' if self.canonical_side else 'off'}")
+        return phrases
+
+
+@dataclass(frozen=True)
+class IngestSettings:
+    """Everything that determines a cache's contents, as its `params` attribute records them (flat): the
+    data it read and the images it made. `CacheReader.settings()` reads them back, so that another cache is
+    made with the same ones (`ingest.ingest_with(dataclasses.replace(settings, coordinates=...))`); a rerun
+    of an ingest with other values is refused."""
+
+    data_dir: str
+    split: str = "train"
+    fmt: str = "zarr"
+    images: ImageSettings = field(default_factory=ImageSettings)
+    limit_studies: int | None = None
+    coordinates: str | None = None
+    labels: str | None = None
+    #: SHA-256 of each CSV read (`ingest.input_digests`), taken once when the ingest starts
+    input_digests: dict[str, str | None] = field(default_factory=dict)
+
+    @classmethod
+    def from_attrs(cls, params: dict[str, Any]) -> IngestSettings:
+        """The settings of a cache's `params` attribute."""
+        return cls(data_dir=params["data_dir"], split=params["split"], fmt=params["fmt"],
+                   images=ImageSettings.from_record(params), limit_studies=params["limit_studies"],
+                   coordinates=params["coordinates"], labels=params["labels"],
+                   input_digests=dict(params.get("input_digests", {})))
+
+    def attrs(self) -> dict[str, Any]:
+        """The `params` attribute a cache made with these settings records (JSON-normalised, flat)."""
+        flat = {"data_dir": self.data_dir, "split": self.split, "fmt": self.fmt, **self.images.record(),
+                "limit_studies": self.limit_studies, "coordinates": self.coordinates, "labels": self.labels,
+                "input_digests": self.input_digests}
+        return json.loads(json.dumps(flat))
+
+    def check(self) -> None:
+        """One-line errors for impossible values."""
+        if self.split not in SPLITS:
+            raise LumbarFastError(f"unknown split {self.split!r}; choose train or test")
+        if self.fmt not in FORMATS:
+            raise LumbarFastError(f"unknown format {self.fmt!r}; choose one of {', '.join(FORMATS)}")
+        if not 8 <= self.images.size <= 2048:
+            raise LumbarFastError(f"--size {self.images.size} is outside 8..2048")
+        if self.images.channels < 1 or self.images.channels % 2 == 0:
+            raise LumbarFastError(f"--channels must be odd and positive (got {self.images.channels})")
+        if any(mm <= 0 for mm in self.images.crop_mm.values()):
+            raise LumbarFastError(f"crop widths must be positive (got {self.images.crop_mm})")
+        if self.limit_studies is not None and self.limit_studies < 1:
+            raise LumbarFastError(f"--limit-studies must be at least 1 (got {self.limit_studies})")
 
 
 def empty_table(columns: dict[str, str]) -> pd.DataFrame:
@@ -293,6 +390,15 @@ class CacheReader:
         self._store = store
         self._tables: dict[str, pd.DataFrame] = {}
 
+    def settings(self) -> IngestSettings:
+        """The settings this cache was ingested with (its `params` attribute, typed)."""
+        return IngestSettings.from_attrs(self.attrs["params"])
+
+    def slices_per_crop(self) -> int:
+        """How many slices a level crop holds (its channels): the one answer, read by training, its
+        checkpoint and the whole-slice view alike."""
+        return self.settings().images.channels
+
     def sequences(self) -> list[str]:
         """Sequences with stacks in this cache, in rsna.SEQUENCES order."""
         return [seq for seq in rsna.SEQUENCES if self._store.has(f"stacks/{seq}")]
@@ -384,6 +490,17 @@ def open_cache(path: str | Path) -> CacheReader:
         raise CacheError(f"{path} has cache schema version {attrs['schema_version']}; this lumbar-fast reads "
                          f"version {SCHEMA_VERSION}: ingest the data again into a new cache")
     return CacheReader(path, store, attrs)
+
+
+def check_fits(trained: ImageSettings, reader: CacheReader, run: Path, sequence: str,
+               fields: tuple[str, ...] = ("size", "channels", "crop_mm", "canonical_side")) -> None:
+    """Refuse, in one line, a cache whose images differ from those a run of `sequence` trained on (its
+    recorded settings `trained`) in `fields`."""
+    differences = trained.differences(reader.settings().images, (sequence,), fields)
+    if differences:
+        raise LumbarFastError(f"cache {reader.path} does not fit run {run}: it holds "
+                              f"{'; '.join(differences)} as the run trained on; ingest one with the "
+                              "settings of the run's training cache")
 
 
 def disk_bytes(path: Path) -> int:

@@ -12,8 +12,7 @@ Locator runs, alone or beside classifier runs: per sequence, point error (median
 from __future__ import annotations
 
 import json
-import textwrap
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,54 +20,41 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from lumbar_fast import locator as loc
 from lumbar_fast import metrics, rsna
 from lumbar_fast.cache import CacheReader, open_cache
 from lumbar_fast.classifier.runs import ClassifierRun, read_run_split, read_runs, runs_by_sequence
 from lumbar_fast.errors import LumbarFastError
-from lumbar_fast.inference import resolve_device
-from lumbar_fast.locator_train import RunEvaluation, evaluate_run
+from lumbar_fast.loaders.gpu import resolve_device
+from lumbar_fast.locator.metrics import LOCALISATION_FIGURES, summarise_localisation
+from lumbar_fast.locator.runs import RunEvaluation, evaluate_run, is_locator_run
+from lumbar_fast.plots import plot_confusions
 from lumbar_fast.predict import (
     PROBABILITY_COLUMNS,
     InferenceOptions,
+    check_runs,
     crop_predictions,
     fill_rows,
     location_probabilities,
     sequence_priors,
 )
+from lumbar_fast.report import (
+    CONFUSION_PNG,
+    LOCATOR_PREDICTIONS_CSV,
+    PREDICTIONS_CSV,
+    REPORT_JSON,
+    REPORT_MD,
+    SEQUENCE_ROWS,
+    ClassifierReport,
+    LocalisationReport,
+    Report,
+    ReportSettings,
+    report_markdown,
+)
 from lumbar_fast.runfolder import atomic_write
 from lumbar_fast.show import Panel, channels, prediction_caption, render_gallery
 from lumbar_fast.split import require_studies, train_val_studies
 
-ORACLE_NOTE = ("Crops were placed at the labelled coordinates (oracle localisation), so these numbers are "
-               "not comparable with leaderboard scores of two-stage solutions, which must find the levels "
-               "first.")
-NO_COMPETITION = ("competition score: not computed; it needs runs of all three sequences that validate the "
-                  "same studies (the same folds)")
 PRIOR_COLUMNS: tuple[str, ...] = tuple(f"prior_{name}" for name in rsna.SUBMISSION_COLUMNS)
-#: per-sequence figures that get a bootstrap interval, with their row names in the tables (baselines indented)
-SEQUENCE_ROWS: dict[str, str] = {
-    "accuracy": "accuracy",
-    "majority_accuracy": "  majority class",
-    "balanced_accuracy": "balanced accuracy",
-    "weighted_log_loss": "weighted log loss",
-    "prior_weighted_log_loss": "  training prior",
-}
-REPORT_MD, REPORT_JSON, PREDICTIONS_CSV, CONFUSION_PNG = "report.md", "report.json", "predictions.csv", \
-    "confusion.png"
-LOCATOR_PREDICTIONS_CSV = "locator_predictions.csv"
-#: localisation figures with their row names in the tables; each is followed by the baseline's row
-LOCALISATION_ROWS: dict[str, str] = {
-    "point_error_median_mm": "point error median (mm)",
-    "point_error_p90_mm": "point error p90 (mm)",
-    "slice_exact": "slice exact",
-    "slice_within_1": "slice within ±1",
-    "level_name_accuracy": "right level name",
-}
-LOCALISATION_NOTE = ("Each locator run's best checkpoint on its validation studies (folds pooled "
-                     "out-of-fold), beside the mean-position baseline trained on its training studies.")
-
-
 @dataclass(frozen=True)
 class EvaluateOptions:
     """Inference settings, bootstrap replicates and seed, and how many items the most-wrong gallery shows."""
@@ -80,8 +66,6 @@ class EvaluateOptions:
 
 
 # -- runs, split, cache ----------------------------------------------------------------------------
-#: the report's note on --tta, which averages over the mirror only where the training flipped
-TTA_NOTE = ", runs trained with horizontal flips averaged with the horizontal mirror (--tta)"
 
 def common_split(runs: Sequence[ClassifierRun]) -> pd.DataFrame:
     """The study-level split every run trained on; runs of different splits cannot be evaluated together."""
@@ -198,7 +182,7 @@ def competition(crops: pd.DataFrame, cache: CacheReader, runs: Sequence[Classifi
 
 # -- localisation (locator runs) ------------------------------------------------------------------
 def evaluate_locators(paths: Sequence[Path], cache_path: Path | None,
-                      options: EvaluateOptions) -> tuple[dict[str, Any], pd.DataFrame]:
+                      options: EvaluateOptions) -> tuple[LocalisationReport, pd.DataFrame]:
     """Per sequence, the locator runs' localisation figures on their validation studies (folds pooled
     out-of-fold) beside the mean-position baseline's, with intervals; and the located points table."""
     evaluations = [evaluate_run(path, cache_path, options.inference.device) for path in paths]
@@ -216,7 +200,7 @@ def evaluate_locators(paths: Sequence[Path], cache_path: Path | None,
             sequences[seq] = {"coverage": coverage([ev.fold for ev in group], split),
                               **localisation_figures(group, options)}
     runs = [{"path": str(ev.path), "sequence": ev.sequence, "fold": ev.fold} for ev in evaluations]
-    return {"runs": runs, "sequences": sequences}, located_points(evaluations)
+    return LocalisationReport(runs, sequences), located_points(evaluations)
 
 
 def localisation_figures(group: Sequence[RunEvaluation], options: EvaluateOptions) -> dict[str, Any]:
@@ -230,16 +214,16 @@ def localisation_figures(group: Sequence[RunEvaluation], options: EvaluateOption
     is_model = np.arange(len(both)) < len(model)
 
     def statistics(rows: np.ndarray, _copies: np.ndarray) -> dict[str, float]:
-        drawn = {name: loc.summarise_localisation(both.iloc[rows[picked]])
+        drawn = {name: summarise_localisation(both.iloc[rows[picked]])
                  for name, picked in (("model", is_model[rows]), ("baseline", ~is_model[rows]))}
         return {f"{name}.{key}": summary[key] for name, summary in drawn.items()
-                for key in loc.LOCALISATION_FIGURES}
+                for key in LOCALISATION_FIGURES}
 
     intervals = metrics.bootstrap_intervals(both["study_id"].to_numpy(), statistics, options.n_boot,
                                             options.seed)
-    return {"studies": int(model["study_id"].nunique()), "model": loc.summarise_localisation(model),
-            "baseline": loc.summarise_localisation(baseline),
-            "intervals": {name: {key: intervals[f"{name}.{key}"] for key in loc.LOCALISATION_FIGURES}
+    return {"studies": int(model["study_id"].nunique()), "model": summarise_localisation(model),
+            "baseline": summarise_localisation(baseline),
+            "intervals": {name: {key: intervals[f"{name}.{key}"] for key in LOCALISATION_FIGURES}
                           for name in ("model", "baseline")}}
 
 
@@ -280,226 +264,44 @@ def most_wrong_gallery(crops: pd.DataFrame, cache: CacheReader, sequence: str, n
     render_gallery(panels, out_png, title=title)
 
 
-def plot_confusions(summaries: dict[str, dict[str, Any]], out_png: Path) -> None:
-    """One confusion matrix (rows true, columns predicted, counts) per sequence, side by side."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    from matplotlib import pyplot as plt
-
-    fig, axes = plt.subplots(1, len(summaries), figsize=(3.6 * len(summaries), 3.4), squeeze=False)
-    for ax, (sequence, summary) in zip(axes[0], summaries.items(), strict=True):
-        confusion = np.asarray(summary["confusion"])
-        ax.imshow(confusion, cmap="Blues")
-        for (row, column), count in np.ndenumerate(confusion):
-            colour = "white" if count > confusion.max() / 2 else "black"
-            ax.text(column, row, str(count), ha="center", va="center", color=colour)
-        ticks = range(len(rsna.SEVERITIES))
-        ax.set_xticks(ticks, rsna.SEVERITIES, fontsize=8)
-        ax.set_yticks(ticks, rsna.SEVERITIES, fontsize=8)
-        ax.set_xlabel("predicted")
-        ax.set_ylabel("true")
-        ax.set_title(sequence)
-    fig.tight_layout()
-    atomic_write(out_png, lambda tmp: fig.savefig(tmp, format="png", dpi=100))
-    plt.close(fig)
-
-
-# -- tables and report -----------------------------------------------------------------------------
-def with_interval(value: float, interval: Sequence[float], digits: int = 3) -> str:
-    """'0.912 [0.880, 0.940]'."""
-    return f"{value:.{digits}f} [{interval[0]:.{digits}f}, {interval[1]:.{digits}f}]"
-
-
-def table_head(first: str, sequences: dict[str, dict[str, Any]], count_name: str,
-               count: Callable[[dict[str, Any]], int]) -> list[list[str]]:
-    """A per-sequence table's first rows: the sequences, what their runs validate, and the counts."""
-    return [[first, *sequences], ["validated", *(s["coverage"] for s in sequences.values())],
-            [count_name, *(f"{count(s)} ({s['studies']})" for s in sequences.values())]]
-
-
-def sequence_table(report: dict[str, Any]) -> list[list[str]]:
-    """The main table as rows of cells: a column per sequence, each baseline under its metric."""
-    sequences = report["sequences"]
-    rows = table_head("metric", sequences, "items (studies)", lambda s: s["n"])
-    for key, name in SEQUENCE_ROWS.items():
-        rows.append([name, *(with_interval(s[key], s["intervals"][key]) for s in sequences.values())])
-    return rows
-
-
-def localisation_table(localisation: dict[str, Any]) -> list[list[str]]:
-    """The localisation table as rows of cells: a column per sequence, the baseline under each figure."""
-    sequences = localisation["sequences"]
-    rows = table_head("figure", sequences, "points (studies)", lambda s: s["model"]["points"])
-    for key, name in LOCALISATION_ROWS.items():
-        digits = 2 if key.endswith("_mm") else 3
-        for who, row_name in (("model", name), ("baseline", "  mean-position baseline")):
-            rows.append([row_name, *(with_interval(s[who][key], s["intervals"][who][key], digits)
-                                     for s in sequences.values())])
-    return rows
-
-
-def competition_line(score: dict[str, Any]) -> str:
-    """The competition score beside the prior-only submission's, in one line."""
-    return (f"competition score {with_interval(score['model']['score'], score['intervals']['score'])}, "
-            f"prior only {with_interval(score['prior']['score'], score['intervals']['prior_score'])} "
-            f"({score['studies']} studies)")
-
-
-def format_report(report: dict[str, Any]) -> str:
-    """What `evaluate` prints: the oracle note, the per-sequence table and the competition score (classifier
-    runs), then the localisation table (locator runs)."""
-    lines = []
-    if "sequences" in report:
-        lines += [*textwrap.wrap(f"note: {ORACLE_NOTE}", 100), "", format_table(sequence_table(report))]
-        score = report["competition"]
-        lines += ["", NO_COMPETITION if score is None else competition_line(score)]
-    if "localisation" in report:
-        lines += ["", "Localisation", format_table(localisation_table(report["localisation"]))]
-    return "\n".join(lines).lstrip("\n")
-
-
-def written_files(report: dict[str, Any]) -> str:
-    """What `evaluate` wrote besides report.md, for the closing line."""
-    files = ["report.json"]
-    if "sequences" in report:
-        files += [PREDICTIONS_CSV, "pictures"]
-    if "localisation" in report:
-        files.append(LOCATOR_PREDICTIONS_CSV)
-    return ", ".join(files)
-
-
-def format_table(rows: list[list[str]]) -> str:
-    """Rows of cells (all of one length) as aligned plain-text columns."""
-    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip()
-                     for row in rows)
-
-
-def markdown_table(header: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
-    """A GitHub Markdown table."""
-    lines = ["| " + " | ".join(map(str, header)) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(map(str, row)) + " |" for row in rows]
-    return "\n".join(lines)
-
-
-def _baseline_name(name: str) -> str:
-    """A row name for Markdown, where indentation is lost: baselines (indented names) get an arrow."""
-    return f"↳ {name.strip()}" if name.startswith(" ") else name
-
-
-def _ratio(value: float | None) -> str:
-    return "–" if value is None else f"{value:.3f}"
-
-
-def class_tables(sequence: str, summary: dict[str, Any]) -> str:
-    """Per-class support, precision, recall and the confusion matrix of one sequence, in Markdown."""
-    per_class = markdown_table(
-        ["class", "support", "precision", "recall"],
-        [[name, summary["support"][i], _ratio(summary["precision"][i]), _ratio(summary["recall"][i])]
-         for i, name in enumerate(rsna.SEVERITIES)])
-    confusion = markdown_table(["true \\ predicted", *rsna.SEVERITIES],
-                               [[name, *row] for name, row in zip(rsna.SEVERITIES, summary["confusion"],
-                                                                  strict=True)])
-    return f"### {sequence}\n\n{per_class}\n\n{confusion}\n"
-
-
-def competition_markdown(score: dict[str, Any] | None) -> str:
-    """The four competition losses and the score, model beside the prior-only submission (or why not)."""
-    if score is None:
-        return f"## Competition score\n\n{NO_COMPETITION}\n"
-    terms = [*metrics.GROUPS, metrics.ANY_SEVERE]
-    rows = [[term, f"{score['model'][term]:.4f}", f"{score['prior'][term]:.4f}"] for term in terms]
-    rows.append(["**score**", with_interval(score["model"]["score"], score["intervals"]["score"], 4),
-                 with_interval(score["prior"]["score"], score["intervals"]["prior_score"], 4)])
-    filled = (f" {score['filled_rows']} rows had no crop and hold the training prior, as "
-              "`predict --allow-prior` fills them." if score["filled_rows"] else "")
-    return (f"## Competition score\n\nOver the {score['studies']} studies validated by all three sequences, "
-            f"on the rows `predict` writes for them.{filled}\n\n"
-            + markdown_table(["term", "model", "prior only"], rows) + "\n")
-
-
-def report_markdown(report: dict[str, Any]) -> str:
-    """The whole report as Markdown: the classifier part, then the localisation section."""
-    parts = classifier_markdown(report) if "sequences" in report else ["# lumbar-fast evaluate"]
-    if "localisation" in report:
-        parts.append(localisation_markdown(report))
-    return "\n\n".join(parts) + "\n"
-
-
-def classifier_markdown(report: dict[str, Any]) -> list[str]:
-    """The classifier runs' part of the report: note, runs, per-sequence tables, score, galleries."""
-    table = sequence_table(report)
-    runs = markdown_table(["run", "sequence", "fold"],
-                          [[f"`{r['path']}`", r["sequence"], r["fold"]] for r in report["runs"]])
-    parts = [
-        "# lumbar-fast evaluate", f"> {ORACLE_NOTE}",
-        f"Cache `{report['cache']}`. Intervals: bootstrap {report['bootstrap']['confidence']:.0%} over "
-        f"studies ({report['bootstrap']['replicates']} replicates, seed {report['bootstrap']['seed']}). "
-        "The baselines: the majority class and the training class frequencies (the prior) predicted for "
-        f"every item. Predicted on {report['inference']['device']}"
-        f"{TTA_NOTE if report['inference']['tta'] else ''}.",
-        runs, "## Per sequence",
-        markdown_table(table[0], [[_baseline_name(row[0]), *row[1:]] for row in table[1:]]),
-        f"![confusion matrices]({CONFUSION_PNG})",
-        *(class_tables(seq, summary) for seq, summary in report["sequences"].items()),
-    ]
-    parts.append(competition_markdown(report["competition"]))
-    parts.append("## Most wrong validation crops\n\n"
-                 + "\n".join(f"![{seq}]({name})" for seq, name in report["galleries"].items()))
-    return parts
-
-
-def localisation_markdown(report: dict[str, Any]) -> str:
-    """The "## Localisation" section: the locator runs and the localisation table with its baselines."""
-    localisation = report["localisation"]
-    runs = markdown_table(["locator run", "sequence", "fold"],
-                          [[f"`{r['path']}`", r["sequence"], r["fold"]] for r in localisation["runs"]])
-    table = localisation_table(localisation)
-    return (f"## Localisation\n\n{LOCALISATION_NOTE} Intervals: bootstrap "
-            f"{report['bootstrap']['confidence']:.0%} over studies ({report['bootstrap']['replicates']} "
-            f"replicates, seed {report['bootstrap']['seed']}). Predicted on {report['inference']['device']}; "
-            f"the located points are in `{LOCATOR_PREDICTIONS_CSV}`.\n\n{runs}\n\n"
-            + markdown_table(table[0], [[_baseline_name(row[0]), *row[1:]] for row in table[1:]]))
-
-
 # -- the command's work ----------------------------------------------------------------------------
 def evaluate(run_paths: Sequence[Path], out_dir: Path, cache_path: Path | None = None,
-             options: EvaluateOptions | None = None) -> dict[str, Any]:
+             options: EvaluateOptions | None = None) -> Report:
     """Evaluate classifier and locator runs (either or both) on their validation studies and write
     report.md and report.json to `out_dir`, with the classifiers' predictions.csv and pictures and the
-    locators' locator_predictions.csv; returns the report's content."""
+    locators' locator_predictions.csv; returns the report."""
     options = options or EvaluateOptions()
     if not run_paths:
         raise LumbarFastError("give at least one run folder")
-    locator_paths = [Path(path) for path in run_paths if loc.is_locator_run(Path(path))]
+    locator_paths = [Path(path) for path in run_paths if is_locator_run(Path(path))]
     classifier_paths = [Path(path) for path in run_paths if Path(path) not in locator_paths]
     located = evaluate_locators(locator_paths, cache_path, options) if locator_paths else None
-    report = (evaluate_classifiers(classifier_paths, out_dir, cache_path, options) if classifier_paths
-              else settings(options))
+    classifiers = (evaluate_classifiers(classifier_paths, out_dir, cache_path, options) if classifier_paths
+                   else None)
+    report = Report(report_settings(options), classifiers, located[0] if located else None)
     if located is not None:
-        report["localisation"], points = located
         out_dir.mkdir(parents=True, exist_ok=True)
-        atomic_write(out_dir / LOCATOR_PREDICTIONS_CSV, lambda tmp: points.to_csv(tmp, index=False))
-    atomic_write(out_dir / REPORT_JSON, lambda tmp: tmp.write_text(json.dumps(report, indent=2) + "\n"))
+        atomic_write(out_dir / LOCATOR_PREDICTIONS_CSV, lambda tmp: located[1].to_csv(tmp, index=False))
+    record = json.dumps(report.record(), indent=2) + "\n"
+    atomic_write(out_dir / REPORT_JSON, lambda tmp: tmp.write_text(record))
     atomic_write(out_dir / REPORT_MD, lambda tmp: tmp.write_text(report_markdown(report)))
     return report
 
 
-def settings(options: EvaluateOptions) -> dict[str, Any]:
+def report_settings(options: EvaluateOptions) -> ReportSettings:
     """The report's bootstrap and inference settings."""
-    return {"bootstrap": {"replicates": options.n_boot, "seed": options.seed, "confidence": 0.95},
-            "inference": {"device": str(resolve_device(options.inference.device)),
-                          "tta": options.inference.tta}}
+    return ReportSettings(replicates=options.n_boot, seed=options.seed,
+                          device=str(resolve_device(options.inference.device)), tta=options.inference.tta)
 
 
 def evaluate_classifiers(run_paths: Sequence[Path], out_dir: Path, cache_path: Path | None,
-                         options: EvaluateOptions) -> dict[str, Any]:
+                         options: EvaluateOptions) -> ClassifierReport:
     """Predict the classifier runs' validation studies, write predictions.csv, the confusion matrices and
     the most-wrong galleries to `out_dir`; returns the classifier report."""
     runs = read_runs(run_paths)
     split = common_split(runs)
     cache = evaluation_cache(runs, cache_path)
+    check_runs(runs, cache)
     studies = validation_studies(runs, split, cache)
     crops = crop_predictions(runs, cache, studies, options.inference)
     groups = runs_by_sequence(runs)
@@ -513,12 +315,10 @@ def evaluate_classifiers(run_paths: Sequence[Path], out_dir: Path, cache_path: P
         galleries[seq] = f"most_wrong_{seq}.png"
         most_wrong_gallery(crops[crops["sequence"] == seq].reset_index(drop=True), cache, seq,
                            options.gallery_items, out_dir / galleries[seq])
-    report = {
-        "note": ORACLE_NOTE, "cache": str(cache.path),
-        "runs": [{"path": str(r.path), "sequence": r.sequence, "fold": r.fold} for r in runs],
-        **settings(options), "sequences": sequences,
-        "competition": competition(crops, cache, runs, studies, options), "galleries": galleries,
-    }
+    report = ClassifierReport(
+        cache=str(cache.path), sequences=sequences, galleries=galleries,
+        runs=[{"path": str(r.path), "sequence": r.sequence, "fold": r.fold} for r in runs],
+        competition=competition(crops, cache, runs, studies, options))
     plot_confusions(sequences, out_dir / CONFUSION_PNG)
     table = crops.drop(columns="crop_row")
     atomic_write(out_dir / PREDICTIONS_CSV, lambda tmp: table.to_csv(tmp, index=False))

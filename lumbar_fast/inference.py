@@ -1,7 +1,5 @@
 """Batched prediction from a run's checkpoint, with AMP and channels_last: validation, evaluate and predict
-share it, so a number reported during training is the number evaluate reproduces.
-
-`resolve_device` (loaders.gpu) is re-exported here as the device choice of every model-running command."""
+share it, so a number reported during training is the number evaluate reproduces."""
 
 from __future__ import annotations
 
@@ -14,19 +12,9 @@ import torch
 from torch import nn
 
 from lumbar_fast.loaders.gpu import resolve_device
-from lumbar_fast.multislice import architecture, create_classifier
+from lumbar_fast.models.classifier import architecture, create_classifier
 from lumbar_fast.runfolder import BEST, RunFolder
-
-__all__ = ["LoadedRun", "amp_dtype_for", "load_run", "predict_items", "resolve_device"]
-
-
-def amp_dtype_for(amp: str, device: torch.device) -> torch.dtype | None:
-    """The autocast dtype: `auto` is bf16 on Ampere or newer, fp16 on older GPUs and none on CPU."""
-    if amp == "auto":
-        if device.type != "cuda":
-            return None
-        return torch.bfloat16 if torch.cuda.get_device_capability(device)[0] >= 8 else torch.float16
-    return {"bf16": torch.bfloat16, "fp16": torch.float16, "none": None}[amp]
+from lumbar_fast.training.amp import amp_dtype_for
 
 
 @torch.no_grad()

@@ -9,6 +9,7 @@ gives for predict's output on the same studies.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import time
 from collections.abc import Sequence
@@ -18,37 +19,19 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
-from torch import nn
 
 from lumbar_fast import metrics, rsna
-from lumbar_fast.cache import CacheReader, open_cache
+from lumbar_fast.cache import CacheReader, check_fits, open_cache
 from lumbar_fast.classifier.runs import ClassifierRun, read_runs, runs_by_sequence
 from lumbar_fast.errors import LumbarFastError
-from lumbar_fast.inference import LoadedRun, load_run, predict_items, resolve_device
+from lumbar_fast.inference import load_run, predict_items
 from lumbar_fast.loaders import LoaderConfig, build_loader
+from lumbar_fast.loaders.gpu import resolve_device
+from lumbar_fast.models.tta import FlipAverage
 from lumbar_fast.runfolder import atomic_write
 
 PROBABILITY_COLUMNS: tuple[str, ...] = tuple(f"p_{name}" for name in rsna.SUBMISSION_COLUMNS)
 LOCATION = ["study_id", "condition", "level"]
-
-
-class FlipAverage(nn.Module):
-    """Test-time augmentation: the class probabilities of an image and of its horizontal mirror, averaged.
-
-    Returns their log, so that the softmax `predict_items` applies gives the average back. Used only for runs
-    whose training augmentation flipped horizontally (`ClassifierRun.hflip`), so the model has seen such
-    images: the defaults flip no sequence (an anterior-posterior mirror on sagittal crops; the undoing of
-    axial crops' canonical side).
-    """
-
-    def __init__(self, model: nn.Module) -> None:
-        super().__init__()
-        self.model = model
-
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        mirrored = images.flip(-1).contiguous(memory_format=torch.channels_last)
-        probs = (self.model(images).float().softmax(dim=1) + self.model(mirrored).float().softmax(dim=1)) / 2
-        return probs.log()
 
 
 @dataclass(frozen=True)
@@ -61,17 +44,18 @@ class InferenceOptions:
     tta: bool = False  # average with the horizontal mirror, for runs trained with horizontal flips
 
 
-def check_crops(run: ClassifierRun, loaded: LoadedRun, cache: CacheReader) -> Path:
-    """The cache's level-crop array of the run's sequence, checked against the run's input geometry."""
+def check_crops(run: ClassifierRun, cache: CacheReader) -> None:
+    """Refuse, in one line, a cache without crops of the run's sequence or whose images differ from those the
+    run trained on (size, slices per crop, crop width, side convention)."""
     if run.sequence not in cache.sequences():
         raise LumbarFastError(f"cache {cache.path} has no {run.sequence} crops (needed by run {run.path})")
-    images_path = cache.array_path(run.sequence, "levels")
-    shape = np.load(images_path, mmap_mode="r").shape
-    expected = (loaded.meta["image_size"], loaded.meta["image_size"], loaded.meta["channels"])
-    if tuple(shape[1:]) != expected:
-        raise LumbarFastError(f"cache {cache.path} has {run.sequence} crops of shape {tuple(shape[1:])}; run "
-                              f"{run.path} expects {expected}")
-    return images_path
+    check_fits(run.settings, cache, run.path, run.sequence)
+
+
+def check_runs(runs: Sequence[ClassifierRun], cache: CacheReader) -> None:
+    """`check_crops` for every run: before any inference, so a long run does not fail at its end."""
+    for run in runs:
+        check_crops(run, cache)
 
 
 def predict_crops(run: ClassifierRun, cache: CacheReader, rows: np.ndarray,
@@ -83,7 +67,7 @@ def predict_crops(run: ClassifierRun, cache: CacheReader, rows: np.ndarray,
     start-up time.
     """
     loaded = load_run(run.path, device=options.device, amp=options.amp)
-    images_path = check_crops(run, loaded, cache)
+    images_path = cache.array_path(run.sequence, "levels")
     if len(rows) == 0:
         return np.zeros((0, len(rsna.SEVERITIES)))
     cfg = LoaderConfig(batch_size=options.batch_size, device=str(loaded.device), augment=None,
@@ -105,8 +89,10 @@ def crop_predictions(runs: Sequence[ClassifierRun], cache: CacheReader,
     """One row per level crop predicted: its label row (study_id, series_id, condition, level, severity), the
     predicting run's fold, the probabilities (p_*) and the run's training prior (prior_*).
 
-    `studies[run.path]`: the studies that run predicts (its validation fold, for evaluate); None: all.
+    `studies[run.path]`: the studies that run predicts (its validation fold, for evaluate); None: all. Every
+    run is checked against the cache before any predicts.
     """
+    check_runs(runs, cache)
     tables = []
     for run in runs:
         labels = cache.level_labels(run.sequence).reset_index(drop=True)
@@ -210,19 +196,17 @@ def located_cache(locator_runs: Sequence[Path], cache: CacheReader, out: Path, d
     It lives beside `out`, in `<out>.located/`, named by a digest of the points, so a rerun with the same
     points reuses (or resumes) it and other points never meet a stale one.
     """
-    from lumbar_fast.ingest import ingest
-    from lumbar_fast.locator import locate, write_coordinates
+    from lumbar_fast.ingest import ingest_with
+    from lumbar_fast.locator.locate import locate, write_coordinates
 
     coordinates = locate(list(locator_runs), cache, device)
     digest = hashlib.sha1(coordinates.to_csv(index=False, columns=list(rsna.COORDINATE_COLUMNS)).encode())
     folder = out.with_name(f"{out.name}.located")
     points = folder / f"coordinates-{digest.hexdigest()[:12]}.csv"
     write_coordinates(coordinates, points)
-    params = cache.attrs["params"]
-    derived = folder / f"cache-{digest.hexdigest()[:12]}.{params['fmt']}"
-    ingest(params["data_dir"], derived, split=params["split"], fmt=params["fmt"], size=params["size"],
-           channels=params["channels"], crop_mm=params["crop_mm"], limit_studies=params["limit_studies"],
-           coordinates=points, labels=params["labels"], progress=False)
+    settings = dataclasses.replace(cache.settings(), coordinates=str(points))
+    derived = folder / f"cache-{digest.hexdigest()[:12]}.{settings.fmt}"
+    ingest_with(settings, derived, progress=False)
     return derived
 
 
@@ -243,6 +227,7 @@ def predict(run_paths: Sequence[Path], cache_path: Path, out: Path, allow_prior:
     derived = located_cache(locator_runs, cache, out, options.device) if locator_runs else None
     if derived is not None:
         cache = open_cache(derived)
+    check_runs(runs, cache)
     solution = metrics.labels_to_rows(cache.study_labels())
     if not allow_prior:
         refuse_rows_without_crops(solution, cache)

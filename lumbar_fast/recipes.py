@@ -3,7 +3,7 @@
 A run's augmentation, class weights and early-stopping monitor may be left at `auto`: `resolve` then takes
 them from the chosen recipe for the run's sequence, and the run's config.json records the resolved values
 (so `--resume` and `--nproc`, which re-runs the command with its non-default options only, see the same).
-The numbers behind every default are in docs/recipe.md (`python -m benchmarks.recipe` reproduces them).
+The numbers behind every default are in docs/recipe.md (`python -m studies.recipe` reproduces them).
 """
 
 from __future__ import annotations
@@ -83,18 +83,10 @@ def normalise_augment(text: str) -> str:
     return ",".join(piece for piece in AUGMENTATIONS if piece in pieces) or NO_AUGMENTATION
 
 
-def recorded_augment(value: str | bool) -> str:
-    """A config.json's augment value, normalised; versions before recipes stored a bool (True: every
-    augmentation, the horizontal flip included)."""
-    if isinstance(value, bool):
-        return "all" if value else NO_AUGMENTATION
-    return value
-
-
-def flips_horizontally(augment: str | bool) -> bool:
+def flips_horizontally(augment: str) -> bool:
     """Whether a run trained with this (recorded) augment value saw horizontally mirrored crops: its
     test-time augmentation may then average over the mirror."""
-    return "hflip" in augment_pieces(normalise_augment(recorded_augment(augment)))
+    return "hflip" in augment_pieces(normalise_augment(augment))
 
 
 def augment_pieces(augment: str) -> tuple[str, ...]:

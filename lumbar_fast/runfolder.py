@@ -32,16 +32,6 @@ BEST = "best.pt"
 LAST = "last.pt"
 #: curves.png panels: title -> (record key, legend label, line style) of each line; baselines dashed
 Panels = dict[str, tuple[tuple[str, str, str], ...]]
-CLASSIFIER_PANELS: Panels = {
-    "loss (baseline dashed)": (
-        ("train_loss", "train loss", "-"), ("val_loss", "val loss", "-"),
-        ("val_weighted_log_loss", "val weighted log loss", "-"),
-        ("val_prior_weighted_log_loss", "prior's weighted log loss", "--")),
-    "accuracy (baseline dashed)": (
-        ("train_accuracy", "train accuracy", "-"), ("val_accuracy", "val accuracy", "-"),
-        ("val_balanced_accuracy", "val balanced accuracy", "-"),
-        ("val_majority_accuracy", "majority class's accuracy", "--")),
-}
 #: bumped when a checkpoint's keys change, so that an old run is refused with a clear message
 CHECKPOINT_FORMAT = 1
 
@@ -110,14 +100,26 @@ class RunFolder:
         return self.path / name
 
     # -- config and split ------------------------------------------------
-    def write_config(self, config: dict[str, Any]) -> None:
-        """config.json: the run's arguments plus versions and git commit."""
-        text = json.dumps({"arguments": config, "environment": environment()}, indent=2, default=str)
+    def write_config(self, config: dict[str, Any], cache_settings: dict[str, Any] | None = None) -> None:
+        """config.json: the run's arguments, the settings of the cache it trains on
+        (`cache.ImageSettings.record()`, when given), versions and git commit."""
+        settings = {} if cache_settings is None else {"cache_settings": cache_settings}
+        text = json.dumps({"arguments": config, **settings, "environment": environment()}, indent=2,
+                          default=str)
         atomic_write(self.file(CONFIG), lambda tmp: tmp.write_text(text + "\n"))
 
     def read_config(self) -> dict[str, Any]:
         """The arguments stored in config.json."""
         return json.loads(self.file(CONFIG).read_text())["arguments"]
+
+    def read_cache_settings(self) -> dict[str, Any]:
+        """The settings of the cache the run trained on, as config.json records them; a run from before they
+        were recorded is a one-line error."""
+        settings = json.loads(self.file(CONFIG).read_text()).get("cache_settings")
+        if settings is None:
+            raise LumbarFastError(f"{self.path} records no settings of its training cache: it was trained by "
+                                  "an earlier lumbar-fast; train it again (CHANGELOG.md)")
+        return settings
 
     def write_table(self, name: str, table: pd.DataFrame) -> None:
         """A CSV file of the run (split.csv, val_predictions.csv)."""
@@ -131,11 +133,13 @@ class RunFolder:
             return []
         return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
-    def write_metrics(self, records: list[dict[str, Any]], panels: Panels = CLASSIFIER_PANELS) -> None:
+    def write_metrics(self, records: list[dict[str, Any]], panels: Panels) -> None:
         """metrics.jsonl (one record per epoch), metrics.csv (the same, flattened) and curves.png."""
         lines = "".join(json.dumps(record) + "\n" for record in records)
         atomic_write(self.file(METRICS_JSONL), lambda tmp: tmp.write_text(lines))
         self.write_table(METRICS_CSV, pd.json_normalize([_flatten_lists(r) for r in records]))
+        from lumbar_fast.plots import plot_curves  # matplotlib, imported when a run draws its curves
+
         atomic_write(self.file(CURVES), lambda tmp: plot_curves(records, tmp, panels))
 
     # -- checkpoints ------------------------------------------------
@@ -172,28 +176,3 @@ def _flatten_lists(record: dict[str, Any]) -> dict[str, Any]:
         else:
             flat[key] = value
     return flat
-
-
-def plot_curves(records: list[dict[str, Any]], path: Path, panels: Panels = CLASSIFIER_PANELS) -> None:
-    """curves.png: one panel per entry of `panels`, each value per epoch (by default the classifier's loss
-    with the prior's, and accuracy with the majority class's)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    from matplotlib import pyplot as plt
-    from matplotlib.ticker import MaxNLocator
-
-    frame = pd.DataFrame(records)
-    fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 4), squeeze=False)
-    for ax, (title, lines) in zip(axes[0], panels.items(), strict=True):
-        for column, label, style in lines:
-            ax.plot(frame["epoch"], frame[column], style, marker="o", label=label)
-        ax.set_title(title)
-        ax.set_xlabel("epoch")
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
-    fig.tight_layout()
-    with open(path, "wb") as handle:
-        fig.savefig(handle, format="png", dpi=100)
-    plt.close(fig)

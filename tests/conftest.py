@@ -82,8 +82,9 @@ def trained_runs(synth_cache, tmp_path_factory) -> dict[str, Path]:
     """One classifier run per sequence, validated on fold 0 of 3 of synth_cache: test_efficientnet from
     random weights, one epoch, CPU, torch loader — tiny runs for the stages that consume runs (evaluate,
     predict); they learn little, which those tests do not need."""
+    from lumbar_fast.classifier.config import TrainConfig
+    from lumbar_fast.classifier.runs import train
     from lumbar_fast.rsna import SEQUENCES
-    from lumbar_fast.train import TrainConfig, train
 
     folder = tmp_path_factory.mktemp("runs")
     return {seq: train(TrainConfig(sequence=seq, cache=str(synth_cache), run_dir=str(folder / seq),
@@ -97,7 +98,8 @@ def locator_runs(synth_cache, tmp_path_factory) -> list[Path]:
     """Three sag_t2 locator runs, folds 0, 1 and 2 of 3 of synth_cache (the classifier runs' split):
     test_efficientnet from random weights at 64 px, one epoch of 3 series, CPU — tiny runs for evaluate's
     localisation part, whose numbers mean nothing."""
-    from lumbar_fast.locator_train import LocatorConfig, train_locator
+    from lumbar_fast.locator.config import LocatorConfig
+    from lumbar_fast.locator.runs import train_locator
 
     folder = tmp_path_factory.mktemp("locator-runs")
     return [train_locator(LocatorConfig(sequence="sag_t2", cache=str(synth_cache), fold=k, folds=3,
@@ -134,8 +136,8 @@ def default_runs(real_balance_cache, tmp_path_factory) -> dict[str, Path]:
 
 @pytest.fixture(scope="session")
 def sag_t1_cache(make_cache, real_balance_data, tmp_path_factory) -> Callable[..., Path]:
-    """Factory: `sag_t1_cache(channels)` -> real_balance_data's Sagittal T1 series alone, ingested
-    with `channels`-slice crops at 32 px (the other series left out of a linked copy: a quarter of the decoding)."""
+    """Factory: `sag_t1_cache(channels)` -> real_balance_data's Sagittal T1 series alone, ingested with
+    `channels`-slice crops at 32 px (the other series left out of a linked copy: a quarter of the decoding)."""
     root = tmp_path_factory.mktemp("sag-t1") / "rsna"
     shutil.copytree(real_balance_data, root, copy_function=os.link)
     descriptions = root / "train_series_descriptions.csv"

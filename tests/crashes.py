@@ -9,7 +9,7 @@ import subprocess
 import sys
 from typing import Any
 
-from lumbar_fast.training.loop import KILL_ENV
+from lumbar_fast.testhooks import KILL_AFTER_EPOCHS_ENV
 
 #: timing fields differ from run to run; everything else in a metrics record must repeat exactly
 TIMINGS = ("train_seconds", "train_images_per_s", "train_slices_per_s", "epoch_seconds")
@@ -19,7 +19,7 @@ def killed_after_epochs(args: list[str], epochs: int, timeout_s: float = 600) ->
     """Run `lumbar-fast ARGS` until it SIGKILLs itself right after committing `epochs` epochs: a real crash
     at a known point, no polling."""
     result = subprocess.run([sys.executable, "-m", "lumbar_fast", *args], capture_output=True, text=True,
-                            env={**os.environ, KILL_ENV: str(epochs)}, timeout=timeout_s)
+                            env={**os.environ, KILL_AFTER_EPOCHS_ENV: str(epochs)}, timeout=timeout_s)
     assert result.returncode == -signal.SIGKILL, result.stderr[-2000:]
 
 

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from lumbar_fast.train import TrainConfig, train
+from lumbar_fast.classifier.config import TrainConfig
+from lumbar_fast.classifier.runs import train
 
 
 def default_run(cache: Path, run_dir: Path, sequence: str, **changes) -> Path:

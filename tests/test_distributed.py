@@ -18,14 +18,15 @@ import torch.multiprocessing as mp
 
 from lumbar_fast import distributed
 from lumbar_fast.cache import open_cache
+from lumbar_fast.classifier.config import TrainConfig
 from lumbar_fast.classifier.items import build_items, class_frequencies, split_items
-from lumbar_fast.classifier.task import ITEM_LOG_ENV, loader_config, validate
+from lumbar_fast.classifier.task import loader_config, validation_results
 from lumbar_fast.errors import LumbarFastError
 from lumbar_fast.inference import load_run
 from lumbar_fast.loaders import build_loader
 from lumbar_fast.runfolder import BEST, LAST, PREDICTIONS, SPLIT, RunFolder
 from lumbar_fast.split import train_val_studies
-from lumbar_fast.train import TrainConfig
+from lumbar_fast.testhooks import ITEM_LOG_ENV
 from tests.distributed_worker import WORLD, collectives, crash, refuse
 
 BATCH = 4
@@ -146,7 +147,7 @@ def single_process_validation(run_dir, checkpoint: str):
     cfg = loader_config(config, loaded.device, None, loaded.meta["channels"])
     loader = build_loader("torch", val_items.images_path, val_items.rows, val_items.labels, cfg, train=False)
     prior = class_frequencies(train_items.labels)
-    return loaded.meta["epoch"], *validate(loaded.model, loader, val_items, prior, None, None)
+    return loaded.meta["epoch"], *validation_results(loaded.model, loader, val_items, prior, None, None)
 
 
 def assert_same_metrics(reported: dict, metrics: dict) -> None:

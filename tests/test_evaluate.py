@@ -11,20 +11,21 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from lumbar_fast import locator as loc
 from lumbar_fast import metrics, rsna
 from lumbar_fast.cache import open_cache
+from lumbar_fast.classifier.config import TrainConfig
+from lumbar_fast.classifier.runs import train
 from lumbar_fast.evaluate import (
     EvaluateOptions,
-    format_table,
     item_losses,
     localisation_figures,
     sequence_summary,
 )
-from lumbar_fast.locator_train import RunEvaluation, evaluate_run
+from lumbar_fast.locator import metrics as loc
+from lumbar_fast.locator.runs import RunEvaluation, evaluate_run
 from lumbar_fast.predict import PROBABILITY_COLUMNS
+from lumbar_fast.report import format_table
 from lumbar_fast.runfolder import RunFolder
-from lumbar_fast.train import TrainConfig, train
 
 
 def test_item_losses_are_the_weighted_log_loss_terms():
@@ -192,7 +193,7 @@ def labelled_points(synth_cache: Path, sequence: str) -> tuple[pd.DataFrame, pd.
 
 def test_labels_as_predictions_are_perfect_and_the_table_summarises_like_the_metrics(synth_cache):
     labels, stack_index = labelled_points(synth_cache, "sag_t1")
-    table = loc.localisation_table(labels, labels, stack_index)
+    table = loc.point_errors(labels, labels, stack_index)
     assert len(table) == len(labels.drop_duplicates(["study_id", "series_id", "condition", "level"]))
     assert (table["error_mm"] == 0).all() and (table["slice_error"] == 0).all() and table["level_right"].all()
     summary = loc.summarise_localisation(table)
@@ -206,10 +207,10 @@ def test_labels_as_predictions_are_perfect_and_the_table_summarises_like_the_met
 
 def test_localisation_figures_of_perfect_points_have_exact_intervals(synth_cache):
     labels, stack_index = labelled_points(synth_cache, "sag_t2")
-    perfect = loc.localisation_table(labels, labels, stack_index)
+    perfect = loc.point_errors(labels, labels, stack_index)
     off = labels.assign(x=labels["x"] + 10.0)  # 10 pixels off in x: > 0 mm everywhere
     run = RunEvaluation(Path("run"), "sag_t2", 0, pd.DataFrame(), {}, labels, perfect,
-                        loc.localisation_table(off, labels, stack_index))
+                        loc.point_errors(off, labels, stack_index))
     figures = localisation_figures([run], EvaluateOptions(n_boot=30))
     assert figures["studies"] == labels["study_id"].nunique()
     assert figures["model"]["point_error_median_mm"] == 0 and figures["model"]["level_name_accuracy"] == 1

@@ -23,15 +23,15 @@ from pydicom.data import get_testdata_file
 from pydicom.uid import JPEG2000Lossless, RLELossless
 
 from lumbar_fast import cache, dicom, rsna
+from lumbar_fast.cache import ImageSettings, IngestSettings
 from lumbar_fast.errors import CacheError, DataError
 from lumbar_fast.ingest import (
-    KILL_AFTER_ENV,
-    IngestParams,
     convert_series,
     ingest,
     plan_ingest,
 )
 from lumbar_fast.phantom import MANIFEST_NAME, PitfallRates
+from lumbar_fast.testhooks import INGEST_KILL_AFTER_ENV
 from tests.cache_compare import assert_same_content
 from tests.crops import recut_similarity
 
@@ -121,7 +121,7 @@ def test_the_middle_channel_is_cut_from_the_labelled_instance_file(synth_data, s
 
 
 def test_compressed_twins_give_the_same_arrays(tiny_data, tmp_path):
-    params = IngestParams(data_dir=str(tiny_data), size=32)
+    params = IngestSettings(data_dir=str(tiny_data), images=ImageSettings(size=32))
     plan = plan_ingest(params)
     damaged = {d["series_id"] for d in manifest(tiny_data)["damaged_files"]}
     uncompressed = {s["series_id"] for s in manifest(tiny_data)["series"]
@@ -256,7 +256,7 @@ def test_zero_padded_pixel_data_ingests_like_its_twin_and_lost_rows_or_short_dat
 
 def test_a_series_that_fails_as_a_whole_is_one_error_row(tiny_data, monkeypatch):
     """An exception no check foresaw, while converting a series, is that series' problem alone."""
-    params = IngestParams(data_dir=str(tiny_data), size=32)
+    params = IngestSettings(data_dir=str(tiny_data), images=ImageSettings(size=32))
     task = plan_ingest(params).tasks[0]
 
     def broken(slices):
@@ -381,10 +381,10 @@ def test_an_empty_descriptions_csv_is_a_data_error(tiny_data, tmp_path):
 
 def killed_ingest(data: Path, out: Path, series: int, fmt: str) -> int:
     """Run `lumbar-fast ingest` in a session of its own until it SIGKILLs itself after appending `series`
-    series (ingest.KILL_AFTER_ENV), then kill the workers it left; returns its exit status."""
+    series (testhooks.INGEST_KILL_AFTER_ENV), then kill the workers it left; returns its exit status."""
     command = [sys.executable, "-m", "lumbar_fast", "ingest", str(data), "--out", str(out), "--size", "32",
                "--workers", "2", "--format", fmt, "--no-progress"]
-    process = subprocess.Popen(command, env={**os.environ, KILL_AFTER_ENV: str(series)},
+    process = subprocess.Popen(command, env={**os.environ, INGEST_KILL_AFTER_ENV: str(series)},
                                start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     status = process.wait(timeout=120)
     with contextlib.suppress(ProcessLookupError):
@@ -418,7 +418,7 @@ def test_sigkill_then_rerun_equals_an_uninterrupted_run(resume_data, make_cache,
     work = out.with_name(out.name + ".ingest")
     with pytest.raises(CacheError):  # absent, or a store without its attributes
         cache.open_cache(out)
-    tasks = plan_ingest(IngestParams(str(resume_data), size=32)).tasks
+    tasks = plan_ingest(IngestSettings(str(resume_data), images=ImageSettings(size=32))).tasks
     appended = {task.part_name for task in tasks[:series]}
     kept = {path.name for path in (work / "parts").glob("*.pkl")}
     if fmt in cache.RESUMABLE_FORMATS:  # the store records series whose parts are gone
@@ -510,6 +510,7 @@ from pathlib import Path
 marker, root = Path(sys.argv[1]), Path(sys.argv[2])
 os.register_at_fork(after_in_child=lambda: marker.write_text("forked"))
 from lumbar_fast.ingest import ingest
+from lumbar_fast.testhooks import INGEST_KILL_AFTER_ENV
 from lumbar_fast.phantom import PhantomOptions, generate
 generate(root / "data", 2, 0, PhantomOptions(image_size=64), workers=2, progress=False)
 ingest(root / "data", root / "c.zarr", size=32, workers=2, progress=False)

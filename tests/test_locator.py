@@ -11,20 +11,35 @@ import pandas as pd
 import pytest
 import torch
 
-from lumbar_fast import locator as loc
 from lumbar_fast import rsna
 from lumbar_fast.cache import open_cache
 from lumbar_fast.errors import LumbarFastError
-from lumbar_fast.locator_train import (
-    LocatorConfig,
-    augment,
-    augment_params,
-    load_data,
+from lumbar_fast.loaders.series import augment, augment_params
+from lumbar_fast.locator.config import LocatorConfig
+from lumbar_fast.locator.decode import (
+    SeriesPrediction,
+    decode_heatmap,
+    prediction_table,
+    separate_levels,
+    to_coordinates_csv,
+)
+from lumbar_fast.locator.locate import write_coordinates
+from lumbar_fast.locator.losses import gaussian_heatmap
+from lumbar_fast.locator.metrics import (
+    localisation_metrics,
     mean_position_predictions,
-    resume_locator,
-    train_locator,
+)
+from lumbar_fast.locator.runs import is_locator_run, resume_locator, train_locator
+from lumbar_fast.locator.targets import (
+    SeriesTargets,
+    fit_position_prior,
+    load_data,
+    series_of,
+    to_normalised,
+    to_original,
     window,
 )
+from lumbar_fast.models.locator import PRIOR_FLAT_STD_MM, PRIOR_MIN_STD_MM, Locator
 from lumbar_fast.runfolder import RunFolder
 from tests.crashes import killed_after_epochs, without_timings
 
@@ -38,9 +53,9 @@ def perfect_predictions(data) -> pd.DataFrame:
     for series, target in zip(data.series, data.targets, strict=True):
         if target.present.any():
             keep = target.present
-            prediction = loc.SeriesPrediction(target.position[keep], target.uv[keep], np.ones(keep.sum()))
+            prediction = SeriesPrediction(target.position[keep], target.uv[keep], np.ones(keep.sum()))
             names = [name for name, present in zip(data.names, keep, strict=True) if present]
-            tables.append(loc.prediction_table(series, prediction, data.stack_index, names))
+            tables.append(prediction_table(series, prediction, data.stack_index, names))
     return pd.concat(tables, ignore_index=True)
 
 
@@ -54,7 +69,7 @@ def test_normalised_coordinates_round_trip_exactly():
     rng = np.random.default_rng(0)
     x, y = rng.uniform(0, 512, 100), rng.uniform(0, 384, 100)
     cols, rows = rng.integers(256, 513, 100), rng.integers(256, 513, 100)
-    back_x, back_y = loc.to_original(loc.to_normalised(x, y, cols, rows), cols, rows)
+    back_x, back_y = to_original(to_normalised(x, y, cols, rows), cols, rows)
     np.testing.assert_allclose(back_x, x, rtol=0, atol=1e-9)
     np.testing.assert_allclose(back_y, y, rtol=0, atol=1e-9)
 
@@ -63,7 +78,7 @@ def test_series_are_ordered_stacks_with_edge_repeating_neighbours(synth_cache):
     cache = open_cache(synth_cache)
     index = cache.stack_index("ax_t2")
     multi_stack = 0
-    for series in loc.series_of(index):
+    for series in series_of(index):
         table = index.iloc[series.rows]
         assert (table["study_id"] == series.study_id).all() and (table["series_id"] == series.series_id).all()
         stack_positions = [table.iloc[segment]["position"].mean() for segment in series.stack_segments()]
@@ -91,19 +106,19 @@ def test_perfect_predictions_encode_back_to_the_labels_exactly(sag_t1):
     np.testing.assert_array_equal(merged["instance_number"], merged["instance_number_label"])
     np.testing.assert_allclose(merged["x"], merged["x_label"], atol=1e-9)
     np.testing.assert_allclose(merged["y"], merged["y_label"], atol=1e-9)
-    metrics = loc.localisation_metrics(predictions, sag_t1.labels, sag_t1.stack_index)
+    metrics = localisation_metrics(predictions, sag_t1.labels, sag_t1.stack_index)
     assert metrics["point_error_median_mm"] == pytest.approx(0, abs=1e-9)
     assert metrics["slice_exact"] == metrics["slice_within_1"] == metrics["level_name_accuracy"] == 1.0
 
 
 def test_coordinates_csv_is_the_label_format(sag_t1, tmp_path):
-    coordinates = loc.to_coordinates_csv(perfect_predictions(sag_t1))
+    coordinates = to_coordinates_csv(perfect_predictions(sag_t1))
     path = tmp_path / "coordinates.csv"
-    loc.write_coordinates(coordinates, path)
+    write_coordinates(coordinates, path)
     written = pd.read_csv(path)
     assert tuple(written.columns) == rsna.COORDINATE_COLUMNS
-    assert set(written["condition"]) == {loc.rsna.CONDITION_TITLES[c] for c in loc.rsna.CONDITIONS[1:3]}
-    assert set(written["level"]) <= set(loc.rsna.LEVEL_TITLES.values())
+    assert set(written["condition"]) == {rsna.CONDITION_TITLES[c] for c in rsna.CONDITIONS[1:3]}
+    assert set(written["level"]) <= set(rsna.LEVEL_TITLES.values())
     assert not written.duplicated(["study_id", "condition", "level"]).any()
 
 
@@ -111,7 +126,7 @@ def test_swapped_levels_are_counted_as_wrong_names(sag_t1):
     predictions = perfect_predictions(sag_t1)
     swap = {"l1_l2": "l2_l3", "l2_l3": "l1_l2"}
     swapped = predictions.assign(level=predictions["level"].map(lambda lv: swap.get(lv, lv)))
-    metrics = loc.localisation_metrics(swapped, sag_t1.labels, sag_t1.stack_index)
+    metrics = localisation_metrics(swapped, sag_t1.labels, sag_t1.stack_index)
     keys = ["study_id", "series_id", "condition", "level"]
     scored = swapped.merge(sag_t1.labels[keys].drop_duplicates(), on=keys)  # points with a labelled twin
     assert metrics["points"] == len(scored)
@@ -120,8 +135,8 @@ def test_swapped_levels_are_counted_as_wrong_names(sag_t1):
 
 def test_heatmap_decoding_is_sub_cell_precise():
     points = torch.tensor([[0.3137, 0.7071], [0.5, 0.5], [0.05, 0.93]], dtype=torch.float64)
-    target = loc.gaussian_heatmap(points, 40, 40)
-    decoded = loc.decode_heatmap(target.log().reshape(3, 40, 40))
+    target = gaussian_heatmap(points, 40, 40)
+    decoded = decode_heatmap(target.log().reshape(3, 40, 40))
     np.testing.assert_allclose(decoded, points.numpy(), atol=1e-6)
 
 
@@ -131,7 +146,7 @@ def test_two_levels_on_one_disc_are_moved_apart():
     size, disc, own = 64, (0.5, 0.30), (0.5, 0.55)
 
     def heatmap(*peaks: tuple[float, tuple[float, float]]) -> torch.Tensor:
-        mixture = sum(w * loc.gaussian_heatmap(torch.tensor([p], dtype=torch.float64), size, size)
+        mixture = sum(w * gaussian_heatmap(torch.tensor([p], dtype=torch.float64), size, size)
                       for w, p in peaks)
         return mixture.clamp_min(1e-30).log().reshape(size, size)
 
@@ -141,10 +156,10 @@ def test_two_levels_on_one_disc_are_moved_apart():
     log_p[1] = heatmap((0.6, disc), (0.4, own))
     position = np.zeros(2 * levels, dtype=int)
     position[2] = 5
-    uv = loc.separate_levels(log_p, position)
+    uv = separate_levels(log_p, position)
     np.testing.assert_allclose(uv[1], own, atol=0.005)
     np.testing.assert_allclose(uv[[0, 2, levels]], [disc] * 3, atol=0.005)
-    np.testing.assert_allclose(uv[3:levels], loc.decode_heatmap(log_p[3:levels]))  # nothing else moves
+    np.testing.assert_allclose(uv[3:levels], decode_heatmap(log_p[3:levels]))  # nothing else moves
 
 
 def test_levels_are_placed_jointly_not_greedily():
@@ -154,7 +169,7 @@ def test_levels_are_placed_jointly_not_greedily():
     shared, l34_second, l45_second = (0.5, 0.50), (0.5, 0.40), (0.5, 0.63)
 
     def heatmap(*peaks: tuple[float, tuple[float, float]]) -> torch.Tensor:
-        mixture = sum(w * loc.gaussian_heatmap(torch.tensor([p], dtype=torch.float64), size, size)
+        mixture = sum(w * gaussian_heatmap(torch.tensor([p], dtype=torch.float64), size, size)
                       for w, p in peaks)
         return mixture.clamp_min(1e-30).log().reshape(size, size)
 
@@ -164,7 +179,7 @@ def test_levels_are_placed_jointly_not_greedily():
     log_p[3] = heatmap((0.55, shared), (0.45, l45_second))
     log_p[3] += 0.5  # L4/L5's peak is the surest of the two
     log_p[[0, 1, 4]] = torch.stack([heatmap((1.0, (0.5, v))) for v in (0.12, 0.28, 0.85)])
-    uv = loc.separate_levels(log_p, np.zeros(levels, dtype=int))
+    uv = separate_levels(log_p, np.zeros(levels, dtype=int))
     np.testing.assert_allclose(uv[2], shared, atol=0.005)
     np.testing.assert_allclose(uv[3], l45_second, atol=0.005)
 
@@ -195,26 +210,26 @@ def test_window_keeps_only_the_targets_inside(sag_t1):
 
 # -- positional prior ----------------------------------------------------------------------------------------
 def test_position_prior_puts_left_and_right_foramina_on_opposite_sides(sag_t1):
-    mean, std = loc.fit_position_prior(sag_t1.series, sag_t1.targets)
+    mean, std = fit_position_prior(sag_t1.series, sag_t1.targets)
     side = np.array([condition.startswith("left") for condition, _ in sag_t1.names])
     assert (mean[side] * mean[~side].mean() < 0).all()  # mirror images: opposite signs of the offset
     assert abs(mean[side].mean() + mean[~side].mean()) < 0.3 * abs(mean[side].mean())
-    assert (std >= loc.PRIOR_MIN_STD_MM).all() and (std < 3 * loc.PRIOR_MIN_STD_MM).all()
+    assert (std >= PRIOR_MIN_STD_MM).all() and (std < 3 * PRIOR_MIN_STD_MM).all()
 
 
 def test_target_without_labels_gets_a_flat_prior(sag_t1):
-    unlabelled = [loc.SeriesTargets(np.where(np.arange(len(t.position)) == 0, -1, t.position), t.uv)
+    unlabelled = [SeriesTargets(np.where(np.arange(len(t.position)) == 0, -1, t.position), t.uv)
                   for t in sag_t1.targets]
-    mean, std = loc.fit_position_prior(sag_t1.series, unlabelled)
-    assert mean[0] == 0.0 and std[0] == loc.PRIOR_FLAT_STD_MM and std[1] < loc.PRIOR_FLAT_STD_MM
+    mean, std = fit_position_prior(sag_t1.series, unlabelled)
+    assert mean[0] == 0.0 and std[0] == PRIOR_FLAT_STD_MM and std[1] < PRIOR_FLAT_STD_MM
 
 
 def test_prior_alone_chooses_the_slice_nearest_its_mean(sag_t1):
     """With image evidence that is the same on every slice, the slice head's choice is the prior's."""
-    model = loc.Locator("test_efficientnet", len(sag_t1.names), width=16).eval()
+    model = Locator("test_efficientnet", len(sag_t1.names), width=16).eval()
     torch.nn.init.zeros_(model.slice_score.weight)
     torch.nn.init.zeros_(model.slice_score.bias)
-    mean, std = loc.fit_position_prior(sag_t1.series, sag_t1.targets)
+    mean, std = fit_position_prior(sag_t1.series, sag_t1.targets)
     model.set_position_prior(mean, std)
     series = sag_t1.series[0]
     channels = model.slice_embed[0].in_features
@@ -250,7 +265,7 @@ def test_trained_locator_beats_the_mean_position_baseline(ax_t2_run):
 
 def test_mean_position_baseline_is_worse_than_perfect(sag_t1):
     items = list(range(len(sag_t1.series)))
-    baseline = loc.localisation_metrics(mean_position_predictions(sag_t1, items, items), sag_t1.labels,
+    baseline = localisation_metrics(mean_position_predictions(sag_t1, items, items), sag_t1.labels,
                                         sag_t1.stack_index)
     assert baseline["point_error_median_mm"] > 1.0
 
@@ -271,8 +286,8 @@ def test_resume_after_a_kill_equals_an_uninterrupted_run(synth_cache, tmp_path):
     assert resume_locator(killed) == killed
     expected, got = RunFolder(whole).load_checkpoint("last.pt"), RunFolder(killed).load_checkpoint("last.pt")
     assert got["epoch"] == expected["epoch"] == 2
-    for key, value in expected["state_dict"].items():
-        assert torch.equal(got["state_dict"][key], value), key
+    for key, value in expected["model"].items():
+        assert torch.equal(got["model"][key], value), key
     records = [without_timings(RunFolder(run).read_metrics()) for run in (killed, whole)]
     assert records[0] == records[1] and len(records[0]) == 2
 
@@ -301,7 +316,7 @@ def test_bad_input_is_one_line(synth_cache, tmp_path, run_cli):
     code, _, stderr = run_cli("locate", tmp_path, "--cache", synth_cache, "--out", tmp_path / "x.csv")
     assert code == 2 and "not a run folder" in stderr
     with pytest.raises(LumbarFastError, match="no feature maps|unknown model"):
-        loc.Locator("no_such_model", 5)
+        Locator("no_such_model", 5)
 
 
 def test_a_locator_run_of_an_earlier_version_is_named_as_neither_run(ax_t2_run, synth_cache, tmp_path,
@@ -312,10 +327,23 @@ def test_a_locator_run_of_an_earlier_version_is_named_as_neither_run(ax_t2_run, 
     config = json.loads((old / "config.json").read_text())
     del config["arguments"]["kind"]
     (old / "config.json").write_text(json.dumps(config))
-    assert loc.is_locator_run(ax_t2_run) and not loc.is_locator_run(old)
+    assert is_locator_run(ax_t2_run) and not is_locator_run(old)
     code, _, stderr = run_cli("evaluate", old, "--cache", synth_cache, "--out", tmp_path / "report")
     assert code == 2 and len(stderr.strip().splitlines()) == 1
     assert "not a classifier run" in stderr and "nor a locator run of this version" in stderr
     with pytest.raises(LumbarFastError, match="kind is 'locator', not 'classifier'"):
         LocatorConfig(sequence="ax_t2", cache=str(synth_cache), run_dir=str(tmp_path / "r"),
                       kind="classifier").check()
+
+
+def test_train_locator_refuses_several_processes(synth_cache, tmp_path, monkeypatch, run_cli):
+    """Under torchrun every rank would train the same locator run on its own: refused in one line before
+    any file is written, for a new run and a resumed one."""
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "0")
+    for args in (["--sequence", "sag_t2", "--cache", synth_cache, "--run-dir", tmp_path / "r"],
+                 ["--resume", tmp_path / "r"]):
+        code, _, stderr = run_cli("train-locator", *args, "--device", "cpu")
+        assert code == 2 and len(stderr.strip().splitlines()) == 1, stderr
+        assert "runs in one process, not 2" in stderr
+    assert not (tmp_path / "r").exists()

@@ -5,7 +5,7 @@ import torch
 from huggingface_hub import constants as hub_constants
 
 from lumbar_fast.errors import LumbarFastError
-from lumbar_fast.model import _offline_unless_reachable, create_model
+from lumbar_fast.models.backbone import _offline_unless_reachable, create_model
 
 TINY = "test_efficientnet"
 

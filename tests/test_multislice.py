@@ -12,12 +12,13 @@ from torch import nn
 
 from lumbar_fast import recipes
 from lumbar_fast.cache import open_cache
+from lumbar_fast.classifier.config import TrainConfig
 from lumbar_fast.classifier.runs import read_run
 from lumbar_fast.errors import LumbarFastError
 from lumbar_fast.inference import load_run, predict_items
 from lumbar_fast.loaders import LoaderConfig, build_loader
 from lumbar_fast.metrics import classification_summary
-from lumbar_fast.multislice import (
+from lumbar_fast.models.classifier import (
     IMAGENET_MEAN,
     IMAGENET_STD,
     MultiSliceClassifier,
@@ -25,7 +26,6 @@ from lumbar_fast.multislice import (
     create_classifier,
 )
 from lumbar_fast.runfolder import BEST, RunFolder
-from lumbar_fast.train import TrainConfig
 from tests.crashes import killed_after_epochs, without_timings
 from tests.crops import recut_similarity
 from tests.learning import default_run
@@ -84,13 +84,6 @@ def test_the_window_attention_does_not_depend_on_where_the_window_sits():
     moved = torch.cat([blank[:, :2], lesion, blank, blank[:, :1]], dim=1)
     with torch.no_grad():
         torch.testing.assert_close(model(centred), model(moved), atol=1e-5, rtol=1e-4)
-
-
-def test_a_run_from_before_multi_slice_models_resumes_as_the_plain_model_it_was():
-    record = {**TrainConfig(sequence="sag_t1", cache="c.zarr", run_dir="run").__dict__}
-    for key in ("pooling", "window_stride", "window_padding"):
-        del record[key]
-    assert TrainConfig.from_record(record).pooling == "stem"
 
 
 def test_window_options_are_refused_for_the_plain_model():
@@ -203,7 +196,7 @@ def test_evaluate_and_predict_take_multi_slice_runs(multi_slice_runs, five_slice
     pd.testing.assert_frame_equal(submissions["plain"], submissions["tta"])  # no default recipe flips
     code, _, stderr = run_cli("evaluate", runs[0], "--cache", synth_cache, "--out", tmp_path / "e3",
                               "--device", "cpu")
-    assert code != 0 and "expects (64, 64, 5)" in stderr and len(stderr.strip().splitlines()) == 1
+    assert code != 0 and "9 slices per crop, not 5" in stderr and len(stderr.strip().splitlines()) == 1
 
 
 def test_a_killed_multi_slice_run_resumes_to_the_uninterrupted_result(five_slice_cache, tmp_path, run_cli):

@@ -16,19 +16,20 @@ import zarr
 from torch import nn
 
 from lumbar_fast import metrics, rsna
-from lumbar_fast.cache import open_cache
-from lumbar_fast.classifier.runs import read_runs
+from lumbar_fast.cache import ImageSettings, open_cache
+from lumbar_fast.classifier.config import TrainConfig
+from lumbar_fast.classifier.runs import read_runs, train
 from lumbar_fast.errors import LumbarFastError
-from lumbar_fast.locator_train import LocatorConfig, train_locator
+from lumbar_fast.locator.config import LocatorConfig
+from lumbar_fast.locator.runs import train_locator
+from lumbar_fast.models.tta import FlipAverage
 from lumbar_fast.predict import (
     LOCATION,
     PROBABILITY_COLUMNS,
-    FlipAverage,
     fill_rows,
     location_probabilities,
 )
 from lumbar_fast.runfolder import BEST, RunFolder
-from lumbar_fast.train import TrainConfig, train
 
 PRIORS = {"sag_t1": np.array([0.7, 0.2, 0.1]), "sag_t2": np.array([0.8, 0.1, 0.1]),
           "ax_t2": np.array([0.6, 0.3, 0.1])}
@@ -88,7 +89,8 @@ def fake_run(path: Path, sequence: str = "sag_t2", fold: int = 0, view: str = "l
              best: bool = True) -> Path:
     """A run folder with the files read_runs looks at (config, metrics, best.pt), no model."""
     run = RunFolder(path)
-    run.write_config({"sequence": sequence, "fold": fold, "folds": 3, "view": view, "cache": "c"})
+    run.write_config({"sequence": sequence, "fold": fold, "folds": 3, "view": view, "cache": "c",
+                      "augment": "none"}, ImageSettings().record())
     run.file("metrics.jsonl").write_text(json.dumps({"epoch": 1, "val_prior": [0.8, 0.1, 0.1]}) + "\n")
     if best:
         run.save_checkpoint(BEST, {})
@@ -215,3 +217,60 @@ def test_predict_with_locators_crops_at_the_located_points(trained_runs, make_ca
         merged = crops.merge(points, on=columns[:5], suffixes=("", "_located"))
         assert len(merged) == len(crops) > 0
         assert np.allclose(merged[["x", "y"]].to_numpy(), merged[["x_located", "y_located"]].to_numpy())
+
+
+def test_a_cache_that_does_not_fit_the_runs_is_refused_in_one_line(trained_runs, locator_runs, synth_data,
+                                                                  make_cache, tmp_path, run_cli):
+    """Runs record the settings of their training cache: predict, evaluate and locate refuse a cache of
+    other images (here the side convention of axial crops, and the image size for a locator)."""
+    unmirrored = make_cache(synth_data, canonical_side=False)
+    small = make_cache(synth_data, limit_studies=3, size=32)
+    runs = list(trained_runs.values())
+    cases = {
+        "canonical side off, not on": [
+            ("predict", *runs, "--cache", unmirrored, "--out", tmp_path / "s.csv"),
+            ("evaluate", *runs, "--cache", unmirrored, "--out", tmp_path / "report")],
+        "32-pixel images, not 64": [
+            ("predict", *runs, "--cache", small, "--out", tmp_path / "s.csv", "--allow-prior"),
+            ("locate", locator_runs[0], "--cache", small, "--out", tmp_path / "points.csv"),
+            ("evaluate", locator_runs[0], "--cache", small, "--out", tmp_path / "report")],
+    }
+    for message, commands in cases.items():
+        for args in commands:
+            code, _, stderr = run_cli(*args, "--device", "cpu")
+            assert code == 2 and len(stderr.strip().splitlines()) == 1, stderr
+            assert "does not fit run" in stderr and message in stderr, stderr
+    assert not (tmp_path / "s.csv").exists() and not (tmp_path / "points.csv").exists()
+
+
+def test_predict_with_locators_keeps_every_setting_of_the_cache(synth_data, make_cache, tmp_path, run_cli):
+    """`predict --locators` on a --no-canonical-side cache gives the submission of the manual path: locate,
+    ingest --coordinates ... --no-canonical-side, predict --cache (the derived cache once lost the setting,
+    and its axial crops were mirrored)."""
+    train_cache = make_cache(synth_data, canonical_side=False)
+    runs = [train(TrainConfig(sequence=seq, cache=str(train_cache), run_dir=str(tmp_path / seq),
+                              model="test_efficientnet", pretrained=False, epochs=1, batch_size=8, folds=3,
+                              loader="torch", workers=1, device="cpu", progress=False))
+            for seq in rsna.SEQUENCES]
+    locator = train_locator(LocatorConfig(
+        sequence="ax_t2", cache=str(train_cache), run_dir=str(tmp_path / "locator"),
+        model="test_efficientnet", pretrained=False, image_size=64, width=16, folds=3, epochs=1,
+        limit_series=2, max_slices=6, device="cpu", progress=False))
+    test_cache = make_cache(synth_data, split="test", canonical_side=False)
+    predict_args = ("--allow-prior", "--device", "cpu")
+    code, _, stderr = run_cli("predict", *runs, "--cache", test_cache, "--out", tmp_path / "located.csv",
+                              "--locators", locator, *predict_args)
+    assert code == 0, stderr
+    points, manual_cache = tmp_path / "points.csv", tmp_path / "manual.zarr"
+    code, _, stderr = run_cli("locate", locator, "--cache", test_cache, "--out", points, "--device", "cpu")
+    assert code == 0, stderr
+    code, _, stderr = run_cli("ingest", synth_data, "--split", "test", "--out", manual_cache, "--size", 64,
+                              "--coordinates", points, "--no-canonical-side", "--workers", 2, "--no-progress")
+    assert code == 0, stderr
+    code, _, stderr = run_cli("predict", *runs, "--cache", manual_cache, "--out", tmp_path / "manual.csv",
+                              *predict_args)
+    assert code == 0, stderr
+    (derived,) = (tmp_path / "located.csv.located").glob("cache-*.zarr")
+    assert not open_cache(derived).settings().images.canonical_side
+    assert open_cache(derived).level_labels("ax_t2")["study_id"].nunique() == 3
+    assert (tmp_path / "located.csv").read_text() == (tmp_path / "manual.csv").read_text()

@@ -11,14 +11,13 @@ from torch import nn
 
 from lumbar_fast import recipes, rsna
 from lumbar_fast.cache import open_cache
-from lumbar_fast.classifier.config import MONITORS
+from lumbar_fast.classifier.config import MONITORS, TrainConfig
 from lumbar_fast.classifier.items import class_weight_tensor
 from lumbar_fast.classifier.steps import make_optimizer, make_scheduler
 from lumbar_fast.classifier.task import loader_config
 from lumbar_fast.errors import LumbarFastError
 from lumbar_fast.ingest import mirrored_to_canonical_side
 from lumbar_fast.runfolder import RunFolder
-from lumbar_fast.train import TrainConfig
 from tests.learning import default_run
 
 CPU = torch.device("cpu")
@@ -80,11 +79,8 @@ def test_augmentation_pieces():
     assert everything.vflip == everything.slice_flip == 0  # never part of a recipe
 
 
-def test_an_earlier_versions_boolean_augment_reads_as_every_augmentation():
-    record = {**config().__dict__, "augment": True}
-    assert TrainConfig.from_record(record).augment == "all"
-    assert TrainConfig.from_record({**record, "augment": False}).augment == "none"
-    assert recipes.flips_horizontally(True) and not recipes.flips_horizontally("rotate,shift")
+def test_a_recorded_augment_says_whether_the_run_flipped_horizontally():
+    assert recipes.flips_horizontally("all") and not recipes.flips_horizontally("rotate,shift")
 
 
 def test_train_refuses_an_unknown_recipe_or_augmentation_in_one_line(synth_cache, tmp_path, run_cli):

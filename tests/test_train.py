@@ -17,6 +17,7 @@ import torch
 import zarr
 
 from lumbar_fast.cache import SCHEMA_VERSION, open_cache
+from lumbar_fast.classifier.config import PANELS, TrainConfig
 from lumbar_fast.classifier.items import (
     Items,
     adjacent_level_rows,
@@ -26,6 +27,7 @@ from lumbar_fast.classifier.items import (
     shuffled_labels,
     slice_neighbours,
 )
+from lumbar_fast.classifier.runs import resume, train
 from lumbar_fast.classifier.steps import (
     check_cuda_graphs,
     make_optimizer,
@@ -33,13 +35,12 @@ from lumbar_fast.classifier.steps import (
     restore_training_state,
     snapshot_training_state,
 )
-from lumbar_fast.classifier.task import loader_config, prepare
+from lumbar_fast.classifier.task import loader_config, prepare_classifier
 from lumbar_fast.cli import main
 from lumbar_fast.errors import LumbarFastError
 from lumbar_fast.loaders.gpu import gpu_count
 from lumbar_fast.runfolder import CHECKPOINT_FORMAT, RunFolder
-from lumbar_fast.train import TrainConfig, resume, train
-from lumbar_fast.training.checkpoint import Progress, last_state, load_optimizer_state, restore
+from lumbar_fast.training.checkpoint import RunState, last_state, load_optimizer_state, restore
 from lumbar_fast.training.stopping import EarlyStopping
 from tests.crashes import killed_after_epochs, without_timings
 
@@ -83,7 +84,7 @@ def test_metrics_files_and_curves(tmp_path):
                 "val_balanced_accuracy": 0.55, "val_majority_accuracy": 0.34,
                 "val_recall": [0.1, 0.2, None], "val_confusion": [[1, 2, 3], [4, 5, 6], [7, 8, 9]]}
                for e in (1, 2)]
-    run.write_metrics(records)
+    run.write_metrics(records, PANELS)
     assert run.read_metrics() == records
     table = pd.read_csv(tmp_path / "metrics.csv")
     assert list(table["epoch"]) == [1, 2]
@@ -362,12 +363,12 @@ def test_last_checkpoint_carries_the_fp16_loss_scale(synth_cache, tmp_path):
                          model="test_efficientnet", pretrained=False, folds=3, amp="fp16", device="cpu",
                          loader="torch").resolved(9)  # synth_cache's slices
     run = RunFolder(tmp_path / "run")
-    task = prepare(config, run)
+    task = prepare_classifier(config, run)
     task.scaler.scale(torch.ones(1))
     task.scaler.update(512.0)
-    state = last_state(task, Progress(EarlyStopping(task.mode, config.patience), [{"epoch": 1}], 1))
+    state = last_state(task, RunState(EarlyStopping(task.mode, config.patience), [{"epoch": 1}], 1))
     assert state["scaler"]["scale"] == 512.0
-    resumed = prepare(config, run)
+    resumed = prepare_classifier(config, run)
     assert resumed.scaler.get_scale() != 512.0
     assert restore(run, resumed, state).start_epoch == 1
     assert resumed.scaler.get_scale() == 512.0

@@ -22,7 +22,7 @@ from demo import SEQUENCES, run
 from lumbar_fast import metrics
 from lumbar_fast.cache import open_cache
 from lumbar_fast.commands.score import read_labels, read_submission
-from lumbar_fast.locator import localisation_metrics
+from lumbar_fast.locator.metrics import localisation_metrics
 
 
 def score(labels_csv: Path, submission_csv: Path) -> float:

@@ -1,2 +1,3 @@
 """The classifier task: one 3-class model per MRI sequence on the cache's level crops (or whole slices),
-trained by the core in `lumbar_fast.training`; `lumbar_fast.train` is its entry point."""
+trained by the core in `lumbar_fast.training`; `runs.train` and `runs.resume` are its entry
+points."""

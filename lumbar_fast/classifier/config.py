@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import Any
 
-from lumbar_fast import multislice, recipes, rsna
+from lumbar_fast import recipes, rsna
 from lumbar_fast.errors import LumbarFastError
 from lumbar_fast.loaders import AugmentConfig
+from lumbar_fast.models.classifier import PADDINGS, POOLINGS, SliceWindows, uses_windows
+from lumbar_fast.runfolder import Panels
 from lumbar_fast.training.config import RunConfig
 
 VIEWS = ("level", "slice")
@@ -22,6 +23,17 @@ MONITORS = {"accuracy": ("val_accuracy", "max"), "loss": ("val_loss", "min"),
             "rsna": ("val_weighted_log_loss", "min")}
 CLASS_WEIGHTINGS = ("none", "metric", "inverse")
 AMP_MODES = ("auto", "bf16", "fp16", "none")
+#: curves.png of a classifier run: its loss beside the prior's, its accuracy beside the majority class's
+PANELS: Panels = {
+    "loss (baseline dashed)": (
+        ("train_loss", "train loss", "-"), ("val_loss", "val loss", "-"),
+        ("val_weighted_log_loss", "val weighted log loss", "-"),
+        ("val_prior_weighted_log_loss", "prior's weighted log loss", "--")),
+    "accuracy (baseline dashed)": (
+        ("train_accuracy", "train accuracy", "-"), ("val_accuracy", "val accuracy", "-"),
+        ("val_balanced_accuracy", "val balanced accuracy", "-"),
+        ("val_majority_accuracy", "majority class's accuracy", "--")),
+}
 #: negative controls, run by the real loop: the pipeline must NOT learn under them
 CONTROLS = ("none", "shuffled-labels", "level-off")
 
@@ -31,7 +43,7 @@ class TrainConfig(RunConfig):
     """Every argument of a run; stored in config.json, so `resume` rebuilds the identical run from it."""
 
     model: str = "tf_efficientnetv2_s"
-    pooling: str = recipes.AUTO  # stem, attention or gru (lumbar_fast.multislice); auto: by the crop's slices
+    pooling: str = recipes.AUTO  # stem, attention or gru (models/classifier.py); auto: by the crop's slices
     window_stride: int = 1
     window_padding: str = "valid"
     weights: str | None = None
@@ -55,14 +67,6 @@ class TrainConfig(RunConfig):
     workers: int = 2
     limit_batches: int | None = None
 
-    @classmethod
-    def from_record(cls, record: dict[str, Any]) -> TrainConfig:
-        """The config of a run's config.json: an earlier version's boolean augment read as such, and a run
-        from before multi-slice models (no pooling recorded) as the plain model it was."""
-        if "augment" in record:
-            record = {**record, "augment": recipes.recorded_augment(record["augment"])}
-        return super().from_record({"pooling": "stem", **record})
-
     def resolved(self, slices: int) -> TrainConfig:
         """A copy with every `auto` replaced by the recipe's value for the sequence and for crops of
         `slices` slices (what config.json records); windows that do not tile the crop, or window options
@@ -70,8 +74,8 @@ class TrainConfig(RunConfig):
         rsna.get_sequence(self.sequence)
         chosen = recipes.resolve(self.recipe, self.sequence, self.augment, self.class_weights, self.monitor)
         pooling = recipes.pooling_for(self.pooling, slices)
-        if multislice.uses_windows(pooling):
-            multislice.SliceWindows(slices, self.window_stride, self.window_padding).check()
+        if uses_windows(pooling):
+            SliceWindows(slices, self.window_stride, self.window_padding).check()
         elif (self.window_stride, self.window_padding) != (1, "valid"):
             raise LumbarFastError(f"--window-stride and --window-padding shape the windows of a multi-slice "
                                   f"model; the plain model ({pooling} on {slices}-slice crops) has none")
@@ -84,7 +88,7 @@ class TrainConfig(RunConfig):
         auto = (recipes.AUTO,)
         choices = {"view": VIEWS, "monitor": (*MONITORS, *auto), "class_weights": (*CLASS_WEIGHTINGS, *auto),
                    "amp": AMP_MODES, "control": CONTROLS, "recipe": recipes.RECIPES,
-                   "pooling": (*multislice.POOLINGS, *auto), "window_padding": multislice.PADDINGS}
+                   "pooling": (*POOLINGS, *auto), "window_padding": PADDINGS}
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 raise LumbarFastError(f"--{name.replace('_', '-')} must be one of {', '.join(allowed)}")

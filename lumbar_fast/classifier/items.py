@@ -72,7 +72,7 @@ def write_slice_images(cache: CacheReader, sequence: str, stack_rows: np.ndarray
     (N, S, S, C) .npy written once (items of one slice share its row)."""
     if path.is_file():
         return
-    channels = np.load(cache.array_path(sequence, "levels"), mmap_mode="r").shape[-1]
+    channels = cache.slices_per_crop()
     stacks = np.load(cache.array_path(sequence, "stacks"), mmap_mode="r")
     neighbours = slice_neighbours(cache.stack_index(sequence), stack_rows, channels)
     write_npy(path, (len(stack_rows), *stacks.shape[1:], channels),

@@ -1,5 +1,7 @@
-"""Trained classifier run folders as evaluate and predict read them: checked for use (config, best.pt, the
-level view, the training prior), each (sequence, fold) once, with the split each trained on."""
+"""Classifier run folders: start one (`train`, `lumbar-fast train`) and continue one from its last.pt to the
+same result as an uninterrupted run (`resume`); read trained ones as evaluate and predict use them, checked
+(config, best.pt, the level view, the training prior, the settings of the training cache), each
+(sequence, fold) once, with the split each trained on."""
 
 from __future__ import annotations
 
@@ -11,9 +13,26 @@ import numpy as np
 import pandas as pd
 
 from lumbar_fast import recipes, rsna
+from lumbar_fast.cache import ImageSettings, open_cache
+from lumbar_fast.classifier.config import TrainConfig
+from lumbar_fast.classifier.task import prepare_classifier
 from lumbar_fast.errors import LumbarFastError
 from lumbar_fast.runfolder import BEST, CONFIG, SPLIT, RunFolder
 from lumbar_fast.split import read_split_file
+from lumbar_fast.training import loop
+
+
+def train(config: TrainConfig) -> Path:
+    """Start a new run for `config` (its `auto` values resolved by the recipe and the cache's slices per
+    crop); returns its folder."""
+    config.check()
+    return loop.start(config.resolved(open_cache(config.cache).slices_per_crop()), prepare_classifier)
+
+
+def resume(run_dir: str | Path) -> Path:
+    """Continue a run from its last.pt (model, optimiser, scaler, schedule, early stopping, RNG) to the same
+    result as an uninterrupted run; a finished run returns at once."""
+    return loop.resume(run_dir, TrainConfig.from_record, prepare_classifier)
 
 
 @dataclass(frozen=True)
@@ -26,6 +45,7 @@ class ClassifierRun:
     cache: Path  # the cache it trained on
     prior: np.ndarray  # training class frequencies, the baseline's prediction
     hflip: bool  # trained on horizontally mirrored crops: --tta averages over the mirror
+    settings: ImageSettings  # of the cache it trained on: a cache to predict must have the same
 
 
 def read_run(path: Path) -> ClassifierRun:
@@ -49,7 +69,8 @@ def read_run(path: Path) -> ClassifierRun:
         raise LumbarFastError(f"run {path} has no training prior in its metrics")
     return ClassifierRun(path, config["sequence"], int(config["fold"]), Path(config["cache"]),
                          np.asarray(records[-1]["val_prior"], dtype=np.float64),
-                         recipes.flips_horizontally(config.get("augment", True)))
+                         recipes.flips_horizontally(config["augment"]),
+                         ImageSettings.from_record(folder.read_cache_settings()))
 
 
 def read_runs(paths: Sequence[Path]) -> list[ClassifierRun]:

@@ -11,13 +11,13 @@ from torch import nn
 from lumbar_fast import rsna
 from lumbar_fast.classifier.config import TrainConfig
 from lumbar_fast.errors import LumbarFastError
-from lumbar_fast.multislice import create_classifier
+from lumbar_fast.models.classifier import create_classifier
 
 
 # -- model, optimiser, schedule ------------------------------------------------
 def build_model(config: TrainConfig, channels: int, device: torch.device) -> nn.Module:
     """The classifier (3 classes) for crops of `channels` slices on `device`, in channels_last memory format:
-    the timm model, or the multi-slice model around it (lumbar_fast.multislice; `config.pooling` resolved).
+    the timm model, or the multi-slice model around it (models/classifier.py; `config.pooling` resolved).
 
     On CUDA, cuDNN autotuning picks the fastest kernels: every training batch has the same shape."""
     torch.backends.cudnn.benchmark = device.type == "cuda"

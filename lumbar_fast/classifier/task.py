@@ -4,9 +4,6 @@ predictions, and what its checkpoints hold (`lumbar_fast.training.task.TrainingT
 from __future__ import annotations
 
 import dataclasses
-import json
-import os
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -14,9 +11,9 @@ import pandas as pd
 import torch
 from torch import nn
 
-from lumbar_fast import distributed, multislice, recipes, rsna
-from lumbar_fast.cache import open_cache
-from lumbar_fast.classifier.config import MONITORS, TrainConfig
+from lumbar_fast import distributed, recipes, rsna, testhooks
+from lumbar_fast.cache import ImageSettings, open_cache
+from lumbar_fast.classifier.config import MONITORS, PANELS, TrainConfig
 from lumbar_fast.classifier.items import (
     Items,
     class_frequencies,
@@ -34,36 +31,35 @@ from lumbar_fast.classifier.steps import (
     make_step,
 )
 from lumbar_fast.errors import LumbarFastError
-from lumbar_fast.inference import amp_dtype_for, predict_items, resolve_device
+from lumbar_fast.inference import predict_items
 from lumbar_fast.loaders import Loader, LoaderConfig, build_loader, normalisation_stats
+from lumbar_fast.loaders.gpu import resolve_device
 from lumbar_fast.metrics import classification_summary
-from lumbar_fast.runfolder import CLASSIFIER_PANELS, RunFolder
+from lumbar_fast.models.classifier import uses_windows
+from lumbar_fast.runfolder import RunFolder
 from lumbar_fast.split import load_or_create_split, train_val_studies
+from lumbar_fast.training.amp import amp_dtype_for
 from lumbar_fast.training.records import EpochBar
 from lumbar_fast.training.rng import seed_everything
 from lumbar_fast.training.task import TaskKind, TrainingTask
-
-#: debugging and tests: a folder where each rank appends the training items of every epoch it trains to
-#: `items-rank{r}.jsonl` (the loop's own record of which items each rank saw)
-ITEM_LOG_ENV = "LUMBAR_FAST_ITEM_LOG"
 
 
 class ClassifierTask(TrainingTask):
     """One classifier run's items and optimisation (Adam, StepLR); loaders and the step live while epochs
     run."""
 
-    kind = TaskKind(weights_key="model", panels=CLASSIFIER_PANELS, monitors=MONITORS)
+    kind = TaskKind(panels=PANELS, monitors=MONITORS)
 
     def __init__(self, config: TrainConfig, device: torch.device, amp_dtype: torch.dtype | None,
-                 split: pd.DataFrame, items: tuple[Items, Items], model: nn.Module) -> None:
+                 split: pd.DataFrame, items: tuple[Items, Items], model: nn.Module,
+                 cache_settings: ImageSettings) -> None:
         optimizer = make_optimizer(model, config, device)
         super().__init__(config, device, amp_dtype, split, model, optimizer,
-                         make_scheduler(optimizer, config))
+                         make_scheduler(optimizer, config), cache_settings)
         self.train_items, self.val_items = train_items, val_items = items
         self.prior = class_frequencies(train_items.labels)
-        shape = np.load(train_items.images_path, mmap_mode="r").shape
-        self.loader_config = loader_config(config, device, amp_dtype, shape[-1])
-        self.meta = checkpoint_meta(config, shape, self.loader_config)
+        self.loader_config = loader_config(config, device, amp_dtype, cache_settings.channels)
+        self.meta = checkpoint_meta(config, cache_settings, self.loader_config)
 
     def __enter__(self) -> ClassifierTask:
         config, device = self.config, self.device
@@ -92,7 +88,7 @@ class ClassifierTask(TrainingTask):
                                self.config.progress and distributed.is_main(), self.device)
 
     def validate(self, epoch: int) -> tuple[dict[str, Any], pd.DataFrame]:
-        return validate(self.evaluator, self.val_loader, self.val_items, self.prior, self.amp_dtype,
+        return validation_results(self.evaluator, self.val_loader, self.val_items, self.prior, self.amp_dtype,
                         self.config.limit_batches)
 
     def checkpoint_meta(self) -> dict[str, Any]:
@@ -109,7 +105,7 @@ class ClassifierTask(TrainingTask):
                 f"| {record['train_images_per_s']:.0f} img/s")
 
 
-def prepare(config: TrainConfig, run: RunFolder) -> ClassifierTask:
+def prepare_classifier(config: TrainConfig, run: RunFolder) -> ClassifierTask:
     """Open the cache, split, build model, items and optimisation for `config` (no training yet). Every
     input check happens here, before the run folder gets its first file."""
     device = distributed.rank_device(resolve_device(config.device))
@@ -121,8 +117,7 @@ def prepare(config: TrainConfig, run: RunFolder) -> ClassifierTask:
         raise LumbarFastError(f"the cache {cache.path} has no items for sequence {config.sequence}")
     seed_everything(config.seed)
     distributed.on_main(cache.array_path, config.sequence, "levels")  # rank 0 exports a missing copy first
-    channels = np.load(cache.array_path(config.sequence, "levels"), mmap_mode="r").shape[-1]
-    model = build_model(config, channels, device)
+    model = build_model(config, cache.slices_per_crop(), device)
     items = level_items(cache, config)
     split = distributed.on_main(load_or_create_split, cache.study_labels(), cache.path, config.folds,
                                 config.split_seed, config.split_file)
@@ -131,7 +126,8 @@ def prepare(config: TrainConfig, run: RunFolder) -> ClassifierTask:
     train_items, val_items = split_items(in_view(items, cache, config, run), *studies)
     if config.control == "shuffled-labels":
         train_items = shuffled_labels(train_items, config.seed)
-    return ClassifierTask(config, device, amp_dtype, split, (train_items, val_items), model)
+    return ClassifierTask(config, device, amp_dtype, split, (train_items, val_items), model,
+                          cache.settings().images)
 
 
 def check_fold(config: TrainConfig, train_items: Items, val_items: Items) -> None:
@@ -147,7 +143,7 @@ def loader_config(config: TrainConfig, device: torch.device, amp_dtype: torch.dt
     """The loaders' settings for this run and rank (each rank its own share of every epoch) on crops of
     `channels` slices; float32 images when not autocasting. A multi-slice model normalises each window
     itself: its loaders scale to [0, 1]."""
-    scaled = multislice.uses_windows(config.pooling)
+    scaled = uses_windows(config.pooling)
     return LoaderConfig(batch_size=config.batch_size, device=str(device), workers=config.workers,
                         seed=config.seed, rank=distributed.rank(), world_size=distributed.world_size(),
                         augment=recipes.augment_config(config.augment, config.shift),
@@ -155,13 +151,13 @@ def loader_config(config: TrainConfig, device: torch.device, amp_dtype: torch.dt
                         mean=(0.0,) * channels if scaled else None, std=(1.0,) * channels if scaled else None)
 
 
-def checkpoint_meta(config: TrainConfig, shape: tuple[int, ...], cfg: LoaderConfig) -> dict[str, Any]:
+def checkpoint_meta(config: TrainConfig, images: ImageSettings, cfg: LoaderConfig) -> dict[str, Any]:
     """What inference needs besides the weights: model and its windows over the slices, sequence, view,
-    geometry of the training images (`shape`: N, S, S, C), normalisation."""
-    mean, std = normalisation_stats(cfg, shape[-1])
+    geometry of the training images (the cache's: S×S, C slices per crop), normalisation."""
+    mean, std = normalisation_stats(cfg, images.channels)
     return {"model_name": config.model, "pooling": config.pooling, "window_stride": config.window_stride,
             "window_padding": config.window_padding, "sequence": config.sequence, "view": config.view,
-            "image_size": int(shape[1]), "channels": int(shape[-1]), "mean": (mean / 255).tolist(),
+            "image_size": images.size, "channels": images.channels, "mean": (mean / 255).tolist(),
             "std": (std / 255).tolist(), "num_classes": len(rsna.SEVERITIES),
             "config": dataclasses.asdict(config)}
 
@@ -198,7 +194,7 @@ def train_one_epoch(step, model: nn.Module, loader: Loader, epoch: int, limit_ba
             images += len(batch.labels)
             seen.append(batch.items)
             bar.advance(images)
-        log_items(epoch, seen)
+        testhooks.log_items(epoch, distributed.rank(), distributed.world_size(), seen)
         sums = distributed.all_reduce_sum(torch.stack([loss_sum, correct, loss_sum.new_tensor(images)]))
         loss_total, correct_total, images = sums.tolist()  # .tolist() waits for the device
         seconds = bar.seconds()
@@ -206,20 +202,9 @@ def train_one_epoch(step, model: nn.Module, loader: Loader, epoch: int, limit_ba
             "train_images": int(images), "train_seconds": seconds, "train_images_per_s": images / seconds}
 
 
-def log_items(epoch: int, batches: list[torch.Tensor]) -> None:
-    """Append this rank's training items of `epoch` to the item log, when ITEM_LOG_ENV names a folder."""
-    folder = os.environ.get(ITEM_LOG_ENV)
-    if not folder:
-        return
-    items = torch.cat(batches).tolist() if batches else []
-    record = {"epoch": epoch, "rank": distributed.rank(), "world_size": distributed.world_size(),
-              "items": items}
-    with open(Path(folder) / f"items-rank{distributed.rank()}.jsonl", "a") as log:
-        log.write(json.dumps(record) + "\n")
-
-
-def validate(model: nn.Module, loader, items: Items, prior: np.ndarray, amp_dtype: torch.dtype | None,
-             limit_batches: int | None) -> tuple[dict[str, Any], pd.DataFrame]:
+def validation_results(model: nn.Module, loader, items: Items, prior: np.ndarray,
+                       amp_dtype: torch.dtype | None,
+                       limit_batches: int | None) -> tuple[dict[str, Any], pd.DataFrame]:
     """Metrics over the validation items (each exactly once, over all ranks) and their predictions table;
     every rank computes the same."""
     order, probs = distributed.all_gather_rows(*predict_items(model, loader, amp_dtype, limit_batches))

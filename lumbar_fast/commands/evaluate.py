@@ -29,11 +29,12 @@ def command(runs: tuple[Path, ...], out_dir: Path, cache_path: Path | None, n_bo
     all studies with runs for every fold): classifiers per sequence and, with all three sequences, the
     competition score; locators' point error, slice and level-name figures beside the mean-position
     baseline."""
-    from lumbar_fast.evaluate import EvaluateOptions, evaluate, format_report, written_files
+    from lumbar_fast.evaluate import EvaluateOptions, evaluate
     from lumbar_fast.predict import InferenceOptions
+    from lumbar_fast.report import REPORT_MD, format_report, written_files
 
     options = EvaluateOptions(InferenceOptions(device=device, amp=amp, batch_size=batch_size, tta=tta),
                               n_boot=n_boot, seed=seed, gallery_items=gallery_items)
     report = evaluate(runs, out_dir, cache_path, options)
     click.echo(format_report(report))
-    click.echo(f"\nreport: {out_dir / 'report.md'} (and {written_files(report)})")
+    click.echo(f"\nreport: {out_dir / REPORT_MD} (and {written_files(report)})")

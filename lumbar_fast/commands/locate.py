@@ -19,7 +19,7 @@ from lumbar_fast.commands.options import device_option
 def command(runs: tuple[Path, ...], cache_path: Path, out: Path, device: str) -> None:
     """Locate every level of every study in CACHE with locator RUNS (one per sequence); write the points."""
     from lumbar_fast.cache import open_cache
-    from lumbar_fast.locator import locate, write_coordinates
+    from lumbar_fast.locator.locate import locate, write_coordinates
 
     coordinates = locate(list(runs), open_cache(cache_path), device)
     write_coordinates(coordinates, out)

@@ -62,7 +62,8 @@ def command(model, weights, no_pretrained, pooling, window_stride, window_paddin
             seed, limit_batches, resume_dir, no_progress, nproc, **run) -> None:
     """Train one sequence's classifier; writes a run folder (config, metrics, curves, checkpoints).
     Under torchrun each process trains on its share of every epoch (DistributedDataParallel)."""
-    from lumbar_fast.train import TrainConfig, resume, train
+    from lumbar_fast.classifier.config import TrainConfig
+    from lumbar_fast.classifier.runs import resume, train
 
     if nproc > 1:
         relaunch_under_torchrun(nproc, device)

@@ -1,4 +1,5 @@
-"""`lumbar-fast train-locator`: a level locator per MRI sequence on the cache's stacks (locator_train)."""
+"""`lumbar-fast train-locator`: a level locator per MRI sequence on the cache's stacks
+(lumbar_fast.locator)."""
 
 from __future__ import annotations
 
@@ -30,7 +31,8 @@ from lumbar_fast.commands import options
 def command(model, no_pretrained, image_size, width, epochs, lr, patience, monitor, max_slices, no_augment,
             amp, device, seed, limit_series, resume_dir, no_progress, **run) -> None:
     """Train a sequence's locator: which slice holds each level's point, and where on it."""
-    from lumbar_fast.locator_train import LocatorConfig, resume_locator, train_locator
+    from lumbar_fast.locator.config import LocatorConfig
+    from lumbar_fast.locator.runs import resume_locator, train_locator
 
     config = partial(
         LocatorConfig, **run, model=model, pretrained=not no_pretrained, image_size=image_size, width=width,

@@ -20,6 +20,7 @@ from nvidia.dali.plugin.pytorch import feed_ndarray
 from lumbar_fast.loaders import Batch, LoaderConfig, normalisation_stats
 from lumbar_fast.loaders.schedule import EpochPlan
 from lumbar_fast.loaders.source import BatchSource
+from lumbar_fast.npy import item_shape
 
 
 def _pinned_device(device: torch.device) -> torch.device:
@@ -40,7 +41,7 @@ class DaliLoader:
         self._cuda = self._device.type == "cuda"
         self._dtype = cfg.dtype or (torch.float16 if self._cuda else torch.float32)
         self._plan = EpochPlan(len(rows), cfg.batch_size, cfg.seed, cfg.rank, cfg.world_size, train)
-        channels = np.load(images_path, mmap_mode="r").shape[3]
+        channels = item_shape(images_path)[-1]
         mean, std = normalisation_stats(cfg, channels)
         self._source = BatchSource(str(images_path), rows, labels, self._plan, mean, std,
                                    cfg.augment if train else None)

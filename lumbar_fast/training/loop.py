@@ -1,30 +1,24 @@
-"""The epoch loop every task trains with: start a run, resume one, and fit from where it stands.
-
-`LUMBAR_FAST_KILL_AFTER_EPOCHS=N` makes the process SIGKILL itself right after epoch N's files are
-committed: a crash at a known point, so that the kill-and-resume tests need no polling.
-"""
+"""The epoch loop every task trains with: start a run, resume one, and fit from where it stands (its kill
+point for the resume tests is a test hook: lumbar_fast/testhooks.py)."""
 
 from __future__ import annotations
 
 import dataclasses
-import os
-import signal
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
-from lumbar_fast import distributed
+from lumbar_fast import distributed, testhooks
 from lumbar_fast.errors import LumbarFastError
-from lumbar_fast.inference import resolve_device
+from lumbar_fast.loaders.gpu import resolve_device
 from lumbar_fast.runfolder import LAST, SPLIT, RunFolder
-from lumbar_fast.training.checkpoint import Progress, commit_epoch, restore
+from lumbar_fast.training.checkpoint import RunState, commit_epoch, restore
 from lumbar_fast.training.config import TaskConfig
 from lumbar_fast.training.records import plain
 from lumbar_fast.training.stopping import EarlyStopping, update_everywhere
 from lumbar_fast.training.task import TrainingTask
 
-KILL_ENV = "LUMBAR_FAST_KILL_AFTER_EPOCHS"
 C = TypeVar("C", bound=TaskConfig)
 Prepare = Callable[[C, RunFolder], TrainingTask]
 
@@ -41,8 +35,8 @@ def start(config: C, prepare: Prepare) -> Path:
     with distributed.process_group(resolve_device(config.device)):
         run = distributed.on_main(new_run_folder, config)
         task = prepare(config, run)
-        distributed.on_main(run.write_config, dataclasses.asdict(config))
-        return fit(run, task, Progress(EarlyStopping(task.mode, config.patience)))
+        distributed.on_main(run.write_config, dataclasses.asdict(config), task.cache_settings.record())
+        return fit(run, task, RunState(EarlyStopping(task.mode, config.patience)))
 
 
 def resume(run_dir: str | Path, read_config: Callable[[dict[str, Any]], C], prepare: Prepare) -> Path:
@@ -57,17 +51,17 @@ def resume(run_dir: str | Path, read_config: Callable[[dict[str, Any]], C], prep
     with distributed.process_group(resolve_device(config.device)):
         state = run.load_checkpoint(LAST)
         task = prepare(config, run)
-        progress = restore(run, task, state)
-        distributed.on_main(run.write_metrics, progress.records, task.kind.panels)
-        return fit(run, task, progress)
+        run_state = restore(run, task, state)
+        distributed.on_main(run.write_metrics, run_state.records, task.kind.panels)
+        return fit(run, task, run_state)
 
 
-def fit(run: RunFolder, task: TrainingTask, progress: Progress) -> Path:
-    """Train from progress.start_epoch to the last epoch or an early stop, committing every epoch."""
+def fit(run: RunFolder, task: TrainingTask, run_state: RunState) -> Path:
+    """Train from run_state.start_epoch to the last epoch or an early stop, committing every epoch."""
     distributed.on_main(write_split, run, task)
     with task:
-        for epoch in range(progress.start_epoch, task.config.epochs):
-            if progress.stopper.should_stop:
+        for epoch in range(run_state.start_epoch, task.config.epochs):
+            if run_state.stopper.should_stop:
                 break
             lr = task.optimizer.param_groups[0]["lr"]
             started = time.perf_counter()
@@ -75,12 +69,12 @@ def fit(run: RunFolder, task: TrainingTask, progress: Progress) -> Path:
             distributed.broadcast_buffers(task.model)  # every rank validates rank 0's model, the saved one
             val_metrics, predictions = task.validate(epoch)
             task.scheduler.step()
-            improved = update_everywhere(progress.stopper, float(val_metrics[task.monitor]), epoch)
+            improved = update_everywhere(run_state.stopper, float(val_metrics[task.monitor]), epoch)
             record = {"epoch": epoch + 1, "lr": float(lr), **train_metrics, **val_metrics, "best": improved,
                       "epoch_seconds": time.perf_counter() - started}
-            progress.records.append(plain(record))
-            distributed.on_main(commit_epoch, run, task, progress, predictions if improved else None)
-            kill_point(epoch + 1)
+            run_state.records.append(plain(record))
+            distributed.on_main(commit_epoch, run, task, run_state, predictions if improved else None)
+            testhooks.kill_after_epochs(epoch + 1)
     return run.path
 
 
@@ -88,9 +82,3 @@ def write_split(run: RunFolder, task: TrainingTask) -> None:
     """split.csv, once: a resumed run keeps the one it started with."""
     if not run.file(SPLIT).is_file():
         run.write_table(SPLIT, task.split)
-
-
-def kill_point(epochs_committed: int) -> None:
-    """SIGKILL this process once KILL_ENV's number of epochs is committed (tests of resume after a crash)."""
-    if os.environ.get(KILL_ENV) == str(epochs_committed):
-        os.kill(os.getpid(), signal.SIGKILL)

@@ -15,6 +15,7 @@ import pandas as pd
 import torch
 from torch import nn
 
+from lumbar_fast.cache import ImageSettings
 from lumbar_fast.runfolder import Panels
 from lumbar_fast.training.amp import make_scaler
 from lumbar_fast.training.config import TaskConfig
@@ -22,10 +23,8 @@ from lumbar_fast.training.config import TaskConfig
 
 @dataclass(frozen=True)
 class TaskKind:
-    """How a kind of task's run folder reads: where checkpoints hold the weights (each task's readers
-    expect their own key), curves.png's panels, and what --monitor may watch."""
+    """How a kind of task's run folder reads: curves.png's panels, and what --monitor may watch."""
 
-    weights_key: str
     panels: Panels
     monitors: dict[str, tuple[str, str]]  # --monitor -> (validation record key, "min" | "max")
 
@@ -37,8 +36,9 @@ class TrainingTask(ABC):
 
     def __init__(self, config: TaskConfig, device: torch.device, amp_dtype: torch.dtype | None,
                  split: pd.DataFrame, model: nn.Module, optimizer: torch.optim.Optimizer,
-                 scheduler: torch.optim.lr_scheduler.LRScheduler) -> None:
+                 scheduler: torch.optim.lr_scheduler.LRScheduler, cache_settings: ImageSettings) -> None:
         self.config, self.device, self.amp_dtype = config, device, amp_dtype
+        self.cache_settings = cache_settings  # of the training cache: config.json and checkpoints record them
         self.split = split  # the study-level split, copied into the run folder as split.csv
         self.model = model  # the bare model: its state_dict is what checkpoints hold
         self.optimizer, self.scheduler = optimizer, scheduler

@@ -24,7 +24,7 @@ from torch import nn
 
 from lumbar_fast.errors import LumbarFastError
 from lumbar_fast.loaders import IMAGENET_MEAN, IMAGENET_STD
-from lumbar_fast.model import create_model
+from lumbar_fast.models.backbone import create_model
 
 POOLINGS = ("stem", "attention", "gru")
 PADDINGS = ("valid", "edge")
@@ -142,7 +142,7 @@ def create_classifier(name: str, channels: int, pooling: str = "stem", stride: i
 
 
 def architecture(meta: dict[str, Any]) -> dict[str, Any]:
-    """create_classifier's arguments from a checkpoint's meta (runs before multi-slice models: `stem`)."""
-    return {"name": meta["model_name"], "channels": meta["channels"], "pooling": meta.get("pooling", "stem"),
-            "stride": meta.get("window_stride", 1), "padding": meta.get("window_padding", "valid"),
+    """create_classifier's arguments from a checkpoint's meta."""
+    return {"name": meta["model_name"], "channels": meta["channels"], "pooling": meta["pooling"],
+            "stride": meta["window_stride"], "padding": meta["window_padding"],
             "num_classes": meta["num_classes"]}

@@ -11,8 +11,8 @@ studied sequences alone. Each figure is the mean over the training seeds ± thei
 bootstrap interval over test studies of that mean; training and inference images/s and peak memory of every
 model beside them. docs/multislice.md holds the figures.
 
-    python -m benchmarks.multislice --data PHANTOM --locators RUNS --json multislice.json   # CPU, 64 px
-    python -m benchmarks.multislice --data PHANTOM --locators RUNS --sequences all --variants NAME
+    python -m studies.multislice --data PHANTOM --locators RUNS --json multislice.json   # CPU, 64 px
+    python -m studies.multislice --data PHANTOM --locators RUNS --sequences all --variants NAME
 """
 
 from __future__ import annotations
@@ -20,26 +20,25 @@ from __future__ import annotations
 import argparse
 import hashlib
 import multiprocessing
-import shutil
 import statistics
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from benchmarks import common
 from lumbar_fast import metrics, rsna
 from lumbar_fast.cache import CacheReader, open_cache
+from lumbar_fast.classifier.config import TrainConfig
 from lumbar_fast.classifier.runs import read_run
 from lumbar_fast.csvfile import read_csv
 from lumbar_fast.errors import LumbarFastError
 from lumbar_fast.ingest import COORDINATE_COLUMNS, ingest
-from lumbar_fast.locator import locate, write_coordinates
-from lumbar_fast.multislice import SliceWindows
+from lumbar_fast.locator.locate import locate, write_coordinates
+from lumbar_fast.models.classifier import SliceWindows
 from lumbar_fast.predict import (
     InferenceOptions,
     crop_predictions,
@@ -47,43 +46,35 @@ from lumbar_fast.predict import (
     location_probabilities,
     sequence_priors,
 )
-from lumbar_fast.runfolder import LAST, RunFolder
-from lumbar_fast.train import TrainConfig, resume, train
+from lumbar_fast.report import markdown_table
+from lumbar_fast.runfolder import RunFolder
+from studies import common
+from studies.common import Variant, best_record, cell, mean_sd
 
 SLICE_SHIFTS = (-2, -1, 1, 2)
 #: the competition term each sequence's classifier predicts
 TERM_OF = {seq.name: rsna.CONDITION_GROUP[seq.conditions[0]] for seq in rsna.SEQUENCES.values()}
 
 
-@dataclass(frozen=True)
-class Variant:
-    """One model of the study: slices per crop (ingest --channels) and TrainConfig changes from the
-    defaults."""
-
-    name: str
-    slices: int = 3
-    changes: dict[str, Any] = field(default_factory=dict)
-
-
 VARIANTS: tuple[Variant, ...] = (
-    Variant("3 slices (default)"),
-    Variant("9 slices, stem", 9, {"pooling": "stem"}),
-    Variant("5 slices, attention", 5, {"pooling": "attention"}),
-    Variant("7 slices, attention", 7, {"pooling": "attention"}),
-    Variant("9 slices, attention", 9, {"pooling": "attention"}),
-    Variant("5 slices, gru", 5, {"pooling": "gru"}),
-    Variant("9 slices, gru", 9, {"pooling": "gru"}),
-    Variant("9 slices, attention, stride 2", 9, {"pooling": "attention", "window_stride": 2}),
-    Variant("5 slices, attention, edge", 5, {"pooling": "attention", "window_padding": "edge"}),
-    Variant("9 slices, attention, 10 epochs (StepLR 4)", 9,
-            {"pooling": "attention", "epochs": 10, "step_size": 4}),
-    Variant("3 slices, shift 0.125", 3, {"shift": 0.125}),
-    Variant("9 slices, attention, shift 0.125", 9, {"pooling": "attention", "shift": 0.125}),
+    Variant("3 slices (default)", slices=3),
+    Variant("9 slices, stem", {"pooling": "stem"}, 9),
+    Variant("5 slices, attention", {"pooling": "attention"}, 5),
+    Variant("7 slices, attention", {"pooling": "attention"}, 7),
+    Variant("9 slices, attention", {"pooling": "attention"}, 9),
+    Variant("5 slices, gru", {"pooling": "gru"}, 5),
+    Variant("9 slices, gru", {"pooling": "gru"}, 9),
+    Variant("9 slices, attention, stride 2", {"pooling": "attention", "window_stride": 2}, 9),
+    Variant("5 slices, attention, edge", {"pooling": "attention", "window_padding": "edge"}, 5),
+    Variant("9 slices, attention, 10 epochs (StepLR 4)",
+            {"pooling": "attention", "epochs": 10, "step_size": 4}, 9),
+    Variant("3 slices, shift 0.125", {"shift": 0.125}, 3),
+    Variant("9 slices, attention, shift 0.125", {"pooling": "attention", "shift": 0.125}, 9),
 )
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = common.base_parser(__doc__.splitlines()[0], repeats=1)
+    parser = common.parser(__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, required=True,
                         help="a phantom folder with a test split and its answer key (lumbar-fast synth)")
     parser.add_argument("--locators", type=Path, required=True,
@@ -112,17 +103,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if unknown:
         parser.error(f"unknown sequence {unknown[0]!r}; choose from {', '.join(rsna.SEQUENCES)} or all")
     return args
-
-
-def chosen_variants(names: str) -> list[Variant]:
-    """The variants asked for by name (semicolon-separated), or all."""
-    by_name = {variant.name: variant for variant in VARIANTS}
-    if names == "all":
-        return list(VARIANTS)
-    unknown = [name for name in names.split(";") if name not in by_name]
-    if unknown:
-        raise LumbarFastError(f"unknown variant {unknown[0]!r}; choose from {'; '.join(by_name)}")
-    return [by_name[name] for name in names.split(";")]
 
 
 # -- the judged sets: the test split's crops at labelled, slice-shifted and located points -------------
@@ -201,15 +181,10 @@ def train_run(args: argparse.Namespace, sequence: str, cache: Path, run_dir: Pat
               changes: dict[str, Any]) -> Path:
     """One default-recipe run: a folder with a last.pt is resumed (at once when finished), one without is
     started afresh."""
-    if (run_dir / LAST).is_file():
-        resume(run_dir)
-    else:
-        shutil.rmtree(run_dir, ignore_errors=True)  # killed before its first epoch
-        settings = dict(sequence=sequence, cache=str(cache), run_dir=str(run_dir), model=args.model,
-                        pretrained=args.pretrained, epochs=args.epochs, device=args.device, loader="torch",
-                        workers=args.workers, seed=seed, progress=False)
-        train(TrainConfig(**{**settings, **changes}))
-    return run_dir
+    settings = {"sequence": sequence, "cache": str(cache), "model": args.model, "pretrained": args.pretrained,
+                "epochs": args.epochs, "device": args.device, "loader": "torch", "workers": args.workers,
+                "seed": seed, "progress": False}
+    return common.train_run(run_dir, settings, changes)
 
 
 def crops_of(run_dirs: list[Path], cache: Path, device: str) -> tuple[pd.DataFrame, float]:
@@ -259,9 +234,8 @@ def crop_figures(judged: Judged) -> dict[str, dict[str, float]]:
     result = {}
     for sequence, crops in judged.crops[judged.crops["severity"] != rsna.MISSING].groupby("sequence"):
         probs = crops[[f"p_{name}" for name in rsna.SUBMISSION_COLUMNS]].to_numpy()
-        summary = metrics.classification_summary(crops["severity"].to_numpy(), probs, judged.priors[sequence])
-        result[sequence] = {"balanced_accuracy": summary["balanced_accuracy"],
-                            "wll_ratio": summary["weighted_log_loss"] / summary["prior_weighted_log_loss"]}
+        figures = common.judge(crops["severity"].to_numpy(), probs, judged.priors[sequence])
+        result[sequence] = {key: figures[key] for key in ("balanced_accuracy", "wll_ratio")}
     return result
 
 
@@ -291,11 +265,6 @@ def intervals(by_set: dict[str, list[Judged]], n_boot: int) -> dict[str, dict[st
     return nested
 
 
-def mean_sd(values: list[float]) -> dict[str, float]:
-    """Mean and sample standard deviation (0 for a single value)."""
-    return {"mean": statistics.fmean(values), "sd": statistics.stdev(values) if len(values) > 1 else 0.0}
-
-
 # -- speed and memory ------------------------------------------------
 def speed(args: argparse.Namespace, variant: Variant) -> dict[str, float]:
     """Training and inference images/s and peak memory of the variant's model, in a fresh process (its peak
@@ -311,7 +280,7 @@ def _speed_in_process(model_name: str, slices: int, changes: dict[str, Any], siz
     """speed's worker: time `steps` Adam training steps and inference passes on random crops."""
     import torch
 
-    from lumbar_fast.multislice import create_classifier
+    from lumbar_fast.models.classifier import create_classifier
 
     device = torch.device(device_name)
     config = TrainConfig(sequence="sag_t1", cache="-", **changes).resolved(slices)
@@ -415,7 +384,7 @@ def study_variant(args: argparse.Namespace, variant: Variant, sets: TestSets, fi
 
 def best_epoch(run_dir: Path) -> int:
     """The epoch of the run's best.pt."""
-    return [record for record in RunFolder(run_dir).read_metrics() if record["best"]][-1]["epoch"]
+    return best_record(run_dir)["epoch"]
 
 
 def fixed_crops(args: argparse.Namespace, sets: TestSets, train_cache: Path,
@@ -439,10 +408,6 @@ def table(results: list[dict[str, Any]], sets: list[str]) -> str:
     interval at the labelled and located points) and the ratio (mean ± sd of the seeds' ratios, with the
     interval of the ratio of the seed-mean scores); the studied terms at the labelled and
     located points; the studied sequences' balanced accuracy."""
-    def cell(stats: dict[str, float], interval: tuple[float, float] | None = None, digits: int = 3) -> str:
-        text = f"{stats['mean']:.{digits}f} ± {stats['sd']:.{digits}f}"
-        return text + (f" [{interval[0]:.{digits}f}, {interval[1]:.{digits}f}]" if interval else "")
-
     sequences = results[0]["sequences"]
     terms = list(dict.fromkeys(TERM_OF[seq] for seq in sequences))
     header = ["variant", *(f"score {name}" for name in sets), "located ÷ labelled",
@@ -451,14 +416,15 @@ def table(results: list[dict[str, Any]], sets: list[str]) -> str:
     rows = []
     for result in results:
         s, ci = result["summary"], result["intervals"]
+        bounded = ("labelled", "located")
         rows.append([result["variant"],
-                     *(cell(s[name]["score"], ci[name]["score"] if name in ("labelled", "located") else None)
+                     *(cell(s[name]["score"], 3, ci[name]["score"] if name in bounded else None)
                        for name in sets),
-                     cell(s["ratio"], ci["ratio"]["value"]),
+                     cell(s["ratio"], 3, ci["ratio"]["value"]),
                      *(cell(s[name][term]) for term in terms for name in ("labelled", "located")),
                      *(cell(s["labelled"]["crops"][seq]["balanced_accuracy"], digits=2)
                        for seq in sequences)])
-    return common.markdown_table(header, rows)
+    return markdown_table(header, rows)
 
 
 def speed_table(results: list[dict[str, Any]], args: argparse.Namespace) -> str:
@@ -466,7 +432,7 @@ def speed_table(results: list[dict[str, Any]], args: argparse.Namespace) -> str:
     rows = [[result["variant"], result["windows"], f"{result['speed']['train_images_per_s']:.0f}",
              f"{result['speed']['inference_images_per_s']:.0f}", f"{result['speed']['peak_memory_mb']:.0f}",
              f"{result['speed']['parameters_m']:.2f}"] for result in results]
-    return (common.markdown_table(["variant", "backbone passes per item", "train img/s", "inference img/s",
+    return (markdown_table(["variant", "backbone passes per item", "train img/s", "inference img/s",
                                    "peak MB", "parameters (M)"], rows)
             + f"\n\n{args.model}, {args.size} px, batch {args.speed_batch}, {args.device}, "
               f"{args.speed_steps} timed steps after one warm-up, a fresh process per model.")
@@ -475,7 +441,7 @@ def speed_table(results: list[dict[str, Any]], args: argparse.Namespace) -> str:
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     try:
-        variants = chosen_variants(args.variants)
+        variants = common.chosen(VARIANTS, args.variants)
     except LumbarFastError as exc:
         raise SystemExit(f"error: {exc}") from None
     if args.speed_only:

@@ -8,9 +8,9 @@ epoch: balanced accuracy and weighted log loss ÷ the training prior's, mean ± 
 pairs, with the smallest per-class support beside them. docs/recipe.md holds the figures that chose the
 defaults.
 
-    python -m benchmarks.recipe --json recipe.json                  # tiny model on CPU, ~1 h on 2 cores
-    python -m benchmarks.recipe --device cuda --pretrained          # tf_efficientnetv2_s at 224 on a GPU
-    python -m benchmarks.recipe --cache CACHE --pairs 0:1,0:2,0:3   # your own cache: judged on fold 0
+    python -m studies.recipe --json recipe.json                  # tiny model on CPU, ~1 h on 2 cores
+    python -m studies.recipe --device cuda --pretrained          # tf_efficientnetv2_s at 224 on a GPU
+    python -m studies.recipe --cache CACHE --pairs 0:1,0:2,0:3   # your own cache: judged on fold 0
 
 On a GPU the defaults become the product's: tf_efficientnetv2_s, 224-pixel crops of 384-pixel phantoms.
 """
@@ -18,39 +18,25 @@ On a GPU the defaults become the product's: tf_efficientnetv2_s, 224-pixel crops
 from __future__ import annotations
 
 import argparse
-import statistics
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from benchmarks import common
 from lumbar_fast import rsna
 from lumbar_fast.cache import open_cache
 from lumbar_fast.classifier.runs import read_run
 from lumbar_fast.errors import LumbarFastError
 from lumbar_fast.ingest import ingest
 from lumbar_fast.loaders.gpu import resolve_device
-from lumbar_fast.metrics import classification_summary
 from lumbar_fast.phantom import PhantomOptions, generate
 from lumbar_fast.predict import InferenceOptions, predict_crops
 from lumbar_fast.recipes import AUGMENTATIONS
+from lumbar_fast.report import markdown_table
 from lumbar_fast.runfolder import RunFolder
-from lumbar_fast.train import TrainConfig, train
-
-
-@dataclass(frozen=True)
-class Variant:
-    """One cell of the study: TrainConfig changes from the default recipe, and the data it trains on."""
-
-    name: str
-    changes: dict[str, Any] = field(default_factory=dict)
-    canonical_side: bool = True  # ingest's subarticular crop design
-    signal: float = 1.0  # the phantom's signal strength
-    sequences: tuple[str, ...] = tuple(rsna.SEQUENCES)
-
+from studies import common
+from studies.common import Variant, best_record, cell, mean_sd
 
 VARIANTS: tuple[Variant, ...] = (
     Variant("default"),
@@ -76,7 +62,7 @@ VARIANTS: tuple[Variant, ...] = (
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = common.base_parser(__doc__.splitlines()[0], repeats=1)
+    parser = common.parser(__doc__.splitlines()[0])
     parser.add_argument("--pairs", default="201:1,202:2,203:3",
                         help="comma list of PHANTOM_SEED:TRAINING_SEED pairs (seeds the tests do not use)")
     parser.add_argument("--variants", default="all", help="semicolon-separated variant names, or all")
@@ -111,12 +97,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def chosen_variants(args: argparse.Namespace) -> list[Variant]:
     """The variants asked for, less those that re-make the data when the data is the user's own cache."""
-    by_name = {variant.name: variant for variant in VARIANTS}
-    names = list(by_name) if args.variants == "all" else args.variants.split(";")
-    unknown = [name for name in names if name not in by_name]
-    if unknown:
-        raise LumbarFastError(f"unknown variant {unknown[0]!r}; choose from {', '.join(by_name)}")
-    variants = [by_name[name] for name in names]
+    variants = common.chosen(VARIANTS, args.variants)
     if args.cache:
         variants = [v for v in variants if v.canonical_side and v.signal == 1.0]
     return variants
@@ -152,15 +133,15 @@ def run_variant(args: argparse.Namespace, variant: Variant, sequence: str, pair:
     else:
         train_cache, test_cache = phantom_caches(args, phantom_seed, variant.signal, variant.canonical_side)
     run_dir = runs / f"{sequence}-{variant.name.replace(' ', '_')}-{phantom_seed}-{train_seed}"
-    settings = dict(sequence=sequence, cache=str(train_cache), run_dir=str(run_dir), model=args.model,
-                    pretrained=args.pretrained, weights=args.weights, epochs=args.epochs,
-                    batch_size=args.batch_size, device=args.device, loader=args.loader, workers=args.workers,
-                    seed=train_seed, progress=False)
+    settings = {"sequence": sequence, "cache": str(train_cache), "model": args.model,
+                "pretrained": args.pretrained, "weights": args.weights, "epochs": args.epochs,
+                "batch_size": args.batch_size, "device": args.device, "loader": args.loader,
+                "workers": args.workers, "seed": train_seed, "progress": False}
     started = time.perf_counter()
-    train(TrainConfig(**{**settings, **variant.changes}))
+    common.train_run(run_dir, settings, variant.changes)
     seconds = time.perf_counter() - started
     records = RunFolder(run_dir).read_metrics()
-    best = [record for record in records if record["best"]][-1]
+    best = best_record(run_dir)
     judged = judge(run_dir, test_cache, args.device) if test_cache else validation_figures(best)
     return {"variant": variant.name, "sequence": sequence, "phantom_seed": phantom_seed,
             "train_seed": train_seed, "best_epoch": best["epoch"], "epochs_run": len(records),
@@ -174,22 +155,16 @@ def judge(run_dir: Path, test_cache: Path, device: str) -> dict[str, Any]:
     labels = cache.level_labels(run.sequence)
     rows = np.flatnonzero(labels["severity"].to_numpy() != rsna.MISSING)
     probs = predict_crops(run, cache, rows, InferenceOptions(device=device))
-    summary = classification_summary(labels["severity"].to_numpy()[rows], probs, run.prior)
-    return figures(summary["balanced_accuracy"], summary["weighted_log_loss"],
-                   summary["prior_weighted_log_loss"], summary["support"], "held-out test split")
+    return {**common.judge(labels["severity"].to_numpy()[rows], probs, run.prior),
+            "judged_on": "held-out test split"}
 
 
 def validation_figures(best: dict[str, Any]) -> dict[str, Any]:
     """The best epoch's own validation figures (a user's cache has no answer key)."""
-    return figures(best["val_balanced_accuracy"], best["val_weighted_log_loss"],
-                   best["val_prior_weighted_log_loss"], best["val_support"], "validation fold (fold 0)")
-
-
-def figures(balanced: float, wll: float, prior_wll: float, support: list[int],
-            judged_on: str) -> dict[str, Any]:
-    """The judged figures of one run, in the study's JSON record."""
-    return {"balanced_accuracy": balanced, "wll_ratio": wll / prior_wll, "weighted_log_loss": wll,
-            "support": support, "judged_on": judged_on}
+    wll = best["val_weighted_log_loss"]
+    return {"balanced_accuracy": best["val_balanced_accuracy"],
+            "wll_ratio": wll / best["val_prior_weighted_log_loss"], "weighted_log_loss": wll,
+            "support": best["val_support"], "judged_on": "validation fold (fold 0)"}
 
 
 # -- the table ------------------------------------------------
@@ -200,20 +175,13 @@ def summarise(rows: list[dict[str, Any]]) -> dict[str, dict[str, dict[str, Any]]
     for row in rows:
         cells.setdefault(row["sequence"], {}).setdefault(row["variant"], {"runs": []})["runs"].append(row)
     for variants in cells.values():
-        for cell in variants.values():
-            runs = cell.pop("runs")
+        for stats in variants.values():
+            runs = stats.pop("runs")
             for key in ("balanced_accuracy", "wll_ratio", "best_epoch"):
-                values = [run[key] for run in runs]
-                cell[key] = {"mean": statistics.fmean(values),
-                             "sd": statistics.stdev(values) if len(values) > 1 else 0.0}
-            cell["pairs"] = len(runs)
-            cell["min_support"] = np.min([run["support"] for run in runs], axis=0).tolist()
+                stats[key] = mean_sd([run[key] for run in runs])
+            stats["pairs"] = len(runs)
+            stats["min_support"] = np.min([run["support"] for run in runs], axis=0).tolist()
     return cells
-
-
-def mean_sd(stats: dict[str, float], digits: int = 2) -> str:
-    """A table cell: mean ± standard deviation."""
-    return f"{stats['mean']:.{digits}f} ± {stats['sd']:.{digits}f}"
 
 
 def table(cells: dict[str, dict[str, dict[str, Any]]], judged_on: str) -> str:
@@ -225,14 +193,14 @@ def table(cells: dict[str, dict[str, dict[str, Any]]], judged_on: str) -> str:
     for name in variants:
         row = [name]
         for seq in sequences:
-            cell = cells[seq].get(name)
-            row += [mean_sd(cell["balanced_accuracy"]), mean_sd(cell["wll_ratio"])] if cell else ["", ""]
+            stats = cells[seq].get(name)
+            row += [cell(stats["balanced_accuracy"], 2), cell(stats["wll_ratio"], 2)] if stats else ["", ""]
         rows.append(row)
     support = "; ".join(
         f"{seq} {'/'.join(map(str, np.min([c['min_support'] for c in cells[seq].values()], axis=0)))}"
         for seq in sequences)
-    pairs = max(cell["pairs"] for seq in sequences for cell in cells[seq].values())
-    return (common.markdown_table(header, rows) + f"\n\nMean ± standard deviation over {pairs} (phantom "
+    pairs = max(stats["pairs"] for seq in sequences for stats in cells[seq].values())
+    return (markdown_table(header, rows) + f"\n\nMean ± standard deviation over {pairs} (phantom "
             f"seed, training seed) pairs, judged on the {judged_on}; smallest judged items per class "
             f"(normal/mild, moderate, severe): {support}.")
 

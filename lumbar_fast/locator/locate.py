@@ -1,0 +1,56 @@
+"""`locate`: every level's point in every study of a cache, from trained locator runs, written as a
+train_label_coordinates.csv file (which `ingest --coordinates` reads)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+
+from lumbar_fast import rsna
+from lumbar_fast.cache import CacheReader
+from lumbar_fast.errors import LumbarFastError
+from lumbar_fast.loaders.gpu import resolve_device
+from lumbar_fast.loaders.series import model_input
+from lumbar_fast.locator.decode import (
+    decode_series,
+    prediction_table,
+    to_coordinates_csv,
+)
+from lumbar_fast.locator.runs import (
+    check_cache,
+    checkpoint_model,
+    load_locator_checkpoint,
+)
+from lumbar_fast.locator.targets import series_of
+from lumbar_fast.runfolder import atomic_write
+
+
+def locate(runs: list[Path], cache: CacheReader, device: str = "auto") -> pd.DataFrame:
+    """Coordinates (train_label_coordinates.csv format) for every study of `cache`, from locator runs;
+    `device` auto, cuda or cpu."""
+    target = resolve_device(device)
+    tables = []
+    for run in runs:
+        state = load_locator_checkpoint(run)
+        sequence = state["sequence"]
+        if sequence not in cache.sequences():
+            raise LumbarFastError(f"cache {cache.path} has no {sequence} stacks for locator run {run}")
+        check_cache(state, cache, run)
+        model = checkpoint_model(state).to(target)
+        stack_index, images = cache.stack_index(sequence), cache.stack_images(sequence)
+        targets = [tuple(t) for t in state["targets"]]
+        for series in series_of(stack_index):
+            inputs = model_input(images, series, state["image_size"], target)
+            heatmaps, slice_logits = model.predict(inputs, series.layout(target))
+            prediction = decode_series(heatmaps, slice_logits)
+            tables.append(prediction_table(series, prediction, stack_index, targets))
+    if not tables:
+        return pd.DataFrame(columns=list(rsna.COORDINATE_COLUMNS))
+    return to_coordinates_csv(pd.concat(tables, ignore_index=True))
+
+
+def write_coordinates(coordinates: pd.DataFrame, path: Path) -> None:
+    """Write located points as a train_label_coordinates.csv file, atomically (never a half-written file)."""
+    columns = list(rsna.COORDINATE_COLUMNS)
+    atomic_write(Path(path), lambda tmp: coordinates.to_csv(tmp, index=False, columns=columns))
