@@ -137,7 +137,7 @@ def default_runs(real_balance_cache, tmp_path_factory) -> dict[str, Path]:
 @pytest.fixture(scope="session")
 def sag_t1_cache(make_cache, real_balance_data, tmp_path_factory) -> Callable[..., Path]:
     """Factory: `sag_t1_cache(channels)` -> real_balance_data's Sagittal T1 series alone, ingested with
-    `channels`-slice crops at 32 px (the other series left out of a linked copy: a quarter of the decoding)."""
+    `channels`-slice crops at 32 px (the other series left out of a linked copy: a quarter of the work)."""
     root = tmp_path_factory.mktemp("sag-t1") / "rsna"
     shutil.copytree(real_balance_data, root, copy_function=os.link)
     descriptions = root / "train_series_descriptions.csv"
