@@ -24,9 +24,11 @@ from lumbar_fast import metrics, rsna
 from lumbar_fast.cache import CacheReader, open_cache
 from lumbar_fast.classifier.runs import ClassifierRun, read_run_split, read_runs, runs_by_sequence
 from lumbar_fast.errors import LumbarFastError
+from lumbar_fast.ingest.plan import label_files
 from lumbar_fast.loaders.gpu import resolve_device
 from lumbar_fast.locator.metrics import LOCALISATION_FIGURES, summarise_localisation
 from lumbar_fast.locator.runs import RunEvaluation, evaluate_run, is_locator_run
+from lumbar_fast.phantom.answer_key import best_possible, gap_report
 from lumbar_fast.plots import plot_confusions
 from lumbar_fast.predict import (
     PROBABILITY_COLUMNS,
@@ -172,12 +174,22 @@ def competition(crops: pd.DataFrame, cache: CacheReader, runs: Sequence[Classifi
         return {name: metrics.competition_losses(copies, conditions[rows], y[rows], p[rows])["score"]
                 for name, p in (("score", p_model), ("prior_score", p_prior))}
 
+    model = metrics.competition_losses(study_ids, conditions, y, p_model)
+    prior = metrics.competition_losses(study_ids, conditions, y, p_prior)
     return {
-        "studies": len(common), "filled_rows": int(filled.filled.sum()),
-        "model": metrics.competition_losses(study_ids, conditions, y, p_model),
-        "prior": metrics.competition_losses(study_ids, conditions, y, p_prior),
+        "studies": len(common), "filled_rows": int(filled.filled.sum()), "model": model, "prior": prior,
         "intervals": metrics.bootstrap_intervals(study_ids, scores, options.n_boot, options.seed),
+        "limits": phantom_limits(cache, common, model, prior),
     }
+
+
+def phantom_limits(cache: CacheReader, studies: np.ndarray, model: dict[str, float],
+                   prior: dict[str, float]) -> dict[str, Any] | None:
+    """On a real-difficulty phantom (an answer key beside the cache's labels file): the best possible score
+    of these studies and the share of the prior → best gap the model closes, per term; else None."""
+    labels_path = label_files(cache.settings())[0]
+    best = best_possible(labels_path, studies) if labels_path is not None else None
+    return None if best is None else gap_report(model, prior, best)
 
 
 # -- localisation (locator runs) ------------------------------------------------------------------

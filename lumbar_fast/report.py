@@ -162,10 +162,18 @@ def _ratio(value: float | None) -> str:
 
 # -- what evaluate prints --------------------------------------------------------------------------
 def competition_line(score: dict[str, Any]) -> str:
-    """The competition score beside the prior-only submission's, in one line."""
-    return (f"competition score {with_interval(score['model']['score'], score['intervals']['score'])}, "
-            f"prior only {with_interval(score['prior']['score'], score['intervals']['prior_score'])} "
-            f"({score['studies']} studies)")
+    """The competition score beside the prior-only submission's and, on a real-difficulty phantom, the best
+    possible one and the share of the gap closed, in one line."""
+    line = (f"competition score {with_interval(score['model']['score'], score['intervals']['score'])}, "
+            f"prior only {with_interval(score['prior']['score'], score['intervals']['prior_score'])}")
+    limits = score.get("limits")
+    if limits is not None:
+        line += f", best possible {limits['best_possible']:.3f} (gap closed {_share(limits['gap_closed'])})"
+    return f"{line} ({score['studies']} studies)"
+
+
+def _share(value: float | None) -> str:
+    return "–" if value is None else f"{100 * value:.0f} %"
 
 
 def format_report(report: Report) -> str:
@@ -243,14 +251,27 @@ def competition_markdown(score: dict[str, Any] | None) -> str:
     if score is None:
         return f"## Competition score\n\n{NO_COMPETITION}\n"
     terms = [*metrics.GROUPS, metrics.ANY_SEVERE]
-    rows = [[term, f"{score['model'][term]:.4f}", f"{score['prior'][term]:.4f}"] for term in terms]
+    limits = score.get("limits")
+    rows = [[term, f"{score['model'][term]:.4f}", f"{score['prior'][term]:.4f}", *_limit_cells(limits, term)]
+            for term in terms]
     rows.append(["**score**", with_interval(score["model"]["score"], score["intervals"]["score"], 4),
-                 with_interval(score["prior"]["score"], score["intervals"]["prior_score"], 4)])
+                 with_interval(score["prior"]["score"], score["intervals"]["prior_score"], 4),
+                 *_limit_cells(limits, "score")])
     filled = (f" {score['filled_rows']} rows had no crop and hold the training prior, as "
               "`predict --allow-prior` fills them." if score["filled_rows"] else "")
+    header = ["term", "model", "prior only", *(("best possible", "gap closed") if limits else ())]
+    best = (" The best possible score is the phantom's answer key's best prediction on the same labels "
+            "(docs/phantom.md); the gap closed is (prior − model) ÷ (prior − best)." if limits else "")
     return (f"## Competition score\n\nOver the {score['studies']} studies validated by all three sequences, "
-            f"on the rows `predict` writes for them.{filled}\n\n"
-            + markdown_table(["term", "model", "prior only"], rows) + "\n")
+            f"on the rows `predict` writes for them.{filled}{best}\n\n" + markdown_table(header, rows) + "\n")
+
+
+def _limit_cells(limits: dict[str, Any] | None, term: str) -> list[str]:
+    """The best possible value of a term and the gap closed, or nothing without an answer key."""
+    if limits is None:
+        return []
+    row = limits if term == "score" else limits["terms"][term]
+    return [f"{row['best_possible']:.4f}", _share(row["gap_closed"])]
 
 
 def localisation_markdown(part: LocalisationReport, settings: ReportSettings) -> str:

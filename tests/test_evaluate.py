@@ -19,12 +19,13 @@ from lumbar_fast.evaluate import (
     EvaluateOptions,
     item_losses,
     localisation_figures,
+    phantom_limits,
     sequence_summary,
 )
 from lumbar_fast.locator import metrics as loc
 from lumbar_fast.locator.runs import RunEvaluation, evaluate_run
 from lumbar_fast.predict import PROBABILITY_COLUMNS
-from lumbar_fast.report import format_table
+from lumbar_fast.report import competition_line, competition_markdown, format_table
 from lumbar_fast.runfolder import RunFolder
 
 
@@ -281,3 +282,24 @@ def test_bad_locator_input_is_one_line_error(locator_runs, synth_data, make_cach
         code, _, stderr = run_cli("evaluate", *args, "--out", tmp_path / "r", "--device", "cpu")
         assert code == 2 and stderr.startswith("error:") and len(stderr.strip().splitlines()) == 1, stderr
         assert message in stderr
+
+
+def test_on_a_real_difficulty_phantom_the_score_stands_beside_the_best_possible(make_synth, make_cache):
+    """evaluate finds the answer key beside the cache's labels file: the best possible score of the judged
+    studies and the gap closed, per term; a prediction equal to the prior closes none of it."""
+    data = make_synth(6, seed=21, difficulty="real")
+    reader = open_cache(make_cache(data, size=32, channels=3, workers=1))
+    studies = reader.study_labels()["study_id"].to_numpy()[:4]
+    solution = metrics.labels_to_rows(reader.study_labels().query("study_id in @studies"))
+    y = solution["severity"].to_numpy()
+    uniform = np.full((len(y), 3), 1 / 3)
+    prior = metrics.competition_losses(solution["study_id"], solution["condition"], y, uniform)
+    limits = phantom_limits(reader, studies, prior, prior)
+    assert limits["best_possible"] < limits["score"] and limits["gap_closed"] == pytest.approx(0.0)
+    assert set(limits["terms"]) == {*metrics.GROUPS, metrics.ANY_SEVERE}
+    score = {"model": prior, "prior": prior, "intervals": {"score": (0.0, 1.0), "prior_score": (0.0, 1.0)},
+             "studies": 4, "filled_rows": 0, "limits": limits}
+    assert f"best possible {limits['best_possible']:.3f} (gap closed 0 %)" in competition_line(score)
+    assert "| best possible | gap closed |" in competition_markdown(score)
+    assert phantom_limits(open_cache(make_cache(make_synth(6, seed=21), size=32, channels=3, workers=1)),
+                          studies, prior, prior) is None  # an easy phantom has no answer key
