@@ -79,16 +79,16 @@ run_step() {  # run_step NAME LIMIT COMMAND...: one step, bounded in time, its w
   (( status == 0 )) || failed=1
 }
 
-run_step data "$LIMIT_DATA" $PY -m benchmarks.data --workdir "$WORK" --studies "$STUDIES" --slices 3,9
+run_step data "$LIMIT_DATA" $PY -m benchmarks data --workdir "$WORK" --studies "$STUDIES" --slices 3,9
 COMMON=(--workdir "$WORK" --repeats "$REPEATS")
-run_step train "$LIMIT_TRAIN" $PY -m benchmarks.train "${COMMON[@]}" --device "$DEVICE" --model "$MODEL" --batch-size "$BATCH" \
+run_step train "$LIMIT_TRAIN" $PY -m benchmarks train "${COMMON[@]}" --device "$DEVICE" --model "$MODEL" --batch-size "$BATCH" \
   --amp "$AMP" --loaders "$LOADERS" --workers "$WORKERS" --studies "$STUDIES" --steps "$STEPS" --warmup "$WARMUP" \
   --items "$TRAIN_ITEMS" --epoch-items "$EPOCH_ITEMS" --epoch-repeats "$REPEATS" --json "$RESULTS/train.json"
 # the multi-slice model (9-slice crops, 7 backbone passes per item: BATCH9 items are 7 x BATCH9 images)
-run_step train-9 "$LIMIT_TRAIN" $PY -m benchmarks.train "${COMMON[@]}" --device "$DEVICE" --model "$MODEL" \
+run_step train-9 "$LIMIT_TRAIN" $PY -m benchmarks train "${COMMON[@]}" --device "$DEVICE" --model "$MODEL" \
   --batch-size "$BATCH9" --amp "$AMP" --loaders "$LOADERS" --workers "$WORKERS" --studies "$STUDIES" --steps "$STEPS" \
   --warmup "$WARMUP" --items "$TRAIN_ITEMS" --slices 9 --epoch-items 0 --json "$RESULTS/train-9.json"
-run_step loader "$LIMIT_LOADER" $PY -m benchmarks.loader "${COMMON[@]}" --device "$DEVICE" --contenders "$LOADER_CONTENDERS" \
+run_step loader "$LIMIT_LOADER" $PY -m benchmarks loader "${COMMON[@]}" --device "$DEVICE" --contenders "$LOADER_CONTENDERS" \
   --workers "$WORKERS" --batch-size "$LOADER_BATCH" --studies "$STUDIES" --items "$LOADER_ITEMS" --epochs 2 \
   --json "$RESULTS/loader.json"
 

@@ -83,8 +83,11 @@ def cell(stats: dict[str, float], digits: int = 3, interval: Sequence[float] | N
 
 
 def parser(description: str) -> argparse.ArgumentParser:
-    """The options every study has: its work folder and its JSON record."""
-    return common.base_parser(description, repeats=1)
+    """The options every study has: its work folder, its JSON record, and the processes that make its data."""
+    result = common.base_parser(description, repeats=1)
+    result.add_argument("--data-workers", type=int, help="processes of synth and ingest (default: theirs, "
+                        "every core); 1 converts in-process, with no pool to start per cache")
+    return result
 
 
 def report(study: str, args: argparse.Namespace, results: dict[str, Any], table: str) -> dict[str, Any]:

@@ -134,7 +134,8 @@ class TestSets:
         located = self.folder / f"coordinates-located-{hashlib.sha1(runs.encode()).hexdigest()[:10]}.csv"
         if not located.is_file():
             stacks = self.folder / f"test-stacks-{self.args.locator_size}.zarr"
-            ingest(self.data, stacks, split="test", size=self.args.locator_size, progress=False)
+            ingest(self.data, stacks, split="test", size=self.args.locator_size,
+                   workers=self.args.data_workers, progress=False)
             runs = [self.args.locators / sequence for sequence in rsna.SEQUENCES]
             write_coordinates(locate(runs, open_cache(stacks), self.args.device), located)
         self.coordinates["located"] = located
@@ -145,7 +146,7 @@ class TestSets:
         path = self.folder / f"test-{self.coordinates[name].stem}-c{slices}.zarr"
         if path not in self.ingested:
             ingest(self.data, path, split="test", size=self.args.size, channels=slices, progress=False,
-                   coordinates=self.coordinates[name], labels=self.labels)
+                   coordinates=self.coordinates[name], labels=self.labels, workers=self.args.data_workers)
             self.ingested.add(path)
         return path
 
@@ -454,7 +455,8 @@ def main(argv: list[str] | None = None) -> None:
     train_caches = {}
     for slices in sorted({3, *(variant.slices for variant in variants)}):
         train_caches[slices] = sets.folder / f"train-c{slices}.zarr"
-        ingest(args.data, train_caches[slices], size=args.size, channels=slices, progress=False)
+        ingest(args.data, train_caches[slices], size=args.size, channels=slices, progress=False,
+               workers=args.data_workers)
     runs = sets.folder / "runs"
     fixed, priors = fixed_crops(args, sets, train_caches[3], runs)
     results = [study_variant(args, variant, sets, fixed, priors, train_caches, runs) for variant in variants]

@@ -112,11 +112,13 @@ def phantom_caches(args: argparse.Namespace, seed: int, signal: float,
     data = folder / "rsna"
     if not (data / "phantom_manifest.json").is_file():
         generate(data, args.studies, args.test_studies,
-                 PhantomOptions(seed=seed, image_size=args.image_size, signal=signal), progress=False)
+                 PhantomOptions(seed=seed, image_size=args.image_size, signal=signal),
+                 workers=args.data_workers, progress=False)
     crops = "canonical" if canonical_side else "plain"
     train_cache, test_cache = (folder / f"{split}-{args.size}-c{args.slices}-{crops}.zarr"
                                for split in ("train", "test"))
-    crop_options = dict(size=args.size, channels=args.slices, canonical_side=canonical_side, progress=False)
+    crop_options = dict(size=args.size, channels=args.slices, canonical_side=canonical_side,
+                        workers=args.data_workers, progress=False)
     ingest(data, train_cache, **crop_options)
     ingest(data, test_cache, split="test", coordinates=data / "test_label_coordinates.csv",
            labels=data / "test_labels.csv", **crop_options)

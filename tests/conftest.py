@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import contextlib
 import io
-import os
-import shutil
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 from lumbar_fast.phantom import PhantomOptions, PitfallRates, generate
+from tests.learning import sagittal_t1_only
 
 #: the shared folder's pitfall rates: the defaults, raised so that every pitfall occurs at least once
 SYNTH_DATA_PITFALLS = PitfallRates().with_rates(
@@ -137,14 +136,8 @@ def default_runs(real_balance_cache, tmp_path_factory) -> dict[str, Path]:
 @pytest.fixture(scope="session")
 def sag_t1_cache(make_cache, real_balance_data, tmp_path_factory) -> Callable[..., Path]:
     """Factory: `sag_t1_cache(channels)` -> real_balance_data's Sagittal T1 series alone, ingested with
-    `channels`-slice crops at 32 px (the other series left out of a linked copy: a quarter of the work)."""
-    root = tmp_path_factory.mktemp("sag-t1") / "rsna"
-    shutil.copytree(real_balance_data, root, copy_function=os.link)
-    descriptions = root / "train_series_descriptions.csv"
-    lines = descriptions.read_text().splitlines(keepends=True)
-    kept = [line for line in lines[1:] if line.rstrip().endswith(",Sagittal T1")]
-    descriptions.unlink()  # a new file: the linked one is real_balance_data's
-    descriptions.write_text(lines[0] + "".join(kept))
+    `channels`-slice crops at 32 px."""
+    root = sagittal_t1_only(real_balance_data, tmp_path_factory.mktemp("sag-t1") / "rsna")
     return lambda channels: make_cache(root, size=32, channels=channels)
 
 

@@ -26,6 +26,7 @@ def test_recipe_study(workdir, capsys):
     recipe.main(["--workdir", str(workdir), "--studies", "6", "--test-studies", "3", "--image-size", "64",
                  "--size", "32", "--epochs", "1", "--pairs", "401:1", "--sequences", "sag_t2,ax_t2",
                  "--variants", "default;seed recipe;crops without canonical side", "--batch-size", "8",
+                 "--data-workers", "1",
                  "--json", str(out)])
     record = read_record(out, "recipe")
     assert "-m studies.recipe" in record["command"]
@@ -52,7 +53,8 @@ def test_multislice_study(workdir, synth_data, synth_cache, tmp_path, capsys):
     out = workdir / "multislice.json"
     multislice.main(["--workdir", str(workdir), "--data", str(synth_data), "--locators", str(tmp_path),
                      "--locator-size", "64", "--size", "32", "--seeds", "1", "--n-boot", "5", "--epochs", "1",
-                     "--variants", "3 slices (default);5 slices, attention", "--json", str(out)])
+                     "--variants", "3 slices (default);5 slices, attention", "--data-workers", "1",
+                     "--json", str(out)])
     results = read_record(out, "multislice")["results"]["results"]
     assert [result["variant"] for result in results] == ["3 slices (default)", "5 slices, attention"]
     for result in results:

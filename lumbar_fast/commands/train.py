@@ -62,12 +62,12 @@ def command(model, weights, no_pretrained, pooling, window_stride, window_paddin
             seed, limit_batches, resume_dir, no_progress, nproc, **run) -> None:
     """Train one sequence's classifier; writes a run folder (config, metrics, curves, checkpoints).
     Under torchrun each process trains on its share of every epoch (DistributedDataParallel)."""
+    if nproc > 1:  # before the training stack's imports: this process only waits for torchrun's
+        relaunch_under_torchrun(nproc, device)
+        return
     from lumbar_fast.classifier.config import TrainConfig
     from lumbar_fast.classifier.runs import resume, train
 
-    if nproc > 1:
-        relaunch_under_torchrun(nproc, device)
-        return
     config = partial(
         TrainConfig, **run, model=model, weights=weights, pretrained=not no_pretrained, pooling=pooling,
         window_stride=window_stride, window_padding=window_padding, epochs=epochs,
