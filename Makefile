@@ -17,8 +17,10 @@ $(STAMP): pyproject.toml Makefile
 	$(BIN)/python -m pip install -q -e '.[dev]' $(TORCH_PIN)
 	touch $(STAMP)
 
+# the suite in TEST_WORKERS processes (pytest-xdist), each fixture's data made once for all (tests/conftest.py)
+TEST_WORKERS ?= 2
 test: $(STAMP)
-	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q
+	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadgroup --no-loadscope-reorder
 
 demo: $(STAMP)
 	HF_HUB_OFFLINE=1 $(BIN)/python tools/demo.py --out demo_out

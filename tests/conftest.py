@@ -3,11 +3,19 @@
 from __future__ import annotations
 
 import contextlib
+import fcntl
+import hashlib
 import io
+import os
+import shutil
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+
+# one torch thread per process, before torch loads: `make test` runs a process per core, and a trained test
+# run gives the same figures however the suite is run (reductions split over threads round differently)
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 from lumbar_fast.phantom import PhantomOptions, PitfallRates, generate
 from tests.learning import sagittal_t1_only
@@ -19,23 +27,64 @@ SYNTH_DATA_PITFALLS = PitfallRates().with_rates(
 )
 
 
+#: fixtures on the learning tests' long chain (synth 240 studies, ingest, train): their tests start first
+LONG_CHAIN = {"default_run_of", "sag_t1_cache"}
+
+
+@pytest.hookimpl(tryfirst=True)  # before pytest-xdist reads the groups (`make test`: --dist loadgroup)
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Under `pytest -n 2 --dist loadgroup --no-loadscope-reorder`: the tests that share a module fixture in
+    one process (by module), the rest spread one by one; the learning tests first, so that their long chain
+    of fixtures runs beside the many short tests rather than after them, those that need one link of it
+    before those that need two (which would wait for the others' runs)."""
+    for item in items:
+        definitions = item._fixtureinfo.name2fixturedefs  # the fixtures the test requests, by name
+        if any(defs[-1].scope == "module" for defs in definitions.values()):
+            item.add_marker(pytest.mark.xdist_group(item.module.__name__))
+    items.sort(key=lambda item: (not LONG_CHAIN & set(item.fixturenames),  # first, and the tests that
+                                 len(LONG_CHAIN & set(item.fixturenames))))  # need more of it after the rest
+
+
 @pytest.fixture(scope="session")
-def make_synth(tmp_path_factory) -> Callable[..., Path]:
+def shared_folder(tmp_path_factory) -> Path:
+    """The folder every process of this test session shares: under pytest-xdist, the parent of the
+    workers' own base folders."""
+    base = tmp_path_factory.getbasetemp()
+    return base.parent if "PYTEST_XDIST_WORKER" in os.environ else base
+
+
+def built_once(path: Path, build: Callable[[Path], object]) -> Path:
+    """`path`, made by `build(path)` in the first process of the session that asks for it; the others wait
+    on a lock, then read what it made (a session fixture is per process, the data is per session)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    done = path.with_name(path.name + ".done")
+    with open(path.with_name(path.name + ".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not done.exists():
+            shutil.rmtree(path, ignore_errors=True)  # what a failed attempt left
+            build(path)
+            done.touch()
+    return path
+
+
+def digest(*parts: object) -> str:
+    """A short name for a fixture's arguments."""
+    return hashlib.sha1(repr(parts).encode()).hexdigest()[:12]
+
+
+@pytest.fixture(scope="session")
+def make_synth(shared_folder) -> Callable[..., Path]:
     """Factory: `make_synth(n_studies, n_test_studies=0, **PhantomOptions fields)` -> a phantom RSNA folder.
 
     Small images (image_size 128) unless asked otherwise; folders with the same arguments are built once.
     """
-    built: dict[tuple, Path] = {}
-
     def make(n_studies: int = 4, n_test_studies: int = 0, **options) -> Path:
         options.setdefault("image_size", 128)
         options.setdefault("difficulty", "easy")  # the learning tests stay on it until the defaults change
         key = (n_studies, n_test_studies, tuple(sorted(options.items())))
-        if key not in built:
-            out = tmp_path_factory.mktemp("synth") / "rsna"
-            generate(out, n_studies, n_test_studies, PhantomOptions(**options), workers=2, progress=False)
-            built[key] = out
-        return built[key]
+        folder = built_once(shared_folder / f"synth-{digest(*key)}", lambda out: generate(
+            out / "rsna", n_studies, n_test_studies, PhantomOptions(**options), workers=2, progress=False))
+        return folder / "rsna"
 
     return make
 
@@ -49,22 +98,19 @@ def synth_data(make_synth) -> Path:
 
 
 @pytest.fixture(scope="session")
-def make_cache(tmp_path_factory) -> Callable[..., Path]:
+def make_cache(shared_folder) -> Callable[..., Path]:
     """Factory: `make_cache(data_dir, **lumbar_fast.ingest.ingest options)` -> a finished cache; caches with
     the same arguments are built once. Small images (size 64) and 2 workers unless asked otherwise."""
     from lumbar_fast.ingest import ingest
-
-    built: dict[tuple, Path] = {}
 
     def make(data_dir: Path, **options) -> Path:
         options.setdefault("size", 64)
         options.setdefault("workers", 2)
         key = (str(data_dir), tuple(sorted((k, str(v)) for k, v in options.items())))
-        if key not in built:
-            out = tmp_path_factory.mktemp("cache") / f"cache.{options.get('fmt', 'zarr')}"
-            ingest(data_dir, out, progress=False, **options)
-            built[key] = out
-        return built[key]
+        name = f"cache.{options.get('fmt', 'zarr')}"
+        folder = built_once(shared_folder / f"cache-{digest(*key)}",
+                            lambda out: ingest(data_dir, out / name, progress=False, **options))
+        return folder / name
 
     return make
 
@@ -77,7 +123,7 @@ def synth_cache(make_cache, synth_data) -> Path:
 
 
 @pytest.fixture(scope="session")
-def trained_runs(synth_cache, tmp_path_factory) -> dict[str, Path]:
+def trained_runs(synth_cache, shared_folder) -> dict[str, Path]:
     """One classifier run per sequence, validated on fold 0 of 3 of synth_cache: test_efficientnet from
     random weights, one epoch, CPU, torch loader — tiny runs for the stages that consume runs (evaluate,
     predict); they learn little, which those tests do not need."""
@@ -85,27 +131,30 @@ def trained_runs(synth_cache, tmp_path_factory) -> dict[str, Path]:
     from lumbar_fast.classifier.runs import train
     from lumbar_fast.rsna import SEQUENCES
 
-    folder = tmp_path_factory.mktemp("runs")
-    return {seq: train(TrainConfig(sequence=seq, cache=str(synth_cache), run_dir=str(folder / seq),
-                                   model="test_efficientnet", pretrained=False, epochs=1, batch_size=8,
-                                   folds=3, loader="torch", workers=1, device="cpu", progress=False))
-            for seq in SEQUENCES}
+    def build(sequence: str) -> Callable[[Path], Path]:
+        return lambda out: train(TrainConfig(
+            sequence=sequence, cache=str(synth_cache), run_dir=str(out), model="test_efficientnet",
+            pretrained=False, epochs=1, batch_size=8, folds=3, loader="torch", workers=1, device="cpu",
+            progress=False))
+
+    return {seq: built_once(shared_folder / "runs" / seq, build(seq)) for seq in SEQUENCES}
 
 
 @pytest.fixture(scope="session")
-def locator_runs(synth_cache, tmp_path_factory) -> list[Path]:
+def locator_runs(synth_cache, shared_folder) -> list[Path]:
     """Three sag_t2 locator runs, folds 0, 1 and 2 of 3 of synth_cache (the classifier runs' split):
     test_efficientnet from random weights at 64 px, one epoch of 3 series, CPU — tiny runs for evaluate's
     localisation part, whose numbers mean nothing."""
     from lumbar_fast.locator.config import LocatorConfig
     from lumbar_fast.locator.runs import train_locator
 
-    folder = tmp_path_factory.mktemp("locator-runs")
-    return [train_locator(LocatorConfig(sequence="sag_t2", cache=str(synth_cache), fold=k, folds=3,
-                                        run_dir=str(folder / f"fold{k}"), model="test_efficientnet",
-                                        pretrained=False, image_size=64, width=16, epochs=1, limit_series=3,
-                                        max_slices=8, device="cpu", progress=False))
-            for k in range(3)]
+    def build(fold: int) -> Callable[[Path], Path]:
+        return lambda out: train_locator(LocatorConfig(
+            sequence="sag_t2", cache=str(synth_cache), fold=fold, folds=3, run_dir=str(out),
+            model="test_efficientnet", pretrained=False, image_size=64, width=16, epochs=1, limit_series=3,
+            max_slices=8, device="cpu", progress=False))
+
+    return [built_once(shared_folder / "locator-runs" / f"fold{k}", build(k)) for k in range(3)]
 
 
 # -- the learning tests' shared phantom and runs -------------------------------------------------------------
@@ -123,22 +172,24 @@ def real_balance_cache(make_cache, real_balance_data) -> Path:
 
 
 @pytest.fixture(scope="session")
-def default_runs(real_balance_cache, tmp_path_factory) -> dict[str, Path]:
-    """One default-recipe run per sequence on real_balance_cache (the multi-slice model on 9-slice crops),
-    trained once for every learning test that judges them."""
-    from lumbar_fast.rsna import SEQUENCES
+def default_run_of(real_balance_cache, shared_folder) -> Callable[[str], Path]:
+    """Factory: `default_run_of(sequence)` -> the default-recipe run of that sequence on real_balance_cache
+    (the multi-slice model on 9-slice crops), trained once for every learning test that judges it."""
     from tests.learning import default_run
 
-    folder = tmp_path_factory.mktemp("default-runs")
-    return {sequence: default_run(real_balance_cache, folder / sequence, sequence) for sequence in SEQUENCES}
+    def run_of(sequence: str) -> Path:
+        return built_once(shared_folder / "default-runs" / sequence,
+                          lambda out: default_run(real_balance_cache, out, sequence))
+
+    return run_of
 
 
 @pytest.fixture(scope="session")
-def sag_t1_cache(make_cache, real_balance_data, tmp_path_factory) -> Callable[..., Path]:
+def sag_t1_cache(make_cache, real_balance_data, shared_folder) -> Callable[..., Path]:
     """Factory: `sag_t1_cache(channels)` -> real_balance_data's Sagittal T1 series alone, ingested with
     `channels`-slice crops at 32 px."""
-    root = sagittal_t1_only(real_balance_data, tmp_path_factory.mktemp("sag-t1") / "rsna")
-    return lambda channels: make_cache(root, size=32, channels=channels)
+    root = built_once(shared_folder / "sag-t1", lambda out: sagittal_t1_only(real_balance_data, out / "rsna"))
+    return lambda channels: make_cache(root / "rsna", size=32, channels=channels)
 
 
 @pytest.fixture(scope="session")

@@ -275,13 +275,14 @@ def shift_figures(run_dir, wide, slices: int, folder) -> dict[int, tuple[float, 
     return figures
 
 
-def test_a_nine_slice_model_learns_and_grades_a_slice_off_as_well_as_on(default_runs, sag_t1_cache, tmp_path):
+def test_a_nine_slice_model_learns_and_grades_a_slice_off_as_well_as_on(default_run_of, sag_t1_cache,
+                                                                       tmp_path):
     """sag_t1 under the default recipe: the 9-slice model (attention, the default pooling; the learning
     tests' run) learns the phantom, and crops whose labelled slice moved one slice either way score about as
     well as the labelled ones; the 3-slice model trained the same way fails on them (the study: 0.02 against
     0.45-1.9 foraminal loss). The moved crops are the channels of 11-slice crops centred one slice off."""
     plain_dir = default_run(sag_t1_cache(3), tmp_path / "c3", "sag_t1")
-    multi_dir = default_runs["sag_t1"]
+    multi_dir = default_run_of("sag_t1")
     assert RunFolder(multi_dir).read_config()["pooling"] == "attention"
     assert RunFolder(plain_dir).read_config()["pooling"] == "stem"
     assert (plain_dir / "split.csv").read_bytes() == (multi_dir / "split.csv").read_bytes()

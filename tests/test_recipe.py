@@ -125,8 +125,8 @@ def best_record(run_dir) -> dict:
 
 
 @pytest.mark.parametrize("sequence", list(rsna.SEQUENCES))
-def test_the_default_recipe_learns_every_sequence_under_the_real_class_balance(default_runs, sequence):
-    run_dir = default_runs[sequence]
+def test_the_default_recipe_learns_every_sequence_under_the_real_class_balance(default_run_of, sequence):
+    run_dir = default_run_of(sequence)
     recorded = RunFolder(run_dir).read_config()
     default = recipes.DEFAULTS[sequence]
     assert (recorded["augment"], recorded["class_weights"], recorded["monitor"]) == \
