@@ -41,8 +41,10 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
         definitions = item._fixtureinfo.name2fixturedefs  # the fixtures the test requests, by name
         if any(defs[-1].scope == "module" for defs in definitions.values()):
             item.add_marker(pytest.mark.xdist_group(item.module.__name__))
-    items.sort(key=lambda item: (not LONG_CHAIN & set(item.fixturenames),  # first, and the tests that
-                                 len(LONG_CHAIN & set(item.fixturenames))))  # need more of it after the rest
+    def links(item: pytest.Item) -> int:
+        return len(LONG_CHAIN & set(item.fixturenames))
+
+    items.sort(key=lambda item: (links(item) == 0, links(item)))
 
 
 @pytest.fixture(scope="session")
@@ -185,11 +187,22 @@ def default_run_of(real_balance_cache, shared_folder) -> Callable[[str], Path]:
 
 
 @pytest.fixture(scope="session")
-def sag_t1_cache(make_cache, real_balance_data, shared_folder) -> Callable[..., Path]:
+def sagittal_t1_of(shared_folder) -> Callable[[Path], Path]:
+    """Factory: `sagittal_t1_of(data)` -> a linked copy of the phantom folder `data` that lists its Sagittal
+    T1 series alone (tests.learning.sagittal_t1_only), made once."""
+    def copy_of(data: Path) -> Path:
+        folder = built_once(shared_folder / f"sag-t1-{digest(str(data))}",
+                            lambda out: sagittal_t1_only(data, out / "rsna"))
+        return folder / "rsna"
+
+    return copy_of
+
+
+@pytest.fixture(scope="session")
+def sag_t1_cache(make_cache, real_balance_data, sagittal_t1_of) -> Callable[..., Path]:
     """Factory: `sag_t1_cache(channels)` -> real_balance_data's Sagittal T1 series alone, ingested with
     `channels`-slice crops at 32 px."""
-    root = built_once(shared_folder / "sag-t1", lambda out: sagittal_t1_only(real_balance_data, out / "rsna"))
-    return lambda channels: make_cache(root / "rsna", size=32, channels=channels)
+    return lambda channels: make_cache(sagittal_t1_of(real_balance_data), size=32, channels=channels)
 
 
 @pytest.fixture(scope="session")

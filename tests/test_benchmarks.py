@@ -57,6 +57,16 @@ def test_run_measured_reports_the_child_peak_memory():
         common.run_measured([sys.executable, "-c", "raise SystemExit(3)"])
 
 
+def test_python_m_benchmarks_refuses_an_unknown_name_in_one_line():
+    from benchmarks.__main__ import main
+
+    for argv in ([], ["wobble", "--studies", "2"]):
+        with pytest.raises(SystemExit) as exit_info:
+            main(argv)
+        message = str(exit_info.value.code)
+        assert message.startswith("usage: python -m benchmarks {data,") and "\n" not in message
+
+
 def test_ingest_benchmark(workdir, capsys):
     out = workdir / "ingest.json"
     ingest.main(["--workdir", str(workdir), "--studies", STUDIES, "--workers", "1", "--repeats", "1",

@@ -41,7 +41,6 @@ from lumbar_fast.runfolder import CHECKPOINT_FORMAT, RunFolder
 from lumbar_fast.training.checkpoint import RunState, last_state, load_optimizer_state, restore
 from lumbar_fast.training.stopping import EarlyStopping
 from tests.crashes import killed_after_epochs, without_timings
-from tests.learning import sagittal_t1_only
 
 CPU = torch.device("cpu")
 
@@ -230,12 +229,12 @@ def test_cuda_graph_refusals_follow_the_resolved_amp_dtype():
 
 # -- on a real cache ------------------------------------------------
 @pytest.fixture(scope="module")
-def learning_cache(make_synth, make_cache, tmp_path_factory):
+def learning_cache(make_synth, make_cache, sagittal_t1_of):
     """A class-balanced phantom (36 studies), its Sagittal T1 series ingested at 64 pixels (the tests here
     train sag_t1 alone): with 3 folds, the validation fold holds about 120 level crops, at least 30 of each
     class."""
     data = make_synth(36, seed=1, image_size=128, balanced=True)
-    return make_cache(sagittal_t1_only(data, tmp_path_factory.mktemp("learning") / "rsna"), size=64)
+    return make_cache(sagittal_t1_of(data), size=64)
 
 
 def quick_config(cache, run_dir, **changes) -> TrainConfig:
