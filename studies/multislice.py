@@ -8,8 +8,11 @@ at the labelled points, with the studied sequences' labelled slices moved -2, -1
 locator's slice error does), and at the points trained locators find (`--locators`). The other sequences'
 rows come from fixed three-slice default classifiers trained once, so the competition score moves with the
 studied sequences alone. Each figure is the mean over the training seeds ± their standard deviation, with a
-bootstrap interval over test studies of that mean; training and inference images/s and peak memory of every
-model beside them. docs/multislice.md holds the figures.
+bootstrap interval over test studies of that mean, beside the best possible score on the same rows (the
+phantom's answer key, `lumbar-fast score`'s) and each score's ratio to it; training and inference images/s and
+peak memory of every model beside them. The recipe's variants on the multi-slice model (augmentation, class
+weights, label smoothing, monitor, schedule) are judged the same way. docs/multislice.md and docs/recipe.md
+hold the figures.
 
     python -m studies.multislice --data PHANTOM --locators RUNS --json multislice.json   # CPU, 64 px
     python -m studies.multislice --data PHANTOM --locators RUNS --sequences all --variants NAME
@@ -39,6 +42,7 @@ from lumbar_fast.errors import LumbarFastError
 from lumbar_fast.ingest import COORDINATE_COLUMNS, ingest
 from lumbar_fast.locator.locate import locate, write_coordinates
 from lumbar_fast.models.classifier import SliceWindows
+from lumbar_fast.phantom.answer_key import best_possible
 from lumbar_fast.predict import (
     InferenceOptions,
     crop_predictions,
@@ -52,6 +56,8 @@ from studies import common
 from studies.common import Variant, best_record, cell, mean_sd
 
 SLICE_SHIFTS = (-2, -1, 1, 2)
+#: the judged sets given bootstrap intervals and ratios to the best possible score
+BOUNDED = ("labelled", "located")
 #: the competition term each sequence's classifier predicts
 TERM_OF = {seq.name: rsna.CONDITION_GROUP[seq.conditions[0]] for seq in rsna.SEQUENCES.values()}
 
@@ -70,6 +76,13 @@ VARIANTS: tuple[Variant, ...] = (
             {"pooling": "attention", "epochs": 10, "step_size": 4}, 9),
     Variant("3 slices, shift 0.125", {"shift": 0.125}, 3),
     Variant("9 slices, attention, shift 0.125", {"pooling": "attention", "shift": 0.125}, 9),
+    # the recipe's factors, one at a time, on the multi-slice default
+    Variant("9 slices, attention, no augmentation", {"pooling": "attention", "augment": "none"}, 9),
+    Variant("9 slices, attention, class weights none", {"pooling": "attention", "class_weights": "none"}, 9),
+    Variant("9 slices, attention, label smoothing 0.1", {"pooling": "attention", "label_smoothing": 0.1}, 9),
+    Variant("9 slices, attention, monitor loss", {"pooling": "attention", "monitor": "loss"}, 9),
+    Variant("9 slices, attention, lr 3e-3", {"pooling": "attention", "lr": 3e-3}, 9),
+    Variant("9 slices, attention, seed recipe", {"pooling": "attention", "recipe": "seed"}, 9),
 )
 
 
@@ -92,6 +105,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--n-boot", type=int, default=300, help="bootstrap replicates over test studies")
+    parser.add_argument("--no-slice-shifts", action="store_true",
+                        help="judge at the labelled and located points only (no slice-shifted sets)")
     parser.add_argument("--speed-only", action="store_true", help="only time each variant's model (training "
                         "and inference images/s, peak memory), each in a fresh process, on random crops")
     parser.add_argument("--speed-steps", type=int, default=10, help="timed steps per speed figure")
@@ -120,12 +135,16 @@ class TestSets:
 
     def names(self) -> list[str]:
         """The judged sets, in table order."""
-        return ["labelled", *(f"slice {k:+d}" for k in SLICE_SHIFTS), "located"]
+        return ["labelled", *(f"slice {k:+d}" for k in self.shifts()), "located"]
+
+    def shifts(self) -> tuple[int, ...]:
+        """The slice shifts of the judged sets."""
+        return () if self.args.no_slice_shifts else SLICE_SHIFTS
 
     def prepare(self) -> None:
         """Write the coordinate files of the shifted and located sets (the located ones by the locators)."""
         labelled = self.cache("labelled", 3)
-        for shift in SLICE_SHIFTS:
+        for shift in self.shifts():
             path = self.folder / f"coordinates-{self.studied}-slice{shift:+d}.csv"
             if not path.is_file():
                 shifted_coordinates(self.coordinates["labelled"], labelled, self.args.sequences, shift, path)
@@ -139,6 +158,7 @@ class TestSets:
             runs = [self.args.locators / sequence for sequence in rsna.SEQUENCES]
             write_coordinates(locate(runs, open_cache(stacks), self.args.device), located)
         self.coordinates["located"] = located
+        self.best = best_judged(self.labels, labelled)
 
     def cache(self, name: str, slices: int) -> Path:
         """The test cache of one judged set with crops of `slices` slices (ingested on first use), named
@@ -194,6 +214,17 @@ def crops_of(run_dirs: list[Path], cache: Path, device: str) -> tuple[pd.DataFra
     crops = crop_predictions([read_run(path) for path in run_dirs], open_cache(cache), None,
                              InferenceOptions(device=device))
     return crops, len(crops) / (time.perf_counter() - started)
+
+
+def best_judged(labels: Path, cache: Path) -> Judged:
+    """The answer key's best prediction on a test cache's solution rows: the score no model beats on average
+    (the realised best possible of `lumbar-fast score`)."""
+    best = best_possible(labels)
+    if best is None:
+        raise LumbarFastError(f"no answer key beside {labels}: the study needs a real-difficulty phantom")
+    solution = metrics.labels_to_rows(open_cache(cache).study_labels())
+    prediction = best["prediction"].set_index("row_id").loc[solution["row_id"], list(rsna.SUBMISSION_COLUMNS)]
+    return Judged(solution, prediction.to_numpy(), pd.DataFrame(), {})
 
 
 @dataclass
@@ -256,6 +287,8 @@ def intervals(by_set: dict[str, list[Judged]], n_boot: int) -> dict[str, dict[st
             for key, value in figures(judged, rows, copies).items():
                 values[f"{name}|{key}"] = value
         values["ratio"] = values["located|score"] / values["labelled|score"]
+        for name in BOUNDED:
+            values[f"{name} ÷ best"] = values[f"{name}|score"] / values["best|score"]
         return values
 
     flat = metrics.bootstrap_intervals(study_ids, replicate, n_boot, seed=0)
@@ -342,6 +375,7 @@ def study_variant(args: argparse.Namespace, variant: Variant, sets: TestSets, fi
                   priors: dict[str, np.ndarray], train_caches: dict[int, Path], runs: Path) -> dict[str, Any]:
     """Train the variant per seed and studied sequence, and judge every seed's runs on every set."""
     by_set: dict[str, list[Judged]] = {name: [] for name in sets.names()}
+    best_score = figures([sets.best])["score"]
     per_seed = []
     name = variant.name.replace(" ", "_").replace(",", "")
     for seed in args.seeds:
@@ -363,13 +397,14 @@ def study_variant(args: argparse.Namespace, variant: Variant, sets: TestSets, fi
             row[set_name] = {**figures([judged]), "crops": crop_figures(judged),
                              "inference_images_per_s": rate}
         row["ratio"] = row["located"]["score"] / row["labelled"]["score"]
+        for set_name in BOUNDED:
+            row[f"{set_name} ÷ best"] = row[set_name]["score"] / best_score
         per_seed.append(row)
-        terms = ", ".join(f"{term} {row['labelled'][term]:.3f} / {row['slice -1'][term]:.3f} / "
-                          f"{row['slice +1'][term]:.3f} / {row['located'][term]:.3f}"
+        terms = ", ".join(f"{term} " + " / ".join(f"{row[set_name][term]:.3f}" for set_name in sets.names())
                           for term in dict.fromkeys(TERM_OF[seq] for seq in args.sequences))
         print(f"{variant.name} | seed {seed}: score labelled {row['labelled']['score']:.4f}, located "
-              f"{row['located']['score']:.4f}, ratio {row['ratio']:.3f}; labelled / slice -1 / +1 / located: "
-              f"{terms} (best epochs {row['best_epochs']})", flush=True)
+              f"{row['located']['score']:.4f} (best possible {best_score:.4f}), ratio {row['ratio']:.3f}; "
+              f"{' / '.join(sets.names())}: {terms} (best epochs {row['best_epochs']})", flush=True)
     summary: dict[str, Any] = {set_name: {key: mean_sd([row[set_name][key] for row in per_seed])
                                           for key in ("score", *metrics.GROUPS, metrics.ANY_SEVERE)}
                                for set_name in sets.names()}
@@ -378,9 +413,12 @@ def study_variant(args: argparse.Namespace, variant: Variant, sets: TestSets, fi
             seq: {key: mean_sd([row[set_name]["crops"][seq][key] for row in per_seed])
                   for key in ("balanced_accuracy", "wll_ratio")} for seq in args.sequences}
     summary["ratio"] = mean_sd([row["ratio"] for row in per_seed])
+    summary["best"] = figures([sets.best])
+    for set_name in BOUNDED:
+        summary[f"{set_name} ÷ best"] = mean_sd([row[f"{set_name} ÷ best"] for row in per_seed])
     return {"variant": variant.name, "slices": variant.slices, "changes": variant.changes,
             "sequences": args.sequences, "seeds": per_seed, "summary": summary,
-            "intervals": intervals(by_set, args.n_boot)}
+            "intervals": intervals({**by_set, "best": [sets.best]}, args.n_boot)}
 
 
 def best_epoch(run_dir: Path) -> int:
@@ -406,23 +444,27 @@ def fixed_crops(args: argparse.Namespace, sets: TestSets, train_cache: Path,
 
 def table(results: list[dict[str, Any]], sets: list[str]) -> str:
     """The Markdown table: per variant, the score per set (mean ± sd over seeds, with the bootstrap
-    interval at the labelled and located points) and the ratio (mean ± sd of the seeds' ratios, with the
-    interval of the ratio of the seed-mean scores); the studied terms at the labelled and
-    located points; the studied sequences' balanced accuracy."""
+    interval at the labelled and located points), the best possible score, the labelled and located scores'
+    ratios to it and the located ÷ labelled ratio (mean ± sd of the seeds' ratios, with the interval of the
+    ratio of the seed-mean scores); the studied terms at the labelled and located points; the studied
+    sequences' balanced accuracy."""
     sequences = results[0]["sequences"]
     terms = list(dict.fromkeys(TERM_OF[seq] for seq in sequences))
-    header = ["variant", *(f"score {name}" for name in sets), "located ÷ labelled",
-              *(f"{term} {name}" for term in terms for name in ("labelled", "located")),
+    ratios = [*(f"{name} ÷ best" for name in BOUNDED), "located ÷ labelled"]
+    header = ["variant", *(f"score {name}" for name in sets), "best possible", *ratios,
+              *(f"{term} {name}" for term in terms for name in BOUNDED),
               *(f"{seq} bal. acc." for seq in sequences)]
     rows = []
     for result in results:
         s, ci = result["summary"], result["intervals"]
-        bounded = ("labelled", "located")
+        ci_of = {**{name: ci[name] for name in ratios[:2]}, "located ÷ labelled": ci["ratio"]}
+        summary_of = {**{name: s[name] for name in ratios[:2]}, "located ÷ labelled": s["ratio"]}
         rows.append([result["variant"],
-                     *(cell(s[name]["score"], 3, ci[name]["score"] if name in bounded else None)
+                     *(cell(s[name]["score"], 3, ci[name]["score"] if name in BOUNDED else None)
                        for name in sets),
-                     cell(s["ratio"], 3, ci["ratio"]["value"]),
-                     *(cell(s[name][term]) for term in terms for name in ("labelled", "located")),
+                     f"{s['best']['score']:.3f}",
+                     *(cell(summary_of[name], 3, ci_of[name]["value"]) for name in ratios),
+                     *(cell(s[name][term]) for term in terms for name in BOUNDED),
                      *(cell(s["labelled"]["crops"][seq]["balanced_accuracy"], digits=2)
                        for seq in sequences)])
     return markdown_table(header, rows)

@@ -31,6 +31,8 @@ def test_unknown_command_fails_cleanly():
     (("frobnicate",), "No such command 'frobnicate'"),
     (("train", "--sequence", "sag_t3", "--cache", "c.zarr", "--out", "runs"), "'sag_t3' is not one of"),
     (("ingest", "data", "--size", "4"), "--size"),
+    (("train", "--sequence", "sag_t1", "--cache", "c.zarr", "--out", "runs", "--label-smoothing", "1"),
+     "--label-smoothing"),
     (("ingest",), "Missing argument 'DATA_DIR'"),
 ])
 def test_usage_errors_are_one_line(argv, message):

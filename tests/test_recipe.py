@@ -27,6 +27,13 @@ def config(sequence: str = "sag_t2", **changes) -> TrainConfig:
     return TrainConfig(sequence=sequence, cache="c.zarr", run_dir="run", **changes)
 
 
+def test_label_smoothing_is_refused_outside_0_to_1():
+    config("sag_t1", label_smoothing=0.1).check()
+    for value in (-0.1, 1.0):
+        with pytest.raises(LumbarFastError, match=f"--label-smoothing {value} is outside 0..1"):
+            config("sag_t1", label_smoothing=value).check()
+
+
 def test_auto_resolves_to_each_sequences_default_and_explicit_values_win():
     for sequence in rsna.SEQUENCES:
         resolved = config(sequence).resolved(3)

@@ -39,9 +39,10 @@ def test_recipe_study(workdir, capsys):
     assert "| crops without canonical side |  |  |" in capsys.readouterr().out
 
 
-def test_multislice_study(workdir, synth_data, synth_cache, tmp_path, capsys):
+def test_multislice_study(workdir, make_synth, synth_cache, tmp_path, capsys):
     """The multi-slice study at a tiny size, with tiny locators: every variant trains per seed and is judged
-    at the labelled, slice-shifted and located points of the held-out test split."""
+    at the labelled, slice-shifted and located points of a real-difficulty phantom's held-out test split,
+    beside the best possible score of its answer key."""
     from lumbar_fast.locator.config import LocatorConfig
     from lumbar_fast.locator.runs import train_locator
 
@@ -50,8 +51,9 @@ def test_multislice_study(workdir, synth_data, synth_cache, tmp_path, capsys):
                                     run_dir=str(tmp_path / sequence), model="test_efficientnet",
                                     pretrained=False, image_size=64, width=16, epochs=1, limit_series=3,
                                     max_slices=8, device="cpu", progress=False))
+    data = make_synth(12, 3, seed=0, image_size=96, difficulty="real")
     out = workdir / "multislice.json"
-    multislice.main(["--workdir", str(workdir), "--data", str(synth_data), "--locators", str(tmp_path),
+    multislice.main(["--workdir", str(workdir), "--data", str(data), "--locators", str(tmp_path),
                      "--locator-size", "64", "--size", "32", "--seeds", "1", "--n-boot", "5", "--epochs", "1",
                      "--variants", "3 slices (default);5 slices, attention", "--data-workers", "1",
                      "--json", str(out)])
@@ -59,10 +61,14 @@ def test_multislice_study(workdir, synth_data, synth_cache, tmp_path, capsys):
     assert [result["variant"] for result in results] == ["3 slices (default)", "5 slices, attention"]
     for result in results:
         assert set(result["intervals"]) == {"labelled", "slice -2", "slice -1", "slice +1", "slice +2",
-                                            "located", "ratio"}
-        assert all(np.isfinite(result["summary"][name]["score"]["mean"]) for name in ("labelled", "located"))
+                                            "located", "ratio", "best", "labelled ÷ best", "located ÷ best"}
+        summary = result["summary"]
+        assert all(np.isfinite(summary[name]["score"]["mean"]) for name in ("labelled", "located"))
+        assert 0 < summary["best"]["score"] < summary["labelled"]["score"]["mean"]
+        assert summary["labelled ÷ best"]["mean"] == pytest.approx(
+            summary["labelled"]["score"]["mean"] / summary["best"]["score"])
     assert "| 5 slices, attention |" in capsys.readouterr().out
-    multislice.main(["--workdir", str(workdir), "--data", str(synth_data), "--locators", str(tmp_path),
+    multislice.main(["--workdir", str(workdir), "--data", str(data), "--locators", str(tmp_path),
                      "--size", "32", "--speed-only", "--speed-steps", "1", "--variants",
                      "9 slices, attention", "--json", str(out)])
     (timed,) = read_record(out, "multislice")["results"]["speed"]

@@ -57,6 +57,7 @@ class TrainConfig(RunConfig):
     recipe: str = "default"  # where the `auto` values below come from (lumbar_fast.recipes)
     monitor: str = recipes.AUTO
     class_weights: str = recipes.AUTO
+    label_smoothing: float = 0.0  # cross-entropy's target smoothing (noisy raters' labels)
     cuda_graphs: bool = False
     compile: bool = False
     view: str = "level"
@@ -94,6 +95,8 @@ class TrainConfig(RunConfig):
                 raise LumbarFastError(f"--{name.replace('_', '-')} must be one of {', '.join(allowed)}")
         if self.epochs < 1 or self.batch_size < 1 or self.patience < 1:
             raise LumbarFastError("--epochs, --batch-size and --patience must be at least 1")
+        if not 0 <= self.label_smoothing < 1:
+            raise LumbarFastError(f"--label-smoothing {self.label_smoothing} is outside 0..1")
         if not 0 <= self.shift <= 0.5:
             raise LumbarFastError(f"--shift {self.shift} is outside 0..0.5 (a fraction of the crop's width)")
         if self.cuda_graphs and self.compile:

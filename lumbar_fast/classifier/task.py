@@ -65,8 +65,9 @@ class ClassifierTask(TrainingTask):
         config, device = self.config, self.device
         weights = class_weight_tensor(config.class_weights, self.train_items.labels, device)
         self.network, self.evaluator = training_networks(self.model, config, device)
-        self.step = make_step(self.network, self.optimizer, nn.CrossEntropyLoss(weight=weights),
-                              self.amp_dtype, device, config.cuda_graphs, self.scaler)
+        loss = nn.CrossEntropyLoss(weight=weights, label_smoothing=config.label_smoothing)
+        self.step = make_step(self.network, self.optimizer, loss, self.amp_dtype, device, config.cuda_graphs,
+                              self.scaler)
         self.loaders: list[Loader] = []
         self.train_loader = self._loader(self.train_items, train=True)
         self.val_loader = self._loader(self.val_items, train=False)
