@@ -22,6 +22,7 @@ import torch
 
 from lumbar_fast import metrics, rsna
 from lumbar_fast.cache import CacheReader, check_fits, open_cache
+from lumbar_fast.calibration import temper
 from lumbar_fast.classifier.runs import ClassifierRun, read_runs, runs_by_sequence
 from lumbar_fast.errors import LumbarFastError
 from lumbar_fast.inference import load_run, predict_items
@@ -60,7 +61,8 @@ def check_runs(runs: Sequence[ClassifierRun], cache: CacheReader) -> None:
 
 def predict_crops(run: ClassifierRun, cache: CacheReader, rows: np.ndarray,
                   options: InferenceOptions) -> np.ndarray:
-    """(len(rows), 3) class probabilities of the given rows of the cache's level crops by one run.
+    """(len(rows), 3) class probabilities of the given rows of the cache's level crops by one run, scaled by
+    its temperature (lumbar_fast.calibration).
 
     Batched on the GPU (AMP, channels_last) when there is one, else on the CPU. The torch loader holds the
     rows on the device and normalises them there; each crop is read once, so DALI's workers would only add
@@ -80,7 +82,7 @@ def predict_crops(run: ClassifierRun, cache: CacheReader, rows: np.ndarray,
     finally:
         loader.close()
     result = np.empty_like(probs)
-    result[order] = probs
+    result[order] = temper(probs, run.temperature)
     return result
 
 

@@ -8,6 +8,7 @@ The numbers behind every default are in docs/recipe.md (`python -m studies.recip
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 from lumbar_fast.errors import LumbarFastError
@@ -22,23 +23,29 @@ RECIPES = ("default", "seed")
 
 @dataclass(frozen=True)
 class Recipe:
-    """What a recipe fixes for one sequence: augmentation pieces, cross-entropy class weights, monitor."""
+    """What a recipe fixes for one sequence: augmentation pieces, cross-entropy class weights, monitor,
+    calibration."""
 
     augment: str  # "none" or a comma list of AUGMENTATIONS, in that order
     class_weights: str  # none, metric or inverse
     monitor: str  # accuracy, loss or rsna
+    calibration: str  # none or temperature (lumbar_fast.calibration)
 
 
-#: the seed paper: unweighted cross-entropy, accuracy as the monitor, no augmentation
-SEED = Recipe(augment=NO_AUGMENTATION, class_weights="none", monitor="accuracy")
+#: the seed paper: unweighted cross-entropy, accuracy as the monitor, no augmentation, no calibration
+SEED = Recipe(augment=NO_AUGMENTATION, class_weights="none", monitor="accuracy", calibration="none")
 #: measured defaults (docs/recipe.md): the competition's weighted log loss as the monitor and the metric's
 #: 1/2/4 class weights everywhere; every geometric and intensity augmentation that keeps the graded
 #: structure, without the horizontal flip (an anterior-posterior mirror on sagittal images, and the undoing
-#: of the canonical side of axial crops)
+#: of the canonical side of axial crops); no calibration (a temperature fitted on the labelled validation fold
+#: left the score at labelled points as it was and worsened it at located ones)
 DEFAULTS: dict[str, Recipe] = {
-    "sag_t1": Recipe(augment="rotate,scale,shift,intensity", class_weights="metric", monitor="rsna"),
-    "sag_t2": Recipe(augment="rotate,scale,shift,intensity", class_weights="metric", monitor="rsna"),
-    "ax_t2": Recipe(augment="rotate,scale,shift,intensity", class_weights="metric", monitor="rsna"),
+    "sag_t1": Recipe(augment="rotate,scale,shift,intensity", class_weights="metric", monitor="rsna",
+                     calibration="none"),
+    "sag_t2": Recipe(augment="rotate,scale,shift,intensity", class_weights="metric", monitor="rsna",
+                     calibration="none"),
+    "ax_t2": Recipe(augment="rotate,scale,shift,intensity", class_weights="metric", monitor="rsna",
+                     calibration="none"),
 }
 
 
@@ -62,12 +69,14 @@ def recipe_for(name: str, sequence: str) -> Recipe:
     return SEED if name == "seed" else DEFAULTS[sequence]
 
 
-def resolve(name: str, sequence: str, augment: str, class_weights: str, monitor: str) -> Recipe:
-    """The run's settings: each `auto` taken from the recipe, the others as given (augment normalised)."""
+def resolve(name: str, sequence: str, given: Recipe) -> Recipe:
+    """The run's settings: each `auto` of `given` taken from the named recipe, the others as given (augment
+    normalised)."""
     recipe = recipe_for(name, sequence)
-    return Recipe(augment=recipe.augment if augment == AUTO else normalise_augment(augment),
-                  class_weights=recipe.class_weights if class_weights == AUTO else class_weights,
-                  monitor=recipe.monitor if monitor == AUTO else monitor)
+    augment = recipe.augment if given.augment == AUTO else normalise_augment(given.augment)
+    chosen = {key: getattr(recipe if value == AUTO else given, key)
+              for key, value in dataclasses.asdict(given).items()}
+    return Recipe(**{**chosen, "augment": augment})
 
 
 def normalise_augment(text: str) -> str:

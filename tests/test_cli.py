@@ -33,6 +33,8 @@ def test_unknown_command_fails_cleanly():
     (("ingest", "data", "--size", "4"), "--size"),
     (("train", "--sequence", "sag_t1", "--cache", "c.zarr", "--out", "runs", "--label-smoothing", "1"),
      "--label-smoothing"),
+    (("train", "--sequence", "sag_t1", "--cache", "c.zarr", "--out", "runs", "--calibration", "platt"),
+     "'platt' is not one of"),
     (("ingest",), "Missing argument 'DATA_DIR'"),
 ])
 def test_usage_errors_are_one_line(argv, message):

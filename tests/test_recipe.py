@@ -38,12 +38,14 @@ def test_auto_resolves_to_each_sequences_default_and_explicit_values_win():
     for sequence in rsna.SEQUENCES:
         resolved = config(sequence).resolved(3)
         default = recipes.DEFAULTS[sequence]
-        assert (resolved.augment, resolved.class_weights, resolved.monitor) == \
-            (default.augment, default.class_weights, default.monitor)
+        assert (resolved.augment, resolved.class_weights, resolved.monitor, resolved.calibration) == \
+            (default.augment, default.class_weights, default.monitor, default.calibration)
         assert resolved.recipe == "default"
         assert resolved.resolved(3) == resolved  # what config.json records resolves to itself
-    chosen = config("ax_t2", augment="intensity, rotate", class_weights="inverse", monitor="loss").resolved(3)
-    assert (chosen.augment, chosen.class_weights, chosen.monitor) == ("rotate,intensity", "inverse", "loss")
+    chosen = config("ax_t2", augment="intensity, rotate", class_weights="inverse", monitor="loss",
+                    calibration="none").resolved(3)
+    assert (chosen.augment, chosen.class_weights, chosen.monitor, chosen.calibration) == \
+        ("rotate,intensity", "inverse", "loss", "none")
     seeded = config(recipe="seed", class_weights="metric").resolved(3)  # an explicit value beats the recipe's
     assert (seeded.augment, seeded.class_weights, seeded.monitor) == ("none", "metric", "accuracy")
 
@@ -54,10 +56,11 @@ def test_no_default_flips_images_horizontally():
 
 
 def test_the_seed_recipe_is_the_papers():
-    """Unweighted cross-entropy, accuracy as the monitor, no augmentation, on the level view; Adam at 1e-3,
-    StepLR(2, 0.1), patience 3, 5 epochs."""
+    """Unweighted cross-entropy, accuracy as the monitor, no augmentation, no calibration, on the level view;
+    Adam at 1e-3, StepLR(2, 0.1), patience 3, 5 epochs."""
     seed = config(recipe="seed").resolved(3)
-    assert (seed.augment, seed.class_weights, seed.monitor) == ("none", "none", "accuracy")
+    assert (seed.augment, seed.class_weights, seed.monitor, seed.calibration) == \
+        ("none", "none", "accuracy", "none")
     assert seed.view == "level"
     assert (seed.lr, seed.step_size, seed.gamma, seed.patience, seed.epochs) == (1e-3, 2, 0.1, 3, 5)
     assert loader_config(seed, CPU, None, 3).augment is None

@@ -1,8 +1,9 @@
 """The classifier's configuration: every argument of a run, checked and resolved before any work starts.
 
 The seed's structure as defaults: cross-entropy, Adam (torch's default lr 1e-3), StepLR(step 2, gamma 0.1),
-early stopping with patience 3, at most 5 epochs; augmentation, class weights and the early-stopping monitor
-come from the recipe (`lumbar_fast.recipes`: measured per-sequence defaults, or the seed's).
+early stopping with patience 3, at most 5 epochs; augmentation, class weights, the early-stopping monitor and
+calibration come from the recipe (`lumbar_fast.recipes`: measured per-sequence defaults, or the
+seed's).
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import dataclasses
 from dataclasses import dataclass
 
 from lumbar_fast import recipes, rsna
+from lumbar_fast.calibration import CALIBRATIONS
 from lumbar_fast.errors import LumbarFastError
 from lumbar_fast.loaders import AugmentConfig
 from lumbar_fast.models.classifier import PADDINGS, POOLINGS, SliceWindows, uses_windows
@@ -58,6 +60,7 @@ class TrainConfig(RunConfig):
     monitor: str = recipes.AUTO
     class_weights: str = recipes.AUTO
     label_smoothing: float = 0.0  # cross-entropy's target smoothing (noisy raters' labels)
+    calibration: str = recipes.AUTO  # none or temperature, fitted on the validation fold at the end
     cuda_graphs: bool = False
     compile: bool = False
     view: str = "level"
@@ -73,15 +76,16 @@ class TrainConfig(RunConfig):
         `slices` slices (what config.json records); windows that do not tile the crop, or window options
         for the plain model, are refused."""
         rsna.get_sequence(self.sequence)
-        chosen = recipes.resolve(self.recipe, self.sequence, self.augment, self.class_weights, self.monitor)
+        chosen = recipes.resolve(self.recipe, self.sequence, recipes.Recipe(
+            augment=self.augment, class_weights=self.class_weights, monitor=self.monitor,
+            calibration=self.calibration))
         pooling = recipes.pooling_for(self.pooling, slices)
         if uses_windows(pooling):
             SliceWindows(slices, self.window_stride, self.window_padding).check()
         elif (self.window_stride, self.window_padding) != (1, "valid"):
             raise LumbarFastError(f"--window-stride and --window-padding shape the windows of a multi-slice "
                                   f"model; the plain model ({pooling} on {slices}-slice crops) has none")
-        return dataclasses.replace(self, augment=chosen.augment, class_weights=chosen.class_weights,
-                                   monitor=chosen.monitor, pooling=pooling)
+        return dataclasses.replace(self, **dataclasses.asdict(chosen), pooling=pooling)
 
     def check(self) -> None:
         """Refuse inconsistent arguments with one line each, before any work starts."""
@@ -89,7 +93,8 @@ class TrainConfig(RunConfig):
         auto = (recipes.AUTO,)
         choices = {"view": VIEWS, "monitor": (*MONITORS, *auto), "class_weights": (*CLASS_WEIGHTINGS, *auto),
                    "amp": AMP_MODES, "control": CONTROLS, "recipe": recipes.RECIPES,
-                   "pooling": (*POOLINGS, *auto), "window_padding": PADDINGS}
+                   "pooling": (*POOLINGS, *auto), "window_padding": PADDINGS,
+                   "calibration": (*CALIBRATIONS, *auto)}
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 raise LumbarFastError(f"--{name.replace('_', '-')} must be one of {', '.join(allowed)}")

@@ -14,6 +14,7 @@ import pandas as pd
 
 from lumbar_fast import recipes, rsna
 from lumbar_fast.cache import ImageSettings, open_cache
+from lumbar_fast.calibration import read_temperature
 from lumbar_fast.classifier.config import TrainConfig
 from lumbar_fast.classifier.task import prepare_classifier
 from lumbar_fast.errors import LumbarFastError
@@ -46,6 +47,7 @@ class ClassifierRun:
     prior: np.ndarray  # training class frequencies, the baseline's prediction
     hflip: bool  # trained on horizontally mirrored crops: --tta averages over the mirror
     settings: ImageSettings  # of the cache it trained on: a cache to predict must have the same
+    temperature: float  # its probabilities' calibration (calibration.json; 1: none)
 
 
 def read_run(path: Path) -> ClassifierRun:
@@ -70,7 +72,7 @@ def read_run(path: Path) -> ClassifierRun:
     return ClassifierRun(path, config["sequence"], int(config["fold"]), Path(config["cache"]),
                          np.asarray(records[-1]["val_prior"], dtype=np.float64),
                          recipes.flips_horizontally(config["augment"]),
-                         ImageSettings.from_record(folder.read_cache_settings()))
+                         ImageSettings.from_record(folder.read_cache_settings()), read_temperature(path))
 
 
 def read_runs(paths: Sequence[Path]) -> list[ClassifierRun]:

@@ -13,6 +13,7 @@ from torch import nn
 
 from lumbar_fast import distributed, recipes, rsna, testhooks
 from lumbar_fast.cache import ImageSettings, open_cache
+from lumbar_fast.calibration import calibrate, write_calibration
 from lumbar_fast.classifier.config import MONITORS, PANELS, TrainConfig
 from lumbar_fast.classifier.items import (
     Items,
@@ -36,7 +37,7 @@ from lumbar_fast.loaders import Loader, LoaderConfig, build_loader, normalisatio
 from lumbar_fast.loaders.gpu import resolve_device
 from lumbar_fast.metrics import classification_summary
 from lumbar_fast.models.classifier import uses_windows
-from lumbar_fast.runfolder import RunFolder
+from lumbar_fast.runfolder import PREDICTIONS, RunFolder
 from lumbar_fast.split import load_or_create_split, train_val_studies
 from lumbar_fast.training.amp import amp_dtype_for
 from lumbar_fast.training.records import EpochBar
@@ -94,6 +95,16 @@ class ClassifierTask(TrainingTask):
 
     def checkpoint_meta(self) -> dict[str, Any]:
         return self.meta
+
+    def finish(self, run: RunFolder) -> None:
+        """Fit the run's calibration on its best epoch's validation predictions (calibration.json); a run
+        recorded before calibration existed (`auto` in its config) takes its recipe's."""
+        method = self.config.calibration
+        if method == recipes.AUTO:
+            method = recipes.recipe_for(self.config.recipe, self.config.sequence).calibration
+        calibration = calibrate(method, pd.read_csv(run.file(PREDICTIONS)))
+        write_calibration(run.path, calibration)
+        print(calibration.line(), flush=True)
 
     def epoch_line(self, record: dict[str, Any]) -> str:
         """One line per epoch on stdout: the numbers that tell whether the model learns."""

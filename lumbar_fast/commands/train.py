@@ -36,6 +36,9 @@ from lumbar_fast.commands import options
               show_default=True, help="Cross-entropy weights: none, the metric's 1/2/4, inverse frequency.")
 @click.option("--label-smoothing", type=click.FloatRange(0, 1, max_open=True), default=0.0, show_default=True,
               help="Cross-entropy target smoothing: a share of each label spread over all grades.")
+@click.option("--calibration", type=click.Choice(["auto", "none", "temperature"]), default="auto",
+              show_default=True, help="After training: temperature scaling fitted on the validation fold to "
+              "the weighted log loss (calibration.json; evaluate and predict apply it), or none.")
 @options.amp_option
 @click.option("--cuda-graphs", is_flag=True, help="Capture the whole training step as one CUDA graph.")
 @click.option("--compile", "compile_", is_flag=True, help="torch.compile the model.")
@@ -59,7 +62,7 @@ from lumbar_fast.commands import options
               help="Train with N processes (one per GPU) on this machine: re-launches this command under "
               "`torchrun --standalone --nproc-per-node N`. --batch-size is per process.")
 def command(model, weights, no_pretrained, pooling, window_stride, window_padding, epochs, batch_size, lr,
-            patience, recipe, monitor, class_weights, label_smoothing,
+            patience, recipe, monitor, class_weights, label_smoothing, calibration,
             amp, cuda_graphs, compile_, view, control, augment, no_augment, shift, loader, workers, device,
             seed, limit_batches, resume_dir, no_progress, nproc, **run) -> None:
     """Train one sequence's classifier; writes a run folder (config, metrics, curves, checkpoints).
@@ -74,10 +77,10 @@ def command(model, weights, no_pretrained, pooling, window_stride, window_paddin
         TrainConfig, **run, model=model, weights=weights, pretrained=not no_pretrained, pooling=pooling,
         window_stride=window_stride, window_padding=window_padding, epochs=epochs,
         batch_size=batch_size, lr=lr, patience=patience, recipe=recipe, monitor=monitor,
-        class_weights=class_weights, label_smoothing=label_smoothing, amp=amp, cuda_graphs=cuda_graphs,
-        compile=compile_, view=view, control=control, augment="none" if no_augment else augment, shift=shift,
-        loader=loader, workers=workers, device=device, seed=seed, limit_batches=limit_batches,
-        progress=not no_progress)
+        class_weights=class_weights, label_smoothing=label_smoothing, calibration=calibration, amp=amp,
+        cuda_graphs=cuda_graphs, compile=compile_, view=view, control=control,
+        augment="none" if no_augment else augment, shift=shift, loader=loader, workers=workers,
+        device=device, seed=seed, limit_batches=limit_batches, progress=not no_progress)
     announce(options.start_or_resume(resume_dir, run, resume, lambda: train(config())))
 
 

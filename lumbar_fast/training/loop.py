@@ -57,7 +57,8 @@ def resume(run_dir: str | Path, read_config: Callable[[dict[str, Any]], C], prep
 
 
 def fit(run: RunFolder, task: TrainingTask, run_state: RunState) -> Path:
-    """Train from run_state.start_epoch to the last epoch or an early stop, committing every epoch."""
+    """Train from run_state.start_epoch to the last epoch or an early stop, committing every epoch; then the
+    task's closing step (a resumed finished run repeats only that)."""
     distributed.on_main(write_split, run, task)
     with task:
         for epoch in range(run_state.start_epoch, task.config.epochs):
@@ -75,6 +76,7 @@ def fit(run: RunFolder, task: TrainingTask, run_state: RunState) -> Path:
             run_state.records.append(plain(record))
             distributed.on_main(commit_epoch, run, task, run_state, predictions if improved else None)
             testhooks.kill_after_epochs(epoch + 1)
+    distributed.on_main(task.finish, run)
     return run.path
 
 

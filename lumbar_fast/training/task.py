@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from lumbar_fast.cache import ImageSettings
-from lumbar_fast.runfolder import Panels
+from lumbar_fast.runfolder import Panels, RunFolder
 from lumbar_fast.training.amp import make_scaler
 from lumbar_fast.training.config import TaskConfig
 
@@ -67,3 +67,6 @@ class TrainingTask(ABC):
     @abstractmethod
     def epoch_line(self, record: dict[str, Any]) -> str:
         """The epoch's one line on stdout."""
+
+    def finish(self, run: RunFolder) -> None:  # noqa: B027 (a hook: a task with nothing to add keeps it)
+        """After the last epoch, on rank 0: what the task derives from the finished run (calibration)."""
