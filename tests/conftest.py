@@ -82,7 +82,7 @@ def make_synth(shared_folder) -> Callable[..., Path]:
     """
     def make(n_studies: int = 4, n_test_studies: int = 0, **options) -> Path:
         options.setdefault("image_size", 128)
-        options.setdefault("difficulty", "easy")  # the learning tests stay on it until the defaults change
+        options.setdefault("difficulty", "easy")  # exact labels: the pipeline tests; learning asks for "real"
         key = (n_studies, n_test_studies, tuple(sorted(options.items())))
         folder = built_once(shared_folder / f"synth-{digest(*key)}", lambda out: generate(
             out / "rsna", n_studies, n_test_studies, PhantomOptions(**options), workers=2, progress=False))
@@ -162,9 +162,10 @@ def locator_runs(synth_cache, shared_folder) -> list[Path]:
 # -- the learning tests' shared phantom and runs -------------------------------------------------------------
 @pytest.fixture(scope="session")
 def real_balance_data(make_synth) -> Path:
-    """A phantom with the real class balance (no `balanced`) and a seed no other test uses: 240 studies, so
-    that a validation fold of 3 holds at least 15 items of every class of every sequence."""
-    return make_synth(240, seed=11, image_size=128)
+    """The real-difficulty phantom (noisy grades of a continuous narrowing, with an answer key) with the
+    real class balance and a seed no other test uses: 240 studies, so that a validation fold of 3 holds at
+    least 15 items of every class of every sequence; 96-pixel slices (cropped at 32 px)."""
+    return make_synth(240, seed=11, image_size=96, difficulty="real")
 
 
 @pytest.fixture(scope="session")

@@ -28,7 +28,7 @@ from lumbar_fast.models.classifier import (
 from lumbar_fast.runfolder import BEST, RunFolder
 from tests.crashes import killed_after_epochs, without_timings
 from tests.crops import recut_similarity
-from tests.learning import default_run
+from tests.learning import best_possible_loss, default_run, gap_closed
 from tests.test_loaders import KINDS
 
 
@@ -254,43 +254,45 @@ def window_probabilities(run_dir, crops: np.ndarray, folder) -> np.ndarray:
     return result
 
 
-def shift_figures(run_dir, wide, slices: int, folder) -> dict[int, tuple[float, float]]:
-    """Balanced accuracy and weighted log loss ÷ prior of a `slices`-slice run on its validation studies'
-    labelled sag_t1 points, by slice shift -1, 0, +1: the `slices` channels of the wider crops of `wide`
-    centred one slice off the labelled one (what a crop at a point moved one slice along its stack holds)."""
+def shift_figures(run_dir, wide, slices: int, folder, data) -> dict[int, float]:
+    """The share of the prior → best possible gap a `slices`-slice run closes on its validation studies'
+    labelled sag_t1 points (weighted log loss; the best possible from the answer key of the phantom folder
+    `data`), by slice shift -1, 0, +1: the `slices` channels of the wider crops of `wide` centred one slice
+    off the labelled one (what a crop at a point moved one slice along its stack holds)."""
     run = read_run(run_dir)
     labels = wide.level_labels("sag_t1")
     split = pd.read_csv(run_dir / "split.csv")
     validated = labels["study_id"].isin(split.loc[split["fold"] == run.fold, "study_id"]).to_numpy()
     rows = np.flatnonzero(validated & (labels["severity"].to_numpy() >= 0))
     crops, y = wide.level_images("sag_t1")[rows], labels["severity"].to_numpy()[rows]
+    best = best_possible_loss(labels.iloc[rows], data)
     middle = crops.shape[3] // 2
     figures = {}
     for shift in (-1, 0, 1):
         first = middle + shift - slices // 2
         probs = window_probabilities(run_dir, crops[..., first:first + slices], folder)
         summary = classification_summary(y, probs, run.prior)
-        figures[shift] = (summary["balanced_accuracy"],
-                          summary["weighted_log_loss"] / summary["prior_weighted_log_loss"])
+        figures[shift] = gap_closed(summary["weighted_log_loss"], summary["prior_weighted_log_loss"], best)
     return figures
 
 
 def test_a_nine_slice_model_learns_and_grades_a_slice_off_as_well_as_on(default_run_of, sag_t1_cache,
-                                                                       tmp_path):
-    """sag_t1 under the default recipe: the 9-slice model (attention, the default pooling; the learning
-    tests' run) learns the phantom, and crops whose labelled slice moved one slice either way score about as
-    well as the labelled ones; the 3-slice model trained the same way fails on them (the study: 0.02 against
-    0.45-1.9 foraminal loss). The moved crops are the channels of 11-slice crops centred one slice off."""
+                                                                       real_balance_data, tmp_path):
+    """sag_t1 of the real-difficulty phantom under the default recipe: the 9-slice model (attention, the
+    default pooling; the learning tests' run) closes most of the prior → best possible gap, and as much on
+    crops whose labelled slice moved one slice either way; the 3-slice model trained the same way loses much
+    of it there. The moved crops are the channels of 11-slice crops centred one slice off. Measured
+    2026-12-04: 9 slices 0.86 / 0.86 / 0.86 of the gap at shifts -1 / 0 / +1, 3 slices 0.07 / 0.77 / 0.48."""
     plain_dir = default_run(sag_t1_cache(3), tmp_path / "c3", "sag_t1")
     multi_dir = default_run_of("sag_t1")
     assert RunFolder(multi_dir).read_config()["pooling"] == "attention"
     assert RunFolder(plain_dir).read_config()["pooling"] == "stem"
     assert (plain_dir / "split.csv").read_bytes() == (multi_dir / "split.csv").read_bytes()
     wide = open_cache(sag_t1_cache(11))
-    multi, plain = (shift_figures(run_dir, wide, slices, tmp_path) for run_dir, slices in
+    multi, plain = (shift_figures(run_dir, wide, slices, tmp_path, real_balance_data) for run_dir, slices in
                     ((multi_dir, 9), (plain_dir, 3)))
-    print(f"(balanced accuracy, wll ÷ prior) by slice shift: 9 slices {multi}, 3 slices {plain}")
-    assert multi[0][0] >= 0.7 and multi[0][1] <= 0.6  # it learns
+    print(f"gap closed by slice shift: 9 slices {multi}, 3 slices {plain}")
+    assert multi[0] >= 0.7  # it learns
     for shift in (-1, 1):
-        assert multi[shift][0] >= 0.7 and multi[shift][1] <= max(0.15, 2 * multi[0][1])
-        assert plain[shift][1] >= 3 * max(plain[0][1], multi[shift][1])
+        assert multi[shift] >= multi[0] - 0.1
+        assert plain[shift] <= min(plain[0] - 0.15, multi[shift] - 0.25)

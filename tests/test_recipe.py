@@ -18,7 +18,7 @@ from lumbar_fast.classifier.task import loader_config
 from lumbar_fast.errors import LumbarFastError
 from lumbar_fast.ingest import mirrored_to_canonical_side
 from lumbar_fast.runfolder import RunFolder
-from tests.learning import default_run
+from tests.learning import best_record, default_run, validation_gap
 
 CPU = torch.device("cpu")
 
@@ -129,32 +129,37 @@ def test_ingest_mirrors_the_right_subarticular_crops_only(make_cache, synth_data
         assert np.array_equal(ours[mirrored], theirs[mirrored][:, :, ::-1])
 
 
-# -- learning under the real class balance ------------------------------------------------
-def best_record(run_dir) -> dict:
-    return [record for record in RunFolder(run_dir).read_metrics() if record["best"]][-1]
-
-
+# -- learning under the real class balance, where the task is hard ------------------------------------------
 @pytest.mark.parametrize("sequence", list(rsna.SEQUENCES))
-def test_the_default_recipe_learns_every_sequence_under_the_real_class_balance(default_run_of, sequence):
+def test_the_default_recipe_learns_every_sequence_under_the_real_class_balance(default_run_of,
+                                                                               real_balance_data, sequence):
+    """On the real-difficulty phantom, whose grades are a rater's noisy reading of a continuous narrowing, no
+    model reaches a low loss: the default recipe's validation loss is judged between the training prior's and
+    the best possible (the answer key's prediction for the same items). Measured 2026-12-04 (seed 5): 86-90 %
+    of that gap closed, 1.20-1.27x the best possible."""
     run_dir = default_run_of(sequence)
     recorded = RunFolder(run_dir).read_config()
     default = recipes.DEFAULTS[sequence]
-    assert (recorded["augment"], recorded["class_weights"], recorded["monitor"]) == \
-        (default.augment, default.class_weights, default.monitor)  # the resolved recipe, not `auto`
+    assert (recorded["augment"], recorded["class_weights"], recorded["monitor"], recorded["calibration"]) == \
+        (default.augment, default.class_weights, default.monitor, default.calibration)  # resolved, not `auto`
     best = best_record(run_dir)
-    ratio = best["val_weighted_log_loss"] / best["val_prior_weighted_log_loss"]
-    print(f"{sequence}: best epoch {best['epoch']}, balanced accuracy {best['val_balanced_accuracy']:.3f}, "
-          f"weighted log loss {ratio:.2f} x the prior's, support {best['val_support']}")
+    gap = validation_gap(run_dir, real_balance_data)
+    print(f"{sequence}: best epoch {best['epoch']}, weighted log loss {gap['model']:.3f} (prior "
+          f"{gap['prior']:.3f}, best possible {gap['best']:.3f}): {gap['closed']:.0%} of the gap closed, "
+          f"{gap['ratio']:.2f}x the best; balanced accuracy {best['val_balanced_accuracy']:.3f}, support "
+          f"{best['val_support']}")
     assert min(best["val_support"]) >= 15
-    assert best["val_balanced_accuracy"] >= 0.7 and ratio <= 0.6
+    assert gap["model"] == pytest.approx(best["val_weighted_log_loss"])
+    assert gap["closed"] >= 0.7 and gap["ratio"] <= 1.45
 
 
 def test_shuffled_labels_do_not_learn_under_the_default_recipe(sag_t1_cache, tmp_path):
     """Trained on labels that say nothing of the image, the default recipe stays at a constant prediction.
     With the metric's class weights the best constant is the weighted prior, not the prior: for foraminal
     frequencies 78/18/4 % it scores 0.90 x the prior's weighted log loss, so 0.8 is the bar, far above the
-    learning tests' 0.6. On 3-slice crops (the plain model, a seventh of the multi-slice model's work): what
-    this control proves, that no label leaks to the model but through the image, is the pipeline's."""
+    0.35-0.50 the learning tests' runs reach. On 3-slice crops (the plain model, a seventh of the multi-slice
+    model's work): what this control proves, that no label leaks to the model but through the image, is the
+    pipeline's."""
     best = best_record(default_run(sag_t1_cache(3), tmp_path / "run", "sag_t1", control="shuffled-labels"))
     ratio = best["val_weighted_log_loss"] / best["val_prior_weighted_log_loss"]
     assert ratio >= 0.8 and best["val_balanced_accuracy"] < 0.5
