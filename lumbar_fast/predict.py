@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
+from tqdm import tqdm
 
 from lumbar_fast import metrics, rsna
 from lumbar_fast.cache import CacheReader, check_fits, open_cache
@@ -37,12 +38,13 @@ LOCATION = ["study_id", "condition", "level"]
 
 @dataclass(frozen=True)
 class InferenceOptions:
-    """How runs predict: device, mixed precision, batch size, test-time augmentation."""
+    """How runs predict: device, mixed precision, batch size, test-time augmentation, progress bar."""
 
     device: str = "auto"
     amp: str = "auto"
     batch_size: int = 64
     tta: bool = False  # average with the horizontal mirror, for runs trained with horizontal flips
+    progress: bool = False  # a bar over the runs
 
 
 def check_crops(run: ClassifierRun, cache: CacheReader) -> None:
@@ -96,7 +98,7 @@ def crop_predictions(runs: Sequence[ClassifierRun], cache: CacheReader,
     """
     check_runs(runs, cache)
     tables = []
-    for run in runs:
+    for run in tqdm(runs, desc="classify", unit="run", disable=not options.progress):
         labels = cache.level_labels(run.sequence).reset_index(drop=True)
         keep = np.ones(len(labels), bool) if studies is None else labels["study_id"].isin(studies[run.path])
         rows = np.flatnonzero(np.asarray(keep))

@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pandas as pd
+from tqdm import tqdm
 
 from lumbar_fast import rsna
 from lumbar_fast.cache import CacheReader
@@ -26,9 +27,10 @@ from lumbar_fast.locator.targets import series_of
 from lumbar_fast.runfolder import atomic_write
 
 
-def locate(runs: list[Path], cache: CacheReader, device: str = "auto") -> pd.DataFrame:
+def locate(runs: list[Path], cache: CacheReader, device: str = "auto",
+           progress: bool = False) -> pd.DataFrame:
     """Coordinates (train_label_coordinates.csv format) for every study of `cache`, from locator runs;
-    `device` auto, cuda or cpu."""
+    `device` auto, cuda or cpu; a progress bar per run on request."""
     target = resolve_device(device)
     tables = []
     for run in runs:
@@ -40,7 +42,8 @@ def locate(runs: list[Path], cache: CacheReader, device: str = "auto") -> pd.Dat
         model = checkpoint_model(state).to(target)
         stack_index, images = cache.stack_index(sequence), cache.stack_images(sequence)
         targets = [tuple(t) for t in state["targets"]]
-        for series in series_of(stack_index):
+        for series in tqdm(series_of(stack_index), desc=f"locate {sequence}", unit="series",
+                           disable=not progress):
             inputs = model_input(images, series, state["image_size"], target)
             heatmaps, slice_logits = model.predict(inputs, series.layout(target))
             prediction = decode_series(heatmaps, slice_logits)

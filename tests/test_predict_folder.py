@@ -1,0 +1,85 @@
+"""`predict --data`: a competition folder of DICOM test studies to a submission in one command, equal to the
+multi-command path (ingest, predict --locators), with what it could not use named, and bad input refused."""
+
+from __future__ import annotations
+
+import os
+import shutil
+
+import numpy as np
+import pandas as pd
+
+from lumbar_fast import metrics, rsna
+
+
+def submission(path) -> pd.DataFrame:
+    frame = pd.read_csv(path)
+    metrics.check_submission(frame)
+    return frame
+
+
+def test_one_command_gives_the_submission_of_the_multi_command_path(trained_runs, locator_runs, synth_data,
+                                                                   make_cache, tmp_path, run_cli):
+    runs, locator = list(trained_runs.values()), locator_runs[0]
+    common = ("--locators", locator, "--allow-prior", "--device", "cpu")
+    test_cache = make_cache(synth_data, split="test")  # the runs' image settings, stacks only
+    code, _, stderr = run_cli("predict", *runs, "--cache", test_cache, "--out", tmp_path / "steps.csv",
+                              *common)
+    assert code == 0, stderr
+    out = tmp_path / "one" / "submission.csv"
+    code, stdout, stderr = run_cli("predict", *runs, "--data", synth_data, "--out", out, "--workers", 2,
+                                   "--no-progress", *common)
+    assert code == 0, stderr
+    steps, one = submission(tmp_path / "steps.csv"), submission(out)
+    assert one["row_id"].tolist() == steps["row_id"].tolist()
+    assert len(one) == 25 * 3
+    columns = list(rsna.SUBMISSION_COLUMNS)
+    assert np.allclose(one[columns].to_numpy(), steps[columns].to_numpy(), rtol=0, atol=1e-6)
+    for stage in ("ingest stacks", "locate", "ingest crops", "classify", "studies/s", "torch loader"):
+        assert stage in stdout, stdout
+    assert os.listdir(out.parent) == ["submission.csv"]  # the work folder went with the run
+
+
+def test_a_damaged_folder_still_gives_every_row_and_names_what_it_could_not_use(trained_runs, locator_runs,
+                                                                               synth_data, tmp_path, run_cli):
+    """One study lacks its Sagittal T2 series (the type the locator finds) and another has a damaged file:
+    with --allow-prior every study still gets its 25 rows, and the summary says what was missing."""
+    data = tmp_path / "data"
+    shutil.copytree(synth_data, data, copy_function=os.link)
+    descriptions = pd.read_csv(data / "test_series_descriptions.csv")
+    studies = sorted(descriptions["study_id"].unique())
+    lacking = descriptions[(descriptions["study_id"] == studies[0])
+                           & (descriptions["series_description"] == "Sagittal T2/STIR")]
+    (data / "test_series_descriptions.csv").unlink()  # new files: the linked ones are synth_data's
+    descriptions.drop(lacking.index).to_csv(data / "test_series_descriptions.csv", index=False)
+    damaged = sorted((data / "test_images" / str(studies[1])).rglob("*.dcm"))[0]
+    damaged.unlink()
+    damaged.write_bytes(b"not a DICOM file")
+    out = tmp_path / "submission.csv"
+    args = ("predict", *trained_runs.values(), "--data", data, "--out", out, "--locators", locator_runs[0],
+            "--device", "cpu", "--workers", 2, "--no-progress")
+    code, _, stderr = run_cli(*args)
+    assert code == 2 and len(stderr.strip().splitlines()) == 1 and "lack crops" in stderr, stderr
+    assert not out.exists()
+    code, stdout, stderr = run_cli(*args, "--allow-prior", "--keep")
+    assert code == 0, stderr
+    assert len(submission(out)) == 25 * len(studies)
+    assert "ingest could not use:" in stdout and "hold the training prior" in stdout, stdout
+    work = tmp_path / "submission.csv.work"
+    assert f"work folder kept: {work}" in stdout and (work / "crops.zarr").is_dir()
+
+
+def test_bad_input_is_one_line(trained_runs, locator_runs, synth_data, tmp_path, run_cli):
+    runs = list(trained_runs.values())
+    out = tmp_path / "s.csv"
+    cases = {
+        ("--data", tmp_path / "nowhere", "--locators", locator_runs[0]): "is not a folder",
+        ("--data", tmp_path, "--locators", locator_runs[0]): "has no test_images",
+        ("--data", synth_data): "--data needs --locators",
+        ("--data", synth_data, "--cache", tmp_path / "c.zarr"): "exactly one of --cache and --data",
+        (): "exactly one of --cache and --data",
+    }
+    for extra, message in cases.items():
+        code, _, stderr = run_cli("predict", *runs, "--out", out, "--device", "cpu", *extra)
+        assert code == 2 and len(stderr.strip().splitlines()) == 1 and message in stderr, (extra, stderr)
+    assert not out.exists() and os.listdir(tmp_path) == []
