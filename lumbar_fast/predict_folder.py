@@ -20,42 +20,57 @@ from pathlib import Path
 
 import pandas as pd
 
-from lumbar_fast.cache import ImageSettings, IngestSettings, open_cache
+from lumbar_fast import rsna
+from lumbar_fast.cache import CacheReader, ImageSettings, IngestSettings, error_lines, open_cache
 from lumbar_fast.classifier.runs import ClassifierRun, read_runs
 from lumbar_fast.errors import LumbarFastError
-from lumbar_fast.ingest import IngestSummary, ingest_with
+from lumbar_fast.ingest import ingest_with
 from lumbar_fast.locator.locate import locate, write_coordinates
 from lumbar_fast.locator.runs import load_locator_checkpoint
 from lumbar_fast.predict import InferenceOptions, PredictSummary, predict
 
+CROPS = "crops.zarr"
+#: how many of what ingest could not use the closing lines name (the rest: `lumbar-fast info --errors`)
+SHOWN_PROBLEMS = 5
+
 
 @dataclass
 class FolderSummary:
-    """What `predict --data` did: predict's summary, each stage's seconds, the ingests' problems."""
+    """What `predict --data` did: predict's summary, each stage's seconds, what it could not use."""
 
     predicted: PredictSummary
     stages: dict[str, float]
-    ingests: list[IngestSummary]
+    problems: list[str]  # studies without a series type, files and series ingest could not use
     work: Path | None  # the kept work folder
 
     def lines(self) -> str:
-        """The closing lines: predict's, what ingest could not use, the time of each stage and studies/s."""
-        text = self.predicted.lines()
-        errors = {}
-        for summary in self.ingests:
-            for reason, count in summary.error_reasons.items():
-                errors[reason] = max(errors.get(reason, 0), count)  # each ingest meets the same files
-        if errors:
-            kinds = ", ".join(f"{count} {reason}" for reason, count in errors.items())
-            where = self.work if self.work is not None else "the work folder (keep it with --keep)"
-            text += f"\ningest could not use: {kinds} (their caches' errors tables, in {where})"
+        """The closing lines: predict's, what it could not use, the time of each stage and studies/s."""
+        lines = [self.predicted.lines()]
+        if self.problems:
+            lines.append(f"could not use {len(self.problems)}:")
+            lines += [f"  {problem}" for problem in self.problems[:SHOWN_PROBLEMS]]
+            if len(self.problems) > SHOWN_PROBLEMS:
+                where = (f"`lumbar-fast info {self.work / CROPS} --errors`" if self.work is not None
+                         else "--keep, then `lumbar-fast info` on the kept crops cache")
+                lines.append(f"  ({len(self.problems) - SHOWN_PROBLEMS} more: {where})")
         total = sum(self.stages.values())
         stages = ", ".join(f"{name} {seconds:.1f} s" for name, seconds in self.stages.items())
-        text += (f"\nstages: {stages}; {self.predicted.studies} studies in {total:.1f} s "
-                 f"({self.predicted.studies / total:.2f} studies/s); torch loader")
+        lines.append(f"stages: {stages}; {self.predicted.studies} studies in {total:.1f} s "
+                     f"({self.predicted.studies / total:.2f} studies/s); torch loader")
         if self.work is not None:
-            text += f"\nwork folder kept: {self.work}"
-        return text
+            lines.append(f"work folder kept: {self.work}")
+        return "\n".join(lines)
+
+
+def unusable(cache: CacheReader) -> list[str]:
+    """What a test cache could not use: each study without a series of a type (whose rows then lack crops),
+    then its errors table (files and series, with the reason)."""
+    studies = cache.study_labels()["study_id"]
+    lacking = [f"study {study}: no {rsna.SEQUENCES[seq].description} series"
+               for seq in rsna.SEQUENCES
+               for study in sorted(set(studies) - set(cache.stack_index(seq)["study_id"])
+                                   if seq in cache.sequences() else set(studies))]
+    return lacking + error_lines(cache.errors())
 
 
 def runs_image_settings(runs: Sequence[ClassifierRun]) -> ImageSettings:
@@ -113,11 +128,10 @@ def predict_folder(run_paths: Sequence[Path], data_dir: Path, out: Path, locator
         raise LumbarFastError("--data needs --locators: test studies come without coordinates")
     groups = locator_sizes(locator_runs)
     stages: dict[str, float] = {}
-    ingests: list[IngestSummary] = []
 
     def ingest_stage(name: str, settings: IngestSettings, path: Path) -> Path:
         started = time.perf_counter()
-        ingests.append(ingest_with(settings, path, workers, progress))
+        ingest_with(settings, path, workers, progress)
         stages[name] = stages.get(name, 0.0) + time.perf_counter() - started
         return path
 
@@ -133,8 +147,8 @@ def predict_folder(run_paths: Sequence[Path], data_dir: Path, out: Path, locator
         points = work / "located_coordinates.csv"
         write_coordinates(pd.concat(located, ignore_index=True), points)
         crops = ingest_stage("ingest crops", dataclasses.replace(test_split, coordinates=str(points)),
-                             work / "crops.zarr")
+                             work / CROPS)
         predicted = predict(run_paths, crops, out, allow_prior, options)
         stages["classify"] = predicted.seconds
-        return FolderSummary(predicted, stages, ingests, work if keep else None)
+        return FolderSummary(predicted, stages, unusable(open_cache(crops)), work if keep else None)
 
