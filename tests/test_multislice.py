@@ -66,9 +66,11 @@ def test_each_window_is_three_neighbouring_slices_normalised_with_imagenet_stati
 
 @pytest.mark.parametrize("pooling", ["attention", "gru"])
 def test_the_model_takes_any_timm_backbone_in_channels_last(pooling):
-    model = create_classifier("test_efficientnet", 7, pooling, pretrained=False).eval()
+    """Including one whose output is wider than its pooled features (mobilenetv3's conv_head: 576 → 1024)."""
     crops = torch.rand(2, 7, 32, 32).contiguous(memory_format=torch.channels_last)
-    assert model(crops).shape == (2, 3)
+    for name in ("test_efficientnet", "mobilenetv3_small_050"):
+        model = create_classifier(name, 7, pooling, pretrained=False).eval()
+        assert model(crops).shape == (2, 3)
     with pytest.raises(LumbarFastError, match="unknown model"):
         create_classifier("no_such_model", 5, pooling, pretrained=False)
 

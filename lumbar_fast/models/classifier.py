@@ -96,7 +96,7 @@ class MultiSliceClassifier(nn.Module):
     def __init__(self, backbone: nn.Module, windows: SliceWindows, pooling: str, num_classes: int) -> None:
         super().__init__()
         self.backbone, self.windows = backbone, windows
-        self.pool = {"attention": AttentionPooling, "gru": GRUPooling}[pooling](backbone.num_features)
+        self.pool = {"attention": AttentionPooling, "gru": GRUPooling}[pooling](feature_size(backbone))
         self.head = nn.Linear(self.pool.features, num_classes)
         self.register_buffer("mean", torch.tensor(IMAGENET_MEAN), persistent=False)
         self.register_buffer("std", torch.tensor(IMAGENET_STD), persistent=False)
@@ -116,6 +116,12 @@ class MultiSliceClassifier(nn.Module):
         flat = windows.reshape(batch * count, height, width, WINDOW)
         flat = ((flat - self.mean.to(flat.dtype)) / self.std.to(flat.dtype)).permute(0, 3, 1, 2)
         return self.backbone(flat).reshape(batch, count, -1)
+
+
+def feature_size(backbone: nn.Module) -> int:
+    """The width of a headless timm model's output: `head_hidden_size` where a model has a layer after its
+    pooled features (mobilenetv3's conv_head: 576 → 1024), else `num_features`."""
+    return getattr(backbone, "head_hidden_size", None) or backbone.num_features
 
 
 def uses_windows(pooling: str) -> bool:
