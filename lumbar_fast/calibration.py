@@ -83,16 +83,23 @@ class Calibration:
 
 
 def calibrate(method: str, predictions: pd.DataFrame) -> Calibration:
-    """The run's calibration by `method` from its validation predictions table (severity, p_* columns)."""
+    """The run's calibration by `method` from its validation predictions table (severity, p_* columns).
+
+    A fitted temperature is kept only where it lowers the validation loss; with no labelled item there is
+    nothing to fit, and the run stays uncalibrated (method none)."""
     if method not in CALIBRATIONS:
         raise LumbarFastError(f"--calibration must be one of {', '.join(CALIBRATIONS)}")
     labelled = predictions[predictions["severity"] != rsna.MISSING]
+    if labelled.empty:
+        return Calibration("none", 1.0, 0, 0.0, 0.0)
     labels = labelled["severity"].to_numpy(dtype=np.int64)
     probs = labelled[[f"p_{name}" for name in rsna.SUBMISSION_COLUMNS]].to_numpy(dtype=np.float64)
     before = weighted_log_loss(labels, probs)
-    temperature = fit_temperature(labels, probs) if method == "temperature" and len(labels) else 1.0
-    return Calibration(method, temperature, len(labels), before,
-                       weighted_log_loss(labels, temper(probs, temperature)))
+    temperature = fit_temperature(labels, probs) if method == "temperature" else 1.0
+    after = weighted_log_loss(labels, temper(probs, temperature))
+    if after > before:
+        temperature, after = 1.0, before
+    return Calibration(method, temperature, len(labels), before, after)
 
 
 def write_calibration(run_dir: Path, calibration: Calibration) -> None:
@@ -101,12 +108,15 @@ def write_calibration(run_dir: Path, calibration: Calibration) -> None:
     atomic_write(Path(run_dir) / CALIBRATION, lambda tmp: tmp.write_text(text))
 
 
-def read_temperature(run_dir: Path) -> float:
-    """The run's temperature; 1 for a run without calibration.json (one still training, or from before
-    calibration existed)."""
+def read_temperature(run_dir: Path, method: str) -> float:
+    """The temperature of a run recorded with calibration `method`: 1 for `none` without calibration.json
+    (a run still training); a run that should be calibrated and is not yet is a one-line error."""
     path = Path(run_dir) / CALIBRATION
     if not path.is_file():
-        return 1.0
+        if method == "none":
+            return 1.0
+        raise LumbarFastError(f"run {run_dir} has no {CALIBRATION}: its {method} calibration is fitted when "
+                              f"training ends; let it finish (or --resume it)")
     try:
         temperature = float(json.loads(path.read_text())["temperature"])
     except (ValueError, KeyError, TypeError) as exc:

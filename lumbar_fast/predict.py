@@ -22,7 +22,7 @@ import torch
 from tqdm import tqdm
 
 from lumbar_fast import metrics, rsna
-from lumbar_fast.cache import CacheReader, check_fits, open_cache
+from lumbar_fast.cache import CacheReader, IngestSettings, check_fits, open_cache
 from lumbar_fast.calibration import temper
 from lumbar_fast.classifier.runs import ClassifierRun, read_runs, runs_by_sequence
 from lumbar_fast.errors import LumbarFastError
@@ -193,25 +193,38 @@ class PredictSummary:
         return text
 
 
+def ingest_at_points(coordinates: pd.DataFrame, settings: IngestSettings, folder: Path,
+                     workers: int | None = None, progress: bool = False) -> Path:
+    """Ingest the DICOM folder of `settings` again with `coordinates` as its points: the crops cache in
+    `folder`, named by a digest of the points, so a rerun with the same points reuses (or resumes) it and
+    other points never meet a stale one."""
+    from lumbar_fast.ingest import ingest_with
+    from lumbar_fast.locator.locate import write_coordinates
+
+    text = coordinates.to_csv(index=False, columns=list(rsna.COORDINATE_COLUMNS))
+    digest = hashlib.sha1(text.encode()).hexdigest()[:12]
+    points = folder / f"coordinates-{digest}.csv"
+    write_coordinates(coordinates, points)
+    derived = folder / f"cache-{digest}.{settings.fmt}"
+    ingest_with(dataclasses.replace(settings, coordinates=str(points)), derived, workers, progress)
+    return derived
+
+
 def located_cache(locator_runs: Sequence[Path], cache: CacheReader, out: Path, device: str) -> Path:
     """Locate the levels of every study of `cache` with locator runs, then ingest the cache's DICOM folder
-    again with those points as coordinates (same image parameters): the derived cache's path.
-
-    It lives beside `out`, in `<out>.located/`, named by a digest of the points, so a rerun with the same
-    points reuses (or resumes) it and other points never meet a stale one.
-    """
-    from lumbar_fast.ingest import ingest_with
-    from lumbar_fast.locator.locate import locate, write_coordinates
+    again with those points as coordinates and every other setting of the cache (`ingest_at_points`, in
+    `<out>.located/`): the derived cache's path."""
+    from lumbar_fast.locator.locate import locate
 
     coordinates = locate(list(locator_runs), cache, device)
-    digest = hashlib.sha1(coordinates.to_csv(index=False, columns=list(rsna.COORDINATE_COLUMNS)).encode())
-    folder = out.with_name(f"{out.name}.located")
-    points = folder / f"coordinates-{digest.hexdigest()[:12]}.csv"
-    write_coordinates(coordinates, points)
-    settings = dataclasses.replace(cache.settings(), coordinates=str(points))
-    derived = folder / f"cache-{digest.hexdigest()[:12]}.{settings.fmt}"
-    ingest_with(settings, derived, progress=False)
-    return derived
+    return ingest_at_points(coordinates, cache.settings(), out.with_name(f"{out.name}.located"))
+
+
+def check_sequences(runs: Sequence[ClassifierRun]) -> None:
+    """Refuse runs that do not cover every sequence: a submission needs all three."""
+    missing = sorted(set(rsna.SEQUENCES) - {r.sequence for r in runs})
+    if missing:
+        raise LumbarFastError(f"no run for sequence(s) {', '.join(missing)}: a submission needs all three")
 
 
 def predict(run_paths: Sequence[Path], cache_path: Path, out: Path, allow_prior: bool = False,
@@ -224,9 +237,7 @@ def predict(run_paths: Sequence[Path], cache_path: Path, out: Path, allow_prior:
     options = options or InferenceOptions()
     started = time.perf_counter()
     runs = read_runs(run_paths)
-    missing = sorted(set(rsna.SEQUENCES) - {r.sequence for r in runs})
-    if missing:
-        raise LumbarFastError(f"no run for sequence(s) {', '.join(missing)}: a submission needs all three")
+    check_sequences(runs)
     cache = open_cache(cache_path)
     derived = located_cache(locator_runs, cache, out, options.device) if locator_runs else None
     if derived is not None:

@@ -5,7 +5,8 @@ The stages: ingest the test split's stacks at each locator's image size → loca
 level crops at the located points with the image settings the classifier runs trained on (size, slices per
 crop, crop widths, side convention, all recorded in the runs) → classify, write the CSV (`predict.predict`).
 The caches and the located points live in a temporary folder beside the CSV, or in `<out>.work/` with
-`keep` (where a rerun finds them finished and skips their stages). It reads only local files.
+`keep` (where a rerun finds its caches finished and does not ingest again; the crops cache is named by its
+points). It reads only local files.
 """
 
 from __future__ import annotations
@@ -14,9 +15,10 @@ import contextlib
 import dataclasses
 import tempfile
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 import pandas as pd
 
@@ -25,11 +27,17 @@ from lumbar_fast.cache import CacheReader, ImageSettings, IngestSettings, error_
 from lumbar_fast.classifier.runs import ClassifierRun, read_runs
 from lumbar_fast.errors import LumbarFastError
 from lumbar_fast.ingest import ingest_with
-from lumbar_fast.locator.locate import locate, write_coordinates
+from lumbar_fast.locator.locate import locate
 from lumbar_fast.locator.runs import load_locator_checkpoint
-from lumbar_fast.predict import InferenceOptions, PredictSummary, predict
+from lumbar_fast.predict import (
+    InferenceOptions,
+    PredictSummary,
+    check_sequences,
+    ingest_at_points,
+    predict,
+)
 
-CROPS = "crops.zarr"
+T = TypeVar("T")
 #: how many of what ingest could not use the closing lines name (the rest: `lumbar-fast info --errors`)
 SHOWN_PROBLEMS = 5
 
@@ -41,7 +49,7 @@ class FolderSummary:
     predicted: PredictSummary
     stages: dict[str, float]
     problems: list[str]  # studies without a series type, files and series ingest could not use
-    work: Path | None  # the kept work folder
+    kept_crops: Path | None  # the crops cache, when its work folder is kept
 
     def lines(self) -> str:
         """The closing lines: predict's, what it could not use, the time of each stage and studies/s."""
@@ -50,15 +58,15 @@ class FolderSummary:
             lines.append(f"could not use {len(self.problems)}:")
             lines += [f"  {problem}" for problem in self.problems[:SHOWN_PROBLEMS]]
             if len(self.problems) > SHOWN_PROBLEMS:
-                where = (f"`lumbar-fast info {self.work / CROPS} --errors`" if self.work is not None
+                where = (f"`lumbar-fast info {self.kept_crops} --errors`" if self.kept_crops is not None
                          else "--keep, then `lumbar-fast info` on the kept crops cache")
                 lines.append(f"  ({len(self.problems) - SHOWN_PROBLEMS} more: {where})")
         total = sum(self.stages.values())
         stages = ", ".join(f"{name} {seconds:.1f} s" for name, seconds in self.stages.items())
         lines.append(f"stages: {stages}; {self.predicted.studies} studies in {total:.1f} s "
                      f"({self.predicted.studies / total:.2f} studies/s); torch loader")
-        if self.work is not None:
-            lines.append(f"work folder kept: {self.work}")
+        if self.kept_crops is not None:
+            lines.append(f"work folder kept: {self.kept_crops.parent}")
         return "\n".join(lines)
 
 
@@ -84,13 +92,16 @@ def runs_image_settings(runs: Sequence[ClassifierRun]) -> ImageSettings:
     return first.settings
 
 
-def locator_sizes(locator_runs: Sequence[Path]) -> dict[int, list[Path]]:
-    """The locator runs grouped by the stack image size each trained on (its cache's)."""
+def locator_groups(locator_runs: Sequence[Path]) -> tuple[dict[int, list[Path]], set[str]]:
+    """The locator runs grouped by the stack image size each trained on (its cache's), and the sequences
+    they locate."""
     groups: dict[int, list[Path]] = {}
+    sequences = set()
     for run in locator_runs:
-        size = ImageSettings.from_record(load_locator_checkpoint(Path(run))["cache_settings"]).size
-        groups.setdefault(size, []).append(Path(run))
-    return groups
+        state = load_locator_checkpoint(Path(run))
+        groups.setdefault(ImageSettings.from_record(state["cache_settings"]).size, []).append(Path(run))
+        sequences.add(state["sequence"])
+    return groups, sequences
 
 
 @contextlib.contextmanager
@@ -123,32 +134,35 @@ def predict_folder(run_paths: Sequence[Path], data_dir: Path, out: Path, locator
     options = dataclasses.replace(options or InferenceOptions(), progress=progress)
     data_dir, out = Path(data_dir), Path(out)
     check_folder(data_dir)
-    images = runs_image_settings(read_runs(run_paths))
+    runs = read_runs(run_paths)
+    check_sequences(runs)
+    images = runs_image_settings(runs)
     if not locator_runs:
         raise LumbarFastError("--data needs --locators: test studies come without coordinates")
-    groups = locator_sizes(locator_runs)
+    groups, located_sequences = locator_groups(locator_runs)
+    unlocated = [seq for seq in rsna.SEQUENCES if seq not in located_sequences]
+    if unlocated and not allow_prior:
+        raise LumbarFastError(f"no locator run for {', '.join(unlocated)}: its rows would have no crop; give "
+                              "one per sequence, or --allow-prior to fill them with the training prior")
     stages: dict[str, float] = {}
 
-    def ingest_stage(name: str, settings: IngestSettings, path: Path) -> Path:
+    def timed(name: str, step: Callable[..., T], *args: object) -> T:
         started = time.perf_counter()
-        ingest_with(settings, path, workers, progress)
+        result = step(*args)
         stages[name] = stages.get(name, 0.0) + time.perf_counter() - started
-        return path
+        return result
 
     with work_folder(out, keep) as work:
         test_split = IngestSettings(data_dir=str(data_dir), split="test", images=images)
         located = []
-        for size, runs in groups.items():
-            stacks = ingest_stage("ingest stacks", dataclasses.replace(
-                test_split, images=dataclasses.replace(images, size=size)), work / f"stacks-{size}.zarr")
-            started = time.perf_counter()
-            located.append(locate(runs, open_cache(stacks), options.device, progress))
-            stages["locate"] = stages.get("locate", 0.0) + time.perf_counter() - started
-        points = work / "located_coordinates.csv"
-        write_coordinates(pd.concat(located, ignore_index=True), points)
-        crops = ingest_stage("ingest crops", dataclasses.replace(test_split, coordinates=str(points)),
-                             work / CROPS)
+        for size, group in groups.items():
+            stacks = dataclasses.replace(test_split, images=dataclasses.replace(images, size=size))
+            path = work / f"stacks-{size}.zarr"
+            timed("ingest stacks", ingest_with, stacks, path, workers, progress)
+            located.append(timed("locate", locate, group, open_cache(path), options.device, progress))
+        points = pd.concat(located, ignore_index=True)
+        crops = timed("ingest crops", ingest_at_points, points, test_split, work, workers, progress)
         predicted = predict(run_paths, crops, out, allow_prior, options)
         stages["classify"] = predicted.seconds
-        return FolderSummary(predicted, stages, unusable(open_cache(crops)), work if keep else None)
+        return FolderSummary(predicted, stages, unusable(open_cache(crops)), crops if keep else None)
 

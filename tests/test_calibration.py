@@ -70,14 +70,25 @@ def test_calibrate_fits_the_metrics_weighted_loss_on_labelled_rows_only():
         calibrate("isotonic", predictions_table(labels, model))
 
 
-def test_a_run_without_calibration_is_uncalibrated_and_a_damaged_one_is_refused(tmp_path):
-    assert read_temperature(tmp_path) == 1.0
+def test_an_unfinished_run_is_uncalibrated_only_when_it_asked_for_none(tmp_path):
+    """Without calibration.json (a run still training): T = 1 for `none`; one that will be calibrated is
+    refused until it finishes; a damaged file is refused."""
+    assert read_temperature(tmp_path, "none") == 1.0
+    with pytest.raises(LumbarFastError, match="no calibration.json: its temperature calibration is fitted"):
+        read_temperature(tmp_path, "temperature")
     (tmp_path / CALIBRATION).write_text('{"temperature": -2}')
     with pytest.raises(LumbarFastError, match="temperature -2.0; it must be positive"):
-        read_temperature(tmp_path)
+        read_temperature(tmp_path, "temperature")
     (tmp_path / CALIBRATION).write_text("{}")
     with pytest.raises(LumbarFastError, match=f"cannot read {tmp_path / CALIBRATION}"):
-        read_temperature(tmp_path)
+        read_temperature(tmp_path, "temperature")
+
+
+def test_nothing_to_fit_leaves_the_run_uncalibrated():
+    _, _, model = drawn(50, 2.0)
+    empty = calibrate("temperature", predictions_table(np.full(50, rsna.MISSING), model))
+    assert (empty.method, empty.temperature, empty.items) == ("none", 1.0, 0)
+    assert "nan" not in json.dumps(empty.__dict__).lower()
 
 
 def test_training_ends_with_its_calibration_and_predict_applies_each_runs_temperature(

@@ -10,6 +10,9 @@ import numpy as np
 import pandas as pd
 
 from lumbar_fast import metrics, rsna
+from lumbar_fast.cache import open_cache
+from lumbar_fast.locator.config import LocatorConfig
+from lumbar_fast.locator.runs import train_locator
 
 
 def submission(path) -> pd.DataFrame:
@@ -40,10 +43,15 @@ def test_one_command_gives_the_submission_of_the_multi_command_path(trained_runs
     assert os.listdir(out.parent) == ["submission.csv"]  # the work folder went with the run
 
 
-def test_a_damaged_folder_still_gives_every_row_and_names_what_it_could_not_use(trained_runs, locator_runs,
+def test_a_damaged_folder_still_gives_every_row_and_names_what_it_could_not_use(trained_runs, synth_cache,
                                                                                synth_data, tmp_path, run_cli):
-    """One study lacks its Sagittal T2 series (the type the locator finds) and another has a damaged file:
-    with --allow-prior every study still gets its 25 rows, and the summary says what was missing."""
+    """One study lacks its Sagittal T2 series and another has a damaged file: without --allow-prior the
+    missing crops are refused (after the work, which leaves nothing behind); with it every study still gets
+    its 25 rows, and the summary says what was missing."""
+    locators = [train_locator(LocatorConfig(
+        sequence=seq, cache=str(synth_cache), run_dir=str(tmp_path / "locators" / seq),
+        model="test_efficientnet", pretrained=False, image_size=64, width=16, folds=3, epochs=1,
+        limit_series=2, max_slices=6, device="cpu", progress=False)) for seq in rsna.SEQUENCES]
     data = tmp_path / "data"
     shutil.copytree(synth_data, data, copy_function=os.link)
     descriptions = pd.read_csv(data / "test_series_descriptions.csv")
@@ -56,11 +64,11 @@ def test_a_damaged_folder_still_gives_every_row_and_names_what_it_could_not_use(
     damaged.unlink()
     damaged.write_bytes(b"not a DICOM file")
     out = tmp_path / "submission.csv"
-    args = ("predict", *trained_runs.values(), "--data", data, "--out", out, "--locators", locator_runs[0],
-            "--device", "cpu", "--workers", 2, "--no-progress")
+    args = ("predict", *trained_runs.values(), "--data", data, "--out", out, "--device", "cpu",
+            "--workers", 2, "--no-progress", *(arg for run in locators for arg in ("--locators", run)))
     code, _, stderr = run_cli(*args)
     assert code == 2 and len(stderr.strip().splitlines()) == 1 and "lack crops" in stderr, stderr
-    assert not out.exists()
+    assert sorted(os.listdir(tmp_path)) == ["data", "locators"]  # no CSV, no temporary work folder
     code, stdout, stderr = run_cli(*args, "--allow-prior", "--keep")
     assert code == 0, stderr
     assert len(submission(out)) == 25 * len(studies)
@@ -68,7 +76,8 @@ def test_a_damaged_folder_still_gives_every_row_and_names_what_it_could_not_use(
     assert f"study {studies[0]}: no Sagittal T2/STIR series" in stdout
     assert f"{damaged}: not a DICOM file" in stdout
     work = tmp_path / "submission.csv.work"
-    assert f"work folder kept: {work}" in stdout and (work / "crops.zarr").is_dir()
+    (crops,) = work.glob("cache-*.zarr")  # named by its points
+    assert f"work folder kept: {work}" in stdout and open_cache(crops).sequences()
 
 
 def test_bad_input_is_one_line(trained_runs, locator_runs, synth_data, tmp_path, run_cli):
@@ -78,6 +87,7 @@ def test_bad_input_is_one_line(trained_runs, locator_runs, synth_data, tmp_path,
         ("--data", tmp_path / "nowhere", "--locators", locator_runs[0]): "is not a folder",
         ("--data", tmp_path, "--locators", locator_runs[0]): "has no test_images",
         ("--data", synth_data): "--data needs --locators",
+        ("--data", synth_data, "--locators", locator_runs[0]): "no locator run for sag_t1, ax_t2",
         ("--data", synth_data, "--cache", tmp_path / "c.zarr"): "exactly one of --cache and --data",
         (): "exactly one of --cache and --data",
     }

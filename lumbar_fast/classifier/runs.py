@@ -32,7 +32,7 @@ def train(config: TrainConfig) -> Path:
 
 def resume(run_dir: str | Path) -> Path:
     """Continue a run from its last.pt (model, optimiser, scaler, schedule, early stopping, RNG) to the same
-    result as an uninterrupted run; a finished run returns at once."""
+    result as an uninterrupted run; a finished run only repeats its closing calibration."""
     return loop.resume(run_dir, TrainConfig.from_record, prepare_classifier)
 
 
@@ -69,10 +69,12 @@ def read_run(path: Path) -> ClassifierRun:
     records = folder.read_metrics()
     if not records or "val_prior" not in records[-1]:
         raise LumbarFastError(f"run {path} has no training prior in its metrics")
+    calibration = config.get("calibration", "none")  # runs from before calibration: uncalibrated
     return ClassifierRun(path, config["sequence"], int(config["fold"]), Path(config["cache"]),
                          np.asarray(records[-1]["val_prior"], dtype=np.float64),
                          recipes.flips_horizontally(config["augment"]),
-                         ImageSettings.from_record(folder.read_cache_settings()), read_temperature(path))
+                         ImageSettings.from_record(folder.read_cache_settings()),
+                         read_temperature(path, calibration))
 
 
 def read_runs(paths: Sequence[Path]) -> list[ClassifierRun]:

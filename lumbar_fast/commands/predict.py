@@ -24,7 +24,8 @@ from lumbar_fast.commands.options import inference_options
 @inference_options
 @click.option("--locators", "locator_runs", multiple=True, type=click.Path(path_type=Path),
               help="A locator run (repeat: one per sequence): crop at the points it locates (locate → "
-                   "ingest --coordinates into a derived cache beside --out) instead of the cache's own.")
+                   "ingest --coordinates into a derived cache: beside --out with --cache, in the work folder "
+                   "with --data) instead of the cache's own.")
 @click.option("--keep", is_flag=True, help="--data: keep the caches and located points in <out>.work/ (a "
               "rerun reuses them) instead of a temporary folder.")
 @click.option("--workers", type=click.IntRange(min=1), help="--data: ingest worker processes (default: every "
