@@ -93,7 +93,7 @@ def calibrate(method: str, predictions: pd.DataFrame) -> Calibration:
     if labelled.empty:
         return Calibration("none", 1.0, 0, 0.0, 0.0)
     labels = labelled["severity"].to_numpy(dtype=np.int64)
-    probs = labelled[[f"p_{name}" for name in rsna.SUBMISSION_COLUMNS]].to_numpy(dtype=np.float64)
+    probs = labelled[list(rsna.PROBABILITY_COLUMNS)].to_numpy(dtype=np.float64)
     before = weighted_log_loss(labels, probs)
     temperature = fit_temperature(labels, probs) if method == "temperature" else 1.0
     after = weighted_log_loss(labels, temper(probs, temperature))

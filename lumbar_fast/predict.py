@@ -32,7 +32,7 @@ from lumbar_fast.loaders.gpu import resolve_device
 from lumbar_fast.models.tta import FlipAverage
 from lumbar_fast.runfolder import atomic_write
 
-PROBABILITY_COLUMNS: tuple[str, ...] = tuple(f"p_{name}" for name in rsna.SUBMISSION_COLUMNS)
+PROBABILITY_COLUMNS = rsna.PROBABILITY_COLUMNS
 LOCATION = ["study_id", "condition", "level"]
 
 

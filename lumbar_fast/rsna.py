@@ -43,6 +43,8 @@ MISSING = -1
 COORDINATE_COLUMNS = ("study_id", "series_id", "instance_number", "condition", "level", "x", "y")
 #: sample_submission.csv probability columns, in class order
 SUBMISSION_COLUMNS: tuple[str, ...] = ("normal_mild", "moderate", "severe")
+#: the probability columns of prediction tables (val_predictions.csv, crop predictions, the answer key)
+PROBABILITY_COLUMNS: tuple[str, ...] = tuple(f"p_{name}" for name in SUBMISSION_COLUMNS)
 #: the competition's sample weights per class
 CLASS_WEIGHTS: tuple[float, ...] = (1.0, 2.0, 4.0)
 

@@ -265,7 +265,7 @@ def crop_figures(judged: Judged) -> dict[str, dict[str, float]]:
     """Per studied sequence: balanced accuracy and weighted log loss ÷ prior of its labelled crops."""
     result = {}
     for sequence, crops in judged.crops[judged.crops["severity"] != rsna.MISSING].groupby("sequence"):
-        probs = crops[[f"p_{name}" for name in rsna.SUBMISSION_COLUMNS]].to_numpy()
+        probs = crops[list(rsna.PROBABILITY_COLUMNS)].to_numpy()
         figures = common.judge(crops["severity"].to_numpy(), probs, judged.priors[sequence])
         result[sequence] = {key: figures[key] for key in ("balanced_accuracy", "wll_ratio")}
     return result

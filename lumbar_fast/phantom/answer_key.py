@@ -22,7 +22,7 @@ from lumbar_fast.errors import LumbarFastError
 from lumbar_fast.phantom.grading import StudyTruth, draw_grades
 
 ANSWER_KEY_NAME = "phantom_answer_key.csv"
-PROBABILITY_COLUMNS: tuple[str, ...] = tuple(f"p_{name}" for name in rsna.SUBMISSION_COLUMNS)
+PROBABILITY_COLUMNS = rsna.PROBABILITY_COLUMNS
 ANSWER_KEY_CSV: dict[str, str] = {"row_id": TEXT, "split": TEXT, "study_id": INT, "condition": TEXT,
                                   "level": TEXT, "latent": FLOAT, "narrowing": FLOAT,
                                   **dict.fromkeys(PROBABILITY_COLUMNS, FLOAT)}

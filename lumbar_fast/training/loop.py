@@ -41,7 +41,7 @@ def start(config: C, prepare: Prepare) -> Path:
 
 def resume(run_dir: str | Path, read_config: Callable[[dict[str, Any]], C], prepare: Prepare) -> Path:
     """Continue a run from its last.pt (every rank loads it) to the same result as an uninterrupted run; a
-    finished run only repeats the closing step (`fit`)."""
+    finished run only repeats the task's closing step (`TrainingTask.finish`)."""
     run = RunFolder.open_existing(Path(run_dir))
     try:
         config = read_config(run.read_config())
