@@ -3,16 +3,21 @@ multi-command path (ingest, predict --locators), with what it could not use name
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import shutil
 
 import numpy as np
 import pandas as pd
+import pytest
 
 from lumbar_fast import metrics, rsna
 from lumbar_fast.cache import open_cache
+from lumbar_fast.classifier.runs import read_runs
+from lumbar_fast.errors import LumbarFastError
 from lumbar_fast.locator.config import LocatorConfig
 from lumbar_fast.locator.runs import train_locator
+from lumbar_fast.predict_folder import runs_image_settings
 
 
 def submission(path) -> pd.DataFrame:
@@ -95,3 +100,12 @@ def test_bad_input_is_one_line(trained_runs, locator_runs, synth_data, tmp_path,
         code, _, stderr = run_cli("predict", *runs, "--out", out, "--device", "cpu", *extra)
         assert code == 2 and len(stderr.strip().splitlines()) == 1 and message in stderr, (extra, stderr)
     assert not out.exists() and os.listdir(tmp_path) == []
+
+
+def test_runs_trained_on_caches_of_other_images_are_refused_before_any_work(trained_runs):
+    """--data ingests one crops cache with the runs' image settings: runs that differ cannot share it."""
+    runs = read_runs(list(trained_runs.values()))
+    assert runs_image_settings(runs) == runs[0].settings
+    other = dataclasses.replace(runs[1], settings=dataclasses.replace(runs[1].settings, size=32))
+    with pytest.raises(LumbarFastError, match="trained on caches of different images"):
+        runs_image_settings([runs[0], other, runs[2]])
