@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import math
 import subprocess
 import sys
@@ -18,6 +19,7 @@ from lumbar_fast.dicom import decode_pixels
 from lumbar_fast.phantom import MANIFEST_NAME, PhantomOptions, PitfallRates, generate, grading, load_manifest
 from lumbar_fast.phantom.anatomy import class_narrowing, sample_anatomy
 from lumbar_fast.phantom.answer_key import ANSWER_KEY_NAME
+from lumbar_fast.phantom.dicom_writer import Encoding, SeriesHeader, SeriesWriter
 from lumbar_fast.phantom.grading import sample_truth
 from lumbar_fast.phantom.options import REAL_FREQUENCIES
 from lumbar_fast.phantom.readability import crop_measurements, readability_table
@@ -500,3 +502,23 @@ def test_pixels_carry_the_drawn_narrowing(make_synth, make_cache):
     assert set(table.index) == set(REAL_FREQUENCIES)
     assert (table.r_squared > 0.8).all(), table
     assert (table.correlation < -0.8).all(), table
+
+
+@pytest.mark.parametrize("encoding", [
+    Encoding(full_scale=2000.0),
+    Encoding(full_scale=20000.0, bits_stored=16, monochrome1=True, rescale=(2.5, -100.25)),
+])
+def test_assembled_files_are_the_bytes_pydicom_writes(encoding, tmp_path):
+    """The writer assembles uncompressed files from bytes: each is what pydicom's own writer makes of the
+    same attributes (odd-length values padded, elements in tag order, the file meta's group length)."""
+    writer = SeriesWriter(SeriesHeader(12345, 678, 3, "Sagittal T2/STIR", encoding))
+    rng = np.random.default_rng(0)
+    for instance, plane in enumerate(sagittal_planes(sample_anatomy(rng, class_narrowing(
+            sample_severity(rng, REAL_FREQUENCIES), 1.0)), rng, 48, False)[:3], start=9):
+        image = rng.random((plane.rows, plane.cols)).astype(np.float32)
+        writer.write(tmp_path / "ours.dcm", image, plane, instance)
+        reference = io.BytesIO()
+        writer.dataset_with(writer.instance_values(image, plane, instance)).save_as(
+            reference, enforce_file_format=True)
+        assert (tmp_path / "ours.dcm").read_bytes() == reference.getvalue()
+        assert pydicom.dcmread(tmp_path / "ours.dcm").InstanceNumber == instance

@@ -7,6 +7,7 @@ intensity at each pixel's world position, so all series of a study, and every pi
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
 
@@ -32,9 +33,9 @@ class SlicePlane:
     thickness: float
     stack: int  # which stack of its series this plane belongs to
 
-    @property
+    @cached_property
     def normal(self) -> np.ndarray:
-        """Unit normal, cross(row cosine, column cosine)."""
+        """Unit normal, cross(row cosine, column cosine) (kept: labelling asks every plane for each point)."""
         return np.cross(self.orientation[:3], self.orientation[3:])
 
     def world(self) -> np.ndarray:
