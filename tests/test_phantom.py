@@ -6,6 +6,7 @@ import io
 import math
 import subprocess
 import sys
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -21,10 +22,10 @@ from lumbar_fast.phantom.anatomy import class_narrowing, sample_anatomy
 from lumbar_fast.phantom.answer_key import ANSWER_KEY_NAME
 from lumbar_fast.phantom.dicom_writer import Encoding, SeriesHeader, SeriesWriter
 from lumbar_fast.phantom.grading import sample_truth
-from lumbar_fast.phantom.options import REAL_FREQUENCIES
+from lumbar_fast.phantom.options import REAL_FREQUENCIES, RSNA_SIZES
 from lumbar_fast.phantom.readability import crop_measurements, readability_table
 from lumbar_fast.phantom.render import axial_planes, sagittal_planes
-from lumbar_fast.phantom.study import sample_severity
+from lumbar_fast.phantom.study import _series_size, sample_severity
 
 
 def read_csv(root: Path, name: str) -> pd.DataFrame:
@@ -522,3 +523,23 @@ def test_assembled_files_are_the_bytes_pydicom_writes(encoding, tmp_path):
             reference, enforce_file_format=True)
         assert (tmp_path / "ours.dcm").read_bytes() == reference.getvalue()
         assert pydicom.dcmread(tmp_path / "ours.dcm").InstanceNumber == instance
+
+
+def test_the_rsna_size_spread_draws_each_series_size_from_the_real_spread(run_cli, tmp_path):
+    """`--size-spread rsna`: each series at a size drawn from RSNA_SIZES at its share (image_size unused);
+    without pitfalls every file of a series shares it. "base" draws nothing (earlier phantoms keep their
+    bytes)."""
+    rng = np.random.default_rng(3)
+    draws = [_series_size(rng, PhantomOptions(size_spread="rsna")) for _ in range(4000)]
+    for size, share in RSNA_SIZES.items():
+        assert draws.count(size) / len(draws) == pytest.approx(share, abs=0.025)
+    state = rng.bit_generator.state
+    assert _series_size(rng, PhantomOptions(image_size=96)) == 96 and rng.bit_generator.state == state
+    code, _, err = run_cli("synth", tmp_path / "d", "--studies", "1", "--size-spread", "rsna",
+                           "--no-pitfalls", "--image-size", "64", "--quiet", "--workers", "1")
+    assert code == 0, err
+    for series in (tmp_path / "d" / "train_images").glob("*/*"):
+        shapes = {(ds.Rows, ds.Columns) for ds in map(partial(pydicom.dcmread, stop_before_pixels=True),
+                                                          series.glob("*.dcm"))}
+        assert len(shapes) == 1 and shapes.pop()[0] in RSNA_SIZES
+    assert load_manifest(tmp_path / "d")["options"]["size_spread"] == "rsna"

@@ -9,7 +9,7 @@ import click
 from lumbar_fast.errors import LumbarFastError
 from lumbar_fast.phantom import MANIFEST_NAME, PhantomOptions, PitfallRates, generate
 from lumbar_fast.phantom.answer_key import ANSWER_KEY_NAME
-from lumbar_fast.phantom.options import DIFFICULTIES
+from lumbar_fast.phantom.options import DIFFICULTIES, SIZE_SPREADS
 
 
 def parse_rates(specs: tuple[str, ...], base: PitfallRates) -> PitfallRates:
@@ -34,6 +34,9 @@ def parse_rates(specs: tuple[str, ...], base: PitfallRates) -> PitfallRates:
 @click.option("--seed", type=int, default=0, show_default=True, help="Same seed, same data set.")
 @click.option("--image-size", type=int, default=PhantomOptions.image_size, show_default=True,
               help="Base Rows = Columns of every slice (series deviate at the varied_size rate).")
+@click.option("--size-spread", type=click.Choice(SIZE_SPREADS), default=PhantomOptions.size_spread,
+              show_default=True, help="base: every series at --image-size; rsna: each series draws its size "
+              "from the competition's spread (mostly 384-512, some 256-640), for timing at the real cost.")
 @click.option("--difficulty", type=click.Choice(DIFFICULTIES), default=PhantomOptions.difficulty,
               show_default=True,
               help="real: a latent severity graded by a noisy rater, with the answer key "
@@ -48,13 +51,14 @@ def parse_rates(specs: tuple[str, ...], base: PitfallRates) -> PitfallRates:
                    f"{', '.join(PitfallRates.names())}.")
 @click.option("--workers", type=int, default=None, help="Worker processes (default: all cores).")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
-def command(out: Path, n_studies: int, n_test: int, seed: int, image_size: int, difficulty: str,
-            signal: float, balanced: bool, no_pitfalls: bool, pitfall_specs: tuple[str, ...],
+def command(out: Path, n_studies: int, n_test: int, seed: int, image_size: int, size_spread: str,
+            difficulty: str, signal: float, balanced: bool, no_pitfalls: bool, pitfall_specs: tuple[str, ...],
             workers: int | None, quiet: bool) -> None:
     """Write a synthetic RSNA 2024 lumbar spine data set (CSVs + DICOM) to the new folder OUT."""
     base = PitfallRates.none() if no_pitfalls else PitfallRates()
     options = PhantomOptions(seed=seed, image_size=image_size, signal=signal, balanced=balanced,
-                             pitfalls=parse_rates(pitfall_specs, base), difficulty=difficulty)
+                             pitfalls=parse_rates(pitfall_specs, base), difficulty=difficulty,
+                             size_spread=size_spread)
     if workers is not None and workers < 1:
         raise LumbarFastError(f"--workers must be at least 1 (got {workers})")
     summary = generate(out, n_studies, n_test, options, workers=workers, progress=not quiet)

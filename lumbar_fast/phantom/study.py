@@ -12,7 +12,7 @@ from lumbar_fast import rsna
 from lumbar_fast.phantom.anatomy import EFFACEMENT, Anatomy, NarrowingDraw, class_narrowing, sample_anatomy
 from lumbar_fast.phantom.dicom_writer import Encoding, SeriesHeader, SeriesWriter, damage_file
 from lumbar_fast.phantom.grading import StudyTruth, sample_truth
-from lumbar_fast.phantom.options import PhantomOptions
+from lumbar_fast.phantom.options import RSNA_SIZES, PhantomOptions
 from lumbar_fast.phantom.render import (
     SlicePlane,
     axial_planes,
@@ -176,8 +176,9 @@ def _plan_one(rng: np.random.Generator, anatomy: Anatomy, sequence: str, series_
         stacks = int(rng.integers(2, 4)) if rng.random() < rates.multi_stack else 1
     else:
         stacks = 1
+    base = _series_size(rng, options)
     varied = rng.random(stacks) < rates.varied_size
-    sizes = [varied_size(options.image_size, rng) if v else options.image_size for v in varied]
+    sizes = [varied_size(base, rng) if v else base for v in varied]
     off_centre = rates.off_centre > 0 and bool(rng.random() < rates.off_centre)  # no draw when off
     if sequence == "ax_t2":
         planes = axial_planes(anatomy, rng, sizes, off_centre)
@@ -185,7 +186,16 @@ def _plan_one(rng: np.random.Generator, anatomy: Anatomy, sequence: str, series_
         planes = sagittal_planes(anatomy, rng, sizes[0], off_centre)
     numbers, order = _instance_numbers(rng, len(planes), rates.shuffled_instances)
     return SeriesPlan(series_id, sequence, planes, numbers, _sample_encoding(rng, options), order, labelled,
-                      bool(any(size != options.image_size for size in sizes)), off_centre)
+                      bool(any(size != base for size in sizes)), off_centre)
+
+
+def _series_size(rng: np.random.Generator, options: PhantomOptions) -> int:
+    """A series' base Rows = Columns: image_size, or a draw from RSNA_SIZES (no draw unless asked, so the
+    phantoms of before keep their bytes)."""
+    if options.size_spread == "base":
+        return options.image_size
+    sizes = list(RSNA_SIZES)
+    return sizes[int(rng.choice(len(sizes), p=list(RSNA_SIZES.values())))]
 
 
 def _instance_numbers(rng: np.random.Generator, count: int, rate: float) -> tuple[list[int], str]:
