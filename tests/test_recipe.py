@@ -18,7 +18,7 @@ from lumbar_fast.classifier.task import loader_config
 from lumbar_fast.errors import LumbarFastError
 from lumbar_fast.ingest import mirrored_to_canonical_side
 from lumbar_fast.runfolder import RunFolder
-from tests.learning import best_record, default_run, validation_gap
+from tests.learning import best_record, validation_gap
 
 CPU = torch.device("cpu")
 
@@ -152,14 +152,3 @@ def test_the_default_recipe_learns_every_sequence_under_the_real_class_balance(d
     assert gap["model"] == pytest.approx(best["val_weighted_log_loss"])
     assert gap["closed"] >= 0.7 and gap["ratio"] <= 1.45
 
-
-def test_shuffled_labels_do_not_learn_under_the_default_recipe(sag_t1_cache, tmp_path):
-    """Trained on labels that say nothing of the image, the default recipe stays at a constant prediction.
-    With the metric's class weights the best constant is the weighted prior, not the prior: for foraminal
-    frequencies 78/18/4 % it scores 0.90 x the prior's weighted log loss, so 0.8 is the bar, far above the
-    0.35-0.50 the learning tests' runs reach. On 3-slice crops (the plain model, a seventh of the multi-slice
-    model's work): what this control proves, that no label leaks to the model but through the image, is the
-    pipeline's."""
-    best = best_record(default_run(sag_t1_cache(3), tmp_path / "run", "sag_t1", control="shuffled-labels"))
-    ratio = best["val_weighted_log_loss"] / best["val_prior_weighted_log_loss"]
-    assert ratio >= 0.8 and best["val_balanced_accuracy"] < 0.5
