@@ -7,7 +7,7 @@ from __future__ import annotations
 import importlib
 import sys
 
-BENCHMARKS = ("data", "decode", "ingest", "loader", "train")
+BENCHMARKS = ("data", "decode", "ingest", "loader", "pipeline", "train")
 
 
 def main(argv: list[str]) -> None:
