@@ -54,7 +54,7 @@ fi
 
 LOADERS=torch
 if $PY -c "import nvidia.dali" 2>/dev/null; then LOADERS=dali,torch; fi
-LOADER_CONTENDERS=$LOADERS,seed,png
+LOADER_CONTENDERS=$LOADERS,seed,png,monai  # monai: skipped in one line where it is not installed
 [[ $DEVICE == cuda ]] && LOADER_CONTENDERS+=",${LOADERS//,/-aug,}-aug"  # augmentation on the GPU, too
 echo "== $(date -u +%FT%TZ) python: $($PY --version 2>&1); loaders: $LOADERS; device: $DEVICE"
 $PY - <<'EOF' || exit 1

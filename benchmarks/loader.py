@@ -5,7 +5,9 @@ Contenders, same items, batch size, worker processes and output dtype (float32),
   dali-aug, torch-aug  the same with the default training augmentation (rotate, scale, shift, flip,
                        intensity);
   seed                 the seed's way: a DataLoader decoding the labelled DICOM on every epoch;
-  png                  the Kaggle-standard cache: one PNG per item, PIL + ToTensor + Normalize.
+  png                  the Kaggle-standard cache: one PNG per item, PIL + ToTensor + Normalize;
+  monai                MONAI's CacheDataset (each DICOM decoded once into RAM, by threads) and its
+                       ThreadDataLoader (the `dev` extra installs MONAI; without it the contender is skipped).
 Each repeat builds a contender, times its first epoch (start-up included) and then the steady epochs.
 
     python -m benchmarks.loader [--device cuda] [--workers 2] [--items 512] [--json out.json]
@@ -23,12 +25,20 @@ import torch
 
 from benchmarks import common
 from benchmarks.data import LevelItems, prepared_items
-from benchmarks.peers import PeerLoader, PngDataset, SeedDicomDataset, write_png_cache
+from benchmarks.peers import (
+    MonaiLoader,
+    PeerLoader,
+    PngDataset,
+    SeedDicomDataset,
+    monai_cache_dataset,
+    write_png_cache,
+)
+from lumbar_fast.errors import LumbarFastError
 from lumbar_fast.loaders import AugmentConfig, Batch, Loader, LoaderConfig, build_loader
 
-CONTENDERS = ("dali", "torch", "seed", "png", "dali-aug", "torch-aug")
+CONTENDERS = ("dali", "torch", "seed", "png", "monai", "dali-aug", "torch-aug")
 OURS = ("dali", "torch", "dali-aug", "torch-aug")
-PEERS = ("seed", "png")
+PEERS = ("seed", "png", "monai")
 FIGURES = ("first_epoch_img_s", "steady_img_s")
 
 
@@ -63,11 +73,22 @@ def make_loader(name: str, items: LevelItems, args: argparse.Namespace) -> Calla
         return partial(build_loader, kind, items.images_path, items.rows, items.labels, cfg, True)
     if name == "seed":
         dataset = SeedDicomDataset(items.dicoms, items.labels, size=224)
+    elif name == "monai":
+        return partial(_monai_loader, items, args)
     else:
         images = np.load(items.images_path, mmap_mode="r")
         pngs = write_png_cache(np.asarray(images), args.workdir / f"{items.images_path.stem}-png")
         dataset = PngDataset([pngs[row] for row in items.rows], items.labels)
     return partial(PeerLoader, dataset, args.batch_size, args.workers, device)
+
+
+def _monai_loader(items: LevelItems, args: argparse.Namespace) -> MonaiLoader:
+    """The MONAI contender, built (its cache filled) inside the timed first epoch, as its user would."""
+    try:
+        dataset = monai_cache_dataset(items.dicoms, items.labels, 224, args.workers)
+    except ImportError:
+        raise LumbarFastError("MONAI is not installed (pip install monai, or the `dev` extra)") from None
+    return MonaiLoader(dataset, args.batch_size, args.workers, torch.device(args.device))
 
 
 def timed_epoch(batches: Iterator[Batch], device: torch.device) -> int:

@@ -292,8 +292,8 @@ def table(results: dict, projected: dict[str, dict]) -> str:
     for name in ("synth", "links", "ingest", "writer", "predict"):
         if name in results and "seconds" in results[name]:
             r = results[name]
-            rate = (f"{r['slices_s']:.0f} slices/s" if "slices_s" in r
-                    else f"{r.get('studies_s', 0):.2f} studies/s")
+            rate = (f"{r['slices_s']:.0f} slices/s" if "slices_s" in r else f"{r['studies_s']:.2f} studies/s"
+                    if "studies_s" in r else f"{r['studies']:,} studies, {r['slices']:,} slices")
             extra = (f"peak disk {r['peak_disk_ratio']:.2f}× cache, cache {r['cache_gib']:.2f} GiB"
                      if "cache_gib" in r else "")
             rss = f"{r['peak_rss_mib']:.0f}" if "peak_rss_mib" in r else ""

@@ -12,9 +12,10 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 
-from benchmarks import common, ingest
+from benchmarks import common, ingest, pipeline
 
 REPO = Path(__file__).resolve().parents[1]
 STUDIES = "2"
@@ -98,5 +99,47 @@ def test_gpu_check_dry_run(workdir, tmp_path):
     assert multi_slice["args"]["slices"] == 9 and multi_slice["results"]["full_epoch"] is None
     assert set(multi_slice["results"]["throughput"]["summary"]) == set(train_results["throughput"]["summary"])
     loader_summary = read_record(tmp_path / "loader.json", "loader")["results"]["summary"]
-    assert set(loader_summary) == {"dali", "torch", "seed", "png"}
+    assert set(loader_summary) == {"dali", "torch", "seed", "png", "monai"}
     assert all(np.isfinite(stats["steady_img_s"]["median"]) for stats in loader_summary.values())
+
+
+def test_linked_scale_up_repeats_each_study_under_new_ids(synth_data, tmp_path):
+    """`benchmarks.pipeline --scale-to N`: N studies, the phantom's own first, then the same ones again under
+    new study and series ids, their files hard links of the originals, the CSVs rewritten to match, so
+    that ingest plans every copy like a study of its own."""
+    from lumbar_fast.cache import IngestSettings
+    from lumbar_fast.ingest import plan_ingest
+
+    data = tmp_path / "rsna"
+    os.symlink(synth_data, data)
+    scaled, figures = pipeline.scaled_by_links(data, 30)
+    labels, series = pd.read_csv(scaled / "train.csv"), pd.read_csv(scaled / "train_series_descriptions.csv")
+    original = pd.read_csv(synth_data / "train.csv")
+    assert len(labels) == 30 and labels["study_id"].is_unique
+    assert set(original["study_id"]) < set(labels["study_id"])
+    assert series.groupby(["study_id", "series_id"]).ngroups == len(series) and series["series_id"].is_unique
+    copy = labels["study_id"].iloc[len(original)]  # the first study again
+    assert labels.iloc[len(original), 1:].equals(original.iloc[0, 1:])
+    linked = next((scaled / "train_images" / str(copy)).rglob("*.dcm"))
+    assert linked.stat().st_nlink >= 2
+    assert figures["slices"] == len(list((scaled / "train_images").rglob("*.dcm")))
+    coordinates = pd.read_csv(scaled / "train_label_coordinates.csv")
+    assert set(coordinates["series_id"]) <= set(series["series_id"])
+    plan = plan_ingest(IngestSettings(data_dir=str(scaled)))
+    assert len(plan.tasks) == len(series) and len(plan.study_labels) == 30
+
+
+def test_the_pipeline_projection_names_its_basis_and_sums_its_stages():
+    """The projection to one H100 with 16 cores from measured rates, every row with what it stands on."""
+    run = {"seconds": 9.0, "peak_rss_mib": 900.0}
+    results = {"ingest": {"slices_s": 240.0, "workers": 2}, "writer": {"slices_s": 400.0},
+               "train": {s: {**run, "items_s": 30.0, "epoch_items": 400} for s in ("sag_t1", "ax_t2")},
+               "locators": {s: {**run, "slices_s": 50.0, "epoch_slices": 1200} for s in ("sag_t1", "ax_t2")},
+               "loader": {"cpu_ms_per_item": 0.05, "items_s_per_core": 2e4, "item_bytes": 451584}}
+    rows = pipeline.projection(results, studies=20, slices_per_study=78)
+    per_core = 240 / 2 / pipeline.H100_HOST_CORE_SLOWDOWN
+    assert rows["ingest"]["seconds"] == pytest.approx(1975 * 78 / min(per_core * 15, 400 / 4))
+    assert rows["total"]["seconds"] == pytest.approx(sum(r.get("seconds", 0) for n, r in rows.items()
+                                                         if n != "total"))
+    assert all(row["basis"] for name, row in rows.items() if name != "total")
+    assert "Projection (not a measurement)" in pipeline.table(results, rows)
