@@ -47,6 +47,8 @@ CHUNK_ITEMS = 32
 RESUMABLE_FORMATS = ("zarr",)
 #: the unfinished store's record of what it holds
 JOURNAL = "ingest_journal"
+#: between a table's name and a column's in the arrays of write_tables (in no column name)
+TABLE_SEPARATOR = "::"
 #: Zarr compressor: zstd level 1 writes MR slices ~3× faster than zarr's default level, within 3 % of its size
 ZSTD_FAST = ZstdCodec(level=1)
 
@@ -259,20 +261,50 @@ class _Store:
 def write_table(store: _Store, name: str, table: pd.DataFrame) -> None:
     """Store a table as one uint8 array holding a NumPy .npz of its columns (text as fixed-width unicode):
     one array per table, because every array costs a metadata write (~10 ms with Zarr on a busy machine)."""
-    buffer = io.BytesIO()
-    columns = {c: (table[c].to_numpy(dtype=str) if _is_text(table[c]) else table[c].to_numpy())
-               for c in table.columns}
-    np.savez(buffer, **columns)
-    store.write(name, np.frombuffer(buffer.getvalue(), dtype=np.uint8))
+    _write_npz(store, name, _column_arrays(table))
     store.set_attrs({"columns": list(table.columns), "rows": len(table)}, name)
 
 
 def read_table(store: _Store, name: str) -> pd.DataFrame:
     """A table written by write_table: same columns, order and dtypes (text columns as strings)."""
-    data = np.asarray(store.array(name)[...]).tobytes()
-    with np.load(io.BytesIO(data), allow_pickle=False) as columns:
-        return pd.DataFrame({c: (columns[c].astype(object) if columns[c].dtype.kind == "U" else columns[c])
-                             for c in store.attrs(name)["columns"]})
+    with _read_npz(store, name) as arrays:
+        return _frame(arrays, store.attrs(name)["columns"])
+
+
+def write_tables(store: _Store, name: str, tables: dict[str, pd.DataFrame]) -> None:
+    """Several tables in one array, as write_table stores one: a journal record's tables cost one array's
+    metadata writes, not one per table."""
+    _write_npz(store, name, {f"{key}{TABLE_SEPARATOR}{column}": values for key, table in tables.items()
+                             for column, values in _column_arrays(table).items()})
+    store.set_attrs({"tables": {key: list(table.columns) for key, table in tables.items()}}, name)
+
+
+def read_tables(store: _Store, name: str) -> dict[str, pd.DataFrame]:
+    """The tables written by write_tables, by name."""
+    with _read_npz(store, name) as arrays:
+        return {key: _frame(arrays, columns, prefix=f"{key}{TABLE_SEPARATOR}")
+                for key, columns in store.attrs(name)["tables"].items()}
+
+
+def _column_arrays(table: pd.DataFrame) -> dict[str, np.ndarray]:
+    return {c: (table[c].to_numpy(dtype=str) if _is_text(table[c]) else table[c].to_numpy())
+            for c in table.columns}
+
+
+def _write_npz(store: _Store, name: str, arrays: dict[str, np.ndarray]) -> None:
+    buffer = io.BytesIO()
+    np.savez(buffer, **arrays)
+    store.write(name, np.frombuffer(buffer.getvalue(), dtype=np.uint8))
+
+
+def _read_npz(store: _Store, name: str) -> Any:
+    return np.load(io.BytesIO(np.asarray(store.array(name)[...]).tobytes()), allow_pickle=False)
+
+
+def _frame(arrays: Any, columns: list[str], prefix: str = "") -> pd.DataFrame:
+    """The columns of one table from a loaded .npz (text columns back to Python strings)."""
+    found = {c: arrays[prefix + c] for c in columns}
+    return pd.DataFrame({c: (v.astype(object) if v.dtype.kind == "U" else v) for c, v in found.items()})
 
 
 def _is_text(values: pd.Series) -> bool:
@@ -358,8 +390,7 @@ class CacheWriter:
     def record(self, tables: dict[str, pd.DataFrame], series: int, rows: dict[str, int]) -> None:
         """Add one record to the journal: these tables, and that the store now holds `series` series and
         `rows` items per image array (the record counts once its attributes are written, last)."""
-        for name, table in tables.items():
-            write_table(self.store, f"{JOURNAL}/{self.records}/{name}", table)
+        write_tables(self.store, f"{JOURNAL}/{self.records}", tables)
         self.records += 1
         self.store.set_attrs({"series": series, "rows": rows, "records": self.records}, JOURNAL)
         self.store.flush()
@@ -370,8 +401,7 @@ class CacheWriter:
             return None
         progress = self.store.attrs(JOURNAL)
         self.records = progress["records"]
-        records = [{name: read_table(self.store, f"{JOURNAL}/{k}/{name}")
-                    for name in self.store.root[f"{JOURNAL}/{k}"]} for k in range(self.records)]
+        records = [read_tables(self.store, f"{JOURNAL}/{k}") for k in range(self.records)]
         return Journal(progress["series"], progress["rows"], records)
 
     def finish(self, attrs: dict) -> None:
