@@ -90,7 +90,8 @@ class SeriesWriter:
 
     Uncompressed files are assembled from bytes: the shared elements encoded once by pydicom, the few that
     change per file (`instance_values`) encoded here, byte for byte what pydicom writes (a test compares
-    them) at a tenth of its cost; compressed ones go through pydicom's encoders."""
+    them) at a sixth of its cost (0.31 against 1.79 ms per 96-px file, writing included); compressed ones
+    go through pydicom's encoders."""
 
     def __init__(self, header: SeriesHeader) -> None:
         self.header = header
