@@ -28,10 +28,13 @@ import numpy as np
 import pandas as pd
 
 from benchmarks import common
-from benchmarks.data import DONE, ingest_command, level_items, lumbar_fast_command
+from benchmarks.data import DONE, level_items, lumbar_fast_command
+from benchmarks.decode import dicom_files
+from benchmarks.ingest import measured_ingest
 from lumbar_fast import rsna
 from lumbar_fast.cache import open_cache
 from lumbar_fast.classifier.config import TrainConfig
+from lumbar_fast.ingest import worker_count
 from lumbar_fast.locator.config import LocatorConfig
 
 STAGES = ("synth", "ingest", "writer", "loader", "train", "locators", "predict")
@@ -84,7 +87,7 @@ def synth(args: argparse.Namespace) -> tuple[Path, dict]:
             command += ["--workers", str(args.workers)]
         figures = common.run_measured(command)
         (folder / DONE).touch()
-    files = sum(1 for _ in (folder / "train_images").rglob("*.dcm"))
+    files = len(dicom_files(folder))
     figures.update(studies=args.studies, slices=files, dicom_gib=common.directory_mib(folder) / 1024)
     if "seconds" in figures:
         figures["slices_s"] = files / figures["seconds"]
@@ -100,7 +103,7 @@ def scaled_by_links(data: Path, studies: int) -> tuple[Path, dict]:
         shutil.rmtree(folder, ignore_errors=True)
         _link_studies(data, folder, studies)
         (folder / DONE).touch()
-    files = sum(1 for _ in (folder / "train_images").rglob("*.dcm"))
+    files = len(dicom_files(folder))
     return folder, {"studies": studies, "slices": files, "seconds": time.perf_counter() - started}
 
 
@@ -133,14 +136,11 @@ def _link_studies(data: Path, folder: Path, studies: int) -> None:
 # -- ingest and its writer -----------------------------------------------------------------------------------
 def ingest(data: Path, cache: Path, workers: int | None) -> dict:
     """A fresh ingest with every core (or `workers`): slices/s, peak RSS, peak disk ÷ cache, cache size."""
-    shutil.rmtree(cache, ignore_errors=True)
-    with common.DiskPeak([cache, cache.with_name(cache.name + ".ingest")], interval=0.5) as disk:
-        measured = common.run_measured(ingest_command(data, cache, workers, "zarr"))
+    run = measured_ingest(data, cache, workers, "zarr", interval=0.5)
     slices = open_cache(cache).attrs["source"]["slices"]
-    cache_mib = common.directory_mib(cache)
-    return {**measured, "workers": workers or len(os.sched_getaffinity(0)), "slices": slices,
-            "slices_s": slices / measured["seconds"], "cache_gib": cache_mib / 1024,
-            "peak_disk_ratio": disk.peak_mib / cache_mib}
+    return {"seconds": run["seconds"], "peak_rss_mib": run["peak_rss_mib"], "workers": worker_count(workers),
+            "slices": slices, "slices_s": slices / run["seconds"], "cache_gib": run["cache_mib"] / 1024,
+            "peak_disk_ratio": run["peak_disk_ratio"]}
 
 
 def writer_capacity(cache: Path, work: Path, workers: int | None) -> dict:
@@ -157,7 +157,7 @@ def writer_capacity(cache: Path, work: Path, workers: int | None) -> dict:
     parts.mkdir(parents=True)
     params = open_cache(cache).settings()
     plan = plan_ingest(params)
-    with pool_context().Pool(workers or len(os.sched_getaffinity(0))) as pool:
+    with pool_context().Pool(worker_count(workers)) as pool:
         slices = sum(pool.imap_unordered(partial(commit_part, params=params, parts=parts), plan.tasks))
     started = time.perf_counter()
     Consolidator(plan, params, parts, work / "cache.zarr").finish()

@@ -40,7 +40,7 @@ from lumbar_fast.ingest.plan import COORDINATE_COLUMNS, SeriesTask, label_files,
 from lumbar_fast.processes import pool_context
 
 __all__ = ["COORDINATE_COLUMNS", "IngestSummary", "convert_series", "ingest", "ingest_with",
-           "mirrored_to_canonical_side", "plan_ingest"]
+           "mirrored_to_canonical_side", "plan_ingest", "worker_count"]
 
 
 #: a series starts converting only within this many series per worker of the next one to append
@@ -82,7 +82,7 @@ def ingest_with(settings: IngestSettings, out: str | Path, workers: int | None =
     done = {p.name for p in parts.glob("*.pkl")}
     todo = [task for task in plan.tasks if task.part_name not in done | writer.recorded]
     writer.advance()
-    counts = _convert_all(todo, params, parts, _worker_count(workers), progress, writer)
+    counts = _convert_all(todo, params, parts, worker_count(workers), progress, writer)
     summary = writer.finish()
     shutil.rmtree(work)
     summary.series_converted = counts["series"]
@@ -211,5 +211,6 @@ def input_digests(params: IngestSettings) -> dict[str, str | None]:
             for name, path in files.items()}
 
 
-def _worker_count(workers: int | None) -> int:
+def worker_count(workers: int | None) -> int:
+    """The worker processes ingest starts: `workers`, or one per usable core when None."""
     return max(1, workers if workers else len(os.sched_getaffinity(0)))
