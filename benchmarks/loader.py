@@ -26,7 +26,6 @@ import torch
 from benchmarks import common
 from benchmarks.data import LevelItems, prepared_items
 from benchmarks.peers import (
-    MonaiLoader,
     PeerLoader,
     PngDataset,
     SeedDicomDataset,
@@ -82,13 +81,16 @@ def make_loader(name: str, items: LevelItems, args: argparse.Namespace) -> Calla
     return partial(PeerLoader, dataset, args.batch_size, args.workers, device)
 
 
-def _monai_loader(items: LevelItems, args: argparse.Namespace) -> MonaiLoader:
+def _monai_loader(items: LevelItems, args: argparse.Namespace) -> PeerLoader:
     """The MONAI contender, built (its cache filled) inside the timed first epoch, as its user would."""
     try:
+        from monai.data import ThreadDataLoader
+
         dataset = monai_cache_dataset(items.dicoms, items.labels, 224, args.workers)
     except ImportError:
         raise LumbarFastError("MONAI is not installed (pip install monai, or the `dev` extra)") from None
-    return MonaiLoader(dataset, args.batch_size, args.workers, torch.device(args.device))
+    return PeerLoader(dataset, args.batch_size, args.workers, torch.device(args.device),
+                      loader_class=ThreadDataLoader)
 
 
 def timed_epoch(batches: Iterator[Batch], device: torch.device) -> int:

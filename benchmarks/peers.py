@@ -6,7 +6,7 @@
   with PIL, ToTensor and Normalize;
 - MONAI, what a medical-imaging user reaches for: a CacheDataset that decodes every labelled DICOM once, with
   its deterministic transforms, into RAM (threads), read by MONAI's ThreadDataLoader (a dev/bench extra,
-  not a dependency of the package).
+  not a dependency of the package) through the same PeerLoader.
 All hand out our loaders' Batch (float32 NCHW images, labels, item indices), moved to the device in the main
 process, so that the benchmarks and the training loop take any contender alike.
 """
@@ -75,7 +75,7 @@ def monai_cache_dataset(paths: Sequence[Path], labels: np.ndarray, size: int, wo
     """MONAI's CacheDataset over the labelled DICOMs: the seed's decode and resize, replicated to 3 channels
     and ImageNet-normalised (all deterministic, so all cached), run once per item by `workers` threads."""
     from monai.data import CacheDataset
-    from monai.transforms import Compose, Lambdad, NormalizeIntensityd, ToTensord
+    from monai.transforms import Compose, Lambda, Lambdad, NormalizeIntensityd, ToTensord
 
     mean, std = (np.asarray(v, np.float32)[:, None, None] for v in (IMAGENET_MEAN, IMAGENET_STD))
     transform = Compose([
@@ -83,52 +83,27 @@ def monai_cache_dataset(paths: Sequence[Path], labels: np.ndarray, size: int, wo
         ToTensord("image", dtype=torch.float32),
         Lambdad("image", lambda image: image / 255.0),
         NormalizeIntensityd("image", subtrahend=mean, divisor=std, channel_wise=False),
+        Lambda(lambda item: (item["image"].as_tensor(), item["label"], item["index"])),  # the peers' items
     ])
     data = [{"image": str(path), "label": int(label), "index": index}
             for index, (path, label) in enumerate(zip(paths, labels, strict=True))]
     return CacheDataset(data, transform, cache_rate=1.0, num_workers=max(workers, 1), progress=False)
 
 
-class MonaiLoader:
-    """MONAI's ThreadDataLoader over a CacheDataset, shuffling, with our Loader's face."""
-
-    def __init__(self, dataset: Dataset, batch_size: int, workers: int, device: torch.device,
-                 seed: int = 0) -> None:
-        from monai.data import ThreadDataLoader
-
-        self.device, self.seed = device, seed
-        self.generator = torch.Generator()
-        self.loader = ThreadDataLoader(dataset, batch_size=batch_size, shuffle=True, drop_last=True,
-                                       num_workers=workers, generator=self.generator)
-
-    def __len__(self) -> int:
-        return len(self.loader)
-
-    def epoch(self, epoch: int) -> Iterator[Batch]:
-        """One shuffled pass: images and labels on the device, item indices on the CPU."""
-        self.generator.manual_seed(self.seed + epoch)
-        for batch in self.loader:
-            images = torch.as_tensor(batch["image"]).to(self.device, non_blocking=True)
-            yield Batch(images.contiguous(memory_format=torch.channels_last),
-                        batch["label"].to(self.device, non_blocking=True), batch["index"])
-
-    def close(self) -> None:
-        self.loader = None
-
-
 class PeerLoader:
-    """A shuffling torch DataLoader over a peer Dataset, with our Loader's face (len, epoch, close).
+    """A shuffling torch DataLoader (or a subclass: MONAI's ThreadDataLoader) over a peer Dataset, with our
+    Loader's face (len, epoch, close).
 
     Batches leave the workers as float32 on the CPU, as the peers do, and are moved to `device` here.
     """
 
     def __init__(self, dataset: Dataset, batch_size: int, workers: int, device: torch.device,
-                 seed: int = 0) -> None:
+                 seed: int = 0, loader_class: type[DataLoader] = DataLoader) -> None:
         self.device, self.seed = device, seed
         self.generator = torch.Generator()
-        self.loader = DataLoader(dataset, batch_size=batch_size, shuffle=True, drop_last=True,
-                                 num_workers=workers, persistent_workers=workers > 0,
-                                 pin_memory=device.type == "cuda", generator=self.generator)
+        self.loader = loader_class(dataset, batch_size=batch_size, shuffle=True, drop_last=True,
+                                   num_workers=workers, persistent_workers=workers > 0,
+                                   pin_memory=device.type == "cuda", generator=self.generator)
 
     def __len__(self) -> int:
         return len(self.loader)
