@@ -12,6 +12,7 @@ import pytest
 from pydicom.data import get_testdata_file
 
 from lumbar_fast import dicom
+from lumbar_fast.header import check_image
 
 #: bundled files (never downloaded) of each transfer syntax ingest supports
 SYNTAX_FILES = {
@@ -75,6 +76,41 @@ def test_rescale_and_monochrome1(tmp_path):
     ds.PhotometricInterpretation = "MONOCHROME1"
     low, high = -(2.0 ** (ds.BitsStored - 1)), 2.0 ** (ds.BitsStored - 1) - 1  # signed 16-bit
     np.testing.assert_array_equal(dicom.decode_pixels(ds), ((low + high) - raw) * 2 - 100)
+
+
+NATIVE_LAYOUTS = [  # (BitsAllocated, BitsStored, PixelRepresentation, transfer syntax)
+    (16, 16, 1, pydicom.uid.ExplicitVRLittleEndian), (16, 12, 0, pydicom.uid.ExplicitVRLittleEndian),
+    (16, 12, 1, pydicom.uid.ImplicitVRLittleEndian), (8, 8, 0, pydicom.uid.ExplicitVRLittleEndian),
+    (8, 6, 1, pydicom.uid.ImplicitVRLittleEndian), (32, 20, 1, pydicom.uid.ExplicitVRLittleEndian),
+    (32, 32, 0, pydicom.uid.ExplicitVRLittleEndian),
+]
+
+
+@pytest.mark.parametrize("allocated, stored, representation, syntax", NATIVE_LAYOUTS)
+def test_native_frames_read_as_pydicom_reads_them(allocated, stored, representation, syntax, tmp_path):
+    """Uncompressed grey frames of every integer layout, their unused high bits set at random (which the
+    standard says to ignore, signed values sign-extended from bit BitsStored - 1) and zero padding after the
+    frame: dicom's own reader gives pydicom's pixel_array, and the decoded slice its float values."""
+    ds = pydicom.dcmread(bundled("MR_small.dcm"))
+    dtype = np.dtype(f"<{'i' if representation else 'u'}{allocated // 8}")
+    raw = np.random.default_rng(allocated + stored).integers(0, 256, ds.Rows * ds.Columns * dtype.itemsize,
+                                                             dtype=np.uint8)
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = allocated, stored, stored - 1, \
+        representation
+    ds.PixelData = raw.tobytes() + bytes(2 * dtype.itemsize)
+    ds["PixelData"].VR = "OB" if allocated == 8 else "OW"
+    ds.file_meta.TransferSyntaxUID = syntax
+    ds.save_as(tmp_path / "native.dcm", enforce_file_format=True)
+    ds = pydicom.dcmread(tmp_path / "native.dcm")
+    image = check_image(ds)
+    assert dicom.is_native_grey(image)
+    ds_trimmed = pydicom.dcmread(tmp_path / "native.dcm")
+    ds_trimmed.PixelData = ds_trimmed.PixelData[:image.frame_bytes]
+    expected = ds_trimmed.pixel_array
+    got = dicom.native_pixels(ds.PixelData, image)
+    assert got.dtype == expected.dtype
+    np.testing.assert_array_equal(got, expected)
+    np.testing.assert_array_equal(dicom.decode_pixels(ds), expected.astype(np.float32))
 
 
 def test_unusable_files_raise_with_their_reason(tmp_path):
