@@ -36,15 +36,19 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """Under `pytest -n 2 --dist loadgroup --no-loadscope-reorder`: the tests that share a module fixture in
     one process (by module), the rest spread one by one; the learning tests first, so that their long chain
     of fixtures runs beside the many short tests rather than after them, those that need one link of it
-    before those that need two (which would wait for the others' runs)."""
+    before those that need two (which would wait for the others' runs); then the modules kept together,
+    the largest units of work, so that the suite ends on short single tests and both processes end
+    together."""
+    grouped = set()
     for item in items:
         definitions = item._fixtureinfo.name2fixturedefs  # the fixtures the test requests, by name
         if any(defs[-1].scope == "module" for defs in definitions.values()):
             item.add_marker(pytest.mark.xdist_group(item.module.__name__))
+            grouped.add(item.nodeid)
     def links(item: pytest.Item) -> int:
         return len(LONG_CHAIN & set(item.fixturenames))
 
-    items.sort(key=lambda item: (links(item) == 0, links(item)))
+    items.sort(key=lambda item: (links(item) == 0, links(item), item.nodeid not in grouped))
 
 
 @pytest.fixture(scope="session")
