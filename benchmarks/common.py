@@ -159,6 +159,13 @@ def base_parser(description: str, repeats: int = 5) -> argparse.ArgumentParser:
     return parser
 
 
+def add_size_options(parser: argparse.ArgumentParser) -> None:
+    """The sizes of a benchmark's data: the synth DICOM slices and the cache's crops (the defaults are the
+    real data's and the recipe's; gpu_check.sh --dry-run makes both small)."""
+    parser.add_argument("--image-size", type=int, default=512, help="synth DICOM slice size (pixels)")
+    parser.add_argument("--size", type=int, default=224, help="crop size of the cache (ingest --size)")
+
+
 #: run argv[1:], report [exit status, wall seconds, peak RSS KiB of its largest process] as JSON on stdout
 _MEASURE = ("import json, os, subprocess, sys, time; start = time.perf_counter(); "
             "child = subprocess.Popen(sys.argv[1:], stdout=subprocess.DEVNULL); "

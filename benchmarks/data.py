@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from benchmarks.common import add_size_options
 from lumbar_fast import rsna
 from lumbar_fast.cache import CacheReader, open_cache
 
@@ -42,13 +43,14 @@ def synth_data(workdir: Path, studies: int, seed: int = 0, image_size: int = 512
     return folder
 
 
-def ingested_cache(data: Path, workdir: Path, fmt: str = "zarr", slices: int = 3) -> Path:
-    """The ingest cache of `data` with level crops of `slices` slices, made once (on every core). Three by
-    default: the seed's pipelines, the benchmarks' peers, read three slices."""
-    cache = workdir / f"{data.name}-c{slices}.{fmt}"
+def ingested_cache(data: Path, workdir: Path, fmt: str = "zarr", slices: int = 3, size: int = 224) -> Path:
+    """The ingest cache of `data` with level crops of `slices` slices of size×size, made once (on every
+    core). Three slices by default: the seed's pipelines, the benchmarks' peers, read three."""
+    sized = "" if size == 224 else f"-s{size}"
+    cache = workdir / f"{data.name}-c{slices}{sized}.{fmt}"
     if not (workdir / f"{cache.name}{DONE}").exists():
         shutil.rmtree(cache, ignore_errors=True)
-        command = [*ingest_command(data, cache, None, fmt), "--channels", str(slices)]
+        command = [*ingest_command(data, cache, None, fmt), "--channels", str(slices), "--size", str(size)]
         subprocess.run(command, check=True, stdout=subprocess.DEVNULL)
         (workdir / f"{cache.name}{DONE}").touch()
     return cache
@@ -87,11 +89,12 @@ def level_items(cache: CacheReader, data: Path, sequence: str) -> LevelItems:
                       table["severity"].to_numpy(np.int64), dicoms)
 
 
-def prepared_items(workdir: Path, studies: int, sequence: str, items: int, slices: int = 3) -> LevelItems:
-    """Synth data, its cache and `items` level items of `sequence` from it: the loader and train benchmarks'
-    data."""
-    data = synth_data(workdir, studies)
-    cache = open_cache(ingested_cache(data, workdir, slices=slices))
+def prepared_items(workdir: Path, studies: int, sequence: str, items: int, slices: int = 3,
+                   image_size: int = 512, size: int = 224) -> LevelItems:
+    """Synth data (slices of `image_size`), its cache (crops of `size`) and `items` level items of `sequence`
+    from it: the loader and train benchmarks' data."""
+    data = synth_data(workdir, studies, image_size=image_size)
+    cache = open_cache(ingested_cache(data, workdir, slices=slices, size=size))
     return level_items(cache, data, sequence).tiled(items)
 
 
@@ -101,10 +104,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--workdir", type=Path, required=True)
     parser.add_argument("--studies", type=int, required=True)
     parser.add_argument("--slices", default="3", help="comma list: a cache per slices-per-crop count")
+    add_size_options(parser)
     args = parser.parse_args(argv)
     start = time.perf_counter()
     for slices in args.slices.split(","):
-        cache = ingested_cache(synth_data(args.workdir, args.studies), args.workdir, slices=int(slices))
+        data = synth_data(args.workdir, args.studies, image_size=args.image_size)
+        cache = ingested_cache(data, args.workdir, slices=int(slices), size=args.size)
         print(f"{cache} ready after {time.perf_counter() - start:.0f} s")
 
 

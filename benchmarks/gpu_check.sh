@@ -24,12 +24,14 @@ if [[ ${1:-} == --dry-run ]]; then
   DEVICE=cpu MODEL=test_efficientnet BATCH=8 BATCH9=2 AMP=none WORKERS=1 STUDIES=${DRY_STUDIES:-3} STEPS=2 WARMUP=1
   TRAIN_ITEMS=32 EPOCH_ITEMS=32 LOADER_ITEMS=32 LOADER_BATCH=8 REPEATS=${DRY_REPEATS:-5}
   LIMIT_DATA=600 LIMIT_TRAIN=600 LIMIT_LOADER=600
+  SIZES=(--image-size 128 --size 64)  # small slices and crops: the script is checked, not the figures
   WORK=${DRY_WORKDIR:-$WORK}
 else
   PY=python3
   DEVICE=cuda MODEL=tf_efficientnetv2_s BATCH=128 BATCH9=16 AMP=bf16 WORKERS=6 STUDIES=30 STEPS=30 WARMUP=10
   TRAIN_ITEMS=8192 EPOCH_ITEMS=1024 LOADER_ITEMS=3072 LOADER_BATCH=128 REPEATS=5
   LIMIT_DATA=150 LIMIT_TRAIN=240 LIMIT_LOADER=180  # seconds; expected about 40, 120, 100
+  SIZES=()  # the benchmarks' defaults: 512-pixel slices, 224-pixel crops
   export PYTORCH_NVML_BASED_CUDA_CHECK=1 PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1
   # the DALI wheel: join its parts once, check it whole
   for part in .device/dali*/dali.part.*; do [[ -f $part ]] && cp "$part" /var/tmp/; done
@@ -58,13 +60,14 @@ LOADER_CONTENDERS=$LOADERS,seed,png,monai  # monai: skipped in one line where it
 [[ $DEVICE == cuda ]] && LOADER_CONTENDERS+=",${LOADERS//,/-aug,}-aug"  # augmentation on the GPU, too
 echo "== $(date -u +%FT%TZ) python: $($PY --version 2>&1); loaders: $LOADERS; device: $DEVICE"
 $PY - <<'EOF' || exit 1
-import importlib
-for name in ("torch", "timm", "zarr", "h5py", "pydicom", "lumbar_fast", "nvidia.dali"):
+from importlib import metadata  # versions without imports (torch and timm alone take seconds)
+import lumbar_fast
+for name in ("torch", "timm", "zarr", "h5py", "pydicom", "nvidia-dali-cuda130"):
     try:
-        module = importlib.import_module(name)
-        print(f"  {name} {getattr(module, '__version__', '')}")
-    except ImportError as exc:
-        print(f"  {name} missing ({exc})")
+        print(f"  {name} {metadata.version(name)}")
+    except metadata.PackageNotFoundError:
+        print(f"  {name} missing")
+print(f"  lumbar_fast {lumbar_fast.__version__}")
 EOF
 command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 
@@ -79,8 +82,9 @@ run_step() {  # run_step NAME LIMIT COMMAND...: one step, bounded in time, its w
   (( status == 0 )) || failed=1
 }
 
-run_step data "$LIMIT_DATA" $PY -m benchmarks data --workdir "$WORK" --studies "$STUDIES" --slices 3,9
-COMMON=(--workdir "$WORK" --repeats "$REPEATS")
+COMMON=(--workdir "$WORK" ${SIZES[@]+"${SIZES[@]}"})
+run_step data "$LIMIT_DATA" $PY -m benchmarks data "${COMMON[@]}" --studies "$STUDIES" --slices 3,9
+COMMON+=(--repeats "$REPEATS")
 run_step train "$LIMIT_TRAIN" $PY -m benchmarks train "${COMMON[@]}" --device "$DEVICE" --model "$MODEL" --batch-size "$BATCH" \
   --amp "$AMP" --loaders "$LOADERS" --workers "$WORKERS" --studies "$STUDIES" --steps "$STEPS" --warmup "$WARMUP" \
   --items "$TRAIN_ITEMS" --epoch-items "$EPOCH_ITEMS" --epoch-repeats "$REPEATS" --json "$RESULTS/train.json"

@@ -53,6 +53,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--items", type=int, default=512, help="items per epoch (cycling the cache's items)")
     parser.add_argument("--epochs", type=int, default=2,
                         help="epochs per repeat: the first, then steady ones")
+    common.add_size_options(parser)
     args = parser.parse_args(argv)
     args.contenders = [name.strip() for name in args.contenders.split(",") if name.strip()]
     unknown = set(args.contenders) - set(CONTENDERS)
@@ -71,7 +72,7 @@ def make_loader(name: str, items: LevelItems, args: argparse.Namespace) -> Calla
                            augment=AugmentConfig() if augmented else None, dtype=torch.float32)
         return partial(build_loader, kind, items.images_path, items.rows, items.labels, cfg, True)
     if name == "seed":
-        dataset = SeedDicomDataset(items.dicoms, items.labels, size=224)
+        dataset = SeedDicomDataset(items.dicoms, items.labels, size=args.size)
     elif name == "monai":
         return partial(_monai_loader, items, args)
     else:
@@ -86,7 +87,7 @@ def _monai_loader(items: LevelItems, args: argparse.Namespace) -> PeerLoader:
     try:
         from monai.data import ThreadDataLoader
 
-        dataset = monai_cache_dataset(items.dicoms, items.labels, 224, args.workers)
+        dataset = monai_cache_dataset(items.dicoms, items.labels, args.size, args.workers)
     except ImportError:
         raise LumbarFastError("MONAI is not installed (pip install monai, or the `dev` extra)") from None
     return PeerLoader(dataset, args.batch_size, args.workers, torch.device(args.device),
@@ -131,7 +132,8 @@ def table(summary: dict, ratios: dict, names: list[str]) -> str:
 
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
-    items = prepared_items(args.workdir, args.studies, args.sequence, args.items)
+    items = prepared_items(args.workdir, args.studies, args.sequence, args.items,
+                           image_size=args.image_size, size=args.size)
     device = torch.device(args.device)
     builders = {name: make_loader(name, items, args) for name in args.contenders}
     probes, skipped = common.startable(builders)

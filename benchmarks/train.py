@@ -55,6 +55,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--epoch-items", type=int, default=1024, help="items of the full-epoch comparison "
                         "(0: skip it)")
     parser.add_argument("--epoch-repeats", type=int, default=5, help="interleaved repeats of the full epoch")
+    common.add_size_options(parser)
     args = parser.parse_args(argv)
     if 0 < args.epoch_items < SEED_BATCH_SIZE:
         parser.error(f"--epoch-items must be 0 or at least one batch of the seed recipe ({SEED_BATCH_SIZE})")
@@ -88,10 +89,11 @@ def loader_feed(loader) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
             yield batch.images, batch.labels
 
 
-def ceiling_feed(batch_size: int, channels: int, dtype: torch.dtype, device: torch.device,
+def ceiling_feed(batch_size: int, channels: int, size: int, dtype: torch.dtype, device: torch.device,
                  ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """The same random batch, resident on the device, forever: a loader that costs nothing."""
-    images = torch.randn(batch_size, channels, 224, 224, device=device).to(dtype)
+    """The same random batch of size×size images, resident on the device, forever: a loader that costs
+    nothing."""
+    images = torch.randn(batch_size, channels, size, size, device=device).to(dtype)
     labels = torch.randint(0, 3, (batch_size,), device=device)
     return itertools.repeat((images.contiguous(memory_format=torch.channels_last), labels))
 
@@ -130,7 +132,7 @@ def throughput(args: argparse.Namespace, items: LevelItems, device: torch.device
         name: partial(build_loader, name, items.images_path, items.rows, items.labels, cfg, True)
         for name in args.loaders.split(",") if name})
     ceiling_dtype = cfg.dtype or (torch.float16 if device.type == "cuda" else torch.float32)
-    feeds = {"ceiling": ceiling_feed(args.batch_size, args.slices, ceiling_dtype, device),
+    feeds = {"ceiling": ceiling_feed(args.batch_size, args.slices, args.size, ceiling_dtype, device),
              **{name: loader_feed(loader) for name, loader in loaders.items()}}
     trainers = {mode: Trainer(train_config(args, args.batch_size, mode == "graphs"), args.slices, device)
                 for mode in modes}
@@ -152,7 +154,7 @@ def full_epoch(args: argparse.Namespace, items: LevelItems, device: torch.device
     config = train_config(args, SEED_BATCH_SIZE)
     cfg = loader_config(config, device, amp_dtype_for(args.amp, device), 3)
     ours = build_loader("auto", items.images_path, items.rows, items.labels, cfg, True)
-    dicoms = SeedDicomDataset(items.dicoms, items.labels, 224)
+    dicoms = SeedDicomDataset(items.dicoms, items.labels, args.size)
     seed = PeerLoader(dicoms, SEED_BATCH_SIZE, args.workers, device)
     trainer = Trainer(config, 3, device)
 
@@ -203,7 +205,8 @@ def table(result: dict, epoch: dict | None, args: argparse.Namespace) -> str:
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
     device = torch.device(args.device)
-    items = prepared_items(args.workdir, args.studies, args.sequence, args.items, args.slices)
+    items = prepared_items(args.workdir, args.studies, args.sequence, args.items, args.slices,
+                           args.image_size, args.size)
     print(f"train benchmark: {args.model}, {args.slices}-slice crops, batch {args.batch_size}, "
           f"{args.device}, {len(items.rows)} items, {args.repeats} interleaved repeats", flush=True)
     result = throughput(args, items, device)
