@@ -27,6 +27,11 @@ SYNTH_DATA_PITFALLS = PitfallRates().with_rates(
 )
 
 
+#: processes that build the learning tests' large phantom and cache, which every learning test waits for.
+#: The suite's other data is built in the asking test process alone: its other process has tests to run,
+#: and a pool costs a small build more than it saves (12+3 studies synthesised and ingested: 7.5 core-s in
+#: one process, 11.0 with two)
+BUILD_WORKERS = 2
 #: fixtures on the learning tests' long chain (synth 240 studies, ingest, train): their tests start first
 LONG_CHAIN = {"default_run_of", "sag_t1_cache"}
 
@@ -80,16 +85,19 @@ def digest(*parts: object) -> str:
 
 @pytest.fixture(scope="session")
 def make_synth(shared_folder) -> Callable[..., Path]:
-    """Factory: `make_synth(n_studies, n_test_studies=0, **PhantomOptions fields)` -> a phantom RSNA folder.
+    """Factory: `make_synth(n_studies, n_test_studies=0, workers=1, **PhantomOptions fields)` -> a phantom
+    RSNA folder.
 
     Small images (image_size 128) unless asked otherwise; folders with the same arguments are built once.
+    In this process unless asked for more workers (BUILD_WORKERS).
     """
-    def make(n_studies: int = 4, n_test_studies: int = 0, **options) -> Path:
+    def make(n_studies: int = 4, n_test_studies: int = 0, workers: int = 1, **options) -> Path:
         options.setdefault("image_size", 128)
         options.setdefault("difficulty", "easy")  # exact labels: the pipeline tests; learning asks for "real"
         key = (n_studies, n_test_studies, tuple(sorted(options.items())))
         folder = built_once(shared_folder / f"synth-{digest(*key)}", lambda out: generate(
-            out / "rsna", n_studies, n_test_studies, PhantomOptions(**options), workers=2, progress=False))
+            out / "rsna", n_studies, n_test_studies, PhantomOptions(**options), workers=workers,
+            progress=False))
         return folder / "rsna"
 
     return make
@@ -106,12 +114,13 @@ def synth_data(make_synth) -> Path:
 @pytest.fixture(scope="session")
 def make_cache(shared_folder) -> Callable[..., Path]:
     """Factory: `make_cache(data_dir, **lumbar_fast.ingest.ingest options)` -> a finished cache; caches with
-    the same arguments are built once. Small images (size 64) and 2 workers unless asked otherwise."""
+    the same arguments are built once. Small images (size 64) and one worker, in this process (see
+    BUILD_WORKERS), unless asked otherwise."""
     from lumbar_fast.ingest import ingest
 
     def make(data_dir: Path, **options) -> Path:
         options.setdefault("size", 64)
-        options.setdefault("workers", 2)
+        options.setdefault("workers", 1)
         key = (str(data_dir), tuple(sorted((k, str(v)) for k, v in options.items())))
         name = f"cache.{options.get('fmt', 'zarr')}"
         folder = built_once(shared_folder / f"cache-{digest(*key)}",
@@ -169,13 +178,13 @@ def real_balance_data(make_synth) -> Path:
     """The real-difficulty phantom (noisy grades of a continuous narrowing, with an answer key) with the
     real class balance and a seed no other test uses: 240 studies, so that a validation fold of 3 holds at
     least 15 items of every class of every sequence; 96-pixel slices (cropped at 32 px)."""
-    return make_synth(240, seed=11, image_size=96, difficulty="real")
+    return make_synth(240, seed=11, image_size=96, difficulty="real", workers=BUILD_WORKERS)
 
 
 @pytest.fixture(scope="session")
 def real_balance_cache(make_cache, real_balance_data) -> Path:
     """real_balance_data ingested with ingest's defaults (9-slice crops) at 32 px."""
-    return make_cache(real_balance_data, size=32)
+    return make_cache(real_balance_data, size=32, workers=BUILD_WORKERS)
 
 
 @pytest.fixture(scope="session")
