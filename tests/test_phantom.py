@@ -20,7 +20,7 @@ from lumbar_fast.dicom import decode_pixels
 from lumbar_fast.phantom import MANIFEST_NAME, PhantomOptions, PitfallRates, generate, grading, load_manifest
 from lumbar_fast.phantom.anatomy import class_narrowing, sample_anatomy
 from lumbar_fast.phantom.answer_key import ANSWER_KEY_NAME
-from lumbar_fast.phantom.dicom_writer import Encoding, SeriesHeader, SeriesWriter
+from lumbar_fast.phantom.dicom_writer import TRANSFER_SYNTAXES, Encoding, SeriesHeader, SeriesWriter
 from lumbar_fast.phantom.grading import sample_truth
 from lumbar_fast.phantom.options import REAL_FREQUENCIES, RSNA_SIZES
 from lumbar_fast.phantom.readability import crop_measurements, readability_table
@@ -508,19 +508,24 @@ def test_pixels_carry_the_drawn_narrowing(make_synth, make_cache):
 @pytest.mark.parametrize("encoding", [
     Encoding(full_scale=2000.0),
     Encoding(full_scale=20000.0, bits_stored=16, monochrome1=True, rescale=(2.5, -100.25)),
+    Encoding(full_scale=2000.0, transfer_syntax="rle"),
+    Encoding(full_scale=20000.0, bits_stored=16, monochrome1=True, transfer_syntax="j2k"),
 ])
 def test_assembled_files_are_the_bytes_pydicom_writes(encoding, tmp_path):
-    """The writer assembles uncompressed files from bytes: each is what pydicom's own writer makes of the
-    same attributes (odd-length values padded, elements in tag order, the file meta's group length)."""
+    """The writer assembles files from bytes: each is what pydicom's own writer makes of the same
+    attributes (odd-length values padded, elements in tag order, the file meta's group length), compressed
+    ones what pydicom's compress (pylibjpeg) and save_as make of them."""
     writer = SeriesWriter(SeriesHeader(12345, 678, 3, "Sagittal T2/STIR", encoding))
     rng = np.random.default_rng(0)
     for instance, plane in enumerate(sagittal_planes(sample_anatomy(rng, class_narrowing(
             sample_severity(rng, REAL_FREQUENCIES), 1.0)), rng, 48, False)[:3], start=9):
         image = rng.random((plane.rows, plane.cols)).astype(np.float32)
         writer.write(tmp_path / "ours.dcm", image, plane, instance)
-        reference = io.BytesIO()
-        writer.dataset_with(writer.instance_values(image, plane, instance)).save_as(
-            reference, enforce_file_format=True)
+        reference, ds = io.BytesIO(), writer.dataset_with(writer.instance_values(image, plane, instance))
+        if encoding.transfer_syntax != "explicit_little":
+            ds.compress(TRANSFER_SYNTAXES[encoding.transfer_syntax], encoding_plugin="pylibjpeg",
+                        generate_instance_uid=False)
+        ds.save_as(reference, enforce_file_format=True)
         assert (tmp_path / "ours.dcm").read_bytes() == reference.getvalue()
         assert pydicom.dcmread(tmp_path / "ours.dcm").InstanceNumber == instance
 
