@@ -265,7 +265,7 @@ def test_predict_with_locators_keeps_every_setting_of_the_cache(synth_data, make
     code, _, stderr = run_cli("locate", locator, "--cache", test_cache, "--out", points, "--device", "cpu")
     assert code == 0, stderr
     code, _, stderr = run_cli("ingest", synth_data, "--split", "test", "--out", manual_cache, "--size", 64,
-                              "--coordinates", points, "--no-canonical-side", "--workers", 2, "--no-progress")
+                              "--coordinates", points, "--no-canonical-side", "--workers", 1, "--no-progress")
     assert code == 0, stderr
     code, _, stderr = run_cli("predict", *runs, "--cache", manual_cache, "--out", tmp_path / "manual.csv",
                               *predict_args)

@@ -70,7 +70,7 @@ def test_a_damaged_folder_still_gives_every_row_and_names_what_it_could_not_use(
     damaged.write_bytes(b"not a DICOM file")
     out = tmp_path / "submission.csv"
     args = ("predict", *trained_runs.values(), "--data", data, "--out", out, "--device", "cpu",
-            "--workers", 2, "--no-progress", *(arg for run in locators for arg in ("--locators", run)))
+            "--workers", 1, "--no-progress", *(arg for run in locators for arg in ("--locators", run)))
     code, _, stderr = run_cli(*args)
     assert code == 2 and len(stderr.strip().splitlines()) == 1 and "lack crops" in stderr, stderr
     assert sorted(os.listdir(tmp_path)) == ["data", "locators"]  # no CSV, no temporary work folder
