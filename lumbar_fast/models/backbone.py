@@ -1,7 +1,9 @@
 """Classifier creation on timm: any model by name, ImageNet-pretrained from the hub or from a local file.
 
 Offline machines cannot download weights: an unreachable hub is a one-line error naming `--weights FILE`
-and `--no-pretrained`, never a traceback.
+and `--no-pretrained`, never a traceback. timm (with torchvision behind it) and the hub client load when a
+model is first built, not with this module: they are 3 of the 5 s a training process takes to import its
+stack, which a run that stops at a bad input, or a rank that only learns another rank's error, never needs.
 """
 
 from __future__ import annotations
@@ -14,11 +16,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import timm
 import torch
-from huggingface_hub import constants as hub_constants
-from huggingface_hub.errors import LocalEntryNotFoundError
-from timm.models import load_state_dict
 
 from lumbar_fast.errors import LumbarFastError, first_line
 
@@ -33,6 +31,9 @@ def create_model(name: str = DEFAULT_MODEL, num_classes: int = 3, in_chans: int 
     else the hub's pretrained weights when `pretrained`, else random initialisation. `timm_options` go to
     timm.create_model as they are (e.g. `features_only=True` for the locator's backbone).
     """
+    import timm
+    from huggingface_hub.errors import LocalEntryNotFoundError
+
     if not timm.is_model(name):
         raise LumbarFastError(f"unknown model {name!r}; timm.list_models('*pattern*') lists the names")
     build = functools.partial(timm.create_model, name, num_classes=num_classes, in_chans=in_chans,
@@ -60,6 +61,8 @@ def create_model(name: str = DEFAULT_MODEL, num_classes: int = 3, in_chans: int 
 
 def _hub_reachable(timeout_s: float = 3.0) -> bool:
     """Whether the Hugging Face hub accepts a TCP connection within `timeout_s`."""
+    from huggingface_hub import constants as hub_constants
+
     url = urllib.parse.urlparse(hub_constants.ENDPOINT)
     port = url.port or (443 if url.scheme == "https" else 80)
     try:
@@ -75,6 +78,8 @@ def _offline_unless_reachable() -> Iterator[None]:
 
     Without this the hub client retries for about a minute before failing on a machine without network.
     """
+    from huggingface_hub import constants as hub_constants
+
     saved = hub_constants.HF_HUB_OFFLINE
     hub_constants.HF_HUB_OFFLINE = saved or not _hub_reachable()
     try:
@@ -85,6 +90,8 @@ def _offline_unless_reachable() -> Iterator[None]:
 
 def load_weights(model: torch.nn.Module, path: str | Path) -> None:
     """Load a timm checkpoint or state dict into `model`; a classifier of another shape is left fresh."""
+    from timm.models import load_state_dict
+
     path = Path(path)
     if not path.is_file():
         raise LumbarFastError(f"weights file {path} does not exist")
