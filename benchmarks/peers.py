@@ -1,7 +1,7 @@
 """The loaders a user would pick instead of ours, built the usual way, to benchmark side by side.
 
 - the seed's way: a torch DataLoader whose Dataset reads and decodes the labelled DICOM with pydicom, windows
-  it (min-max to 8 bits), resizes it to 224 and normalises it, on every epoch;
+  it (min-max to 8 bits), resizes it to the crop size (224) and normalises it, on every epoch;
 - the Kaggle-standard cache: one PNG per item, written once from the same items, read by a torch DataLoader
   with PIL, ToTensor and Normalize;
 - MONAI, what a medical-imaging user reaches for: a CacheDataset that decodes every labelled DICOM once, with

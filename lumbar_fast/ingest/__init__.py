@@ -46,8 +46,8 @@ __all__ = ["COORDINATE_COLUMNS", "IngestSummary", "convert_series", "ingest", "i
 #: a series starts converting only within this many series per worker of the next one to append
 AHEAD_PER_WORKER = 2
 #: series handed to the pool per worker process: a worker has its next series queued while the main process
-#: appends the one it finished (with one each, a worker waited for every append: ingest took 1.7× the bare
-#: decode loop's time with one worker, where the workers' own work is 1.1× it)
+#: appends the one it finished, instead of waiting for that append (2 workers, 24 studies of 512 px: 245
+#: against 227 slices/s with one each)
 QUEUED_PER_WORKER = 2
 
 

@@ -146,15 +146,6 @@ class SeriesWriter:
         """Write one rendered slice as instance `instance_number` at `path`."""
         path.write_bytes(self.encode(self.instance_values(image, plane, instance_number)))
 
-    def dataset_with(self, values: dict[str, object]) -> Dataset:
-        """The series' dataset holding one file's `instance_values`, uncompressed."""
-        ds = self.dataset
-        ds.file_meta.MediaStorageSOPInstanceUID = values["SOPInstanceUID"]
-        ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
-        for keyword, value in values.items():
-            setattr(ds, keyword, value)
-        return ds
-
     def encode(self, values: dict[str, object]) -> bytes:
         """One whole file (Part 10: preamble, file meta, data set) in the series' transfer syntax, holding
         the shared elements and one file's uncompressed `instance_values`, the data set's elements in
