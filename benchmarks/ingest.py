@@ -4,9 +4,11 @@ Contenders, per worker count: ingest to Zarr, ingest to HDF5, and the bare loop 
 and resized to 224 in a process pool, results dropped). Every run is a fresh process, so start-up counts for
 all alike; reported: slices/s, the peak RSS of the largest process, the cache's size on disk, the peak disk
 use of the ingest (cache and work folder, sampled every 20 ms) as a multiple of the finished cache, and the
-time to read the finished cache's arrays into RAM.
+time to read the finished cache's arrays into RAM. Each cache is removed after its run, so that the disk holds
+one at a time.
 
     python -m benchmarks.ingest [--workers 1,2] [--studies 8] [--image-size 512] [--json out.json]
+    python -m benchmarks.ingest --data DIR --no-read --repeats 1    # an existing folder, e.g. at RSNA scale
 """
 
 from __future__ import annotations
@@ -32,6 +34,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--formats", default=",".join(FORMATS), help="cache formats: zarr, hdf5")
     parser.add_argument("--studies", type=int, default=8, help="synth studies to ingest")
     parser.add_argument("--image-size", type=int, default=512, help="synth base image size (pixels)")
+    parser.add_argument("--data", type=Path,
+                        help="an RSNA-layout folder to ingest instead of a synth one (then --studies and "
+                             "--image-size are unused)")
+    parser.add_argument("--no-read", action="store_true",
+                        help="skip reading each cache back into RAM (one at RSNA scale is larger than RAM)")
     return parser.parse_args(argv)
 
 
@@ -49,20 +56,29 @@ def measured_ingest(data: Path, cache: Path, workers: int | None, fmt: str, inte
                     ) -> dict[str, float]:
     """One ingest from scratch in a fresh process: wall seconds, peak RSS, cache size and the peak disk use
     of cache and work folder (sampled every `interval` s; a large store takes longer to walk) ÷ the cache."""
-    shutil.rmtree(cache, ignore_errors=True)
-    cache.unlink(missing_ok=True)
+    _remove(cache)
     with common.DiskPeak([cache, cache.with_name(cache.name + ".ingest")], interval) as disk:
         measured = common.run_measured(ingest_command(data, cache, workers, fmt))
     cache_mib = common.directory_mib(cache)
     return {**measured, "cache_mib": cache_mib, "peak_disk_ratio": disk.peak_mib / cache_mib}
 
 
-def ingest_run(data: Path, cache: Path, workers: int, fmt: str, slices: int) -> dict[str, float]:
-    """One ingest from scratch: slices/s, peak RSS, cache size, peak disk use and the cache's read time."""
-    run = measured_ingest(data, cache, workers, fmt)
-    return {"slices_s": slices / run["seconds"], "peak_rss_mib": run["peak_rss_mib"],
-            "cache_mib": run["cache_mib"], "peak_disk_ratio": run["peak_disk_ratio"],
-            "read_s": read_seconds(cache)}
+def ingest_run(data: Path, cache: Path, workers: int, fmt: str, slices: int, read: bool = True,
+               interval: float = 0.02) -> dict[str, float]:
+    """One ingest from scratch: slices/s, peak RSS, cache size, peak disk use (sampled every `interval` s)
+    and, when `read`, the cache's read time; the cache is removed afterwards."""
+    run = measured_ingest(data, cache, workers, fmt, interval)
+    found = {"slices_s": slices / run["seconds"], "peak_rss_mib": run["peak_rss_mib"],
+             "cache_mib": run["cache_mib"], "peak_disk_ratio": run["peak_disk_ratio"]}
+    if read:
+        found["read_s"] = read_seconds(cache)
+    _remove(cache)
+    return found
+
+
+def _remove(cache: Path) -> None:
+    shutil.rmtree(cache, ignore_errors=True)
+    cache.unlink(missing_ok=True)
 
 
 def bare_run(data: Path, workers: int, slices: int) -> dict[str, float]:
@@ -103,15 +119,17 @@ def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
     workers = [int(count) for count in args.workers.split(",")]
     formats = [fmt for fmt in args.formats.split(",") if fmt]
-    data = synth_data(args.workdir, args.studies, image_size=args.image_size)
+    data = args.data or synth_data(args.workdir, args.studies, image_size=args.image_size)
     slices = len(dicom_files(data))
-    print(f"ingest benchmark: {args.studies} studies of {args.image_size}², {slices} slices, "
-          f"workers {workers}, {args.repeats} interleaved repeats", flush=True)
+    print(f"ingest benchmark: {data.name}, {slices} slices, workers {workers}, {args.repeats} interleaved "
+          "repeats", flush=True)
+    interval = 0.5 if args.data else 0.02  # a given folder may be RSNA-sized: walking its store takes longer
     contenders = {}
     for count in workers:
         for fmt in formats:
             cache = args.workdir / f"ingest-bench-w{count}.{fmt}"
-            contenders[f"{fmt}-w{count}"] = partial(ingest_run, data, cache, count, fmt, slices)
+            contenders[f"{fmt}-w{count}"] = partial(ingest_run, data, cache, count, fmt, slices,
+                                                       read=not args.no_read, interval=interval)
         contenders[f"bare-w{count}"] = partial(bare_run, data, count, slices)
     runs = common.interleaved(contenders, args.repeats)
     summary, found = common.summarise(runs), ratios(runs, workers, formats)
