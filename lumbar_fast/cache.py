@@ -346,7 +346,7 @@ class ImageAppender:
         self.target.resize((self.written + count, *data.shape[1:]))
         self.target[self.written:self.written + count] = data[:count]
         self.written += count
-        rest = data[count:]
+        rest = data[count:].copy()  # a copy, not a view that would keep the whole block alive
         self.pending, self.pending_count = ([rest] if len(rest) else []), len(rest)
         self.store.flush()
 

@@ -17,6 +17,7 @@ from lumbar_fast import __version__, cache, rsna, testhooks
 from lumbar_fast.cache import IngestSettings
 from lumbar_fast.ingest.convert import SeriesPart
 from lumbar_fast.ingest.plan import IngestPlan, SeriesTask
+from lumbar_fast.processes import release_free_memory
 
 #: the consolidator records what the store holds, and deletes those parts, once the parts not yet recorded
 #: reach this fraction of the image bytes appended (so records grow geometrically: a few hundred per ingest)
@@ -66,7 +67,7 @@ class Consolidator:
         self.writer, journal = open_store(out, params.fmt)
         self.recording = params.fmt in cache.RESUMABLE_FORMATS
         journal = journal or cache.Journal(0, {}, [])
-        self.recorded_tables, self.recorded_rows = journal.records, journal.rows
+        self.recorded_rows = journal.rows
         self.recorded = {f"{s}_{r}.pkl" for record in journal.records
                          for s, r in record["series"].itertuples(index=False)}
         self.unrecorded: list[_Appended] = []
@@ -97,7 +98,8 @@ class Consolidator:
         self.advance()
         if self.cursor != len(self.plan.tasks):
             raise RuntimeError(f"part {self.plan.tasks[self.cursor].part_name} was never committed")
-        tables = [*self.recorded_tables, *(entry.tables for entry in self.unrecorded)]
+        journal = self.writer.journal()  # the recorded series' tables, read back rather than held all along
+        tables = [*(journal.records if journal else []), *(entry.tables for entry in self.unrecorded)]
         index, labels, errors = (_concat(tables, name) for name in ("stack_index", "level_labels", "errors"))
         for seq, appenders in self.appenders.items():
             for appender in appenders:
@@ -168,7 +170,7 @@ class Consolidator:
         self.writer.record(record, len(self.recorded), self.recorded_rows)
         for entry in done:
             (self.parts / entry.part_name).unlink()
-        self.recorded_tables.append(record)
+        release_free_memory()
         self.unrecorded = [entry for entry in self.unrecorded if entry.part_name not in self.recorded]
 
     def _written_series(self) -> list[_Appended]:
