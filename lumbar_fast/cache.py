@@ -222,6 +222,11 @@ class _Store:
         return self.root.create_dataset(name, shape=(0, *item_shape), maxshape=(None, *item_shape),
                                         dtype="uint8", chunks=chunks, compression="lzf")
 
+    def appendable(self, images: Any) -> Any:
+        """An image array as ImageAppender writes it: in Zarr, one that stores every chunk it is given rather
+        than first comparing it with the fill value (a comparison that allocates a chunk of booleans)."""
+        return images.with_config({"write_empty_chunks": True}) if self.fmt == "zarr" else images
+
     def write(self, name: str, values: np.ndarray) -> None:
         """A new array holding `values` (non-empty) in one chunk; in Zarr it replaces any array of that name
         (one that a killed ingest wrote after its last record)."""
@@ -312,42 +317,45 @@ def _is_text(values: pd.Series) -> bool:
 
 
 class ImageAppender:
-    """Appends images to a growable array in chunk-aligned blocks, so each chunk is written once."""
+    """Appends images to a growable array one whole chunk at a time, gathered in a chunk buffer of its own:
+    each chunk is written once, and as Zarr's one-chunk write takes the buffer as it is (no chunk of fill
+    values allocated, copied into and compared), the writer touches no fresh memory per chunk."""
 
     def __init__(self, store: _Store, target: Any, rows: int = 0) -> None:
         """`rows`: the items the array holds already (a resumed ingest); it is cut back to them, and those of
         its last, partial chunk are read back, to be written again with the items that complete it."""
         self.store, self.target = store, target
         self.written = rows - rows % CHUNK_ITEMS
-        self.pending = [np.asarray(target[self.written:rows])] if rows > self.written else []
-        self.pending_count = rows - self.written
+        self.buffer = np.empty((CHUNK_ITEMS, *target.shape[1:]), dtype=np.uint8)
+        self.filled = rows - self.written
+        self.buffer[:self.filled] = target[self.written:rows]
         if target.shape[0] != rows:
             target.resize((rows, *target.shape[1:]))
 
     @property
     def rows(self) -> int:
         """Items appended so far."""
-        return self.written + self.pending_count
+        return self.written + self.filled
 
     def append(self, images: np.ndarray) -> None:
-        if len(images):
-            self.pending.append(images)
-            self.pending_count += len(images)
-        if self.pending_count >= CHUNK_ITEMS:
-            self._write(self.pending_count - self.pending_count % CHUNK_ITEMS)
+        start = 0
+        while start < len(images):
+            taken = min(CHUNK_ITEMS - self.filled, len(images) - start)
+            self.buffer[self.filled:self.filled + taken] = images[start:start + taken]
+            self.filled, start = self.filled + taken, start + taken
+            if self.filled == CHUNK_ITEMS:
+                self._write()
 
     def close(self) -> None:
         """Write what is left."""
-        if self.pending_count:
-            self._write(self.pending_count)
+        if self.filled:
+            self._write()
 
-    def _write(self, count: int) -> None:
-        data = np.concatenate(self.pending)
-        self.target.resize((self.written + count, *data.shape[1:]))
-        self.target[self.written:self.written + count] = data[:count]
-        self.written += count
-        rest = data[count:].copy()  # a copy, not a view that would keep the whole block alive
-        self.pending, self.pending_count = ([rest] if len(rest) else []), len(rest)
+    def _write(self) -> None:
+        end = self.written + self.filled
+        self.target.resize((end, *self.target.shape[1:]))
+        self.target[self.written:end] = self.buffer[:self.filled]
+        self.written, self.filled = end, 0
         self.store.flush()
 
 
@@ -381,8 +389,8 @@ class CacheWriter:
         """An appender into a uint8 image array of items of `item_shape`: a new one, or the existing one
         holding `rows` items (a resumed ingest)."""
         if self.store.has(name):
-            return ImageAppender(self.store, self.store.array(name), rows)
-        return ImageAppender(self.store, self.store.create_images(name, item_shape))
+            return ImageAppender(self.store, self.store.appendable(self.store.array(name)), rows)
+        return ImageAppender(self.store, self.store.appendable(self.store.create_images(name, item_shape)))
 
     def table(self, name: str, table: pd.DataFrame) -> None:
         write_table(self.store, name, table)
