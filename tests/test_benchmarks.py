@@ -16,6 +16,7 @@ import pandas as pd
 import pytest
 
 from benchmarks import common, ingest, pipeline
+from benchmarks import data as bench_data
 
 REPO = Path(__file__).resolve().parents[1]
 STUDIES = "2"
@@ -69,15 +70,19 @@ def test_python_m_benchmarks_refuses_an_unknown_name_in_one_line():
 
 
 def test_ingest_benchmark(workdir, capsys):
+    """On a given folder (as at RSNA scale): every contender measured, each cache read back, then removed."""
     out = workdir / "ingest.json"
-    ingest.main(["--workdir", str(workdir), "--studies", STUDIES, "--workers", "1", "--repeats", "1",
+    data = bench_data.synth_data(workdir, int(STUDIES))
+    ingest.main(["--workdir", str(workdir), "--data", str(data), "--workers", "1", "--repeats", "1",
                  "--json", str(out)])
     record = read_record(out, "ingest")
     summary = record["results"]["summary"]
     assert set(summary) == {"zarr-w1", "hdf5-w1", "bare-w1"}
+    assert record["results"]["slices"] == len(list((data / "train_images").rglob("*.dcm")))
     assert summary["zarr-w1"]["cache_mib"]["median"] > 0 and summary["bare-w1"]["slices_s"]["median"] > 0
-    assert summary["zarr-w1"]["peak_disk_ratio"]["median"] >= 1.0
+    assert summary["zarr-w1"]["peak_disk_ratio"]["median"] >= 1.0 and summary["hdf5-w1"]["read_s"]
     assert "ingest zarr / bare time, 1 worker(s)" in capsys.readouterr().out
+    assert not list(workdir.glob("ingest-bench-*"))
 
 
 def test_gpu_check_dry_run(workdir, tmp_path):
