@@ -17,7 +17,6 @@ from lumbar_fast import __version__, cache, rsna, testhooks
 from lumbar_fast.cache import IngestSettings
 from lumbar_fast.ingest.convert import SeriesPart
 from lumbar_fast.ingest.plan import IngestPlan, SeriesTask
-from lumbar_fast.processes import release_free_memory
 
 #: the consolidator records what the store holds, and deletes those parts, once the parts not yet recorded
 #: reach this fraction of the image bytes appended (so records grow geometrically: a few hundred per ingest)
@@ -170,7 +169,6 @@ class Consolidator:
         self.writer.record(record, len(self.recorded), self.recorded_rows)
         for entry in done:
             (self.parts / entry.part_name).unlink()
-        release_free_memory()
         self.unrecorded = [entry for entry in self.unrecorded if entry.part_name not in self.recorded]
 
     def _written_series(self) -> list[_Appended]:
