@@ -328,7 +328,8 @@ class ImageAppender:
         self.written = rows - rows % CHUNK_ITEMS
         self.buffer = np.empty((CHUNK_ITEMS, *target.shape[1:]), dtype=np.uint8)
         self.filled = rows - self.written
-        self.buffer[:self.filled] = target[self.written:rows]
+        if self.filled:
+            self.buffer[:self.filled] = target[self.written:rows]
         if target.shape[0] != rows:
             target.resize((rows, *target.shape[1:]))
 
