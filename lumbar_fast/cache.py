@@ -17,6 +17,7 @@ ingest resumes from the store itself; `finish` removes it.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import io
 import json
 import os
@@ -26,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 import h5py
+import numcodecs
 import numpy as np
 import pandas as pd
 import zarr
@@ -51,6 +53,8 @@ JOURNAL = "ingest_journal"
 TABLE_SEPARATOR = "::"
 #: Zarr compressor: zstd level 1 writes MR slices ~3× faster than zarr's default level, within 3 % of its size
 ZSTD_FAST = ZstdCodec(level=1)
+#: the same compressor as numcodecs applies it (ZstdCodec's own), for one image at a time: encode_items
+_ZSTD_ITEM = numcodecs.Zstd(level=ZSTD_FAST.level, checksum=ZSTD_FAST.checksum)
 
 SPLITS = ("train", "test")
 #: default level-crop window width in millimetres per sequence
@@ -222,10 +226,23 @@ class _Store:
         return self.root.create_dataset(name, shape=(0, *item_shape), maxshape=(None, *item_shape),
                                         dtype="uint8", chunks=chunks, compression="lzf")
 
-    def appendable(self, images: Any) -> Any:
-        """An image array as ImageAppender writes it: in Zarr, one that stores every chunk it is given rather
-        than first comparing it with the fill value (a comparison that allocates a chunk of booleans)."""
-        return images.with_config({"write_empty_chunks": True}) if self.fmt == "zarr" else images
+    def write_chunk(self, images: Any, first: int, frames: list[bytes]) -> None:
+        """Items `first`.. of an image array (the start of a chunk) from their frames (encode_items). In Zarr
+        the chunk's file is written whole, as zarr writes one (a temporary name, then a rename): its items'
+        frames, then zero items' up to CHUNK_ITEMS (zarr stores an edge chunk whole); HDF5 takes them
+        decoded."""
+        item_shape = images.shape[1:]
+        if self.fmt == "hdf5":
+            images[first:first + len(frames)] = decode_items(frames, item_shape)
+            return
+        padding = [_zero_frame(item_shape)] * (CHUNK_ITEMS - len(frames))
+        path = self.path / images.path / images.metadata.encode_chunk_key((first // CHUNK_ITEMS,
+                                                                           *(0,) * len(item_shape)))
+        path.parent.mkdir(parents=True, exist_ok=True)
+        temporary = path.with_suffix(f".{os.getpid()}.partial")
+        with open(temporary, "wb") as handle:
+            handle.writelines([*frames, *padding])
+        os.replace(temporary, path)
 
     def write(self, name: str, values: np.ndarray) -> None:
         """A new array holding `values` (non-empty) in one chunk; in Zarr it replaces any array of that name
@@ -316,47 +333,63 @@ def _is_text(values: pd.Series) -> bool:
     return pd.api.types.is_string_dtype(values) or values.dtype == object
 
 
+def encode_items(images: np.ndarray) -> list[bytes]:
+    """Each image of `images` as one zstd frame, compressed as the Zarr image arrays' ZSTD_FAST does it. A
+    chunk's stored bytes are its items' frames one after the other (zstd decodes concatenated frames as one
+    stream, and so does numcodecs 0.16): ingest's workers compress, and the single writer only joins them."""
+    return [_ZSTD_ITEM.encode(np.ascontiguousarray(image)) for image in images]
+
+
+def decode_items(frames: list[bytes], item_shape: tuple[int, ...]) -> np.ndarray:
+    """The images of encode_items' frames, (len(frames), *item_shape) uint8."""
+    if not frames:
+        return np.zeros((0, *item_shape), np.uint8)
+    return np.frombuffer(_ZSTD_ITEM.decode(b"".join(frames)), np.uint8).reshape(len(frames), *item_shape)
+
+
+@functools.cache
+def _zero_frame(item_shape: tuple[int, ...]) -> bytes:
+    """The frame of one all-zero image: what fills an edge chunk up."""
+    return encode_items(np.zeros((1, *item_shape), np.uint8))[0]
+
+
 class ImageAppender:
-    """Appends images to a growable array one whole chunk at a time, gathered in a chunk buffer of its own:
-    each chunk is written once, and as Zarr's one-chunk write takes the buffer as it is (no chunk of fill
-    values allocated, copied into and compared), the writer touches no fresh memory per chunk."""
+    """Appends compressed images (encode_items' frames) to a growable array one whole chunk at a time: the
+    frames of a chunk are gathered, then written as the chunk (`_Store.write_chunk`), so that the writer
+    neither compresses nor copies pixels."""
 
     def __init__(self, store: _Store, target: Any, rows: int = 0) -> None:
         """`rows`: the items the array holds already (a resumed ingest); it is cut back to them, and those of
         its last, partial chunk are read back, to be written again with the items that complete it."""
         self.store, self.target = store, target
         self.written = rows - rows % CHUNK_ITEMS
-        self.buffer = np.empty((CHUNK_ITEMS, *target.shape[1:]), dtype=np.uint8)
-        self.filled = rows - self.written
-        if self.filled:
-            self.buffer[:self.filled] = target[self.written:rows]
+        self.pending: list[bytes] = []
+        if rows > self.written:
+            self.pending = encode_items(np.asarray(target[self.written:rows]))
         if target.shape[0] != rows:
             target.resize((rows, *target.shape[1:]))
 
     @property
     def rows(self) -> int:
         """Items appended so far."""
-        return self.written + self.filled
+        return self.written + len(self.pending)
 
-    def append(self, images: np.ndarray) -> None:
-        start = 0
-        while start < len(images):
-            taken = min(CHUNK_ITEMS - self.filled, len(images) - start)
-            self.buffer[self.filled:self.filled + taken] = images[start:start + taken]
-            self.filled, start = self.filled + taken, start + taken
-            if self.filled == CHUNK_ITEMS:
+    def append(self, frames: list[bytes]) -> None:
+        for frame in frames:
+            self.pending.append(frame)
+            if len(self.pending) == CHUNK_ITEMS:
                 self._write()
 
     def close(self) -> None:
         """Write what is left."""
-        if self.filled:
+        if self.pending:
             self._write()
 
     def _write(self) -> None:
-        end = self.written + self.filled
+        end = self.rows
         self.target.resize((end, *self.target.shape[1:]))
-        self.target[self.written:end] = self.buffer[:self.filled]
-        self.written, self.filled = end, 0
+        self.store.write_chunk(self.target, self.written, self.pending)
+        self.written, self.pending = end, []
         self.store.flush()
 
 
@@ -390,8 +423,8 @@ class CacheWriter:
         """An appender into a uint8 image array of items of `item_shape`: a new one, or the existing one
         holding `rows` items (a resumed ingest)."""
         if self.store.has(name):
-            return ImageAppender(self.store, self.store.appendable(self.store.array(name)), rows)
-        return ImageAppender(self.store, self.store.appendable(self.store.create_images(name, item_shape)))
+            return ImageAppender(self.store, self.store.array(name), rows)
+        return ImageAppender(self.store, self.store.create_images(name, item_shape))
 
     def table(self, name: str, table: pd.DataFrame) -> None:
         write_table(self.store, name, table)

@@ -24,8 +24,9 @@ def tiny_cache(path, fmt: str, parts: list[int], size: int = 4):
     start = 0
     for count in parts:
         values = np.arange(start, start + count, dtype=np.uint8)
-        stacks.append(np.broadcast_to(values[:, None, None], (count, size, size)).copy())
-        levels.append(np.broadcast_to(values[:, None, None, None], (count, size, size, 3)).copy())
+        stacks.append(cache.encode_items(np.broadcast_to(values[:, None, None], (count, size, size))))
+        crops = np.broadcast_to(values[:, None, None, None], (count, size, size, 3))
+        levels.append(cache.encode_items(crops))
         start += count
     stacks.close()
     levels.close()
@@ -69,6 +70,25 @@ def test_images_and_tables_round_trip_whatever_the_part_sizes(tmp_path, fmt):
     study_labels = reader.study_labels()
     assert study_labels.dtypes[rsna.LABEL_COLUMNS[0]] == np.int8
     assert study_labels[rsna.LABEL_COLUMNS[3]].tolist() == [0, rsna.MISSING]
+
+
+def test_a_chunk_of_frames_joined_by_the_writer_is_what_zarr_reads_and_writes(tmp_path):
+    """The appender writes each Zarr chunk itself, as its items' zstd frames one after the other (an edge
+    chunk filled up with zero items): zarr decodes it through the array's own codecs, bytes then zstd, and
+    the same images written by zarr read back equal; random images, as little compressible as MR noise."""
+    images = np.random.default_rng(3).integers(0, 256, (cache.CHUNK_ITEMS + 5, 6, 6, 3), dtype=np.uint8)
+    writer = cache.CacheWriter(tmp_path / "c.zarr", "zarr")
+    appender = writer.images("levels/ax_t2/images", images.shape[1:])
+    appender.append(cache.encode_items(images))
+    appender.close()
+    ours = zarr.open_array(tmp_path / "c.zarr" / "levels" / "ax_t2" / "images", mode="r")
+    assert [codec["name"] for codec in ours.metadata.to_dict()["codecs"]] == ["bytes", "zstd"]
+    np.testing.assert_array_equal(ours[...], images)
+    theirs = zarr.create_array(tmp_path / "z.zarr", shape=images.shape, dtype="uint8", chunks=ours.chunks,
+                               compressors=cache.ZSTD_FAST)
+    theirs[...] = images
+    assert theirs.metadata.to_dict()["codecs"] == ours.metadata.to_dict()["codecs"]
+    np.testing.assert_array_equal(cache.decode_items(cache.encode_items(images), images.shape[1:]), images)
 
 
 @pytest.mark.parametrize("fmt", cache.FORMATS)

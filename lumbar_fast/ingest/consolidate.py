@@ -15,7 +15,7 @@ import pandas as pd
 
 from lumbar_fast import __version__, cache, rsna, testhooks
 from lumbar_fast.cache import IngestSettings
-from lumbar_fast.ingest.convert import SeriesPart
+from lumbar_fast.ingest.convert import PartFile
 from lumbar_fast.ingest.plan import IngestPlan, SeriesTask
 
 #: the consolidator records what the store holds, and deletes those parts, once the parts not yet recorded
@@ -138,21 +138,21 @@ class Consolidator:
         self.appended_here += 1
         testhooks.kill_ingest(self.appended_here, self.kill_after)
 
-    def _append(self, part: SeriesPart, part_bytes: int) -> None:
+    def _append(self, part: PartFile, part_bytes: int) -> None:
         seq = part.task.sequence
         entry = _Appended(part.task.part_name, seq, part_bytes, {}, {
             "series": pd.DataFrame({"study_id": [part.task.study_id], "series_id": [part.task.series_id]}),
             "stack_index": part.stack_index.assign(sequence=seq), "errors": part.errors,
             "level_labels": part.level_labels.assign(sequence=seq)})
-        if len(part.stack_images):
+        if part.stack_frames:
             if seq not in self.appenders:
                 self.appenders[seq] = self._appenders(seq, {})
             stacks, levels = self.appenders[seq]
             entry.tables["level_labels"]["stack_row"] += stacks.rows
-            stacks.append(part.stack_images)
-            levels.append(part.level_images)
+            stacks.append(part.stack_frames)
+            levels.append(part.level_frames)
             entry.ends = {f"stacks/{seq}/images": stacks.rows, f"levels/{seq}/images": levels.rows}
-            self.appended_bytes += part.stack_images.nbytes + part.level_images.nbytes
+            self.appended_bytes += sum(map(len, part.stack_frames)) + sum(map(len, part.level_frames))
         self.unrecorded.append(entry)
 
     def _record_if_due(self) -> None:

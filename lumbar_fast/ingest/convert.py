@@ -1,7 +1,7 @@
 """Ingest's second stage, run by the worker processes: one series decoded into windowed, resized stack
-images and its level crops, with their tables (a `SeriesPart`), committed as one part file (a temporary
-name, then an atomic rename: a part is complete or absent). Any exception no check foresaw becomes the
-series' error row."""
+images and its level crops, with their tables (a `SeriesPart`), compressed and committed as one part file
+(a `PartFile`: a temporary name, then an atomic rename: a part is complete or absent). Any exception no
+check foresaw becomes the series' error row."""
 
 from __future__ import annotations
 
@@ -29,6 +29,24 @@ class SeriesPart:
     errors: pd.DataFrame
     stack_images: np.ndarray  # (n, S, S) uint8
     level_images: np.ndarray  # (m, S, S, C) uint8
+
+
+@dataclass
+class PartFile:
+    """What a part file holds: a SeriesPart with each image compressed to one zstd frame (cache.encode_items)
+    here, in the worker, so that the single writer only joins frames into chunks."""
+
+    task: SeriesTask
+    stack_index: pd.DataFrame
+    level_labels: pd.DataFrame
+    errors: pd.DataFrame
+    stack_frames: list[bytes]
+    level_frames: list[bytes]
+
+    @classmethod
+    def of(cls, part: SeriesPart) -> PartFile:
+        return cls(part.task, part.stack_index, part.level_labels, part.errors,
+                   cache.encode_items(part.stack_images), cache.encode_items(part.level_images))
 
 
 def convert_series(task: SeriesTask, params: IngestSettings) -> SeriesPart:
@@ -144,10 +162,10 @@ def mirrored_to_canonical_side(condition: str, orientation: np.ndarray) -> bool:
 def commit_part(task: SeriesTask, params: IngestSettings, parts: Path) -> int:
     """Convert one series and commit it as a part file (temporary name, then an atomic rename); returns
     its slice count."""
-    part = convert_series(task, params)
+    part = PartFile.of(convert_series(task, params))
     target = parts / task.part_name
     partial_file = target.with_suffix(f".{os.getpid()}.tmp")
     with open(partial_file, "wb") as handle:
         pickle.dump(part, handle, protocol=pickle.HIGHEST_PROTOCOL)
     os.replace(partial_file, target)
-    return len(part.stack_images)
+    return len(part.stack_frames)
