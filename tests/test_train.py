@@ -251,7 +251,9 @@ def final_record(run_dir) -> dict:
 
 @pytest.mark.parametrize("control", ["none", "shuffled-labels", "level-off"])
 def test_level_view_learns_and_negative_controls_do_not(learning_cache, tmp_path, control):
-    run_dir = train(quick_config(learning_cache, tmp_path / "run", control=control))
+    """Two epochs are enough to tell (2026-12-04: balanced accuracy 0.69, 0.59x the prior's loss, against 0.84
+    and 0.42x after three; both controls 0.91x the prior's after two or three) at two thirds of the time."""
+    run_dir = train(quick_config(learning_cache, tmp_path / "run", control=control, epochs=2))
     record = final_record(run_dir)
     assert min(record["val_support"]) >= 30
     ratio = record["val_weighted_log_loss"] / record["val_prior_weighted_log_loss"]
