@@ -10,6 +10,7 @@ import json
 import os
 import platform
 import subprocess
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -71,11 +72,18 @@ def _git_commit() -> str:
     return result.stdout.strip() if result.returncode == 0 else "unknown"
 
 
+#: after an epoch, curves.png is drawn again only when this many seconds have passed since it was last drawn
+#: (a drawing costs the training process ~0.3 s of CPU: every epoch of a long run, not every epoch of a short
+#: one), and always when the run ends
+CURVES_INTERVAL_S = 30.0
+
+
 class RunFolder:
     """One run's folder; rank 0 alone writes it (multi-GPU ranks only read)."""
 
     def __init__(self, path: Path) -> None:
         self.path = Path(path)
+        self._curves_drawn = time.monotonic()  # as if just drawn: a run of short epochs draws at its end
 
     @classmethod
     def create(cls, path: Path) -> RunFolder:
@@ -133,14 +141,17 @@ class RunFolder:
             return []
         return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
-    def write_metrics(self, records: list[dict[str, Any]], panels: Panels) -> None:
-        """metrics.jsonl (one record per epoch), metrics.csv (the same, flattened) and curves.png."""
+    def write_metrics(self, records: list[dict[str, Any]], panels: Panels, final: bool = True) -> None:
+        """metrics.jsonl (one record per epoch), metrics.csv (the same, flattened) and curves.png: always when
+        `final`, else when CURVES_INTERVAL_S have passed since this folder last drew it."""
         lines = "".join(json.dumps(record) + "\n" for record in records)
         atomic_write(self.file(METRICS_JSONL), lambda tmp: tmp.write_text(lines))
         self.write_table(METRICS_CSV, pd.json_normalize([_flatten_lists(r) for r in records]))
-        from lumbar_fast.plots import plot_curves  # matplotlib, imported when a run draws its curves
+        if final or time.monotonic() - self._curves_drawn >= CURVES_INTERVAL_S:
+            from lumbar_fast.plots import plot_curves  # matplotlib, imported when a run draws its curves
 
-        atomic_write(self.file(CURVES), lambda tmp: plot_curves(records, tmp, panels))
+            atomic_write(self.file(CURVES), lambda tmp: plot_curves(records, tmp, panels))
+            self._curves_drawn = time.monotonic()
 
     # -- checkpoints ------------------------------------------------
     def save_checkpoint(self, name: str, state: dict[str, Any]) -> None:

@@ -46,14 +46,15 @@ def last_state(task: TrainingTask, run_state: RunState) -> dict[str, Any]:
 def commit_epoch(run: RunFolder, task: TrainingTask, run_state: RunState,
                  best_predictions: pd.DataFrame | None) -> None:
     """Rank 0's files after an epoch: best.pt and the validation predictions when it improved (predictions
-    given), last.pt, metrics and curves; then the epoch's line on stdout."""
+    given), last.pt, metrics and, when due, curves (`fit` draws them at the end); then the epoch's line on
+    stdout."""
     record = run_state.records[-1]
     if best_predictions is not None:
         run.save_checkpoint(BEST, {**meta(task), "epoch": record["epoch"],
                                    WEIGHTS: task.model.state_dict(), "metrics": record})
         run.write_table(PREDICTIONS, best_predictions)
     run.save_checkpoint(LAST, last_state(task, run_state))
-    run.write_metrics(run_state.records, task.kind.panels)
+    run.write_metrics(run_state.records, task.kind.panels, final=False)
     print(task.epoch_line(record), flush=True)
 
 

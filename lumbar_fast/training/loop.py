@@ -52,7 +52,6 @@ def resume(run_dir: str | Path, read_config: Callable[[dict[str, Any]], C], prep
         state = run.load_checkpoint(LAST)
         task = prepare(config, run)
         run_state = restore(run, task, state)
-        distributed.on_main(run.write_metrics, run_state.records, task.kind.panels)
         return fit(run, task, run_state)
 
 
@@ -76,6 +75,7 @@ def fit(run: RunFolder, task: TrainingTask, run_state: RunState) -> Path:
             run_state.records.append(plain(record))
             distributed.on_main(commit_epoch, run, task, run_state, predictions if improved else None)
             testhooks.kill_after_epochs(epoch + 1)
+    distributed.on_main(run.write_metrics, run_state.records, task.kind.panels)  # the curves, drawn last
     distributed.on_main(task.finish, run)
     return run.path
 
