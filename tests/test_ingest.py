@@ -434,6 +434,31 @@ def test_sigkill_then_rerun_equals_an_uninterrupted_run(resume_data, make_cache,
         assert_same_files(out, reference)
 
 
+def test_parts_of_the_version_before_the_workers_compressed_resume_to_the_same_cache(resume_data, make_cache,
+                                                                                      tmp_path):
+    """An ingest interrupted before an upgrade leaves parts that hold SeriesParts (images, not frames): the
+    rerun compresses them and ends as an uninterrupted run."""
+    import pickle
+
+    from lumbar_fast.ingest.convert import SeriesPart
+
+    reference = make_cache(resume_data, size=32, workers=1)
+    out = tmp_path / "c.zarr"
+    assert killed_ingest(resume_data, out, 10, "zarr") == -signal.SIGKILL
+    kept = sorted((out.with_name(out.name + ".ingest") / "parts").glob("*.pkl"))
+    assert kept
+    for path in kept:
+        part = pickle.loads(path.read_bytes())
+        shape = (32, 32)
+        older = SeriesPart(part.task, part.stack_index, part.level_labels, part.errors,
+                           cache.decode_items(part.stack_frames, shape),
+                           cache.decode_items(part.level_frames, (*shape, cache.DEFAULT_CHANNELS)))
+        path.write_bytes(pickle.dumps(older))
+    ingest(resume_data, out, size=32, workers=1, progress=False)
+    assert_same_cache(cache.open_cache(out), cache.open_cache(reference))
+    assert_same_files(out, reference)
+
+
 def test_rerun_is_a_no_op_and_other_parameters_or_schema_are_refused(tiny_data, make_cache, run_cli,
                                                                      tmp_path):
     out = make_cache(tiny_data, size=32, workers=1)

@@ -15,7 +15,7 @@ import pandas as pd
 
 from lumbar_fast import __version__, cache, rsna, testhooks
 from lumbar_fast.cache import IngestSettings
-from lumbar_fast.ingest.convert import PartFile
+from lumbar_fast.ingest.convert import PartFile, SeriesPart
 from lumbar_fast.ingest.plan import IngestPlan, SeriesTask
 
 #: the consolidator records what the store holds, and deletes those parts, once the parts not yet recorded
@@ -130,9 +130,12 @@ class Consolidator:
                 self.writer.images(levels, (size, size, channels), rows.get(levels, 0)))
 
     def _append_part(self, path: Path) -> None:
-        """Append one committed part, record what is due, and die here if the kill test asks."""
+        """Append one committed part, record what is due, and die here if the kill test asks. A part left by
+        the version before the workers compressed (a SeriesPart: an ingest interrupted before an upgrade) is
+        compressed here."""
         with open(path, "rb") as handle:
-            self._append(pickle.load(handle), path.stat().st_size)
+            part = pickle.load(handle)
+        self._append(PartFile.of(part) if isinstance(part, SeriesPart) else part, path.stat().st_size)
         if self.recording:
             self._record_if_due()
         self.appended_here += 1
