@@ -226,6 +226,18 @@ class _Store:
         return self.root.create_dataset(name, shape=(0, *item_shape), maxshape=(None, *item_shape),
                                         dtype="uint8", chunks=chunks, compression="lzf")
 
+    def check_layout(self, images: Any, name: str) -> None:
+        """CacheError unless an existing image array (a resumed store's) is laid out as write_chunk writes:
+        CHUNK_ITEMS items per chunk, no shards, bytes then zstd."""
+        if self.fmt != "zarr":
+            return
+        codecs = [codec["name"] for codec in images.metadata.to_dict()["codecs"]]
+        chunked = images.chunks == (CHUNK_ITEMS, *images.shape[1:]) and images.shards is None
+        if not chunked or codecs != ["bytes", "zstd"]:
+            raise CacheError(f"{self.path}: {name} is laid out as this lumbar-fast does not append to "
+                             f"(chunks {images.chunks}, codecs {codecs}); remove it and its .ingest folder "
+                             "and ingest again")
+
     def write_chunk(self, images: Any, first: int, frames: list[bytes]) -> None:
         """Items `first`.. of an image array (the start of a chunk) from their frames (encode_items). In Zarr
         the chunk's file is written whole, as zarr writes one (a temporary name, then a rename): its items'
@@ -336,7 +348,8 @@ def _is_text(values: pd.Series) -> bool:
 def encode_items(images: np.ndarray) -> list[bytes]:
     """Each image of `images` as one zstd frame, compressed as the Zarr image arrays' ZSTD_FAST does it. A
     chunk's stored bytes are its items' frames one after the other (zstd decodes concatenated frames as one
-    stream, and so does numcodecs 0.16): ingest's workers compress, and the single writer only joins them."""
+    stream, and so does numcodecs from 0.16.4): ingest's workers compress, and the single writer only joins
+    them."""
     return [_ZSTD_ITEM.encode(np.ascontiguousarray(image)) for image in images]
 
 
@@ -356,7 +369,7 @@ def _zero_frame(item_shape: tuple[int, ...]) -> bytes:
 class ImageAppender:
     """Appends compressed images (encode_items' frames) to a growable array one whole chunk at a time: the
     frames of a chunk are gathered, then written as the chunk (`_Store.write_chunk`), so that the writer
-    neither compresses nor copies pixels."""
+    neither compresses nor copies pixels (but for a resumed array's partial chunk, read back and encoded)."""
 
     def __init__(self, store: _Store, target: Any, rows: int = 0) -> None:
         """`rows`: the items the array holds already (a resumed ingest); it is cut back to them, and those of
@@ -423,7 +436,9 @@ class CacheWriter:
         """An appender into a uint8 image array of items of `item_shape`: a new one, or the existing one
         holding `rows` items (a resumed ingest)."""
         if self.store.has(name):
-            return ImageAppender(self.store, self.store.array(name), rows)
+            images = self.store.array(name)
+            self.store.check_layout(images, name)
+            return ImageAppender(self.store, images, rows)
         return ImageAppender(self.store, self.store.create_images(name, item_shape))
 
     def table(self, name: str, table: pd.DataFrame) -> None:

@@ -91,6 +91,15 @@ def test_a_chunk_of_frames_joined_by_the_writer_is_what_zarr_reads_and_writes(tm
     np.testing.assert_array_equal(cache.decode_items(cache.encode_items(images), images.shape[1:]), images)
 
 
+def test_a_resumed_array_of_another_layout_is_refused_in_one_line(tmp_path):
+    """The writer writes chunk files itself, so an unfinished store's image array must be laid out as it
+    writes them (CHUNK_ITEMS per chunk, bytes then zstd): another is refused, not appended to."""
+    writer = cache.CacheWriter(tmp_path / "c.zarr", "zarr")
+    writer.store.root.create_array("stacks/ax_t2/images", shape=(0, 4, 4), dtype="uint8", chunks=(16, 4, 4))
+    with pytest.raises(CacheError, match=r"stacks/ax_t2/images is laid out as .* \(chunks \(16, 4, 4\)"):
+        cache.CacheWriter(tmp_path / "c.zarr", "zarr", resume=True).images("stacks/ax_t2/images", (4, 4))
+
+
 @pytest.mark.parametrize("fmt", cache.FORMATS)
 def test_empty_tables_and_arrays_round_trip(tmp_path, fmt):
     writer = cache.CacheWriter(tmp_path / f"e.{fmt}", fmt)

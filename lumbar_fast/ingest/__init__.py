@@ -3,7 +3,8 @@
 Worker processes each turn one series into uint8 stack images, level crops and tables, compress every image
 (one zstd frame each), and commit it as one part file (`<out>.ingest/parts/{study}_{series}.pkl`, written
 under a temporary name and renamed, so a part is complete or absent). The main process alone appends the
-parts to the final Zarr store (joining the frames into its chunks: it compresses nothing) or HDF5 file in
+parts to the final Zarr store (joining the frames into its chunks: it compresses nothing but what a
+resumed run reads back) or HDF5 file in
 sorted (study_id, series_id) order, each as soon as all before it are committed, and writes the tables and
 the attributes last. A Zarr store records in its journal what it holds (series, tables), now and then, and
 the parts it records are deleted, so parts never fill the disk beside the store.
