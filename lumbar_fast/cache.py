@@ -22,6 +22,7 @@ import io
 import json
 import os
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -313,11 +314,11 @@ def write_tables(store: _Store, name: str, tables: dict[str, pd.DataFrame]) -> N
     store.set_attrs({"tables": {key: list(table.columns) for key, table in tables.items()}}, name)
 
 
-def read_tables(store: _Store, name: str) -> dict[str, pd.DataFrame]:
-    """The tables written by write_tables, by name."""
+def read_tables(store: _Store, name: str, only: str | None = None) -> dict[str, pd.DataFrame]:
+    """The tables written by write_tables, by name (`only` that one: the others' columns stay unread)."""
     with _read_npz(store, name) as arrays:
         return {key: _frame(arrays, columns, prefix=f"{key}{TABLE_SEPARATOR}")
-                for key, columns in store.attrs(name)["tables"].items()}
+                for key, columns in store.attrs(name)["tables"].items() if only in (None, key)}
 
 
 def _column_arrays(table: pd.DataFrame) -> dict[str, np.ndarray]:
@@ -460,6 +461,11 @@ class CacheWriter:
         self.records = progress["records"]
         records = [read_tables(self.store, f"{JOURNAL}/{k}") for k in range(self.records)]
         return Journal(progress["series"], progress["rows"], records)
+
+    def recorded(self, table: str) -> Iterator[pd.DataFrame]:
+        """Table `table` of each journal record, in order, read one record at a time."""
+        for k in range(self.records):
+            yield read_tables(self.store, f"{JOURNAL}/{k}", only=table)[table]
 
     def finish(self, attrs: dict) -> None:
         self.store.delete(JOURNAL)

@@ -39,7 +39,7 @@ from lumbar_fast.errors import CacheError
 from lumbar_fast.ingest.consolidate import Consolidator, IngestSummary
 from lumbar_fast.ingest.convert import commit_part, convert_series, mirrored_to_canonical_side
 from lumbar_fast.ingest.plan import COORDINATE_COLUMNS, SeriesTask, label_files, plan_ingest
-from lumbar_fast.processes import pool_context
+from lumbar_fast.processes import large_blocks_mapped, pool_context
 
 __all__ = ["COORDINATE_COLUMNS", "IngestSummary", "convert_series", "ingest", "ingest_with",
            "mirrored_to_canonical_side", "plan_ingest", "worker_count"]
@@ -81,15 +81,16 @@ def ingest_with(settings: IngestSettings, out: str | Path, workers: int | None =
     finished = _finished_summary(out, params)
     if finished is not None:
         return finished
-    plan = plan_ingest(params)
-    work = _prepare_work_dir(out, params)
-    parts = work / "parts"
-    writer = Consolidator(plan, params, parts, out)
-    done = {p.name for p in parts.glob("*.pkl")}
-    todo = [task for task in plan.tasks if task.part_name not in done | writer.recorded]
-    writer.advance()
-    counts = _convert_all(todo, params, parts, worker_count(workers), progress, writer)
-    summary = writer.finish()
+    with large_blocks_mapped():  # the writer's peak memory would otherwise grow with the study count
+        plan = plan_ingest(params)
+        work = _prepare_work_dir(out, params)
+        parts = work / "parts"
+        writer = Consolidator(plan, params, parts, out)
+        done = {p.name for p in parts.glob("*.pkl")}
+        todo = [task for task in plan.tasks if task.part_name not in done | writer.recorded]
+        writer.advance()
+        counts = _convert_all(todo, params, parts, worker_count(workers), progress, writer)
+        summary = writer.finish()
     shutil.rmtree(work)
     summary.series_converted = counts["series"]
     summary.series_resumed = len(plan.tasks) - len(todo)

@@ -6,6 +6,7 @@ appends to the store from its last record (an HDF5 file is rebuilt from the part
 
 from __future__ import annotations
 
+import itertools
 import pickle
 import shutil
 from dataclasses import dataclass, field
@@ -21,6 +22,9 @@ from lumbar_fast.ingest.plan import IngestPlan, SeriesTask
 #: the consolidator records what the store holds, and deletes those parts, once the parts not yet recorded
 #: reach this fraction of the image bytes appended (so records grow geometrically: a few hundred per ingest)
 RECORD_FRACTION = 0.05
+#: ... or once they are this many series: the writer holds the tables of the series not yet recorded, and a
+#: fraction alone let them grow with the study count (~300 series' tables at the end of a full-scale run)
+RECORD_SERIES = 64
 #: the tables each journal record holds (stack index and level labels with their sequence; the series)
 JOURNAL_TABLES: dict[str, dict[str, str]] = {
     "stack_index": {**cache.STACK_INDEX_COLUMNS, "sequence": "object"},
@@ -28,6 +32,10 @@ JOURNAL_TABLES: dict[str, dict[str, str]] = {
     "errors": cache.ERROR_COLUMNS,
     "series": {"study_id": "int64", "series_id": "int64"},
 }
+
+#: the columns each journal table has in the finished cache (the per-sequence ones without their sequence)
+FINAL_COLUMNS = {"stack_index": cache.STACK_INDEX_COLUMNS, "level_labels": cache.LEVEL_LABEL_COLUMNS,
+                 "errors": cache.ERROR_COLUMNS}
 
 
 @dataclass
@@ -97,18 +105,13 @@ class Consolidator:
         self.advance()
         if self.cursor != len(self.plan.tasks):
             raise RuntimeError(f"part {self.plan.tasks[self.cursor].part_name} was never committed")
-        journal = self.writer.journal()  # the recorded series' tables, read back rather than held all along
-        tables = [*(journal.records if journal else []), *(entry.tables for entry in self.unrecorded)]
-        index, labels, errors = (_concat(tables, name) for name in ("stack_index", "level_labels", "errors"))
         for seq, appenders in self.appenders.items():
             for appender in appenders:
                 appender.close()
-            self.writer.table(f"stacks/{seq}/index", cache.typed_table(index[index["sequence"] == seq],
-                                                                       cache.STACK_INDEX_COLUMNS))
-            self.writer.table(f"levels/{seq}/labels", cache.typed_table(labels[labels["sequence"] == seq],
-                                                                        cache.LEVEL_LABEL_COLUMNS))
-        errors = pd.concat([self.plan.errors, errors]).sort_values(list(cache.ERROR_COLUMNS))
-        errors = cache.typed_table(errors, cache.ERROR_COLUMNS)
+            self.writer.table(f"stacks/{seq}/index", self._gathered("stack_index", seq))
+            self.writer.table(f"levels/{seq}/labels", self._gathered("level_labels", seq))
+        errors = pd.concat([self.plan.errors, self._gathered("errors")])
+        errors = cache.typed_table(errors.sort_values(list(cache.ERROR_COLUMNS)), cache.ERROR_COLUMNS)
         self.writer.table("errors", errors)
         self.writer.table("study_labels", self.plan.study_labels)
         counts = {"slices": sum(a[0].rows for a in self.appenders.values()),
@@ -121,6 +124,16 @@ class Consolidator:
         return IngestSummary(out=self.out, series=len(self.plan.tasks), slices=counts["slices"],
                              level_crops=counts["level_crops"], errors=len(errors),
                              error_reasons=cache.reason_counts(errors))
+
+    def _gathered(self, name: str, sequence: str | None = None) -> pd.DataFrame:
+        """Journal table `name` of every series appended, only `sequence`'s rows when given, as the cache
+        stores it: the recorded ones read back record by record, so that one sequence's table is in memory
+        at a time, not the whole journal's (that peak grew with the study count)."""
+        unrecorded = (entry.tables[name] for entry in self.unrecorded)
+        tables = itertools.chain(self.writer.recorded(name), unrecorded)
+        pieces = [table if sequence is None else table[table["sequence"] == sequence] for table in tables]
+        return cache.typed_table(pd.concat(pieces) if pieces else cache.empty_table(JOURNAL_TABLES[name]),
+                                 FINAL_COLUMNS[name])
 
     def _appenders(self, seq: str, rows: dict[str, int]) -> tuple[cache.ImageAppender, cache.ImageAppender]:
         """The stack and level-crop appenders of `seq`, over arrays holding `rows` items already."""
@@ -161,9 +174,10 @@ class Consolidator:
     def _record_if_due(self) -> None:
         """Record the unrecorded series whose images are all written, and all before them of their sequence,
         in the store's journal, then delete their parts, once those reach RECORD_FRACTION of the image bytes
-        appended."""
+        appended or RECORD_SERIES series."""
         done = self._written_series()
-        if not done or sum(entry.part_bytes for entry in done) < RECORD_FRACTION * self.appended_bytes:
+        due = sum(entry.part_bytes for entry in done) >= RECORD_FRACTION * self.appended_bytes
+        if not done or not (due or len(done) >= RECORD_SERIES):
             return
         for entry in done:
             self.recorded_rows = {**self.recorded_rows, **entry.ends}
