@@ -27,6 +27,7 @@ import shutil
 import time
 from collections import deque
 from collections.abc import Callable, Iterator
+from contextlib import nullcontext
 from dataclasses import replace
 from functools import partial
 from pathlib import Path
@@ -81,7 +82,10 @@ def ingest_with(settings: IngestSettings, out: str | Path, workers: int | None =
     finished = _finished_summary(out, params)
     if finished is not None:
         return finished
-    with large_blocks_mapped():  # the writer's peak memory would otherwise grow with the study count
+    workers = worker_count(workers)
+    # the writer's memory would grow with the study count; a lone worker converts in this process too, and
+    # its arrays mapped anew each time cost it ~10 % of its speed (150 studies: 51-52 s against 46-48 s)
+    with large_blocks_mapped() if workers > 1 else nullcontext():
         plan = plan_ingest(params)
         work = _prepare_work_dir(out, params)
         parts = work / "parts"
@@ -89,7 +93,7 @@ def ingest_with(settings: IngestSettings, out: str | Path, workers: int | None =
         done = {p.name for p in parts.glob("*.pkl")}
         todo = [task for task in plan.tasks if task.part_name not in done | writer.recorded]
         writer.advance()
-        counts = _convert_all(todo, params, parts, worker_count(workers), progress, writer)
+        counts = _convert_all(todo, params, parts, workers, progress, writer)
         summary = writer.finish()
     shutil.rmtree(work)
     summary.series_converted = counts["series"]
