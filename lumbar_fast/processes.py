@@ -31,11 +31,13 @@ MMAP_THRESHOLD_DEFAULT, MMAP_THRESHOLD_CEILING = 128 * 1024, 32 * 1024 * 1024
 @contextmanager
 def large_blocks_mapped() -> Iterator[None]:
     """Within: every block of 128 KiB or more gets memory of its own, returned to the system when freed
-    (glibc only; nothing elsewhere). Ingest's writer frees hundreds of compressed images of ~40-400 KB a
-    second between small objects that live on (tables, names); glibc's dynamic threshold serves such sizes
-    from the heap once one bigger block was freed, and the heap, fragmented, kept growing with the study
-    count (30 MiB over a full-scale run) though nothing was held. On leaving, the threshold is set where
-    the dynamic one would have climbed: a fixed one stops glibc's adjusting for the rest of the process."""
+    (glibc only; nothing elsewhere). Meant for a process that only writes: in one that also decodes, its
+    arrays mapped anew each time cost ~10 % of its speed. Ingest's writer frees hundreds of compressed
+    images of ~40-400 KB a second between small objects that live on (tables, names); glibc's dynamic
+    threshold serves such sizes from the heap once one bigger block was freed, and the heap, fragmented,
+    kept growing with the study count (30 MiB over a full-scale run) though nothing was held. On leaving,
+    the threshold is set where the dynamic one would have climbed: a fixed one stops glibc's adjusting for
+    the rest of the process."""
     if _MALLOPT is None:
         yield
         return
