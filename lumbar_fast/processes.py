@@ -1,6 +1,7 @@
 """Worker processes that are safe to start from any parent: each begins as a fresh interpreter (forkserver
 where the platform has it, else spawn), never as a fork of a caller that may have initialised CUDA or hold
-threads and locks; a script that starts them needs an `if __name__ == "__main__":` guard."""
+threads and locks; a script that starts them needs an `if __name__ == "__main__":` guard. Also how a
+process that only writes what its workers made hands freed memory back (`large_blocks_mapped`)."""
 
 from __future__ import annotations
 
@@ -19,7 +20,6 @@ def pool_context() -> BaseContext:
     """The multiprocessing context for every pool of the package."""
     available = multiprocessing.get_all_start_methods()
     return multiprocessing.get_context(next(m for m in SAFE_START_METHODS if m in available))
-
 
 
 #: mallopt's parameter number for the size from which glibc maps a block of its own (malloc.h)
@@ -51,7 +51,7 @@ def large_blocks_mapped() -> Iterator[None]:
 def _mallopt() -> Callable[[int, int], int] | None:
     try:
         return ctypes.CDLL(None).mallopt
-    except (OSError, AttributeError):
+    except (OSError, AttributeError, TypeError):  # no C library to load by name (Windows), or no mallopt
         return None
 
 
