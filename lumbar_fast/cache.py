@@ -409,12 +409,11 @@ class ImageAppender:
 
 @dataclass
 class Journal:
-    """What an unfinished store records holding: the first `series` series of its ingest, `rows` items per
-    image array, and their tables (one dict of tables per record, in order)."""
+    """What an unfinished store records holding: the first `series` series of its ingest and `rows` items per
+    image array (their tables: `CacheWriter.recorded`)."""
 
     series: int
     rows: dict[str, int]
-    records: list[dict[str, pd.DataFrame]]
 
 
 class CacheWriter:
@@ -459,8 +458,7 @@ class CacheWriter:
             return None
         progress = self.store.attrs(JOURNAL)
         self.records = progress["records"]
-        records = [read_tables(self.store, f"{JOURNAL}/{k}") for k in range(self.records)]
-        return Journal(progress["series"], progress["rows"], records)
+        return Journal(progress["series"], progress["rows"])
 
     def recorded(self, table: str) -> Iterator[pd.DataFrame]:
         """Table `table` of each journal record, in order, read one record at a time."""

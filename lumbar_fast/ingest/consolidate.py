@@ -73,10 +73,10 @@ class Consolidator:
         self.plan, self.params, self.parts, self.out = plan, params, parts, out
         self.writer, journal = open_store(out, params.fmt)
         self.recording = params.fmt in cache.RESUMABLE_FORMATS
-        journal = journal or cache.Journal(0, {}, [])
+        journal = journal or cache.Journal(0, {})
         self.recorded_rows = journal.rows
-        self.recorded = {f"{s}_{r}.pkl" for record in journal.records
-                         for s, r in record["series"].itertuples(index=False)}
+        self.recorded = {f"{s}_{r}.pkl" for table in self.writer.recorded("series")
+                         for s, r in table.itertuples(index=False)}
         self.unrecorded: list[_Appended] = []
         self.position = {task.part_name: i for i, task in enumerate(plan.tasks)}
         self.cursor = self.appended_here = self.appended_bytes = 0
