@@ -132,8 +132,7 @@ class Consolidator:
         unrecorded = (entry.tables[name] for entry in self.unrecorded)
         tables = itertools.chain(self.writer.recorded(name), unrecorded)
         pieces = [table if sequence is None else table[table["sequence"] == sequence] for table in tables]
-        return cache.typed_table(pd.concat(pieces) if pieces else cache.empty_table(JOURNAL_TABLES[name]),
-                                 FINAL_COLUMNS[name])
+        return _concat(pieces, FINAL_COLUMNS[name])
 
     def _appenders(self, seq: str, rows: dict[str, int]) -> tuple[cache.ImageAppender, cache.ImageAppender]:
         """The stack and level-crop appenders of `seq`, over arrays holding `rows` items already."""
@@ -181,7 +180,8 @@ class Consolidator:
             return
         for entry in done:
             self.recorded_rows = {**self.recorded_rows, **entry.ends}
-        record = {name: _concat([entry.tables for entry in done], name) for name in JOURNAL_TABLES}
+        record = {name: _concat([entry.tables[name] for entry in done], columns)
+                  for name, columns in JOURNAL_TABLES.items()}
         self.recorded |= {entry.part_name for entry in done}
         self.writer.record(record, len(self.recorded), self.recorded_rows)
         for entry in done:
@@ -230,12 +230,9 @@ def open_store(out: Path, fmt: str) -> tuple[cache.CacheWriter, cache.Journal | 
     return cache.CacheWriter(out, fmt), None
 
 
-def _concat(tables: list[dict[str, pd.DataFrame]], name: str) -> pd.DataFrame:
-    """Journal table `name` of every entry of `tables`, one after the other (typed as JOURNAL_TABLES)."""
-    found, columns = [entry[name] for entry in tables], JOURNAL_TABLES[name]
-    if not found:
-        return cache.empty_table(columns)
-    return cache.typed_table(pd.concat(found, ignore_index=True), columns)
+def _concat(tables: list[pd.DataFrame], columns: dict[str, str]) -> pd.DataFrame:
+    """`tables` one after the other, as `columns` (names, order, dtypes)."""
+    return cache.typed_table(pd.concat(tables) if tables else cache.empty_table(columns), columns)
 
 
 def _remove(path: Path) -> None:
