@@ -29,28 +29,32 @@ def lumbar_fast_command(*args: str) -> list[str]:
     return [sys.executable, "-m", "lumbar_fast", *args]
 
 
-def synth_data(workdir: Path, studies: int, seed: int = 0, image_size: int = 512) -> Path:
-    """A synth data set of `studies` studies, made once (on every core): uncompressed 12-bit slices of
-    `image_size` (512, like most real series) without pitfalls."""
+def synth_data(workdir: Path, studies: int, seed: int = 0, image_size: int = 512,
+               workers: int | None = None) -> Path:
+    """A synth data set of `studies` studies, made once (by `workers` processes, None: every core):
+    uncompressed 12-bit slices of `image_size` (512, like most real series) without pitfalls."""
     folder = workdir / f"synth-{studies}-s{seed}" if image_size == 512 else \
         workdir / f"synth-{studies}-s{seed}-i{image_size}"
     if not (folder / DONE).exists():
         shutil.rmtree(folder, ignore_errors=True)
         command = lumbar_fast_command("synth", str(folder), "--studies", str(studies), "--seed", str(seed),
-                                      "--image-size", str(image_size), "--no-pitfalls", "--quiet")
+                                      "--image-size", str(image_size), "--no-pitfalls", "--quiet",
+                                      *_workers_option(workers))
         subprocess.run(command, check=True, stdout=subprocess.DEVNULL)
         (folder / DONE).touch()
     return folder
 
 
-def ingested_cache(data: Path, workdir: Path, fmt: str = "zarr", slices: int = 3, size: int = 224) -> Path:
-    """The ingest cache of `data` with level crops of `slices` slices of size×size, made once (on every
-    core). Three slices by default: the seed's pipelines, the benchmarks' peers, read three."""
+def ingested_cache(data: Path, workdir: Path, fmt: str = "zarr", slices: int = 3, size: int = 224,
+                   workers: int | None = None) -> Path:
+    """The ingest cache of `data` with level crops of `slices` slices of size×size, made once (by `workers`
+    processes, None: every core). Three slices by default: the seed's pipelines, the benchmarks' peers, read
+    three."""
     sized = "" if size == 224 else f"-s{size}"
     cache = workdir / f"{data.name}-c{slices}{sized}.{fmt}"
     if not (workdir / f"{cache.name}{DONE}").exists():
         shutil.rmtree(cache, ignore_errors=True)
-        command = [*ingest_command(data, cache, None, fmt), "--channels", str(slices), "--size", str(size)]
+        command = [*ingest_command(data, cache, workers, fmt), "--channels", str(slices), "--size", str(size)]
         subprocess.run(command, check=True, stdout=subprocess.DEVNULL)
         (workdir / f"{cache.name}{DONE}").touch()
     return cache
@@ -59,7 +63,12 @@ def ingested_cache(data: Path, workdir: Path, fmt: str = "zarr", slices: int = 3
 def ingest_command(data: Path, cache: Path, workers: int | None, fmt: str) -> list[str]:
     """The argv of `lumbar-fast ingest` for one benchmark run (workers None: ingest's default, every core)."""
     command = lumbar_fast_command("ingest", str(data), "--out", str(cache), "--format", fmt, "--no-progress")
-    return command + (["--workers", str(workers)] if workers else [])
+    return command + _workers_option(workers)
+
+
+def _workers_option(workers: int | None) -> list[str]:
+    """`--workers N` of a lumbar-fast command, none for None (the command's default: every core)."""
+    return ["--workers", str(workers)] if workers else []
 
 
 @dataclass
@@ -104,12 +113,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--workdir", type=Path, required=True)
     parser.add_argument("--studies", type=int, required=True)
     parser.add_argument("--slices", default="3", help="comma list: a cache per slices-per-crop count")
+    parser.add_argument("--workers", type=int, default=None,
+                        help="processes for synth and ingest (default: every core; 1 for a tiny data set, "
+                             "where starting a pool costs more than it saves)")
     add_size_options(parser)
     args = parser.parse_args(argv)
     start = time.perf_counter()
     for slices in args.slices.split(","):
-        data = synth_data(args.workdir, args.studies, image_size=args.image_size)
-        cache = ingested_cache(data, args.workdir, slices=int(slices), size=args.size)
+        data = synth_data(args.workdir, args.studies, image_size=args.image_size, workers=args.workers)
+        cache = ingested_cache(data, args.workdir, slices=int(slices), size=args.size, workers=args.workers)
         print(f"{cache} ready after {time.perf_counter() - start:.0f} s")
 
 

@@ -25,6 +25,7 @@ if [[ ${1:-} == --dry-run ]]; then
   TRAIN_ITEMS=32 EPOCH_ITEMS=32 LOADER_ITEMS=32 LOADER_BATCH=8 REPEATS=${DRY_REPEATS:-5}
   LIMIT_DATA=600 LIMIT_TRAIN=600 LIMIT_LOADER=600
   SIZES=(--image-size 128 --size 64)  # small slices and crops: the script is checked, not the figures
+  DATA_WORKERS=(--workers 1)  # a pool costs a tiny data set more than it saves (~1.5 s per command)
   WORK=${DRY_WORKDIR:-$WORK}
 else
   PY=python3
@@ -32,6 +33,7 @@ else
   TRAIN_ITEMS=8192 EPOCH_ITEMS=1024 LOADER_ITEMS=3072 LOADER_BATCH=128 REPEATS=5
   LIMIT_DATA=150 LIMIT_TRAIN=240 LIMIT_LOADER=180  # seconds; expected about 40, 120, 100
   SIZES=()  # the benchmarks' defaults: 512-pixel slices, 224-pixel crops
+  DATA_WORKERS=()  # synth and ingest on every core
   export PYTORCH_NVML_BASED_CUDA_CHECK=1 PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1
   # the DALI wheel: join its parts once, check it whole
   for part in .device/dali*/dali.part.*; do [[ -f $part ]] && cp "$part" /var/tmp/; done
@@ -83,7 +85,8 @@ run_step() {  # run_step NAME LIMIT COMMAND...: one step, bounded in time, its w
 }
 
 COMMON=(--workdir "$WORK" ${SIZES[@]+"${SIZES[@]}"})
-run_step data "$LIMIT_DATA" $PY -m benchmarks data "${COMMON[@]}" --studies "$STUDIES" --slices 3,9
+run_step data "$LIMIT_DATA" $PY -m benchmarks data "${COMMON[@]}" --studies "$STUDIES" --slices 3,9 \
+  ${DATA_WORKERS[@]+"${DATA_WORKERS[@]}"}
 COMMON+=(--repeats "$REPEATS")
 run_step train "$LIMIT_TRAIN" $PY -m benchmarks train "${COMMON[@]}" --device "$DEVICE" --model "$MODEL" --batch-size "$BATCH" \
   --amp "$AMP" --loaders "$LOADERS" --workers "$WORKERS" --studies "$STUDIES" --steps "$STEPS" --warmup "$WARMUP" \

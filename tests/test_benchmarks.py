@@ -72,7 +72,7 @@ def test_python_m_benchmarks_refuses_an_unknown_name_in_one_line():
 def test_ingest_benchmark(workdir, capsys):
     """On a given folder (as at RSNA scale): every contender measured, each cache read back, then removed."""
     out = workdir / "ingest.json"
-    data = bench_data.synth_data(workdir, int(STUDIES))
+    data = bench_data.synth_data(workdir, int(STUDIES), image_size=128, workers=1)  # the dry run reuses it
     ingest.main(["--workdir", str(workdir), "--data", str(data), "--workers", "1", "--repeats", "1",
                  "--json", str(out)])
     record = read_record(out, "ingest")
