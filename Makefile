@@ -26,7 +26,7 @@ demo: $(STAMP)
 	HF_HUB_OFFLINE=1 $(BIN)/python tools/demo.py --out demo_out
 
 lint: $(STAMP)
-	$(BIN)/ruff check lumbar_fast tools benchmarks studies tests
+	$(BIN)/ruff check lumbar_fast tools benchmarks tests
 
 clean-demo:
 	rm -rf demo_out

@@ -244,7 +244,7 @@ class DiskPeak:
 def report(benchmark: str, args: argparse.Namespace, results: dict[str, Any], table: str,
            package: str = "benchmarks") -> dict[str, Any]:
     """Print the Markdown table; write the JSON record (hardware, versions, arguments, figures) if asked
-    (`package`: where the benchmark's module lives, benchmarks or studies)."""
+    (`package`: where the benchmark's module lives, benchmarks or benchmarks.studies)."""
     record = {
         "benchmark": benchmark,
         "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),

@@ -3,7 +3,8 @@
 A run's augmentation, class weights and early-stopping monitor may be left at `auto`: `resolve` then takes
 them from the chosen recipe for the run's sequence, and the run's config.json records the resolved values
 (so `--resume` and `--nproc`, which re-runs the command with its non-default options only, see the same).
-The numbers behind every default are in docs/recipe.md (`python -m studies.recipe` reproduces them).
+The numbers behind every default are in docs/recipe.md (`python -m benchmarks.studies.recipe` reproduces
+them).
 """
 
 from __future__ import annotations

@@ -126,7 +126,7 @@ class RunFolder:
         settings = json.loads(self.file(CONFIG).read_text()).get("cache_settings")
         if settings is None:
             raise LumbarFastError(f"{self.path} records no settings of its training cache: it was trained by "
-                                  "an earlier lumbar-fast; train it again (CHANGELOG.md)")
+                                  "an earlier lumbar-fast; train it again (docs/CHANGELOG.md)")
         return settings
 
     def write_table(self, name: str, table: pd.DataFrame) -> None:

@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from benchmarks.studies import multislice, recipe
 from lumbar_fast import rsna
-from studies import multislice, recipe
 from tests.test_benchmarks import read_record
 
 
@@ -29,7 +29,7 @@ def test_recipe_study(workdir, capsys):
                  "--data-workers", "1",
                  "--json", str(out)])
     record = read_record(out, "recipe")
-    assert "-m studies.recipe" in record["command"]
+    assert "-m benchmarks.studies.recipe" in record["command"]
     cells = record["results"]["cells"]
     assert set(cells["sag_t2"]) == {"default", "seed recipe"}
     assert set(cells["ax_t2"]) == {"default", "seed recipe", "crops without canonical side"}

@@ -14,8 +14,8 @@ peak memory of every model beside them. The recipe's variants on the multi-slice
 weights, label smoothing, monitor, schedule) are judged the same way. docs/multislice.md and docs/recipe.md
 hold the figures.
 
-    python -m studies.multislice --data PHANTOM --locators RUNS --json multislice.json   # CPU, 64 px
-    python -m studies.multislice --data PHANTOM --locators RUNS --sequences all --variants NAME
+    python -m benchmarks.studies.multislice --data PHANTOM --locators RUNS --json out.json  # CPU, 64 px
+    python -m benchmarks.studies.multislice --data PHANTOM --locators RUNS --sequences all --variants NAME
 """
 
 from __future__ import annotations
@@ -33,6 +33,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from benchmarks.studies import common
+from benchmarks.studies.common import Variant, best_record, cell, mean_sd
 from lumbar_fast import metrics, rsna
 from lumbar_fast.cache import CacheReader, open_cache
 from lumbar_fast.classifier.config import TrainConfig
@@ -52,8 +54,6 @@ from lumbar_fast.predict import (
 )
 from lumbar_fast.report import markdown_table
 from lumbar_fast.runfolder import RunFolder
-from studies import common
-from studies.common import Variant, best_record, cell, mean_sd
 
 SLICE_SHIFTS = (-2, -1, 1, 2)
 #: the judged sets given bootstrap intervals and ratios to the best possible score

@@ -8,9 +8,9 @@ epoch: balanced accuracy and weighted log loss ÷ the training prior's, mean ± 
 pairs, with the smallest per-class support beside them. docs/recipe.md holds the figures that chose the
 defaults.
 
-    python -m studies.recipe --json recipe.json                  # tiny model on CPU, ~1 h on 2 cores
-    python -m studies.recipe --device cuda --pretrained          # tf_efficientnetv2_s at 224 on a GPU
-    python -m studies.recipe --cache CACHE --pairs 0:1,0:2,0:3   # your own cache: judged on fold 0
+    python -m benchmarks.studies.recipe --json recipe.json                 # tiny model, CPU: ~1 h on 2 cores
+    python -m benchmarks.studies.recipe --device cuda --pretrained         # tf_efficientnetv2_s, 224, a GPU
+    python -m benchmarks.studies.recipe --cache CACHE --pairs 0:1,0:2,0:3  # your own cache: judged on fold 0
 
 On a GPU the defaults become the product's: tf_efficientnetv2_s, 224-pixel crops of 384-pixel phantoms.
 """
@@ -24,6 +24,8 @@ from typing import Any
 
 import numpy as np
 
+from benchmarks.studies import common
+from benchmarks.studies.common import Variant, best_record, cell, mean_sd
 from lumbar_fast import rsna
 from lumbar_fast.cache import open_cache
 from lumbar_fast.classifier.runs import read_run
@@ -35,8 +37,6 @@ from lumbar_fast.predict import InferenceOptions, predict_crops
 from lumbar_fast.recipes import AUGMENTATIONS
 from lumbar_fast.report import markdown_table
 from lumbar_fast.runfolder import RunFolder
-from studies import common
-from studies.common import Variant, best_record, cell, mean_sd
 
 VARIANTS: tuple[Variant, ...] = (
     Variant("default"),

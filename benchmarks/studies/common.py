@@ -92,5 +92,5 @@ def parser(description: str) -> argparse.ArgumentParser:
 
 def report(study: str, args: argparse.Namespace, results: dict[str, Any], table: str) -> dict[str, Any]:
     """Print the Markdown table; write the JSON record (hardware, versions, arguments, figures) if asked."""
-    return common.report(study, args, results, table, package="studies")
+    return common.report(study, args, results, table, package="benchmarks.studies")
 
