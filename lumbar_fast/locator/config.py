@@ -33,8 +33,8 @@ class LocatorConfig(RunConfig):
     pretrained: bool = True
     image_size: int = 160
     width: int = 32
-    #: 15, not 30: on an off-centre phantom (docs/locator.md, "How many epochs") sag_t1 reached the same
-    #: median error, slice and level in half the time; sag_t2 was as good at 10 as at 30 (stopped early at 17)
+    #: 15, not 30: on an off-centre phantom (docs/locator.md, "How many epochs") sag_t1 and ax_t2 reached the
+    #: same median error (within its intervals), slice and level in half the time; sag_t2 was as good at 10
     epochs: int = 15
     lr: float = 1e-3
     weight_decay: float = 1e-4
