@@ -1,1 +1,2 @@
-"""Throughput benchmarks: `python -m benchmarks.<ingest|loader|train>`; see docs/benchmarks.md."""
+"""Throughput benchmarks: `python -m benchmarks.<ingest|loader|train|pipeline>`; see docs/benchmarks.md. The
+studies that train models to choose a default live apart, in `benchmarks.studies`."""
