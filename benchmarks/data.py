@@ -39,7 +39,7 @@ def synth_data(workdir: Path, studies: int, seed: int = 0, image_size: int = 512
         shutil.rmtree(folder, ignore_errors=True)
         command = lumbar_fast_command("synth", str(folder), "--studies", str(studies), "--seed", str(seed),
                                       "--image-size", str(image_size), "--no-pitfalls", "--quiet",
-                                      *_workers_option(workers))
+                                      *workers_option(workers))
         subprocess.run(command, check=True, stdout=subprocess.DEVNULL)
         (folder / DONE).touch()
     return folder
@@ -63,10 +63,10 @@ def ingested_cache(data: Path, workdir: Path, fmt: str = "zarr", slices: int = 3
 def ingest_command(data: Path, cache: Path, workers: int | None, fmt: str) -> list[str]:
     """The argv of `lumbar-fast ingest` for one benchmark run (workers None: ingest's default, every core)."""
     command = lumbar_fast_command("ingest", str(data), "--out", str(cache), "--format", fmt, "--no-progress")
-    return command + _workers_option(workers)
+    return command + workers_option(workers)
 
 
-def _workers_option(workers: int | None) -> list[str]:
+def workers_option(workers: int | None) -> list[str]:
     """`--workers N` of a lumbar-fast command, none for None (the command's default: every core)."""
     return ["--workers", str(workers)] if workers else []
 

@@ -28,7 +28,7 @@ import numpy as np
 import pandas as pd
 
 from benchmarks import common
-from benchmarks.data import DONE, level_items, lumbar_fast_command
+from benchmarks.data import DONE, level_items, lumbar_fast_command, workers_option
 from benchmarks.decode import dicom_files
 from benchmarks.ingest import measured_ingest
 from lumbar_fast import rsna
@@ -82,9 +82,7 @@ def synth(args: argparse.Namespace) -> tuple[Path, dict]:
         shutil.rmtree(folder, ignore_errors=True)
         command = lumbar_fast_command("synth", str(folder), "--studies", str(args.studies), "--test-studies",
                                       str(args.test_studies), "--seed", str(args.seed), "--size-spread",
-                                      "rsna", "--no-pitfalls", "--quiet")
-        if args.workers:
-            command += ["--workers", str(args.workers)]
+                                      "rsna", "--no-pitfalls", "--quiet", *workers_option(args.workers))
         figures = common.run_measured(command)
         (folder / DONE).touch()
     files = len(dicom_files(folder))
@@ -236,9 +234,8 @@ def predict(args: argparse.Namespace, data: Path, runs: Path, out: Path) -> dict
     """`predict --data` over the test split with the runs and locators just trained: wall time, studies/s."""
     locators = [arg for seq in rsna.SEQUENCES for arg in ("--locators", str(runs / f"locator-{seq}"))]
     command = lumbar_fast_command("predict", *(str(runs / s) for s in rsna.SEQUENCES), "--data", str(data),
-                                  *locators, "--out", str(out), "--device", args.device, "--no-progress")
-    if args.workers:
-        command += ["--workers", str(args.workers)]
+                                  *locators, "--out", str(out), "--device", args.device, "--no-progress",
+                                  *workers_option(args.workers))
     measured = common.run_measured(command)
     return {**measured, "studies": args.test_studies, "studies_s": args.test_studies / measured["seconds"]}
 
