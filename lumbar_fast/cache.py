@@ -61,7 +61,8 @@ SPLITS = ("train", "test")
 #: default level-crop window width in millimetres per sequence
 DEFAULT_CROP_MM: dict[str, float] = {"sag_t1": 40.0, "sag_t2": 40.0, "ax_t2": 50.0}
 #: slices per level crop: the labelled one and four on each side, the multi-slice model's input; measured
-#: against 3, 5 and 7 in docs/multislice.md (the competition score at labelled and located points)
+#: against 3, 5 and 7 in docs/multislice.md (the competition score at labelled and located points) and
+#: against 5 where the task is hard in docs/recipe.md (a tie at the points, 5 far worse a slice off)
 DEFAULT_CHANNELS = 9
 
 STACK_INDEX_COLUMNS: dict[str, str] = {
