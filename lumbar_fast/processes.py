@@ -1,7 +1,8 @@
 """Worker processes that are safe to start from any parent: each begins as a fresh interpreter (forkserver
 where the platform has it, else spawn), never as a fork of a caller that may have initialised CUDA or hold
 threads and locks; a script that starts them needs an `if __name__ == "__main__":` guard. Also how a
-process that only writes what its workers made hands freed memory back (`large_blocks_mapped`)."""
+process that only writes what its workers made hands freed memory back (`large_blocks_mapped`), and how one
+that decodes series after series keeps it for the next (`keep_freed_memory`, `freed_memory_kept`)."""
 
 from __future__ import annotations
 
@@ -22,10 +23,14 @@ def pool_context() -> BaseContext:
     return multiprocessing.get_context(next(m for m in SAFE_START_METHODS if m in available))
 
 
-#: mallopt's parameter number for the size from which glibc maps a block of its own (malloc.h)
-M_MMAP_THRESHOLD = -3
+#: mallopt's parameter numbers (malloc.h): the free memory at the heap's top above which glibc hands it back
+#: to the system, and the size from which it maps a block of its own
+M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
 #: glibc's default threshold, and the highest its dynamic threshold climbs to on 64 bits (malloc.h)
 MMAP_THRESHOLD_DEFAULT, MMAP_THRESHOLD_CEILING = 128 * 1024, 32 * 1024 * 1024
+#: a decoding process's heap serves blocks up to this size and keeps this much freed memory at its top: a
+#: series' arrays (a 640-px slice in float32 is 1.6 MB, a whole stack tens of MB) reuse the last series' pages
+DECODER_MMAP_THRESHOLD, DECODER_TRIM_THRESHOLD = 64 * 1024 * 1024, 256 * 1024 * 1024
 
 
 @contextmanager
@@ -48,11 +53,39 @@ def large_blocks_mapped() -> Iterator[None]:
         _MALLOPT(M_MMAP_THRESHOLD, MMAP_THRESHOLD_CEILING)
 
 
-def _mallopt() -> Callable[[int, int], int] | None:
+def keep_freed_memory() -> None:
+    """For a process that decodes series after series (ingest's workers): blocks up to 64 MiB come from its
+    heap, and up to 256 MiB freed stays there for the next series, where glibc's dynamic thresholds handed
+    each series' arrays back and had the kernel fault in and zero them anew for the next (300 studies of
+    512 px, 2 workers: 39.6 s against 45.4-48.5 s, the kernel's share of the CPU 14 % against 28-30 %).
+    glibc only; nothing elsewhere."""
+    if _MALLOPT is not None:
+        _MALLOPT(M_MMAP_THRESHOLD, DECODER_MMAP_THRESHOLD)
+        _MALLOPT(M_TRIM_THRESHOLD, DECODER_TRIM_THRESHOLD)
+
+
+@contextmanager
+def freed_memory_kept() -> Iterator[None]:
+    """`keep_freed_memory` within (ingest converting in its own process); on leaving, the thresholds are set
+    where glibc's dynamic ones would have climbed, and the memory kept is handed back."""
+    keep_freed_memory()
     try:
-        return ctypes.CDLL(None).mallopt
-    except (OSError, AttributeError, TypeError):  # no C library to load by name (Windows), or no mallopt
+        yield
+    finally:
+        if _MALLOPT is not None:
+            _MALLOPT(M_MMAP_THRESHOLD, MMAP_THRESHOLD_CEILING)
+            _MALLOPT(M_TRIM_THRESHOLD, 2 * MMAP_THRESHOLD_CEILING)
+        if _MALLOC_TRIM is not None:
+            _MALLOC_TRIM(0)
+
+
+def _libc_function(name: str) -> Callable[..., int] | None:
+    """The C library's function `name`, or None where there is none."""
+    try:
+        return getattr(ctypes.CDLL(None), name)
+    except (OSError, AttributeError, TypeError):  # no C library to load by name (Windows), or not glibc's
         return None
 
 
-_MALLOPT = _mallopt()
+_MALLOPT = _libc_function("mallopt")
+_MALLOC_TRIM = _libc_function("malloc_trim")

@@ -5,6 +5,7 @@ one-line errors for bad input, and `info` telling the truth."""
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import dataclasses
 import json
 import os
@@ -551,6 +552,34 @@ def test_worker_pools_never_fork_the_caller(tmp_path):
                    cwd=Path(__file__).parents[1])
     assert cache.open_cache(tmp_path / "c.zarr").stack_index("sag_t2").shape[0] > 0
     assert not marker.exists(), "a pool forked the calling process"
+
+
+class MallInfo2(ctypes.Structure):
+    """glibc's `struct mallinfo2` (malloc.h): what the main arena holds."""
+
+    _fields_ = [(name, ctypes.c_size_t) for name in (
+        "arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks", "fordblks",
+        "keepcost")]
+
+
+def main_heap() -> MallInfo2:
+    """What this process's main heap holds now."""
+    mallinfo2 = ctypes.CDLL(None).mallinfo2
+    mallinfo2.restype = MallInfo2
+    return mallinfo2()
+
+
+@pytest.mark.skipif(not hasattr(ctypes.CDLL(None), "mallinfo2"), reason="glibc's malloc only")
+def test_a_decoding_process_keeps_freed_arrays_for_the_next_series_and_hands_them_back_after():
+    from lumbar_fast.processes import freed_memory_kept
+
+    size = 48 * 2**20  # a series' stack: above the ceiling of glibc's dynamic mmap threshold (32 MiB)
+    with freed_memory_kept():
+        stack = np.ones(size, np.uint8)
+        del stack
+        kept = main_heap()
+        assert kept.fordblks >= size  # freed into the heap, not unmapped
+    assert main_heap().arena <= kept.arena - size  # handed back on leaving
 
 
 # --- info -------------------------------------------------------------------------------------------------
