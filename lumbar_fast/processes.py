@@ -57,8 +57,8 @@ def keep_freed_memory() -> None:
     """For a process that decodes series after series (ingest's workers): blocks up to 64 MiB come from its
     heap, and up to 256 MiB freed stays there for the next series, where glibc's dynamic thresholds handed
     each series' arrays back and had the kernel fault in and zero them anew for the next (300 studies of
-    512 px, 2 workers: 39.6 s against 45.4-48.5 s, the kernel's share of the CPU 14 % against 28-30 %).
-    glibc only; nothing elsewhere."""
+    256-640 px on 2 cores: 2 workers 39.9-40.7 s against 45.4-48.5 s, 1 worker 66-68 s against 80-88 s,
+    system time halved; docs/benchmarks.md). glibc only; nothing elsewhere."""
     if _MALLOPT is not None:
         _MALLOPT(M_MMAP_THRESHOLD, DECODER_MMAP_THRESHOLD)
         _MALLOPT(M_TRIM_THRESHOLD, DECODER_TRIM_THRESHOLD)
