@@ -9,6 +9,7 @@ import ctypes
 import dataclasses
 import json
 import os
+import platform
 import shutil
 import signal
 import subprocess
@@ -569,7 +570,18 @@ def main_heap() -> MallInfo2:
     return mallinfo2()
 
 
-@pytest.mark.skipif(not hasattr(ctypes.CDLL(None), "mallinfo2"), reason="glibc's malloc only")
+def resident_bytes() -> int:
+    """This process's resident memory (Linux's /proc/self/statm, in pages)."""
+    return int(Path("/proc/self/statm").read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def has_mallinfo2() -> bool:
+    """Whether this process runs on glibc 2.33 or later (mallinfo2), where ctypes can load it by name."""
+    library, version = platform.libc_ver()
+    return library == "glibc" and tuple(int(part) for part in version.split(".")[:2]) >= (2, 33)
+
+
+@pytest.mark.skipif(not has_mallinfo2(), reason="glibc's malloc (2.33 or later) only")
 def test_a_decoding_process_keeps_freed_arrays_for_the_next_series_and_hands_them_back_after():
     from lumbar_fast.processes import freed_memory_kept
 
@@ -580,11 +592,6 @@ def test_a_decoding_process_keeps_freed_arrays_for_the_next_series_and_hands_the
         assert main_heap().fordblks >= size  # freed into the heap, not unmapped
         resident_kept = resident_bytes()
     assert resident_bytes() <= resident_kept - size // 2  # handed back to the system on leaving
-
-
-def resident_bytes() -> int:
-    """This process's resident memory (Linux's /proc/self/statm, in pages)."""
-    return int(Path("/proc/self/statm").read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 
 # --- info -------------------------------------------------------------------------------------------------
