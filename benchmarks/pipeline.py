@@ -32,16 +32,18 @@ from benchmarks.data import DONE, level_items, lumbar_fast_command, workers_opti
 from benchmarks.decode import dicom_files
 from benchmarks.ingest import measured_ingest
 from lumbar_fast import rsna
-from lumbar_fast.cache import open_cache
+from lumbar_fast.cache import DEFAULT_CHANNELS, open_cache
 from lumbar_fast.classifier.config import TrainConfig
 from lumbar_fast.ingest import worker_count
 from lumbar_fast.locator.config import LocatorConfig
+from lumbar_fast.models.classifier import SliceWindows
 
 STAGES = ("synth", "ingest", "writer", "loader", "train", "locators", "predict")
 #: measured (docs/benchmarks.md, ../shared/DESIGN.md): one H100, tf_efficientnetv2_s at 224, bf16, bs128,
-#: whole-step CUDA graph: 2,385 img/s on 3-slice crops; the 9-slice default makes 7 backbone passes per item
+#: whole-step CUDA graph: 2,385 img/s on 3-slice crops; the default crop makes one backbone pass per window
 H100_IMAGES_PER_S = 2385.0
-H100_WINDOWS_PER_ITEM = 7
+DEFAULT_WINDOWS_PER_ITEM = SliceWindows(DEFAULT_CHANNELS, TrainConfig.window_stride,
+                                        TrainConfig.window_padding).count()
 #: measured: decoding and resizing a 512² slice costs ~4 ms per core on the H100 host, ~1 ms on this machine
 H100_HOST_CORE_SLOWDOWN = 4.0
 H100_HOST_CORES = 16
@@ -254,13 +256,14 @@ def projection(results: dict, studies: int, slices_per_study: float) -> dict[str
             rate = min(rate, results["writer"]["slices_s"] / H100_HOST_CORE_SLOWDOWN)
         rows["ingest"] = {"seconds": RSNA_TRAIN_STUDIES * slices_per_study / rate,
                           "basis": f"{per_core:.0f} slices/s per host core × 15 (writer capped)"}
-    items_s = H100_IMAGES_PER_S / H100_WINDOWS_PER_ITEM
+    items_s = H100_IMAGES_PER_S / DEFAULT_WINDOWS_PER_ITEM
     if "train" in results:
         epoch_items = sum(r["epoch_items"] for r in results["train"].values()) * scale
         epochs = TrainConfig.epochs
         seconds = epochs * epoch_items * (1 + FORWARD_SHARE / 4) / items_s  # + validation, forward only
         rows["classifiers"] = {"seconds": seconds, "basis": f"{epochs} epochs of {epoch_items:,.0f} items at "
-                               f"{items_s:.0f} items/s (9-slice), validation at a third of the cost"}
+                               f"{items_s:.0f} items/s ({DEFAULT_CHANNELS}-slice), validation at a third "
+                               "of the cost"}
     slices_s = H100_IMAGES_PER_S * (224 / LocatorConfig.image_size) ** 2
     if "locators" in results:
         epoch_slices = sum(r["epoch_slices"] for r in results["locators"].values()) * scale

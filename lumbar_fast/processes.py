@@ -41,8 +41,7 @@ def large_blocks_mapped() -> Iterator[None]:
     images of ~40-400 KB a second between small objects that live on (tables, names); glibc's dynamic
     threshold serves such sizes from the heap once one bigger block was freed, and the heap, fragmented,
     kept growing with the study count (30 MiB over a full-scale run) though nothing was held. On leaving,
-    the threshold is set where the dynamic one would have climbed: a fixed one stops glibc's adjusting for
-    the rest of the process."""
+    the thresholds are set where the dynamic ones would have climbed."""
     if _MALLOPT is None:
         yield
         return
@@ -50,7 +49,7 @@ def large_blocks_mapped() -> Iterator[None]:
     try:
         yield
     finally:
-        _MALLOPT(M_MMAP_THRESHOLD, MMAP_THRESHOLD_CEILING)
+        _thresholds_settled()
 
 
 def keep_freed_memory() -> None:
@@ -72,11 +71,17 @@ def freed_memory_kept() -> Iterator[None]:
     try:
         yield
     finally:
-        if _MALLOPT is not None:
-            _MALLOPT(M_MMAP_THRESHOLD, MMAP_THRESHOLD_CEILING)
-            _MALLOPT(M_TRIM_THRESHOLD, 2 * MMAP_THRESHOLD_CEILING)
+        _thresholds_settled()
         if _MALLOC_TRIM is not None:
             _MALLOC_TRIM(0)
+
+
+def _thresholds_settled() -> None:
+    """Fixed thresholds where glibc's dynamic ones climb to (the mmap threshold at its ceiling, the trim
+    threshold twice that, as glibc sets them); fixed, glibc no longer adjusts them in this process."""
+    if _MALLOPT is not None:
+        _MALLOPT(M_MMAP_THRESHOLD, MMAP_THRESHOLD_CEILING)
+        _MALLOPT(M_TRIM_THRESHOLD, 2 * MMAP_THRESHOLD_CEILING)
 
 
 def _libc_function(name: str) -> Callable[..., int] | None:

@@ -6,6 +6,8 @@ from pathlib import Path
 
 import click
 
+from lumbar_fast.cache import DEFAULT_CHANNELS
+
 #: errors named in ingest's closing lines
 SHOWN_ERRORS = 5
 
@@ -18,7 +20,7 @@ SHOWN_ERRORS = 5
 @click.option("--workers", type=click.IntRange(min=1), help="worker processes  [default: CPU cores]")
 @click.option("--size", type=click.IntRange(8, 2048), default=224, show_default=True,
               help="side of every stored image (pixels)")
-@click.option("--channels", type=click.IntRange(min=1), default=9, show_default=True,
+@click.option("--channels", type=click.IntRange(min=1), default=DEFAULT_CHANNELS, show_default=True,
               help="slices per level crop (odd): the labelled slice and its neighbours; 9 feeds the "
               "multi-slice model, 3 the plain one (docs/multislice.md)")
 @click.option("--crop-mm-sagittal", type=click.FloatRange(min=0, min_open=True), default=40.0,
