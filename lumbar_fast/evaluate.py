@@ -117,7 +117,7 @@ def coverage(folds: Sequence[int], split: pd.DataFrame) -> str:
 # -- per-sequence figures --------------------------------------------------------------------------
 def sequence_summary(y: np.ndarray, p: np.ndarray, prior: np.ndarray) -> dict[str, Any]:
     """classification_summary of labelled items; the prior's loss uses each item's own run prior (folds of
-    one sequence differ slightly in training class frequencies), the majority class their mean's."""
+    one sequence differ slightly in their training priors), the majority class their mean's."""
     summary = metrics.classification_summary(y, p, prior.mean(axis=0))
     labelled = y != rsna.MISSING
     summary["prior_weighted_log_loss"] = metrics.weighted_log_loss(y[labelled], prior[labelled])

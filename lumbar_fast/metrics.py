@@ -252,10 +252,19 @@ def _ratios(numerators: np.ndarray, denominators: np.ndarray) -> list[float | No
     return [float(n / d) if d else None for n, d in zip(numerators, denominators, strict=True)]
 
 
+def class_prior(labels: Sequence[int] | np.ndarray) -> np.ndarray:
+    """The training prior the baselines predict: each severity's share among the labelled `labels`, with one
+    pseudo-count per class (Laplace), so that a class absent from a small training fold is not predicted at
+    probability 0, whose clipped log loss (~35 per item) would make the baseline look far worse than it is."""
+    labels = np.asarray(labels, dtype=np.int64)
+    counts = np.bincount(labels[labels != rsna.MISSING], minlength=len(rsna.SEVERITIES)) + 1.0
+    return counts / counts.sum()
+
+
 def classification_summary(y: Sequence[int] | np.ndarray, p: np.ndarray, prior: Sequence[float]) -> dict:
-    """One model's validation figures beside its baselines: accuracy vs the majority class of `prior` (the
-    training class frequencies), balanced accuracy, per-class precision/recall, confusion matrix (rows true,
-    columns predicted), weighted log loss vs the prior's. Unlabelled items (y = -1) are dropped.
+    """One model's validation figures beside its baselines: accuracy vs the majority class of `prior`
+    (the training prior, `class_prior`), balanced accuracy, per-class precision/recall, confusion matrix
+    (rows true, columns predicted), weighted log loss vs the prior's. Unlabelled items (y = -1) are dropped.
 
     Undefined ratios (a class never predicted / absent) are None, so the dict stays JSON-serialisable.
     """

@@ -134,7 +134,7 @@ class FilledRows:
 
 
 def sequence_priors(runs: Sequence[ClassifierRun]) -> dict[str, np.ndarray]:
-    """Each sequence's training prior: the mean of its runs' class frequencies."""
+    """Each sequence's training prior: the mean of its runs' priors (metrics.class_prior)."""
     return {seq: np.mean([r.prior for r in group], axis=0) for seq, group in runs_by_sequence(runs).items()}
 
 

@@ -222,8 +222,8 @@ def classifier_markdown(part: ClassifierReport, settings: ReportSettings) -> lis
     parts = [
         "# lumbar-fast evaluate", f"> {ORACLE_NOTE}",
         f"Cache `{part.cache}`. {_intervals_note(settings)} "
-        "The baselines: the majority class and the training class frequencies (the prior) predicted for "
-        f"every item. Predicted on {settings.device}{TTA_NOTE if settings.tta else ''}.",
+        "The baselines: the majority class and the training prior (class shares, one pseudo-count each) "
+        f"predicted for every item. Predicted on {settings.device}{TTA_NOTE if settings.tta else ''}.",
         runs, "## Per sequence", _markdown_rows(sequence_rows(part)),
         f"![confusion matrices]({CONFUSION_PNG})",
         *(class_tables(seq, summary) for seq, summary in part.sequences.items()),

@@ -16,10 +16,10 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
-from lumbar_fast import distributed
+from lumbar_fast import distributed, metrics
 from lumbar_fast.cache import open_cache
 from lumbar_fast.classifier.config import TrainConfig
-from lumbar_fast.classifier.items import build_items, class_frequencies, split_items
+from lumbar_fast.classifier.items import build_items, split_items
 from lumbar_fast.classifier.task import loader_config, validation_results
 from lumbar_fast.errors import LumbarFastError
 from lumbar_fast.inference import load_run
@@ -146,7 +146,7 @@ def single_process_validation(run_dir, checkpoint: str):
     loaded = load_run(run_dir, device="cpu", amp="none", checkpoint=checkpoint)
     cfg = loader_config(config, loaded.device, None, loaded.meta["channels"])
     loader = build_loader("torch", val_items.images_path, val_items.rows, val_items.labels, cfg, train=False)
-    prior = class_frequencies(train_items.labels)
+    prior = metrics.class_prior(train_items.labels)
     return loaded.meta["epoch"], *validation_results(loaded.model, loader, val_items, prior, None, None)
 
 

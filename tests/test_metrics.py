@@ -223,6 +223,18 @@ def test_undefined_group_is_an_error():
         metrics.rsna_score(rows, metrics.submission_frame(rows["row_id"], np.full((len(rows), 3), 1 / 3)))
 
 
+def test_class_prior_counts_each_class_once_more_so_an_absent_class_keeps_a_finite_loss():
+    """A class missing from a small training fold: the raw frequencies predict it at 0 and the baseline's
+    clipped log loss explodes (~35 per item); one pseudo-count per class keeps it an honest baseline."""
+    assert metrics.class_prior([0, 0, 0, 1, 2, 2, -1]).tolist() == pytest.approx([4 / 9, 2 / 9, 3 / 9])
+    prior = metrics.class_prior([0] * 8 + [1] * 2)  # no Severe in training
+    assert prior.tolist() == pytest.approx([9 / 13, 3 / 13, 1 / 13])
+    y = [0, 0, 1, 2]
+    assert metrics.classification_summary(y, np.tile(prior, (4, 1)), prior)["prior_weighted_log_loss"] < 2.5
+    raw = [0.8, 0.2, 0.0]
+    assert metrics.classification_summary(y, np.tile(raw, (4, 1)), raw)["prior_weighted_log_loss"] > 15
+
+
 def test_classification_summary_by_hand():
     y = [0, 0, 0, 1, 2, -1]
     p = np.array([[0.7, 0.2, 0.1], [0.6, 0.3, 0.1], [0.2, 0.5, 0.3],

@@ -141,12 +141,6 @@ def shuffled_labels(items: Items, seed: int) -> Items:
     return Items(items.table, items.rows, labels, items.images_path)
 
 
-def class_frequencies(labels: np.ndarray) -> np.ndarray:
-    """The share of each class among `labels` (the prior that the baselines predict)."""
-    counts = np.bincount(labels, minlength=len(rsna.SEVERITIES)).astype(np.float64)
-    return counts / counts.sum()
-
-
 def class_weight_tensor(kind: str, labels: np.ndarray, device: torch.device) -> torch.Tensor | None:
     """Cross-entropy class weights: none, the metric's 1/2/4, or inverse training frequency."""
     if kind == "none":

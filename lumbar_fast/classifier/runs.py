@@ -44,7 +44,7 @@ class ClassifierRun:
     sequence: str
     fold: int
     cache: Path  # the cache it trained on
-    prior: np.ndarray  # training class frequencies, the baseline's prediction
+    prior: np.ndarray  # the training prior (metrics.class_prior), the baseline's prediction
     hflip: bool  # trained on horizontally mirrored crops: --tta averages over the mirror
     settings: ImageSettings  # of the cache it trained on: a cache to predict must have the same
     temperature: float  # its probabilities' calibration (calibration.json; 1: none)

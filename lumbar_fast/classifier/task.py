@@ -17,7 +17,6 @@ from lumbar_fast.calibration import calibrate, write_calibration
 from lumbar_fast.classifier.config import MONITORS, PANELS, TrainConfig
 from lumbar_fast.classifier.items import (
     Items,
-    class_frequencies,
     class_weight_tensor,
     in_view,
     level_items,
@@ -35,7 +34,7 @@ from lumbar_fast.errors import LumbarFastError
 from lumbar_fast.inference import predict_items
 from lumbar_fast.loaders import Loader, LoaderConfig, build_loader, normalisation_stats
 from lumbar_fast.loaders.gpu import resolve_device
-from lumbar_fast.metrics import classification_summary
+from lumbar_fast.metrics import class_prior, classification_summary
 from lumbar_fast.models.classifier import uses_windows
 from lumbar_fast.runfolder import PREDICTIONS, RunFolder
 from lumbar_fast.split import load_or_create_split, train_val_studies
@@ -58,7 +57,7 @@ class ClassifierTask(TrainingTask):
         super().__init__(config, device, amp_dtype, split, model, optimizer,
                          make_scheduler(optimizer, config), cache_settings)
         self.train_items, self.val_items = train_items, val_items = items
-        self.prior = class_frequencies(train_items.labels)
+        self.prior = class_prior(train_items.labels)
         self.loader_config = loader_config(config, device, amp_dtype, cache_settings.channels)
         self.meta = checkpoint_meta(config, cache_settings, self.loader_config)
 

@@ -37,15 +37,13 @@ def prior_labels(labels_path: Path, labels: pd.DataFrame) -> pd.DataFrame:
 
 
 def prior_losses(training: pd.DataFrame, solution: pd.DataFrame, study_ids: np.ndarray) -> dict[str, float]:
-    """The competition losses on `study_ids` of the prior: each group's class frequencies over the labelled
-    rows of `training` (labels_to_rows), predicted for every row, as evaluate's training prior."""
+    """The competition losses on `study_ids` of the prior: each group's `metrics.class_prior` over the rows
+    of `training` (labels_to_rows), predicted for every row, as evaluate's training prior."""
     groups = training["condition"].map(rsna.CONDITION_GROUP)
-    labelled = training["severity"] != rsna.MISSING
-    frequencies = {group: np.bincount(training.loc[labelled & (groups == group), "severity"], minlength=3)
-                   for group in metrics.GROUPS}
+    priors = {group: metrics.class_prior(training.loc[groups == group, "severity"])
+              for group in metrics.GROUPS}
     rows = solution[solution["study_id"].isin(study_ids)]
-    p = np.stack([frequencies[group] / frequencies[group].sum()
-                  for group in rows["condition"].map(rsna.CONDITION_GROUP)])
+    p = np.stack([priors[group] for group in rows["condition"].map(rsna.CONDITION_GROUP)])
     return metrics.competition_losses(rows["study_id"].to_numpy(), rows["condition"].to_numpy(),
                                       rows["severity"].to_numpy(), p)
 
