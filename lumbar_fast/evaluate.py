@@ -116,11 +116,14 @@ def coverage(folds: Sequence[int], split: pd.DataFrame) -> str:
 
 # -- per-sequence figures --------------------------------------------------------------------------
 def sequence_summary(y: np.ndarray, p: np.ndarray, prior: np.ndarray) -> dict[str, Any]:
-    """classification_summary of labelled items; the prior's loss uses each item's own run prior (folds of
-    one sequence differ slightly in their training priors), the majority class their mean's."""
+    """classification_summary of labelled items; the prior's and the best constant's losses use each item's
+    own run prior (folds of one sequence differ slightly in their training priors), the majority class their
+    mean's."""
     summary = metrics.classification_summary(y, p, prior.mean(axis=0))
     labelled = y != rsna.MISSING
     summary["prior_weighted_log_loss"] = metrics.weighted_log_loss(y[labelled], prior[labelled])
+    summary["constant_weighted_log_loss"] = metrics.weighted_log_loss(y[labelled],
+                                                                      metrics.metric_optimal(prior[labelled]))
     return summary
 
 
@@ -146,7 +149,8 @@ def evaluate_sequence(crops: pd.DataFrame, options: EvaluateOptions) -> dict[str
 # -- the competition score -------------------------------------------------------------------------
 def competition(crops: pd.DataFrame, cache: CacheReader, runs: Sequence[ClassifierRun],
                 studies: dict[Path, np.ndarray], options: EvaluateOptions) -> dict[str, Any] | None:
-    """The competition losses on the studies every sequence validated, beside the prior-only submission's.
+    """The competition losses on the studies every sequence validated, beside the prior-only submission's
+    and the best constant one's (`metrics.metric_optimal` of the prior).
 
     The rows are those `predict` writes (crops averaged per location, rows without a crop → the prior).
     None when a sequence has no run or the sequences share no validation study.
@@ -168,16 +172,19 @@ def competition(crops: pd.DataFrame, cache: CacheReader, runs: Sequence[Classifi
     y = solution["severity"].to_numpy(dtype=np.int64)
     p_model = filled.probabilities
     p_prior = np.stack([priors[rsna.SEQUENCE_OF_CONDITION[c]] for c in conditions])
+    predictions = {"score": p_model, "prior_score": p_prior,
+                   "constant_score": metrics.metric_optimal(p_prior)}
 
     def scores(rows: np.ndarray, copies: np.ndarray) -> dict[str, float]:
-        """Model and prior scores of resampled rows, each drawn copy of a study a study of its own."""
+        """Model and baseline scores of resampled rows, each drawn copy of a study a study of its own."""
         return {name: metrics.competition_losses(copies, conditions[rows], y[rows], p[rows])["score"]
-                for name, p in (("score", p_model), ("prior_score", p_prior))}
+                for name, p in predictions.items()}
 
-    model = metrics.competition_losses(study_ids, conditions, y, p_model)
-    prior = metrics.competition_losses(study_ids, conditions, y, p_prior)
+    model, prior, constant = (metrics.competition_losses(study_ids, conditions, y, p)
+                              for p in predictions.values())
     return {
         "studies": len(common), "filled_rows": int(filled.filled.sum()), "model": model, "prior": prior,
+        "constant": constant,
         "intervals": metrics.bootstrap_intervals(study_ids, scores, options.n_boot, options.seed),
         "limits": phantom_limits(cache, common, model, prior),
     }

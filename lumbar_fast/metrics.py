@@ -261,10 +261,19 @@ def class_prior(labels: Sequence[int] | np.ndarray) -> np.ndarray:
     return counts / counts.sum()
 
 
+def metric_optimal(p: np.ndarray) -> np.ndarray:
+    """The prediction with the lowest expected weighted log loss when the grades occur with probabilities `p`
+    (rows, or one row): q ∝ (1, 2, 4)·p, renormalised, since the metric weighs a row by its true grade. Of the
+    prior, the best constant prediction: a model must beat it, not only the prior, to have learned."""
+    q = np.asarray(p, dtype=np.float64) * np.asarray(rsna.CLASS_WEIGHTS, dtype=np.float64)
+    return q / q.sum(axis=-1, keepdims=True)
+
+
 def classification_summary(y: Sequence[int] | np.ndarray, p: np.ndarray, prior: Sequence[float]) -> dict:
     """One model's validation figures beside its baselines: accuracy vs the majority class of `prior`
     (the training prior, `class_prior`), balanced accuracy, per-class precision/recall, confusion matrix
-    (rows true, columns predicted), weighted log loss vs the prior's. Unlabelled items (y = -1) are dropped.
+    (rows true, columns predicted), weighted log loss vs the prior's and the best constant prediction's
+    (`metric_optimal` of the prior). Unlabelled items (y = -1) are dropped.
 
     Undefined ratios (a class never predicted / absent) are None, so the dict stays JSON-serialisable.
     """
@@ -294,6 +303,7 @@ def classification_summary(y: Sequence[int] | np.ndarray, p: np.ndarray, prior: 
         "weighted_log_loss": weighted_log_loss(y, p),
         "prior": prior.tolist(),
         "prior_weighted_log_loss": weighted_log_loss(y, np.tile(prior, (len(y), 1))),
+        "constant_weighted_log_loss": weighted_log_loss(y, np.tile(metric_optimal(prior), (len(y), 1))),
     }
 
 

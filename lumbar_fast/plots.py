@@ -24,7 +24,8 @@ def _pyplot():
 
 
 def plot_curves(records: list[dict[str, Any]], path: Path, panels: Panels) -> None:
-    """curves.png: one panel per entry of `panels` (the task's), each value per epoch."""
+    """curves.png: one panel per entry of `panels` (the task's), each value per epoch (one that no record
+    holds, as in the records of a run an earlier version began, is left out)."""
     from matplotlib.ticker import MaxNLocator
 
     plt = _pyplot()
@@ -32,6 +33,8 @@ def plot_curves(records: list[dict[str, Any]], path: Path, panels: Panels) -> No
     fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 4), squeeze=False)
     for ax, (title, lines) in zip(axes[0], panels.items(), strict=True):
         for column, label, style in lines:
+            if column not in frame:
+                continue
             ax.plot(frame["epoch"], frame[column], style, marker="o", label=label)
         ax.set_title(title)
         ax.set_xlabel("epoch")

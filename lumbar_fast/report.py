@@ -23,6 +23,7 @@ SEQUENCE_ROWS: dict[str, str] = {
     "balanced_accuracy": "balanced accuracy",
     "weighted_log_loss": "weighted log loss",
     "prior_weighted_log_loss": "  training prior",
+    "constant_weighted_log_loss": "  best constant",
 }
 #: localisation figures with their row names in the tables; each is followed by the baseline's row
 LOCALISATION_ROWS: dict[str, str] = {
@@ -162,10 +163,12 @@ def _ratio(value: float | None) -> str:
 
 # -- what evaluate prints --------------------------------------------------------------------------
 def competition_line(score: dict[str, Any]) -> str:
-    """The competition score beside the prior-only submission's and, on a real-difficulty phantom, the best
-    possible one and the share of the gap closed, in one line."""
-    line = (f"competition score {with_interval(score['model']['score'], score['intervals']['score'])}, "
-            f"prior only {with_interval(score['prior']['score'], score['intervals']['prior_score'])}")
+    """The competition score beside the prior-only and the best constant submissions' and, on a
+    real-difficulty phantom, the best possible one and the share of the gap closed, in one line."""
+    intervals = score["intervals"]
+    line = (f"competition score {with_interval(score['model']['score'], intervals['score'])}, "
+            f"prior only {with_interval(score['prior']['score'], intervals['prior_score'])}, "
+            f"best constant {with_interval(score['constant']['score'], intervals['constant_score'])}")
     limits = score.get("limits")
     if limits is not None:
         line += f", best possible {limits['best_possible']:.3f} (gap closed {_share(limits['gap_closed'])})"
@@ -222,8 +225,10 @@ def classifier_markdown(part: ClassifierReport, settings: ReportSettings) -> lis
     parts = [
         "# lumbar-fast evaluate", f"> {ORACLE_NOTE}",
         f"Cache `{part.cache}`. {_intervals_note(settings)} "
-        "The baselines: the majority class and the training prior (class shares, one pseudo-count each) "
-        f"predicted for every item. Predicted on {settings.device}{TTA_NOTE if settings.tta else ''}.",
+        "The baselines: the majority class, the training prior (class shares, one pseudo-count each) and "
+        "the best constant prediction (the prior reweighted as the metric weighs the grades, "
+        "q ∝ (1, 2, 4)·prior), each predicted for every item. "
+        f"Predicted on {settings.device}{TTA_NOTE if settings.tta else ''}.",
         runs, "## Per sequence", _markdown_rows(sequence_rows(part)),
         f"![confusion matrices]({CONFUSION_PNG})",
         *(class_tables(seq, summary) for seq, summary in part.sequences.items()),
@@ -247,23 +252,31 @@ def class_tables(sequence: str, summary: dict[str, Any]) -> str:
 
 
 def competition_markdown(score: dict[str, Any] | None) -> str:
-    """The four competition losses and the score, model beside the prior-only submission (or why not)."""
+    """The four competition losses and the score, model beside the prior-only and the best constant
+    submissions (or why not)."""
     if score is None:
         return f"## Competition score\n\n{NO_COMPETITION}\n"
     terms = [*metrics.GROUPS, metrics.ANY_SEVERE]
     limits = score.get("limits")
-    rows = [[term, f"{score['model'][term]:.4f}", f"{score['prior'][term]:.4f}", *_limit_cells(limits, term)]
+    columns = ("model", "prior", "constant")
+    rows = [[term, *(f"{score[name][term]:.4f}" for name in columns), *_limit_cells(limits, term)]
             for term in terms]
-    rows.append(["**score**", with_interval(score["model"]["score"], score["intervals"]["score"], 4),
-                 with_interval(score["prior"]["score"], score["intervals"]["prior_score"], 4),
+    intervals = (score["intervals"][name] for name in ("score", "prior_score", "constant_score"))
+    rows.append(["**score**", *(with_interval(score[name]["score"], interval, 4)
+                                for name, interval in zip(columns, intervals, strict=True)),
                  *_limit_cells(limits, "score")])
     filled = (f" {score['filled_rows']} rows had no crop and hold the training prior, as "
               "`predict --allow-prior` fills them." if score["filled_rows"] else "")
-    header = ["term", "model", "prior only", *(("best possible", "gap closed") if limits else ())]
+    header = ["term", "model", "prior only", "best constant",
+              *(("best possible", "gap closed") if limits else ())]
+    constant = (" The best constant prediction is the prior reweighted as the metric weighs the grades, "
+                "q ∝ (1, 2, 4)·prior: of all constant predictions, the lowest expected loss where the grades "
+                "occur at the prior's shares, so a model must beat it, not only the prior, to have learned.")
     best = (" The best possible score is the phantom's answer key's best prediction on the same labels "
             "(docs/phantom.md); the gap closed is (prior − model) ÷ (prior − best)." if limits else "")
     return (f"## Competition score\n\nOver the {score['studies']} studies validated by all three sequences, "
-            f"on the rows `predict` writes for them.{filled}{best}\n\n" + markdown_table(header, rows) + "\n")
+            f"on the rows `predict` writes for them.{filled}{constant}{best}\n\n"
+            + markdown_table(header, rows) + "\n")
 
 
 def _limit_cells(limits: dict[str, Any] | None, term: str) -> list[str]:

@@ -17,7 +17,6 @@ from lumbar_fast.csvfile import read_csv
 from lumbar_fast.phantom.answer_key import (
     ANSWER_KEY_CSV,
     PROBABILITY_COLUMNS,
-    best_prediction,
     find_answer_key,
 )
 from lumbar_fast.runfolder import PREDICTIONS, RunFolder
@@ -54,7 +53,7 @@ def best_possible_loss(items: pd.DataFrame, data: Path) -> float:
     row_ids = [rsna.row_id(*row) for row in items[["study_id", "condition", "level"]].itertuples(index=False)]
     key = read_csv(find_answer_key(data / "train.csv"), ANSWER_KEY_CSV, "answer key").set_index("row_id")
     p = key.loc[row_ids, list(PROBABILITY_COLUMNS)].to_numpy()
-    return metrics.weighted_log_loss(items["severity"].to_numpy(), best_prediction(p))
+    return metrics.weighted_log_loss(items["severity"].to_numpy(), metrics.metric_optimal(p))
 
 
 def gap_closed(loss: float, prior: float, best: float) -> float:

@@ -124,7 +124,7 @@ def test_per_sequence_figures_are_the_runs_validation_figures(evaluated, trained
         figures = report["sequences"][seq]
         assert figures["n"] == best["val_n"]
         for key in ("accuracy", "majority_accuracy", "balanced_accuracy", "weighted_log_loss",
-                    "prior_weighted_log_loss"):
+                    "prior_weighted_log_loss", "constant_weighted_log_loss"):
             assert figures[key] == pytest.approx(best[f"val_{key}"], abs=1e-6)
             low, high = figures["intervals"][key]
             assert low <= high
@@ -138,13 +138,13 @@ def test_report_files_state_baselines_and_oracle_localisation(evaluated, trained
     for name in names - {"report.md", "report.json", "predictions.csv"}:
         assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     markdown = (out / "report.md").read_text()
-    for text in ("oracle localisation", "majority class", "training prior", "prior only", "Competition score",
-                 "| Severe |"):
+    for text in ("oracle localisation", "majority class", "training prior", "prior only", "best constant",
+                 "Competition score", "| Severe |"):
         assert text in markdown
     for text in ("oracle localisation", "majority class", "training prior", "competition score", "prior only",
-                 *trained_runs):
+                 "best constant", *trained_runs):
         assert text in stdout
-    assert report["competition"]["prior"]["score"] > 0
+    assert report["competition"]["prior"]["score"] > 0 and report["competition"]["constant"]["score"] > 0
     predictions = pd.read_csv(out / "predictions.csv")
     assert set(predictions["study_id"]) <= set(validation_studies(trained_runs["sag_t2"]))
     assert np.allclose(predictions[list(PROBABILITY_COLUMNS)].sum(axis=1), 1.0, atol=1e-5)
@@ -297,8 +297,9 @@ def test_on_a_real_difficulty_phantom_the_score_stands_beside_the_best_possible(
     limits = phantom_limits(reader, studies, prior, prior)
     assert limits["best_possible"] < limits["score"] and limits["gap_closed"] == pytest.approx(0.0)
     assert set(limits["terms"]) == {*metrics.GROUPS, metrics.ANY_SEVERE}
-    score = {"model": prior, "prior": prior, "intervals": {"score": (0.0, 1.0), "prior_score": (0.0, 1.0)},
-             "studies": 4, "filled_rows": 0, "limits": limits}
+    intervals = {"score": (0.0, 1.0), "prior_score": (0.0, 1.0), "constant_score": (0.0, 1.0)}
+    score = {"model": prior, "prior": prior, "constant": prior, "intervals": intervals, "studies": 4,
+             "filled_rows": 0, "limits": limits}
     assert f"best possible {limits['best_possible']:.3f} (gap closed 0 %)" in competition_line(score)
     assert "| best possible | gap closed |" in competition_markdown(score)
     assert phantom_limits(open_cache(make_cache(make_synth(6, seed=21), size=32, channels=3, workers=1)),

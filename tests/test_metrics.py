@@ -235,6 +235,27 @@ def test_class_prior_counts_each_class_once_more_so_an_absent_class_keeps_a_fini
     assert metrics.classification_summary(y, np.tile(raw, (4, 1)), raw)["prior_weighted_log_loss"] > 15
 
 
+def test_the_best_constant_is_the_prior_reweighted_and_no_other_constant_beats_it_in_expectation():
+    """q ∝ (1, 2, 4)·p: under the weighted log loss, predicting the class shares themselves is not the best a
+    constant can do, so a model that learned nothing beats the prior; it must beat this one."""
+    prior = np.array([0.7, 0.2, 0.1])
+    best = metrics.metric_optimal(prior)
+    assert best.tolist() == pytest.approx([0.7 / 1.5, 0.4 / 1.5, 0.4 / 1.5])
+    weights = np.asarray(rsna.CLASS_WEIGHTS) * prior
+
+    def expected(q: np.ndarray) -> float:
+        return float(-(weights * np.log(q)).sum() / weights.sum())
+
+    rng = np.random.default_rng(3)
+    for other in [prior, np.full(3, 1 / 3), *rng.dirichlet(np.ones(3), size=200)]:
+        assert expected(best) <= expected(other) + 1e-12
+    assert np.allclose(metrics.metric_optimal(np.stack([prior, best])).sum(axis=1), 1.0)
+    y = [0] * 7 + [1] * 2 + [2]  # the prior's shares exactly
+    summary = metrics.classification_summary(y, np.tile(prior, (10, 1)), prior)
+    assert summary["constant_weighted_log_loss"] == pytest.approx(expected(best))
+    assert summary["constant_weighted_log_loss"] < summary["prior_weighted_log_loss"]
+
+
 def test_classification_summary_by_hand():
     y = [0, 0, 0, 1, 2, -1]
     p = np.array([[0.7, 0.2, 0.1], [0.6, 0.3, 0.1], [0.2, 0.5, 0.3],

@@ -11,7 +11,7 @@ import pytest
 from lumbar_fast import metrics, rsna
 from lumbar_fast.cli import main
 from lumbar_fast.phantom import PitfallRates, grading
-from lumbar_fast.phantom.answer_key import TERMS, best_possible, best_prediction, expected_losses
+from lumbar_fast.phantom.answer_key import TERMS, best_possible, expected_losses
 from lumbar_fast.phantom.options import REAL_FREQUENCIES
 
 
@@ -124,7 +124,7 @@ def test_best_possible_beats_the_prior_on_every_term(simulated):
     study, conditions, p = simulated
     labelled = np.ones(len(study), dtype=bool)
     prior = np.array([REAL_FREQUENCIES[rsna.CONDITION_GROUP[c]] for c in conditions])
-    best = expected_losses(study, conditions, labelled, p, best_prediction(p), draws=20)
+    best = expected_losses(study, conditions, labelled, p, metrics.metric_optimal(p), draws=20)
     baseline = expected_losses(study, conditions, labelled, p, prior, draws=20)
     for term in ("score", *TERMS):
         assert best[term] < 0.8 * baseline[term], term
@@ -134,7 +134,7 @@ def test_no_perturbation_of_the_best_prediction_beats_its_expected_score(simulat
     """A small random search around q ∝ (1, 2, 4)·p, each candidate scored on the same label redraws."""
     study, conditions, p = simulated
     labelled = np.ones(len(study), dtype=bool)
-    q = best_prediction(p)
+    q = metrics.metric_optimal(p)
     best = expected_losses(study, conditions, labelled, p, q, draws=30)["score"]
     rng = np.random.default_rng(0)
     for scale in (0.05, 0.2, 0.5):
@@ -156,11 +156,11 @@ def real_phantom(make_synth) -> Path:
 def test_score_json_on_a_phantom_test_split(capsys, tmp_path, real_phantom):
     labels = real_phantom / "test_labels.csv"
     uniform = run_json(capsys, labels, real_phantom / "sample_submission.csv")
-    assert set(uniform) >= {"score", "prior", "best_possible", "gap_closed", "terms"}
+    assert set(uniform) >= {"score", "prior", "best_constant", "best_possible", "gap_closed", "terms"}
     assert set(uniform["terms"]) == set(TERMS)
     for figures in [uniform, *uniform["terms"].values()]:
-        assert set(figures) >= {"score", "prior", "best_possible", "gap_closed"}
-        assert 0 < figures["best_possible"] < figures["score"]
+        assert set(figures) >= {"score", "prior", "best_constant", "best_possible", "gap_closed"}
+        assert 0 < figures["best_possible"] < figures["score"] and figures["best_constant"] > 0
     for term in metrics.GROUPS:  # the uniform sample submission
         assert uniform["terms"][term]["score"] == pytest.approx(np.log(3))
     expected = uniform["expected_best_possible"]
@@ -179,11 +179,12 @@ def test_score_table_shows_the_best_possible_beside_an_answer_key_only(capsys, f
     labels, submission = real_phantom / "test_labels.csv", real_phantom / "sample_submission.csv"
     code, out, err = run_score(capsys, labels, submission)
     assert code == 0, err
-    assert out.splitlines()[1].split() == ["term", "loss", "rows", "prior", "best", "E[best]", "closed"]
+    header = ["term", "loss", "rows", "prior", "const", "best", "E[best]", "closed"]
+    assert out.splitlines()[1].split() == header
     assert "best possible" in out.splitlines()[-2] and "gap closed" in out.splitlines()[-2]
     assert float(out.split("score")[-1]) > 0  # the score alone on the last line, as test_evaluate reads it
     code, out, _ = run_score(capsys, files["labels"], files["submission"])
-    assert out.splitlines()[1].split() == ["term", "loss", "rows", "prior"]
+    assert out.splitlines()[1].split() == ["term", "loss", "rows", "prior", "const"]
     assert "no best possible known" in out.splitlines()[-2] and float(out.split("score")[-1]) > 0
     main(["score", "--labels", str(files["labels"]), "--submission", str(files["submission"]), "--json"])
     plain = json.loads(capsys.readouterr().out)

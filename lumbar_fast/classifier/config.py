@@ -30,7 +30,8 @@ PANELS: Panels = {
     "loss (baseline dashed)": (
         ("train_loss", "train loss", "-"), ("val_loss", "val loss", "-"),
         ("val_weighted_log_loss", "val weighted log loss", "-"),
-        ("val_prior_weighted_log_loss", "prior's weighted log loss", "--")),
+        ("val_prior_weighted_log_loss", "prior's weighted log loss", "--"),
+        ("val_constant_weighted_log_loss", "best constant's weighted log loss", ":")),
     "accuracy (baseline dashed)": (
         ("train_accuracy", "train accuracy", "-"), ("val_accuracy", "val accuracy", "-"),
         ("val_balanced_accuracy", "val balanced accuracy", "-"),

@@ -112,7 +112,8 @@ class ClassifierTask(TrainingTask):
                 f"acc {record['val_accuracy']:.3f} (majority {record['val_majority_accuracy']:.3f}) "
                 f"balanced {record['val_balanced_accuracy']:.3f} "
                 f"wll {record['val_weighted_log_loss']:.4f} "
-                f"(prior {record['val_prior_weighted_log_loss']:.4f}) "
+                f"(prior {record['val_prior_weighted_log_loss']:.4f}, "
+                f"best constant {record['val_constant_weighted_log_loss']:.4f}) "
                 f"| {record['train_images_per_s']:.0f} img/s")
 
 

@@ -45,12 +45,6 @@ def find_answer_key(labels_path: Path) -> Path | None:
     return path if path.is_file() else None
 
 
-def best_prediction(p: np.ndarray) -> np.ndarray:
-    """q ∝ (1, 2, 4)·p row by row: the lowest expected weighted log loss when p(grade) is known."""
-    q = np.asarray(p, dtype=np.float64) * np.asarray(rsna.CLASS_WEIGHTS, dtype=np.float64)
-    return q / q.sum(axis=1, keepdims=True)
-
-
 def judged_rows(solution: pd.DataFrame, answer_key: pd.DataFrame) -> pd.DataFrame:
     """Solution rows (labels_to_rows) joined with their p(grade); every row needs an answer-key row."""
     rows = solution.merge(answer_key[["row_id", *PROBABILITY_COLUMNS]], on="row_id", how="left",
@@ -88,7 +82,7 @@ def best_possible(labels_path: Path, study_ids: Iterable[int] | None = None, dra
         solution = solution[solution["study_id"].isin(list(study_ids))]
     rows = judged_rows(solution, read_csv(key_path, ANSWER_KEY_CSV, "answer key"))
     p = rows[list(PROBABILITY_COLUMNS)].to_numpy(dtype=np.float64)
-    q = best_prediction(p)
+    q = metrics.metric_optimal(p)
     y = rows["severity"].to_numpy(dtype=np.int64)
     study, condition = rows["study_id"].to_numpy(), rows["condition"].to_numpy()
     return {
