@@ -1,13 +1,18 @@
 """The CLI shell: version, help, and one-line errors."""
 
+import dataclasses
+import importlib
 import subprocess
 import sys
 
+import click
 import pytest
 
 from lumbar_fast import __version__
+from lumbar_fast.classifier.config import TrainConfig
 from lumbar_fast.cli import COMMANDS
 from lumbar_fast.errors import LumbarFastError
+from lumbar_fast.locator.config import LocatorConfig
 from lumbar_fast.rsna import LABEL_COLUMNS, get_sequence
 
 
@@ -60,3 +65,18 @@ def test_label_columns_are_the_competitions():
     assert len(LABEL_COLUMNS) == 25
     assert LABEL_COLUMNS[0] == "spinal_canal_stenosis_l1_l2"
     assert LABEL_COLUMNS[-1] == "right_subarticular_stenosis_l5_s1"
+
+
+
+@pytest.mark.parametrize("name, config", [("train", TrainConfig), ("train_locator", LocatorConfig)])
+def test_training_commands_default_to_their_configs_defaults(name, config):
+    """The commands keep their option defaults literal (their modules load for `lumbar-fast --help`, before
+    torch), so this holds them to the config classes' measured defaults: train-locator once trained 30 epochs
+    by default while LocatorConfig, the docs and the projection said 15."""
+    fields = {field.name: field.default for field in dataclasses.fields(config)}
+    unset = click.Option(["--unset"]).default  # what click holds for an option given no default
+    command = importlib.import_module(f"lumbar_fast.commands.{name}").command
+    defaults = {param.name: param.default for param in command.params
+                if param.name in fields and param.default not in (None, unset)}
+    assert {"epochs", "lr", "patience", "seed", "model"} <= set(defaults)
+    assert defaults == {name: fields[name] for name in defaults}

@@ -17,7 +17,7 @@ from lumbar_fast.commands import options
 @options.no_pretrained_option
 @click.option("--image-size", default=160, show_default=True, help="Side of the model's input slices.")
 @click.option("--width", default=32, show_default=True, help="Channels of the heatmap decoder.")
-@options.schedule_options(30, None, "AdamW learning rate (cosine schedule).", 6)
+@options.schedule_options(15, None, "AdamW learning rate (cosine schedule).", 6)
 @click.option("--monitor", type=click.Choice(["loss", "point-error"]), default="loss", show_default=True,
               help="Validation value for early stopping and best.pt.")
 @click.option("--max-slices", default=64, show_default=True,
