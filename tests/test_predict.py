@@ -217,6 +217,11 @@ def test_predict_with_locators_crops_at_the_located_points(trained_runs, make_ca
         merged = crops.merge(points, on=columns[:5], suffixes=("", "_located"))
         assert len(merged) == len(crops) > 0
         assert np.allclose(merged[["x", "y"]].to_numpy(), merged[["x_located", "y_located"]].to_numpy())
+    expanded = tmp_path / "expanded.csv"  # `--locators loc/*` as the shell expands it: the rest land in RUNS
+    code, _, stderr = run_cli("predict", *trained_runs.values(), "--cache", small, "--out", expanded,
+                              "--allow-prior", "--device", "cpu", "--locators", *locators)
+    assert code == 0, stderr
+    pd.testing.assert_frame_equal(pd.read_csv(expanded), submission)
 
 
 def test_a_cache_that_does_not_fit_the_runs_is_refused_in_one_line(trained_runs, locator_runs, synth_data,

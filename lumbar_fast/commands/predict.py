@@ -36,10 +36,17 @@ def command(runs: tuple[Path, ...], cache_path: Path | None, data_dir: Path | No
             locator_runs: tuple[Path, ...], keep: bool, workers: int | None, progress: bool) -> None:
     """Predict every study of CACHE (or of the DICOM folder DATA) with classifier RUNS (one or more per
     sequence, all three sequences; runs of one sequence are averaged) and write a submission file: 25 rows
-    per study."""
+    per study. Locator runs among RUNS count as --locators (so `--locators locs/*` works as the shell
+    expands it)."""
     if (cache_path is None) == (data_dir is None):
         raise click.UsageError("give exactly one of --cache and --data")
+    from lumbar_fast.locator.runs import is_locator_run
     from lumbar_fast.predict import InferenceOptions, predict
+
+    locator_runs = (*locator_runs, *(run for run in runs if is_locator_run(run)))
+    runs = tuple(run for run in runs if not is_locator_run(run))
+    if not runs:
+        raise click.UsageError("give at least one classifier run (of `lumbar-fast train`)")
 
     options = InferenceOptions(device=device, amp=amp, batch_size=batch_size, tta=tta)
     if data_dir is not None:
