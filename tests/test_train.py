@@ -250,19 +250,23 @@ def final_record(run_dir) -> dict:
 @pytest.mark.parametrize("control", ["none", "shuffled-labels", "level-off"])
 def test_level_view_learns_and_negative_controls_do_not(learning_cache, tmp_path, control):
     """Two epochs are enough to tell (2026-12-04: balanced accuracy 0.69, 0.59x the prior's loss, against 0.84
-    and 0.42x after three; both controls 0.91x the prior's after two or three) at two thirds of the time."""
+    and 0.42x after three; both controls 0.91x the prior's after two or three) at two thirds of the time. The
+    controls sit at the best constant prediction (2026-12-05: 0.998x and 1.003x its loss; the model 0.65x),
+    which beats the prior by about a tenth under the metric's 1/2/4 weights: the bound is the constant's."""
     run_dir = train(quick_config(learning_cache, tmp_path / "run", control=control, epochs=2))
     record = final_record(run_dir)
     assert min(record["val_support"]) >= 30
     ratio = record["val_weighted_log_loss"] / record["val_prior_weighted_log_loss"]
+    constant = record["val_weighted_log_loss"] / record["val_constant_weighted_log_loss"]
     print(f"{control}: balanced accuracy {record['val_balanced_accuracy']:.3f}, weighted log loss "
-          f"{record['val_weighted_log_loss']:.3f} = {ratio:.2f} x the prior's")
+          f"{record['val_weighted_log_loss']:.3f} = {ratio:.2f} x the prior's, {constant:.3f} x the best "
+          "constant's")
     if control == "none":
-        assert record["val_balanced_accuracy"] >= 0.6 and ratio <= 0.8
-    else:  # no information: the prior cannot be beaten. Balanced accuracy scatters around 1/3 in both
-        # directions: a model trained on noise still splits the images by their visible severity, in an
+        assert record["val_balanced_accuracy"] >= 0.6 and ratio <= 0.8 and constant <= 0.85
+    else:  # no information: the best constant cannot be beaten. Balanced accuracy scatters around 1/3 in
+        # both directions: a model trained on noise still splits the images by their visible severity, in an
         # arbitrary order (0.16-0.32 seen), so it is held well below the learning threshold only.
-        assert ratio >= 0.9 and record["val_balanced_accuracy"] < 0.5
+        assert constant >= 0.97 and record["val_balanced_accuracy"] < 0.5
     for name in ("config.json", "split.csv", "metrics.jsonl", "metrics.csv", "curves.png", "best.pt",
                  "last.pt", "val_predictions.csv"):
         assert (run_dir / name).is_file(), name
