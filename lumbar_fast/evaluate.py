@@ -4,7 +4,8 @@ Per sequence, over the validation studies of its runs (the shared split; with ru
 out-of-fold predictions of all studies): accuracy beside the majority class's, balanced accuracy, per-class
 precision/recall, the confusion matrix, the weighted log loss beside the training prior's. With runs for all
 three sequences, the competition score beside the prior-only submission's, computed on the rows `predict`
-writes for those studies (rows without a crop hold the prior, as `predict --allow-prior` fills them).
+writes for those studies (rows without a crop hold the best constant prediction, as `predict --allow-prior`
+fills them).
 Locator runs, alone or beside classifier runs: per sequence, point error (median, p90), slice exact / within
 ±1 and right level name beside the mean-position baseline's, on the same footing (folds pooled out-of-fold).
 """

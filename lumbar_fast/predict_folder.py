@@ -143,7 +143,7 @@ def predict_folder(run_paths: Sequence[Path], data_dir: Path, out: Path, locator
     unlocated = [seq for seq in rsna.SEQUENCES if seq not in located_sequences]
     if unlocated and not allow_prior:
         raise LumbarFastError(f"no locator run for {', '.join(unlocated)}: its rows would have no crop; give "
-                              "one per sequence, or --allow-prior to fill them with the training prior")
+                              "one per sequence, or --allow-prior to fill them from the training prior")
     stages: dict[str, float] = {}
 
     def timed(name: str, step: Callable[..., T], *args: object) -> T:

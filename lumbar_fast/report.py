@@ -265,7 +265,7 @@ def competition_markdown(score: dict[str, Any] | None) -> str:
     rows.append(["**score**", *(with_interval(score[name]["score"], interval, 4)
                                 for name, interval in zip(columns, intervals, strict=True)),
                  *_limit_cells(limits, "score")])
-    filled = (f" {score['filled_rows']} rows had no crop and hold the training prior, as "
+    filled = (f" {score['filled_rows']} rows had no crop and hold the best constant prediction, as "
               "`predict --allow-prior` fills them." if score["filled_rows"] else "")
     header = ["term", "model", "prior only", "best constant",
               *(("best possible", "gap closed") if limits else ())]

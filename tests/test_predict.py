@@ -48,13 +48,13 @@ def random_located(rows: pd.DataFrame, seed: int = 0) -> pd.DataFrame:
     return rows[LOCATION].reset_index(drop=True).assign(**columns)
 
 
-def test_fill_rows_joins_located_probabilities_and_fills_the_prior():
+def test_fill_rows_joins_located_probabilities_and_fills_the_best_constant():
     solution = solution_of([11, 22])
     no_crop = (solution["study_id"] == 22) & (solution["condition"] == "spinal_canal_stenosis")
     located = random_located(solution[~no_crop])
     result = fill_rows(solution, located, PRIORS)
     assert result.filled.tolist() == no_crop.tolist()
-    assert np.allclose(result.probabilities[no_crop.to_numpy()], PRIORS["sag_t2"])
+    assert np.allclose(result.probabilities[no_crop.to_numpy()], metrics.metric_optimal(PRIORS["sag_t2"]))
     kept = result.rows[~result.filled].merge(located, on=LOCATION, suffixes=("", "_located"))
     assert np.allclose(kept[list(PROBABILITY_COLUMNS)].to_numpy(),
                        kept[[f"{c}_located" for c in PROBABILITY_COLUMNS]].to_numpy())
@@ -139,7 +139,7 @@ def test_predict_writes_every_study_and_fills_missing_crops_only_when_allowed(tr
     rows = metrics.parse_row_ids(submission["row_id"])
     no_crop = [key not in located for key in rows[LOCATION].itertuples(index=False, name=None)]
     assert f"{sum(no_crop)} rows of" in stdout
-    priors = {seq: read_runs([run])[0].prior for seq, run in trained_runs.items()}
+    priors = {seq: metrics.metric_optimal(read_runs([run])[0].prior) for seq, run in trained_runs.items()}
     expected = np.stack([priors[rsna.SEQUENCE_OF_CONDITION[c]] for c in rows.loc[no_crop, "condition"]])
     assert np.allclose(submission.loc[no_crop, list(rsna.SUBMISSION_COLUMNS)].to_numpy(), expected)
 

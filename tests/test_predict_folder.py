@@ -77,7 +77,7 @@ def test_a_damaged_folder_still_gives_every_row_and_names_what_it_could_not_use(
     code, stdout, stderr = run_cli(*args, "--allow-prior", "--keep")
     assert code == 0, stderr
     assert len(submission(out)) == 25 * len(studies)
-    assert "could not use 2:" in stdout and "hold the training prior" in stdout, stdout
+    assert "could not use 2:" in stdout and "hold the best constant prediction" in stdout, stdout
     assert f"study {studies[0]}: no Sagittal T2/STIR series" in stdout
     assert f"{damaged}: not a DICOM file" in stdout
     work = tmp_path / "submission.csv.work"

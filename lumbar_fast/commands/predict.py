@@ -20,7 +20,8 @@ from lumbar_fast.commands.options import inference_options
                    "(--locators), ingest the crops at the located points with the runs' settings, predict.")
 @click.option("--out", required=True, type=click.Path(path_type=Path), help="The submission CSV to write.")
 @click.option("--allow-prior", is_flag=True,
-              help="Fill rows without a crop with the runs' training prior instead of failing.")
+              help="Fill rows without a crop from the runs' training prior (reweighted 1/2/4 as the metric "
+                   "weighs the grades: the best constant prediction) instead of failing.")
 @inference_options
 @click.option("--locators", "locator_runs", multiple=True, type=click.Path(path_type=Path),
               help="A locator run (repeat: one per sequence): crop at the points it locates (locate → "
