@@ -32,7 +32,7 @@ from lumbar_fast.classifier.steps import (
     restore_training_state,
     snapshot_training_state,
 )
-from lumbar_fast.classifier.task import loader_config, prepare_classifier
+from lumbar_fast.classifier.task import check_fold, loader_config, prepare_classifier
 from lumbar_fast.cli import main
 from lumbar_fast.errors import LumbarFastError
 from lumbar_fast.loaders.gpu import gpu_count
@@ -355,6 +355,15 @@ def test_a_refused_slice_view_run_leaves_no_files(synth_cache, tmp_path, capsys)
                       "--batch-size", "100000")
     assert "too few for batch size 100000" in error
     assert not run.exists()
+
+
+def test_the_fold_check_counts_every_process_batch():
+    """Under torchrun each process takes a whole batch per step: 40 training items do not feed 2 × 32."""
+    items = Items(pd.DataFrame(), np.arange(40), np.zeros(40, np.int64), Path("unused.npy"))
+    config = TrainConfig(sequence="sag_t1", cache="unused", batch_size=32)
+    check_fold(config, items, items, world_size=1)
+    with pytest.raises(LumbarFastError, match=r"too few for batch size 32 × 2 processes"):
+        check_fold(config, items, items, world_size=2)
 
 
 def test_last_checkpoint_carries_the_fp16_loss_scale(synth_cache, tmp_path):

@@ -134,7 +134,7 @@ def prepare_classifier(config: TrainConfig, run: RunFolder) -> ClassifierTask:
     split = distributed.on_main(load_or_create_split, cache.study_labels(), cache.path, config.folds,
                                 config.split_seed, config.split_file)
     studies = train_val_studies(split, config.fold)
-    check_fold(config, *split_items(items, *studies))
+    check_fold(config, *split_items(items, *studies), distributed.world_size())
     train_items, val_items = split_items(in_view(items, cache, config, run), *studies)
     if config.control == "shuffled-labels":
         train_items = shuffled_labels(train_items, config.seed)
@@ -142,12 +142,14 @@ def prepare_classifier(config: TrainConfig, run: RunFolder) -> ClassifierTask:
                           cache.settings().images)
 
 
-def check_fold(config: TrainConfig, train_items: Items, val_items: Items) -> None:
-    """Refuse a fold with fewer training items than one batch, or no validation item."""
-    if len(train_items.labels) < config.batch_size or len(val_items.labels) == 0:
+def check_fold(config: TrainConfig, train_items: Items, val_items: Items, world_size: int = 1) -> None:
+    """Refuse a fold with fewer training items than one batch on every process, or no validation item, before
+    the run folder gets its first file (the epoch plan would refuse it only once training starts)."""
+    if len(train_items.labels) < config.batch_size * world_size or len(val_items.labels) == 0:
+        processes = f" × {world_size} processes" if world_size > 1 else ""
         raise LumbarFastError(f"fold {config.fold} leaves {len(train_items.labels)} training and "
                               f"{len(val_items.labels)} validation items: too few for batch size "
-                              f"{config.batch_size}")
+                              f"{config.batch_size}{processes}")
 
 
 def loader_config(config: TrainConfig, device: torch.device, amp_dtype: torch.dtype | None,

@@ -51,8 +51,8 @@ from lumbar_fast.commands import options
               help="auto, none, all, or a comma list of rotate, scale, shift, hflip, intensity.")
 @click.option("--no-augment", is_flag=True, help="Train without augmentation (--augment none).")
 @click.option("--shift", default=0.0625, show_default=True,
-              help="Largest random shift of a crop, fraction of its width per axis. Raise it (0.125) for "
-                   "classifiers that will see crops at located rather than labelled points.")
+              help="Largest random shift of a crop, fraction of its width per axis (0.125 was measured "
+                   "worse at labelled points and no better at located ones: docs/recipe.md).")
 @click.option("--loader", type=click.Choice(["auto", "dali", "torch"]), default="auto", show_default=True)
 @click.option("--workers", default=2, show_default=True, help="Loader worker processes.")
 @options.session_options("Seed of model init, shuffling, augmentation.",

@@ -63,14 +63,14 @@ def fit(run: RunFolder, task: TrainingTask, run_state: RunState) -> Path:
         for epoch in range(run_state.start_epoch, task.config.epochs):
             if run_state.stopper.should_stop:
                 break
-            lr = task.optimizer.param_groups[0]["lr"]
+            lr = float(task.optimizer.param_groups[0]["lr"])  # now: CUDA graphs' tensor is stepped in place
             started = time.perf_counter()
             train_metrics = task.train_epoch(epoch)
             distributed.broadcast_buffers(task.model)  # every rank validates rank 0's model, the saved one
             val_metrics, predictions = task.validate(epoch)
             task.scheduler.step()
             improved = update_everywhere(run_state.stopper, float(val_metrics[task.monitor]), epoch)
-            record = {"epoch": epoch + 1, "lr": float(lr), **train_metrics, **val_metrics, "best": improved,
+            record = {"epoch": epoch + 1, "lr": lr, **train_metrics, **val_metrics, "best": improved,
                       "epoch_seconds": time.perf_counter() - started}
             run_state.records.append(plain(record))
             distributed.on_main(commit_epoch, run, task, run_state, predictions if improved else None)
