@@ -24,7 +24,7 @@ from pydicom.errors import InvalidDicomError
 from pydicom.uid import RLELossless
 from rle.utils import decode_segment
 
-from lumbar_fast.errors import typed_line
+from lumbar_fast.errors import NOT_A_FAILURE, typed_line
 from lumbar_fast.header import (
     DicomReadError,
     ImageHeader,
@@ -148,7 +148,9 @@ def read_series(folder: Path) -> SeriesScan:
             slices.append(read_slice(path))
         except DicomReadError as exc:
             scan.errors.append((path, str(exc)))
-        except Exception as exc:  # a case no check foresaw: still this file's problem alone
+        except NOT_A_FAILURE:
+            raise
+        except BaseException as exc:  # a case no check foresaw: still this file's problem alone
             scan.errors.append((path, f"unexpected error: {typed_line(exc)}"))
     scan.stacks = split_stacks(slices)
     return scan
@@ -270,7 +272,9 @@ def _pixel_array(ds: pydicom.Dataset, image: ImageHeader) -> np.ndarray:
         ds.PixelData = ds.PixelData[:image.frame_bytes]  # zero padding: header.check_size made sure
     try:
         return ds.pixel_array
-    except Exception as exc:  # pydicom and its decoders raise many types for damaged pixel data
+    except NOT_A_FAILURE:
+        raise
+    except BaseException as exc:  # pydicom's decoders raise many types for damaged data; the Rust ones panic
         raise DicomReadError(f"pixel data cannot be decoded: {typed_line(exc)}") from exc
 
 
@@ -289,7 +293,9 @@ def _rle_segment(ds: pydicom.Dataset) -> bytes:
         bounds = [*(int(v) for v in header[1:1 + min(int(header[0]), 15)]), len(frame)]
         start, end = min(pairwise(bounds), key=lambda pair: pair[1] - pair[0])
         return bytes(decode_segment(frame[start:end]))
-    except Exception as exc:  # a header that lists no segment, or a damaged segment
+    except NOT_A_FAILURE:
+        raise
+    except BaseException as exc:  # a header that lists no segment, or a damaged segment (a Rust panic)
         raise DicomReadError(f"pixel data cannot be decoded: {typed_line(exc)}") from exc
 
 

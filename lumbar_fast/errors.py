@@ -15,6 +15,16 @@ class DataError(LumbarFastError):
     """An RSNA data folder that is missing pieces or has malformed CSVs."""
 
 
+class WorkerError(LumbarFastError):
+    """A worker process that died mid-task (killed by the system, or crashed in native code)."""
+
+
+#: what a net for "this file's (or series') problem alone" must let through: the user's interrupt and an
+#: orderly exit. Everything else is caught as a BaseException, because the Rust decoders (pylibjpeg-rle)
+#: panic with pyo3's PanicException, which derives from BaseException, not Exception.
+NOT_A_FAILURE = (KeyboardInterrupt, SystemExit, GeneratorExit)
+
+
 def first_line(exc: BaseException) -> str:
     """The first non-empty line of an exception's message (its type name if empty), for one-line errors."""
     lines = [line.strip() for line in str(exc).splitlines() if line.strip()]

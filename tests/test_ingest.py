@@ -22,11 +22,12 @@ import pydicom
 import pytest
 import zarr
 from pydicom.data import get_testdata_file
+from pydicom.encaps import encapsulate, get_frame
 from pydicom.uid import JPEG2000Lossless, RLELossless
 
 from lumbar_fast import cache, dicom, rsna
 from lumbar_fast.cache import ImageSettings, IngestSettings
-from lumbar_fast.errors import CacheError, DataError
+from lumbar_fast.errors import CacheError, DataError, WorkerError
 from lumbar_fast.ingest import (
     convert_series,
     ingest,
@@ -269,6 +270,41 @@ def test_a_series_that_fails_as_a_whole_is_one_error_row(tiny_data, monkeypatch)
         [[str(task.folder), "series cannot be converted: RuntimeError: boom"]]
     assert len(part.stack_images) == len(part.level_images) == len(part.stack_index) == 0
     assert part.stack_images.shape[1:] == (32, 32)
+
+
+def overflowing_rle(ds: pydicom.Dataset) -> bytes:
+    """`ds`'s pixel data as one RLE frame whose first segment replicates far more bytes than Rows × Columns:
+    the Rust decoder (pylibjpeg-rle) panics on it instead of raising."""
+    ds.compress(RLELossless)
+    frame = bytearray(get_frame(ds.PixelData, 0, number_of_frames=1))
+    start, end = (int(offset) for offset in np.frombuffer(bytes(frame[4:12]), "<u4"))
+    frame[start:end] = bytes([0x81, 0x07]) * ((end - start) // 2) + bytes((end - start) % 2)
+    return encapsulate([bytes(frame)])
+
+
+def test_a_decoder_panic_is_that_files_error_row_with_several_workers(tiny_data, tmp_path):
+    """pyo3's PanicException is a BaseException: it used to kill a pool worker, and ingest waited forever."""
+    root = tmp_path / "panic"
+    shutil.copytree(tiny_data, root, copy_function=os.link)
+    damaged = {d["path"] for d in manifest(root)["damaged_files"]}
+    victim = next(p for p in sorted((root / "train_images").glob("*/*/*.dcm"))
+                  if p.relative_to(root).as_posix() not in damaged)
+    ds = pydicom.dcmread(victim)
+    ds.PixelData = overflowing_rle(ds)
+    victim.unlink()
+    ds.save_as(victim)
+    ingest(root, tmp_path / "c.zarr", size=32, workers=2, progress=False)
+    errors = cache.open_cache(tmp_path / "c.zarr").errors()
+    reasons = {Path(r.path).resolve(): r.reason for r in errors.itertuples()}
+    assert reasons[victim.resolve()].startswith("pixel data cannot be decoded: PanicException: ")
+
+
+def test_a_worker_process_that_dies_is_a_one_line_error_not_a_hang():
+    """A worker killed by the system (out of memory) or crashed in native code ends ingest: WorkerError."""
+    from lumbar_fast.ingest import _map
+
+    with pytest.raises(WorkerError, match="worker process died"):
+        list(_map(os._exit, [3, 3, 3], 2, lambda task: True))
 
 
 @pytest.mark.parametrize("make_args, message", [

@@ -22,11 +22,12 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import queue
 import shutil
 import time
 from collections import deque
 from collections.abc import Callable, Iterator
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import replace
 from functools import partial
 from pathlib import Path
@@ -35,7 +36,7 @@ from tqdm import tqdm
 
 from lumbar_fast import cache
 from lumbar_fast.cache import DEFAULT_CHANNELS, DEFAULT_CROP_MM, ImageSettings, IngestSettings
-from lumbar_fast.errors import CacheError
+from lumbar_fast.errors import CacheError, WorkerError
 from lumbar_fast.ingest.consolidate import Consolidator, IngestSummary
 from lumbar_fast.ingest.convert import commit_part, convert_series, mirrored_to_canonical_side
 from lumbar_fast.ingest.plan import COORDINATE_COLUMNS, SeriesTask, label_files, plan_ingest
@@ -131,19 +132,30 @@ def _map(job: Callable[[SeriesTask], int], tasks: list[SeriesTask], workers: int
     if workers == 1 or len(tasks) <= 1:
         yield from map(job, tasks)
         return
-    results: queue.SimpleQueue = queue.SimpleQueue()
-    waiting, in_flight = deque(tasks), 0
-    with pool_context().Pool(min(workers, len(tasks)), initializer=keep_freed_memory) as pool:
+    waiting, in_flight = deque(tasks), set()
+    pool = ProcessPoolExecutor(min(workers, len(tasks)), mp_context=pool_context(),
+                               initializer=keep_freed_memory)
+    try:
         while waiting or in_flight:
-            while waiting and in_flight < QUEUED_PER_WORKER * workers and (
+            while waiting and len(in_flight) < QUEUED_PER_WORKER * workers and (
                     not in_flight or admits(waiting[0])):
-                pool.apply_async(job, (waiting.popleft(),), callback=results.put, error_callback=results.put)
-                in_flight += 1
-            result = results.get()
-            in_flight -= 1
-            if isinstance(result, BaseException):
-                raise result
-            yield result
+                in_flight.add(pool.submit(job, waiting.popleft()))
+            finished, in_flight = wait(in_flight, return_when=FIRST_COMPLETED)
+            for future in finished:
+                yield _result(future)
+    finally:  # on an error or a stopped caller: the queued series are dropped, the running ones finish
+        pool.shutdown(cancel_futures=True)
+
+
+def _result(future: Future) -> int:
+    """A finished conversion's result; WorkerError when its process died (a pool that loses a process
+    can no longer run anything, and its parts written so far are what a rerun resumes from)."""
+    try:
+        return future.result()
+    except BrokenProcessPool:
+        raise WorkerError("an ingest worker process died (killed by the system, e.g. out of memory, or "
+                          "crashed in native code): the series finished are kept, so the same command "
+                          "resumes; --workers 1 shows which series it was") from None
 
 
 def _finished_summary(out: Path, params: IngestSettings) -> IngestSummary | None:

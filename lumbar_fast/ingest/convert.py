@@ -15,7 +15,7 @@ import pandas as pd
 
 from lumbar_fast import cache, dicom, rsna
 from lumbar_fast.cache import IngestSettings
-from lumbar_fast.errors import typed_line
+from lumbar_fast.errors import NOT_A_FAILURE, typed_line
 from lumbar_fast.ingest.plan import LevelLabel, SeriesTask, error_row
 
 
@@ -54,7 +54,9 @@ def convert_series(task: SeriesTask, params: IngestSettings) -> SeriesPart:
     exception no check foresaw becomes the series' error row, so that it cannot end the ingest."""
     try:
         return _convert(task, params)
-    except Exception as exc:
+    except NOT_A_FAILURE:
+        raise
+    except BaseException as exc:
         reason = f"series cannot be converted: {typed_line(exc)}"
         return _part(task, params, [], [], [error_row(task.study_id, task.series_id, task.folder, reason)],
                      [], [])
