@@ -118,16 +118,27 @@ class RunFolder:
 
     def read_config(self) -> dict[str, Any]:
         """The arguments stored in config.json."""
-        return json.loads(self.file(CONFIG).read_text())["arguments"]
+        return self._config_document()["arguments"]
 
     def read_cache_settings(self) -> dict[str, Any]:
         """The settings of the cache the run trained on, as config.json records them; a run from before they
         were recorded is a one-line error."""
-        settings = json.loads(self.file(CONFIG).read_text()).get("cache_settings")
+        settings = self._config_document().get("cache_settings")
         if settings is None:
             raise LumbarFastError(f"{self.path} records no settings of its training cache: it was trained by "
                                   "an earlier lumbar-fast; train it again (docs/CHANGELOG.md)")
         return settings
+
+    def _config_document(self) -> dict[str, Any]:
+        """config.json as written by `write_config`; a one-line error for one damaged or edited by hand."""
+        path = self.file(CONFIG)
+        try:
+            document = json.loads(path.read_text())
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise LumbarFastError(f"cannot read {path}: {first_line(exc)}") from None
+        if not isinstance(document, dict) or not isinstance(document.get("arguments"), dict):
+            raise LumbarFastError(f"{path} is damaged: it holds no object with the run's \"arguments\"")
+        return document
 
     def write_table(self, name: str, table: pd.DataFrame) -> None:
         """A CSV file of the run (split.csv, val_predictions.csv)."""

@@ -4,6 +4,7 @@ import dataclasses
 import importlib
 import subprocess
 import sys
+from pathlib import Path
 
 import click
 import pytest
@@ -41,6 +42,9 @@ def test_unknown_command_fails_cleanly():
     (("train", "--sequence", "sag_t1", "--cache", "c.zarr", "--out", "runs", "--calibration", "platt"),
      "'platt' is not one of"),
     (("ingest",), "Missing argument 'DATA_DIR'"),
+    (("train", "--sequence", "sag_t1", "--cache", "c.zarr", "--out", __file__), "Directory"),  # a file
+    (("predict", "run", "--cache", "c.zarr", "--out", str(Path(__file__).parent)), "is a directory"),
+    (("locate", "run", "--cache", "c.zarr", "--out", str(Path(__file__).parent)), "is a directory"),
 ])
 def test_usage_errors_are_one_line(argv, message):
     result = run_cli(*argv)

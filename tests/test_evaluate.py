@@ -177,6 +177,7 @@ def test_bad_input_is_one_line_error(trained_runs, tmp_path, run_cli):
         "does not exist": [tmp_path / "nowhere", "--out", tmp_path / "r"],
         "both sag_t2 fold 0": [runs[1], runs[1], "--out", tmp_path / "r"],
         "no-cache.zarr": [runs[0], "--cache", tmp_path / "no-cache.zarr", "--out", tmp_path / "r"],
+        "'--out': Directory": [runs[0], "--out", Path(__file__)],  # a file: refused before any work
     }
     for message, args in cases.items():
         code, _, stderr = run_cli("evaluate", *args)

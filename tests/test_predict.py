@@ -29,7 +29,7 @@ from lumbar_fast.predict import (
     fill_rows,
     location_probabilities,
 )
-from lumbar_fast.runfolder import BEST, RunFolder
+from lumbar_fast.runfolder import BEST, CONFIG, RunFolder
 
 PRIORS = {"sag_t1": np.array([0.7, 0.2, 0.1]), "sag_t2": np.array([0.8, 0.1, 0.1]),
           "ax_t2": np.array([0.6, 0.3, 0.1])}
@@ -97,10 +97,18 @@ def fake_run(path: Path, sequence: str = "sag_t2", fold: int = 0, view: str = "l
     return path
 
 
+def damaged_config(path: Path, text: str) -> Path:
+    """A fake run whose config.json holds `text`."""
+    (fake_run(path) / CONFIG).write_text(text)
+    return path
+
+
 def test_read_runs_refuses_bad_run_folders(tmp_path):
     good = fake_run(tmp_path / "good")
     (tmp_path / "empty").mkdir()
     cases = {
+        "cannot read .*config.json: Expecting": [damaged_config(tmp_path / "cut", '{"arguments": {')],
+        "config.json is damaged": [damaged_config(tmp_path / "list", "[]")],
         "does not exist": [tmp_path / "nowhere"],
         "not a run folder": [tmp_path / "empty"],
         "has no best.pt": [fake_run(tmp_path / "unfinished", best=False)],

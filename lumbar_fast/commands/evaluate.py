@@ -12,7 +12,7 @@ from lumbar_fast.commands.options import inference_options
 
 @click.command("evaluate")
 @click.argument("runs", nargs=-1, required=True, type=click.Path(path_type=Path))
-@click.option("--out", "out_dir", required=True, type=click.Path(path_type=Path),
+@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False, path_type=Path),
               help="Folder for report.md, report.json, predictions.csv and the pictures (classifier runs), "
                    "locator_predictions.csv (locator runs).")
 @click.option("--cache", "cache_path", type=click.Path(path_type=Path),

@@ -13,7 +13,7 @@ from lumbar_fast.commands.options import device_option
 @click.argument("runs", nargs=-1, required=True, type=click.Path(path_type=Path))
 @click.option("--cache", "cache_path", required=True, type=click.Path(path_type=Path),
               help="Cache of the studies to locate (train or test split; stacks are enough).")
-@click.option("--out", required=True, type=click.Path(path_type=Path),
+@click.option("--out", required=True, type=click.Path(dir_okay=False, path_type=Path),
               help="CSV to write, in train_label_coordinates.csv format (for `ingest --coordinates`).")
 @device_option
 def command(runs: tuple[Path, ...], cache_path: Path, out: Path, device: str) -> None:

@@ -77,8 +77,10 @@ def run_options(sequence_help: str, cache_help: str) -> Callable[[Callable], Cal
     options = [
         click.option("--sequence", type=click.Choice(list(SEQUENCES)), help=sequence_help),
         click.option("--cache", type=click.Path(), help=cache_help),
-        click.option("--out", type=click.Path(), help="Runs folder: the run gets a new sub-folder in it."),
-        click.option("--run-dir", type=click.Path(), help="The run's folder itself (instead of --out)."),
+        click.option("--out", type=click.Path(file_okay=False),
+                     help="Runs folder: the run gets a new sub-folder in it."),
+        click.option("--run-dir", type=click.Path(file_okay=False),
+                     help="The run's folder itself (instead of --out)."),
         click.option("--fold", default=0, show_default=True, help="Validation fold."),
         click.option("--folds", default=5, show_default=True, help="Number of study-level folds."),
         click.option("--split-seed", default=0, show_default=True, help="Seed of the study-level split."),

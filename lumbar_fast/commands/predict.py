@@ -18,7 +18,8 @@ from lumbar_fast.commands.options import inference_options
 @click.option("--data", "data_dir", type=click.Path(path_type=Path),
               help="Or a competition folder (test_images/, test_series_descriptions.csv): ingest, locate "
                    "(--locators), ingest the crops at the located points with the runs' settings, predict.")
-@click.option("--out", required=True, type=click.Path(path_type=Path), help="The submission CSV to write.")
+@click.option("--out", required=True, type=click.Path(dir_okay=False, path_type=Path),
+              help="The submission CSV to write.")
 @click.option("--allow-prior", is_flag=True,
               help="Fill rows without a crop from the runs' training prior (reweighted 1/2/4 as the metric "
                    "weighs the grades: the best constant prediction) instead of failing.")

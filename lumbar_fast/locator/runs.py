@@ -41,8 +41,8 @@ def is_locator_run(run_dir: Path) -> bool:
     """Whether a folder holds a `train-locator` run: its config.json says so."""
     try:
         return RunFolder(Path(run_dir)).read_config().get("kind") == KIND
-    except (OSError, ValueError, KeyError):
-        return False  # not a run at all: whoever opens it next names what is wrong
+    except LumbarFastError:
+        return False  # not a run at all, or a damaged one: whoever opens it next names what is wrong
 
 
 def load_locator_checkpoint(run_dir: Path) -> dict:
