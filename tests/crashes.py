@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import sys
+from pathlib import Path
 from typing import Any
 
 from lumbar_fast.testhooks import KILL_AFTER_EPOCHS_ENV
@@ -15,11 +16,13 @@ from lumbar_fast.testhooks import KILL_AFTER_EPOCHS_ENV
 TIMINGS = ("train_seconds", "train_images_per_s", "train_slices_per_s", "epoch_seconds")
 
 
-def killed_after_epochs(args: list[str], epochs: int, timeout_s: float = 600) -> None:
-    """Run `lumbar-fast ARGS` until it SIGKILLs itself right after committing `epochs` epochs: a real crash
-    at a known point, no polling."""
+def killed_after_epochs(args: list[str], epochs: int, timeout_s: float = 600,
+                        cwd: Path | None = None) -> None:
+    """Run `lumbar-fast ARGS` (in folder `cwd`) until it SIGKILLs itself right after committing `epochs`
+    epochs: a real crash at a known point, no polling."""
     result = subprocess.run([sys.executable, "-m", "lumbar_fast", *args], capture_output=True, text=True,
-                            env={**os.environ, KILL_AFTER_EPOCHS_ENV: str(epochs)}, timeout=timeout_s)
+                            env={**os.environ, KILL_AFTER_EPOCHS_ENV: str(epochs)}, timeout=timeout_s,
+                            cwd=cwd)
     assert result.returncode == -signal.SIGKILL, result.stderr[-2000:]
 
 

@@ -295,16 +295,20 @@ def test_slice_view_gives_each_label_its_whole_slice(learning_cache, tmp_path):
 
 def test_resume_after_a_kill_equals_an_uninterrupted_run(learning_cache, tmp_path, run_cli):
     """A training process SIGKILLs itself right after committing epoch 1; --resume it, and compare with a run
-    that was never interrupted: the same weights and metrics, bit for bit (CPU, same seed)."""
-    args = ["train", "--sequence", "sag_t1", "--cache", str(learning_cache), "--model", "test_efficientnet",
+    that was never interrupted: the same weights and metrics, bit for bit (CPU, same seed). The killed run
+    was given its cache by a path relative to another folder: it records it resolved."""
+    args = ["train", "--sequence", "sag_t1", "--cache", learning_cache.name, "--model", "test_efficientnet",
             "--no-pretrained", "--epochs", "3", "--batch-size", "8", "--folds", "3", "--limit-batches", "3",
             "--loader", "torch", "--device", "cpu", "--no-progress"]
     whole, killed = tmp_path / "whole", tmp_path / "killed"
     train(quick_config(learning_cache, whole, batch_size=8, limit_batches=3, loader="torch"))
-    killed_after_epochs([*args, "--run-dir", str(killed)], 1)
+    killed_after_epochs([*args, "--run-dir", str(killed)], 1, cwd=learning_cache.parent)
     assert RunFolder(killed).load_checkpoint("last.pt")["epoch"] == 1
-    code, _, err = run_cli("train", "--resume", killed)  # in-process: the kill needed a process, this not
-    assert code == 0, err
+    assert RunFolder(killed).read_config()["cache"] == str(learning_cache.resolve())
+    code, _, err = run_cli("train", "--resume", killed, "--epochs", "4", "--cache", learning_cache)
+    assert code == 2 and "leave out --cache, --epochs (or start a new run" in err, err  # not silently ignored
+    code, _, err = run_cli("train", "--resume", killed, "--device", "cpu")  # in-process: the kill needed a
+    assert code == 0, err                                                   # process, this not
 
     for name in ("last.pt", "best.pt"):
         expected, got = RunFolder(whole).load_checkpoint(name), RunFolder(killed).load_checkpoint(name)

@@ -8,6 +8,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -30,10 +31,11 @@ def train(config: TrainConfig) -> Path:
     return loop.start(config.resolved(open_cache(config.cache).slices_per_crop()), prepare_classifier)
 
 
-def resume(run_dir: str | Path) -> Path:
+def resume(run_dir: str | Path, **session: Any) -> Path:
     """Continue a run from its last.pt (model, optimiser, scaler, schedule, early stopping, RNG) to the same
-    result as an uninterrupted run; a finished run only repeats its closing calibration."""
-    return loop.resume(run_dir, TrainConfig.from_record, prepare_classifier)
+    result as an uninterrupted run; a finished run only repeats its closing calibration. `session`: device,
+    progress (loop.resume)."""
+    return loop.resume(run_dir, TrainConfig.from_record, prepare_classifier, **session)
 
 
 @dataclass(frozen=True)

@@ -61,15 +61,34 @@ def inference_options(function: Callable) -> Callable:
     return stacked(options)(function)
 
 
-def start_or_resume(resume_dir: str | None, run: dict[str, Any], resume: Callable[[str], Path],
+def start_or_resume(resume_dir: str | None, run: dict[str, Any], resume: Callable[..., Path],
                     start: Callable[[], Path]) -> Path:
-    """A training command's run: --resume RUN_DIR continues one, else `run` (run_options' values, with
-    --sequence and --cache) starts one."""
+    """A training command's run: --resume RUN_DIR continues one (with this session's --device and
+    --no-progress, when given), else `run` (run_options' values, with --sequence and --cache) starts one."""
     if resume_dir is not None:
-        return resume(resume_dir)
+        return resume(resume_dir, **resume_session())
     if run["sequence"] is None or run["cache"] is None:
         raise LumbarFastError("--sequence and --cache are required (or --resume RUN_DIR)")
     return start()
+
+
+#: the options --resume may be given with: how this session runs (device, progress bar, the torchrun
+#: relaunch), not what the run is, which its config.json records
+SESSION_OPTIONS = {"resume_dir", "nproc", "device", "no_progress"}
+
+
+def resume_session() -> dict[str, Any]:
+    """The config fields this session's --device and --no-progress change on --resume; any other option
+    typed beside --resume (a --cache, a longer --epochs) would be silently ignored, so it is refused."""
+    context = click.get_current_context()
+    typed = {param.name: param for param in context.command.params
+             if context.get_parameter_source(param.name) is click.core.ParameterSource.COMMANDLINE}
+    refused = [param.opts[0] for name, param in typed.items() if name not in SESSION_OPTIONS]
+    if refused:
+        raise click.UsageError(f"--resume continues a run with the options its config.json records; leave "
+                               f"out {', '.join(refused)} (or start a new run to change them)")
+    session = {"device": context.params["device"]} if "device" in typed else {}
+    return session | ({"progress": False} if "no_progress" in typed else {})
 
 
 def run_options(sequence_help: str, cache_help: str) -> Callable[[Callable], Callable]:

@@ -31,10 +31,11 @@ def train_locator(config: LocatorConfig) -> Path:
     return loop.start(config, prepare_locator)
 
 
-def resume_locator(run_dir: str | Path) -> Path:
-    """Continue a locator run from its last.pt to the same result as an uninterrupted run."""
+def resume_locator(run_dir: str | Path, **session: Any) -> Path:
+    """Continue a locator run from its last.pt to the same result as an uninterrupted run. `session`:
+    device, progress (loop.resume)."""
     refuse_several_processes()
-    return loop.resume(run_dir, LocatorConfig.from_record, prepare_locator)
+    return loop.resume(run_dir, LocatorConfig.from_record, prepare_locator, **session)
 
 
 def is_locator_run(run_dir: Path) -> bool:

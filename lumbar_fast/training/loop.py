@@ -31,7 +31,9 @@ def new_run_folder(config: TaskConfig) -> RunFolder:
 
 
 def start(config: C, prepare: Prepare) -> Path:
-    """A new run of a checked config: its folder (one for every rank), the task, config.json, then fit."""
+    """A new run of a checked config: its folder (one for every rank), the task, config.json, then fit. The
+    cache is recorded by its absolute path, which resume, evaluate and predict find from any folder."""
+    config = dataclasses.replace(config, cache=str(Path(config.cache).resolve()))
     with distributed.process_group(resolve_device(config.device)):
         run = distributed.on_main(new_run_folder, config)
         task = prepare(config, run)
@@ -39,12 +41,14 @@ def start(config: C, prepare: Prepare) -> Path:
         return fit(run, task, RunState(EarlyStopping(task.mode, config.patience)))
 
 
-def resume(run_dir: str | Path, read_config: Callable[[dict[str, Any]], C], prepare: Prepare) -> Path:
+def resume(run_dir: str | Path, read_config: Callable[[dict[str, Any]], C], prepare: Prepare,
+           **session: Any) -> Path:
     """Continue a run from its last.pt (every rank loads it) to the same result as an uninterrupted run; a
-    finished run only repeats the task's closing step (`TrainingTask.finish`)."""
+    finished run only repeats the task's closing step (`TrainingTask.finish`). `session` overrides how the
+    run is carried out (device, progress), never what it is."""
     run = RunFolder.open_existing(Path(run_dir))
     try:
-        config = read_config(run.read_config())
+        config = dataclasses.replace(read_config(run.read_config()), **session)
     except TypeError as exc:
         raise LumbarFastError(f"{run_dir} was written by an incompatible version or another command: "
                               f"{exc}") from None
