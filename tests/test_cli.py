@@ -45,6 +45,8 @@ def test_unknown_command_fails_cleanly():
     (("train", "--sequence", "sag_t1", "--cache", "c.zarr", "--out", __file__), "Directory"),  # a file
     (("predict", "run", "--cache", "c.zarr", "--out", str(Path(__file__).parent)), "is a directory"),
     (("locate", "run", "--cache", "c.zarr", "--out", str(Path(__file__).parent)), "is a directory"),
+    (("train", "--sequence", "sag_t1", "--cache", "c.zarr", "--out", "runs", "--limit-batches", "0"),
+     "'--limit-batches': 0 is not in the range x>=1"),
 ])
 def test_usage_errors_are_one_line(argv, message):
     result = run_cli(*argv)
@@ -84,3 +86,10 @@ def test_training_commands_default_to_their_configs_defaults(name, config):
                 if param.name in fields and param.default not in (None, unset)}
     assert {"epochs", "lr", "patience", "seed", "model"} <= set(defaults)
     assert defaults == {name: fields[name] for name in defaults}
+
+
+@pytest.mark.parametrize("config, limit", [(TrainConfig, "limit_batches"), (LocatorConfig, "limit_series")])
+def test_a_smoke_run_limit_of_zero_is_refused_before_any_work(config, limit):
+    """An epoch of 0 batches left a run folder behind and ended on a misleading "no labelled items"."""
+    with pytest.raises(LumbarFastError, match=f"--{limit.replace('_', '-')} must be at least 1"):
+        config(sequence="sag_t2", cache="c.zarr", out="runs", **{limit: 0}).check()

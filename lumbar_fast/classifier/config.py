@@ -99,8 +99,9 @@ class TrainConfig(RunConfig):
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 raise LumbarFastError(f"--{name.replace('_', '-')} must be one of {', '.join(allowed)}")
-        if self.epochs < 1 or self.batch_size < 1 or self.patience < 1:
-            raise LumbarFastError("--epochs, --batch-size and --patience must be at least 1")
+        if (self.epochs < 1 or self.batch_size < 1 or self.patience < 1
+                or (self.limit_batches is not None and self.limit_batches < 1)):
+            raise LumbarFastError("--epochs, --batch-size, --patience and --limit-batches must be at least 1")
         if not 0 <= self.label_smoothing < 1:
             raise LumbarFastError(f"--label-smoothing {self.label_smoothing} is outside 0..1")
         if not 0 <= self.shift <= 0.5:

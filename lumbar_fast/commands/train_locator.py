@@ -26,8 +26,8 @@ from lumbar_fast.commands import options
 @click.option("--no-augment", is_flag=True, help="Train without augmentation.")
 @options.amp_option
 @options.session_options("Seed of model init, order, augmentation.",
-                         click.option("--limit-series", type=int, help="Stop each epoch after N series "
-                                      "(smoke runs)."))
+                         click.option("--limit-series", type=click.IntRange(min=1),
+                                      help="Stop each epoch after N series (smoke runs)."))
 def command(model, no_pretrained, image_size, width, epochs, lr, patience, monitor, max_slices, no_augment,
             amp, device, seed, limit_series, resume_dir, no_progress, **run) -> None:
     """Train a sequence's locator: which slice holds each level's point, and where on it."""
