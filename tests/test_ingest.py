@@ -527,6 +527,11 @@ def test_a_changed_coordinates_file_at_the_same_path_is_not_taken_for_up_to_date
     with pytest.raises(CacheError, match=r"\(coordinates CSV content changed\)"):
         ingest(tiny_data, out, size=32, coordinates=points, workers=1, progress=False)
     assert cache.open_cache(out).attrs["cache_id"] == before  # the finished cache is left as it was
+    data = shutil.copytree(tiny_data, tmp_path / "data", copy_function=os.link)
+    ingest(data, tmp_path / "d.zarr", size=32, workers=1, progress=False)
+    (data / "train.csv").unlink()
+    with pytest.raises(CacheError, match=r"\(labels CSV now missing\)"):
+        ingest(data, tmp_path / "d.zarr", size=32, workers=1, progress=False)
     group = zarr.open_group(out, mode="r+")  # a cache of the version before input digests
     group.attrs["params"] = {k: v for k, v in group.attrs["params"].items() if k != "input_digests"}
     with pytest.raises(CacheError, match="earlier version"):

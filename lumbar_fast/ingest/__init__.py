@@ -187,11 +187,18 @@ def _changes(made: dict, wanted: dict) -> str:
     digests = made["params"].get("input_digests")
     if digests is None:
         return "made by an earlier version, which kept no digests of its input CSVs"
-    changed = [key for key, value in wanted["params"].items()
+    changed = [f"{key} changed" for key, value in wanted["params"].items()
                if key != "input_digests" and value != made["params"].get(key)]
-    changed += [f"{name} CSV content" for name, digest in wanted["params"]["input_digests"].items()
-                if digests.get(name) != digest]
-    return f"{', '.join(sorted(changed)) or 'split'} changed"
+    changed += [_csv_change(name, digests.get(name), digest)
+                for name, digest in wanted["params"]["input_digests"].items() if digests.get(name) != digest]
+    return ", ".join(sorted(changed)) or "split changed"
+
+
+def _csv_change(name: str, made: str | None, now: str | None) -> str:
+    """How one input CSV differs from the one a cache was made from (digests; None: the file is absent)."""
+    if now is None:
+        return f"{name} CSV now missing"
+    return f"{name} CSV added" if made is None else f"{name} CSV content changed"
 
 
 def _prepare_work_dir(out: Path, params: IngestSettings) -> Path:
