@@ -161,7 +161,7 @@ def refuse_rows_without_crops(solution: pd.DataFrame, cache: CacheReader) -> Non
         raise LumbarFastError(
             f"{studies} studies lack crops for {no_crop.sum()} rows (first: study {first.study_id}, "
             f"{first.condition} {first.level}); locate them (--locators) or pass "
-            "--allow-prior to fill those rows from the training prior")
+            "--allow-prior to fill those rows with the best constant prediction (from the training prior)")
 
 
 @dataclass
@@ -241,6 +241,8 @@ def predict(run_paths: Sequence[Path], cache_path: Path, out: Path, allow_prior:
     runs = read_runs(run_paths)
     check_sequences(runs)
     cache = open_cache(cache_path)
+    for run in runs:  # the located cache takes this cache's settings: refused before locating, not after
+        check_fits(run.settings, cache, run.path, run.sequence)
     derived = located_cache(locator_runs, cache, out, options.device) if locator_runs else None
     if derived is not None:
         cache = open_cache(derived)

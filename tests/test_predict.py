@@ -242,6 +242,8 @@ def test_a_cache_that_does_not_fit_the_runs_is_refused_in_one_line(trained_runs,
     cases = {
         "canonical side off, not on": [
             ("predict", *runs, "--cache", unmirrored, "--out", tmp_path / "s.csv"),
+            ("predict", *runs, "--cache", unmirrored, "--locators", tmp_path / "unread", "--out",
+             tmp_path / "s.csv"),  # refused before locating (an unread locator run would fail there)
             ("evaluate", *runs, "--cache", unmirrored, "--out", tmp_path / "report")],
         "32-pixel images, not 64": [
             ("predict", *runs, "--cache", small, "--out", tmp_path / "s.csv", "--allow-prior"),

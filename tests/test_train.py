@@ -32,7 +32,7 @@ from lumbar_fast.classifier.steps import (
     restore_training_state,
     snapshot_training_state,
 )
-from lumbar_fast.classifier.task import check_fold, loader_config, prepare_classifier
+from lumbar_fast.classifier.task import ClassifierTask, check_fold, loader_config, prepare_classifier
 from lumbar_fast.cli import main
 from lumbar_fast.errors import LumbarFastError
 from lumbar_fast.loaders.gpu import gpu_count
@@ -100,6 +100,20 @@ def test_early_stopping_counts_epochs_without_improvement():
     lower = EarlyStopping("min", patience=1)
     assert [lower.update(v, e) for e, v in enumerate([1.0, 0.8, 0.9])] == [True, True, False]
     assert lower.should_stop
+
+
+def test_a_diverged_epoch_is_never_the_best_and_its_line_still_prints():
+    """A NaN loss (None once recorded) as the first value used to become the best, which nothing beats."""
+    stopper = EarlyStopping("min", patience=3)
+    values = [float("nan"), None, 1.2, float("nan"), 1.1]
+    assert [stopper.update(v, e) for e, v in enumerate(values)] == [False, False, True, False, True]
+    assert stopper.best == 1.1 and stopper.best_epoch == 4
+    keys = ("train_loss", "train_accuracy", "val_loss", "val_accuracy", "val_majority_accuracy",
+            "val_balanced_accuracy", "val_weighted_log_loss", "val_prior_weighted_log_loss",
+            "val_constant_weighted_log_loss")
+    record = {"epoch": 1, "train_images_per_s": 10.0, **dict.fromkeys(keys), "train_accuracy": 0.5}
+    line = ClassifierTask.epoch_line(None, record)
+    assert line.startswith("epoch 1: train loss n/a acc 0.500 | val loss n/a"), line
 
 
 def test_level_off_control_takes_the_adjacent_level():

@@ -4,6 +4,7 @@ predictions, and what its checkpoints hold (`lumbar_fast.training.task.TrainingT
 from __future__ import annotations
 
 import dataclasses
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -39,7 +40,7 @@ from lumbar_fast.models.classifier import uses_windows
 from lumbar_fast.runfolder import PREDICTIONS, RunFolder
 from lumbar_fast.split import load_or_create_split, train_val_studies
 from lumbar_fast.training.amp import amp_dtype_for
-from lumbar_fast.training.records import EpochBar
+from lumbar_fast.training.records import EpochBar, shown
 from lumbar_fast.training.rng import seed_everything
 from lumbar_fast.training.task import TaskKind, TrainingTask
 
@@ -107,13 +108,14 @@ class ClassifierTask(TrainingTask):
 
     def epoch_line(self, record: dict[str, Any]) -> str:
         """One line per epoch on stdout: the numbers that tell whether the model learns."""
-        return (f"epoch {record['epoch']}: train loss {record['train_loss']:.4f} "
-                f"acc {record['train_accuracy']:.3f} | val loss {record['val_loss']:.4f} "
-                f"acc {record['val_accuracy']:.3f} (majority {record['val_majority_accuracy']:.3f}) "
-                f"balanced {record['val_balanced_accuracy']:.3f} "
-                f"wll {record['val_weighted_log_loss']:.4f} "
-                f"(prior {record['val_prior_weighted_log_loss']:.4f}, "
-                f"best constant {record['val_constant_weighted_log_loss']:.4f}) "
+        number = partial(shown, record)
+        return (f"epoch {record['epoch']}: train loss {number('train_loss', 4)} "
+                f"acc {number('train_accuracy', 3)} | val loss {number('val_loss', 4)} "
+                f"acc {number('val_accuracy', 3)} (majority {number('val_majority_accuracy', 3)}) "
+                f"balanced {number('val_balanced_accuracy', 3)} "
+                f"wll {number('val_weighted_log_loss', 4)} "
+                f"(prior {number('val_prior_weighted_log_loss', 4)}, "
+                f"best constant {number('val_constant_weighted_log_loss', 4)}) "
                 f"| {record['train_images_per_s']:.0f} img/s")
 
 

@@ -7,6 +7,7 @@ slice error and the level naming (`locator.metrics`), beside the mean-position b
 from __future__ import annotations
 
 import dataclasses
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -31,7 +32,7 @@ from lumbar_fast.models.locator import Locator
 from lumbar_fast.runfolder import RunFolder
 from lumbar_fast.split import load_or_create_split, train_val_studies
 from lumbar_fast.training.amp import amp_dtype_for
-from lumbar_fast.training.records import EpochBar
+from lumbar_fast.training.records import EpochBar, shown
 from lumbar_fast.training.rng import seed_everything
 from lumbar_fast.training.task import TaskKind, TrainingTask
 
@@ -104,9 +105,7 @@ class LocatorTask(TrainingTask):
 
     def epoch_line(self, record: dict[str, Any]) -> str:
         """One line per epoch on stdout: losses and the localisation numbers."""
-        def number(key: str, digits: int) -> str:
-            value = record.get(key)
-            return "n/a" if value is None else f"{value:.{digits}f}"
+        number = partial(shown, record)
         return (f"epoch {record['epoch']}: train loss {number('train_loss', 3)} "
                 f"| val loss {number('val_loss', 3)} "
                 f"point error median {number('val_point_error_median_mm', 2)} mm "

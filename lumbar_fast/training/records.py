@@ -23,6 +23,13 @@ def plain(value: Any) -> Any:
     return value
 
 
+def shown(record: dict[str, Any], key: str, digits: int) -> str:
+    """A record's number for an epoch line with `digits` decimals; "n/a" where the record holds None (a
+    non-finite value, `plain`) or nothing."""
+    value = record.get(key)
+    return "n/a" if value is None else f"{value:.{digits}f}"
+
+
 class EpochBar:
     """A training epoch's progress bar, with the throughput of `unit` (images, slices) per second."""
 

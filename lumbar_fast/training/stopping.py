@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from lumbar_fast import distributed
@@ -20,9 +21,13 @@ class EarlyStopping:
         self.best_epoch = -1
         self.bad_epochs = 0
 
-    def update(self, value: float, epoch: int) -> bool:
-        """Record one epoch's value; True when it is the best so far."""
-        better = self.best is None or (value > self.best if self.mode == "max" else value < self.best)
+    def update(self, value: float | None, epoch: int) -> bool:
+        """Record one epoch's value; True when it is the best so far. A value that is no finite number (a
+        diverged loss: NaN, or None in a record) is never the best, so it cannot block every later epoch."""
+        if value is None or not math.isfinite(value):
+            better = False
+        else:
+            better = self.best is None or (value > self.best if self.mode == "max" else value < self.best)
         if better:
             self.best, self.best_epoch, self.bad_epochs = value, epoch, 0
         else:
