@@ -24,7 +24,7 @@ from lumbar_fast.locator.decode import (
     to_coordinates_csv,
 )
 from lumbar_fast.locator.locate import write_coordinates
-from lumbar_fast.locator.losses import gaussian_heatmap
+from lumbar_fast.locator.losses import gaussian_heatmap, series_loss
 from lumbar_fast.locator.metrics import (
     localisation_metrics,
     mean_position_predictions,
@@ -206,6 +206,19 @@ def test_window_keeps_only_the_targets_inside(sag_t1):
     inside = (target.position >= 2) & (target.position < 7)
     np.testing.assert_array_equal(cut_target.present, inside)
     np.testing.assert_array_equal(cut_target.position[inside], target.position[inside] - 2)
+
+
+def test_a_point_moved_out_of_the_image_keeps_its_slice_target_but_no_heatmap_target():
+    """The augmentation's shift, zoom and rotation can move a labelled point past the image's edge, where a
+    Gaussian over the heatmap's cells would pile its mass onto the border."""
+    torch.manual_seed(0)
+    heatmaps, slice_logits = torch.randn(5, 3, 8, 8), torch.randn(5, 3)
+    uv = np.array([[0.5, 0.5], [0.3, 0.6], [1.2, 0.5]])
+    both = series_loss(heatmaps, slice_logits, SeriesTargets(np.array([1, 2, 3]), uv))
+    two = series_loss(heatmaps, slice_logits, SeriesTargets(np.array([1, 2, -1]), uv))
+    assert torch.allclose(both[0], two[0]) and not torch.allclose(both[1], two[1])
+    gone = series_loss(heatmaps, slice_logits, SeriesTargets(np.array([-1, -1, 3]), uv))
+    assert gone[0] == 0 and gone[1] > 0
 
 
 # -- positional prior ----------------------------------------------------------------------------------------

@@ -34,18 +34,24 @@ def slice_distribution(position: int, length: int, sigma: float = SLICE_SIGMA) -
 
 def series_loss(heatmaps: torch.Tensor, slice_logits: torch.Tensor,
                 target: SeriesTargets) -> tuple[torch.Tensor, torch.Tensor]:
-    """(heatmap loss, slice loss) of one series: cross-entropies against the Gaussian targets."""
+    """(heatmap loss, slice loss) of one series: cross-entropies against the Gaussian targets. A point that
+    the augmentation moved out of the image has no heatmap target (it would pile onto the border cells),
+    but keeps its slice target."""
     present = np.flatnonzero(target.present)
+    zero = heatmaps.sum() * 0.0
     if len(present) == 0:
-        zero = heatmaps.sum() * 0.0
         return zero, zero
     device = heatmaps.device
     k = torch.from_numpy(present).to(device)
     positions = target.position[present]
     height, width = heatmaps.shape[-2:]
-    logits = heatmaps[torch.from_numpy(positions).to(device), k].reshape(len(present), -1)
-    wanted = gaussian_heatmap(torch.from_numpy(target.uv[present]).float(), height, width).to(device)
-    heatmap_loss = -(wanted * F.log_softmax(logits, dim=1)).sum(dim=1).mean()
+    seen = np.flatnonzero(((target.uv[present] >= 0) & (target.uv[present] <= 1)).all(axis=1))
+    heatmap_loss = zero
+    if len(seen):
+        rows, targets = (torch.from_numpy(index).to(device) for index in (positions[seen], present[seen]))
+        logits = heatmaps[rows, targets].reshape(len(seen), -1)
+        wanted = gaussian_heatmap(torch.from_numpy(target.uv[present[seen]]).float(), height, width)
+        heatmap_loss = -(wanted.to(device) * F.log_softmax(logits, dim=1)).sum(dim=1).mean()
     log_p = F.log_softmax(slice_logits[:, k], dim=0)  # (N, M): softmax over the series' slices
     wanted_slices = torch.stack([slice_distribution(int(p), len(slice_logits)) for p in positions], dim=1)
     wanted_slices = wanted_slices.to(device)
