@@ -28,7 +28,8 @@ AMP_MODES = ("auto", "bf16", "fp16", "none")
 #: curves.png of a classifier run: its loss beside the prior's, its accuracy beside the majority class's
 PANELS: Panels = {
     "loss (baseline dashed)": (
-        ("train_loss", "train loss", "-"), ("val_loss", "val loss", "-"),
+        ("train_loss", "train loss (as trained: class-weighted, augmented)", "-"),
+        ("val_loss", "val loss (unweighted)", "-"),
         ("val_weighted_log_loss", "val weighted log loss", "-"),
         ("val_prior_weighted_log_loss", "prior's weighted log loss", "--"),
         ("val_constant_weighted_log_loss", "best constant's weighted log loss", ":")),
