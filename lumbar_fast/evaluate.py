@@ -28,7 +28,7 @@ from lumbar_fast.errors import LumbarFastError
 from lumbar_fast.ingest.plan import label_files
 from lumbar_fast.loaders.gpu import resolve_device
 from lumbar_fast.locator.metrics import LOCALISATION_FIGURES, summarise_localisation
-from lumbar_fast.locator.runs import RunEvaluation, evaluate_run, is_locator_run
+from lumbar_fast.locator.runs import RunEvaluation, evaluate_run, locator_runs_apart
 from lumbar_fast.phantom.answer_key import best_possible, gap_report
 from lumbar_fast.plots import plot_confusions
 from lumbar_fast.predict import (
@@ -293,8 +293,7 @@ def evaluate(run_paths: Sequence[Path], out_dir: Path, cache_path: Path | None =
     options = options or EvaluateOptions()
     if not run_paths:
         raise LumbarFastError("give at least one run folder")
-    locator_paths = [Path(path) for path in run_paths if is_locator_run(Path(path))]
-    classifier_paths = [Path(path) for path in run_paths if Path(path) not in locator_paths]
+    classifier_paths, locator_paths = locator_runs_apart(run_paths)
     located = evaluate_locators(locator_paths, cache_path, options) if locator_paths else None
     classifiers = (evaluate_classifiers(classifier_paths, out_dir, cache_path, options) if classifier_paths
                    else None)

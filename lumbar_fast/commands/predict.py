@@ -42,11 +42,11 @@ def command(runs: tuple[Path, ...], cache_path: Path | None, data_dir: Path | No
     expands it)."""
     if (cache_path is None) == (data_dir is None):
         raise click.UsageError("give exactly one of --cache and --data")
-    from lumbar_fast.locator.runs import is_locator_run
+    from lumbar_fast.locator.runs import locator_runs_apart
     from lumbar_fast.predict import InferenceOptions, predict
 
-    locator_runs = (*locator_runs, *(run for run in runs if is_locator_run(run)))
-    runs = tuple(run for run in runs if not is_locator_run(run))
+    classifier_runs, among_runs = locator_runs_apart(runs)
+    runs, locator_runs = tuple(classifier_runs), (*locator_runs, *among_runs)
     if not runs:
         raise click.UsageError("give at least one classifier run (of `lumbar-fast train`)")
 

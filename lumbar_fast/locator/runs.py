@@ -4,6 +4,7 @@ a classifier run, read its best checkpoint back as a model, and evaluate it on i
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -44,6 +45,13 @@ def is_locator_run(run_dir: Path) -> bool:
         return RunFolder(Path(run_dir)).read_config().get("kind") == KIND
     except LumbarFastError:
         return False  # not a run at all, or a damaged one: whoever opens it next names what is wrong
+
+
+def locator_runs_apart(run_dirs: Sequence[Path]) -> tuple[list[Path], list[Path]]:
+    """(the other runs, the locator runs) among `run_dirs`, each in its given order: evaluate and predict take
+    both kinds in one list, as the shell expands `runs/* locs/*`."""
+    kinds = [(Path(path), is_locator_run(Path(path))) for path in run_dirs]
+    return [path for path, locator in kinds if not locator], [path for path, locator in kinds if locator]
 
 
 def load_locator_checkpoint(run_dir: Path) -> dict:
