@@ -108,6 +108,8 @@ def test_a_diverged_epoch_is_never_the_best_and_its_line_still_prints():
     values = [float("nan"), None, 1.2, float("nan"), 1.1]
     assert [stopper.update(v, e) for e, v in enumerate(values)] == [False, False, True, False, True]
     assert stopper.best == 1.1 and stopper.best_epoch == 4
+    stopper.load_state_dict({**stopper.state_dict(), "best": float("nan")})  # an older version's last.pt
+    assert stopper.update(5.0, 5) and stopper.best == 5.0
     keys = ("train_loss", "train_accuracy", "val_loss", "val_accuracy", "val_majority_accuracy",
             "val_balanced_accuracy", "val_weighted_log_loss", "val_prior_weighted_log_loss",
             "val_constant_weighted_log_loss")
@@ -373,6 +375,30 @@ def test_a_refused_slice_view_run_leaves_no_files(synth_cache, tmp_path, capsys)
                       "--batch-size", "100000")
     assert "too few for batch size 100000" in error
     assert not run.exists()
+
+
+def test_a_run_that_never_gives_a_finite_value_is_a_one_line_error(synth_cache, tmp_path, capsys,
+                                                                    monkeypatch):
+    """Every epoch diverged: there is no best checkpoint to finish from. The cache, given through a symbolic
+    link, is recorded as the link (its split file made beside the link, not beside the link's target)."""
+    validate = ClassifierTask.validate
+
+    def diverged(task, epoch):
+        metrics, predictions = validate(task, epoch)
+        return {**metrics, task.monitor: float("nan")}, predictions
+
+    monkeypatch.setattr(ClassifierTask, "validate", diverged)
+    link = tmp_path / "linked" / "cache.zarr"
+    link.parent.mkdir()
+    link.symlink_to(synth_cache)
+    run = tmp_path / "run"
+    error = cli_error(capsys, "--sequence", "sag_t2", "--cache", str(link), "--run-dir", str(run),
+                      "--model", "test_efficientnet", "--no-pretrained", "--device", "cpu", "--folds", "3",
+                      "--epochs", "2", "--limit-batches", "1", "--no-progress")
+    assert "no epoch gave a finite" in error and "--lr" in error
+    assert json.loads((run / "config.json").read_text())["arguments"]["cache"] == str(link)
+    assert list(link.parent.glob("cache.zarr.split-k3-s*.csv"))
+    assert len(pd.read_csv(run / "metrics.csv")) == 2
 
 
 def test_the_fold_check_counts_every_process_batch():

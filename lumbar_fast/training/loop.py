@@ -4,6 +4,7 @@ point for the resume tests is a test hook: lumbar_fast/testhooks.py)."""
 from __future__ import annotations
 
 import dataclasses
+import os
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -32,8 +33,10 @@ def new_run_folder(config: TaskConfig) -> RunFolder:
 
 def start(config: C, prepare: Prepare) -> Path:
     """A new run of a checked config: its folder (one for every rank), the task, config.json, then fit. The
-    cache is recorded by its absolute path, which resume, evaluate and predict find from any folder."""
-    config = dataclasses.replace(config, cache=str(Path(config.cache).resolve()))
+    cache and split file are recorded by absolute paths, which resume, evaluate and predict find from any
+    folder; symbolic links are kept, since the split and the .npy export are made beside the path given."""
+    config = dataclasses.replace(config, cache=os.path.abspath(config.cache),
+                                 split_file=os.path.abspath(config.split_file) if config.split_file else None)
     with distributed.process_group(resolve_device(config.device)):
         run = distributed.on_main(new_run_folder, config)
         task = prepare(config, run)
@@ -80,6 +83,9 @@ def fit(run: RunFolder, task: TrainingTask, run_state: RunState) -> Path:
             distributed.on_main(commit_epoch, run, task, run_state, predictions if improved else None)
             testhooks.kill_after_epochs(epoch + 1)
     distributed.on_main(run.write_metrics, run_state.records, task.kind.panels)  # the curves, drawn last
+    if run_state.stopper.best_epoch < 0:
+        raise LumbarFastError(f"no epoch gave a finite {task.monitor} (training diverged: its losses are in "
+                              f"{run.path}); try a lower --lr")
     distributed.on_main(task.finish, run)
     return run.path
 

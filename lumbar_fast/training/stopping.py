@@ -45,8 +45,11 @@ class EarlyStopping:
                 "best_epoch": self.best_epoch, "bad_epochs": self.bad_epochs}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Restore from a checkpoint."""
-        self.mode, self.patience, self.best = state["mode"], state["patience"], state["best"]
+        """Restore from a checkpoint (a NaN best, which a version before finite-only bests could record, as
+        no best: every finite value beats it)."""
+        best = state["best"]
+        self.mode, self.patience = state["mode"], state["patience"]
+        self.best = best if best is not None and math.isfinite(best) else None
         self.best_epoch, self.bad_epochs = state["best_epoch"], state["bad_epochs"]
 
 
