@@ -11,7 +11,7 @@ import sys
 import click
 
 from lumbar_fast import __version__
-from lumbar_fast.errors import LumbarFastError
+from lumbar_fast.errors import LumbarFastError, first_line, typed_line
 
 #: command name -> module in lumbar_fast.commands that defines a click command called `command`
 COMMANDS: dict[str, str] = {
@@ -67,6 +67,12 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(exc.exit_code)
     except LumbarFastError as exc:
         click.echo(f"error: {exc}", err=True)
+        sys.exit(2)
+    except OSError as exc:  # the machine said no (disk full, a path that cannot be made), here or in a worker
+        click.echo(f"error: {first_line(exc)}", err=True)
+        sys.exit(2)
+    except MemoryError as exc:
+        click.echo(f"error: out of memory ({typed_line(exc)})", err=True)
         sys.exit(2)
     except KeyboardInterrupt:
         click.echo("interrupted", err=True)
