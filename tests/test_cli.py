@@ -47,6 +47,8 @@ def test_unknown_command_fails_cleanly():
     (("locate", "run", "--cache", "c.zarr", "--out", str(Path(__file__).parent)), "is a directory"),
     (("train", "--sequence", "sag_t1", "--cache", "c.zarr", "--out", "runs", "--limit-batches", "0"),
      "'--limit-batches': 0 is not in the range x>=1"),
+    # a default value typed beside --resume is refused before the torchrun relaunch, as without --nproc
+    (("train", "--resume", "runs/r", "--epochs", "5", "--nproc", "2"), "leave out --epochs"),
 ])
 def test_usage_errors_are_one_line(argv, message):
     result = run_cli(*argv)

@@ -68,6 +68,8 @@ def command(model, weights, no_pretrained, pooling, window_stride, window_paddin
     """Train one sequence's classifier; writes a run folder (config, metrics, curves, checkpoints).
     Under torchrun each process trains on its share of every epoch (DistributedDataParallel)."""
     if nproc > 1:  # before the training stack's imports: this process only waits for torchrun's
+        if resume_dir is not None:
+            options.resume_session()  # refuses here, once, what each process would refuse
         relaunch_under_torchrun(nproc, device)
         return
     from lumbar_fast.classifier.config import TrainConfig
@@ -93,7 +95,8 @@ def announce(run_dir: Path) -> None:
 
 
 def relaunch_under_torchrun(nproc: int, device: str) -> None:
-    """Re-run this very command, without --nproc, as `nproc` torchrun processes; exit with their status."""
+    """Re-run this very command, without --nproc, as `nproc` torchrun processes; exit with their status.
+    The options typed are passed on as typed (a default typed beside --resume must still be refused there)."""
     from lumbar_fast.distributed import relaunch
     from lumbar_fast.loaders.gpu import resolve_device
 
@@ -101,7 +104,8 @@ def relaunch_under_torchrun(nproc: int, device: str) -> None:
     args = [context.info_name]
     for param in context.command.params:
         value = context.params[param.name]
-        if param.name == "nproc" or value is None or value == param.get_default(context):
+        typed = context.get_parameter_source(param.name) is click.core.ParameterSource.COMMANDLINE
+        if param.name == "nproc" or not typed:
             continue
         args += [param.opts[0]] if param.is_flag else [param.opts[0], str(value)]
     code = relaunch(nproc, resolve_device(device), args)
