@@ -426,6 +426,8 @@ def test_last_checkpoint_carries_the_fp16_loss_scale(synth_cache, tmp_path):
     assert resumed.scaler.get_scale() != 512.0
     assert restore(run, resumed, state).start_epoch == 1
     assert resumed.scaler.get_scale() == 512.0
+    # a run without fp16 (trained on the CPU) resumed with --device on a GPU whose amp resolves to fp16
+    assert restore(run, prepare_classifier(config, run), {**state, "scaler": {}}).start_epoch == 1
 
 
 def test_resume_refuses_what_is_not_a_resumable_run(tmp_path, capsys):
