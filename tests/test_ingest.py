@@ -312,7 +312,7 @@ def test_a_worker_process_that_dies_is_a_one_line_error_not_a_hang():
     (lambda tmp, data: [str(tmp)], "train_series_descriptions.csv does not exist"),
     (lambda tmp, data: [str(data), "--split", "test", "--coordinates", str(tmp / "none.csv")], "none.csv"),
     (lambda tmp, data: [str(data), "--out", str(tmp / "occupied")], "not a lumbar-fast cache"),
-    (lambda tmp, data: [str(data), "--out", str(tmp / "occupied" / "keep.txt" / "c.zarr")], "Not a directory"),
+    (lambda tmp, data: [str(data), "--out", str(tmp / "occupied" / "keep.txt" / "c")], "Not a directory"),
 ])
 def test_bad_input_is_a_one_line_error(tiny_data, tmp_path, run_cli, make_args, message):
     (tmp_path / "occupied").mkdir()

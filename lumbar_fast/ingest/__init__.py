@@ -19,6 +19,7 @@ runs them: the worker pool, resume and the up-to-date check.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -115,8 +116,10 @@ def _convert_all(tasks: list[SeriesTask], params: IngestSettings, parts: Path, w
     counts = {"series": 0, "slices": 0}
     job = partial(commit_part, params=params, parts=parts)
     started = time.perf_counter()
-    with tqdm(total=len(tasks), desc="ingest", unit="series", disable=not progress or not tasks) as bar:
-        for slices in _map(job, tasks, workers, lambda task: writer.ahead(task) < AHEAD_PER_WORKER * workers):
+    results = _map(job, tasks, workers, lambda task: writer.ahead(task) < AHEAD_PER_WORKER * workers)
+    with tqdm(total=len(tasks), desc="ingest", unit="series", disable=not progress or not tasks) as bar, \
+            contextlib.closing(results):  # a writer's error shuts the pool down now, not when collected
+        for slices in results:
             counts["series"] += 1
             counts["slices"] += slices
             writer.advance()

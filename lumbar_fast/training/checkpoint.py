@@ -66,7 +66,7 @@ def restore(run: RunFolder, task: TrainingTask, state: dict[str, Any]) -> RunSta
     except (RuntimeError, ValueError, KeyError) as exc:
         raise LumbarFastError(f"{run.file(LAST)} does not fit this run's model: {exc}") from None
     task.scheduler.load_state_dict(state["scheduler"])
-    if state["scaler"]:  # empty from a run without fp16 (on the CPU, or bf16): resumed in fp16, it starts anew
+    if state["scaler"]:  # empty from a run without fp16 (CPU, bf16): resumed in fp16, the scale starts anew
         task.scaler.load_state_dict(state["scaler"])
     stopper = EarlyStopping(task.mode, task.config.patience)
     stopper.load_state_dict(state["early_stopping"])
