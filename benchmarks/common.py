@@ -17,6 +17,7 @@ import subprocess
 import sys
 import tempfile
 import threading
+import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -30,16 +31,43 @@ Contender = Callable[[], dict[str, float]]
 
 
 def interleaved(contenders: dict[str, Contender], repeats: int, log: Callable[[str], None] = print,
-                ) -> dict[str, list[dict[str, float]]]:
-    """Run the contenders in turn, A, B, A, B, …, `repeats` times; the figures of every run, per contender."""
+                before_each: Callable[[], None] | None = None) -> dict[str, list[dict[str, float]]]:
+    """Run the contenders in turn, A, B, A, B, …, `repeats` times (`before_each` before every run); the
+    figures of every run, per contender."""
     runs: dict[str, list[dict[str, float]]] = {name: [] for name in contenders}
     for repeat in range(repeats):
         for name, contender in contenders.items():
+            if before_each is not None:
+                before_each()
             figures = contender()
             runs[name].append(figures)
             shown = ", ".join(f"{key} {value:.4g}" for key, value in figures.items())
             log(f"  repeat {repeat + 1}/{repeats} {name}: {shown}")
     return runs
+
+
+def settle(idle_share: float = 0.9, window: float = 2.0, limit: float = 120.0) -> float:
+    """Write back what the previous contender left dirty, then wait until the CPUs are `idle_share` idle
+    over a `window` (at most `limit` s), so that one contender's aftermath (writeback, freed page cache that
+    a VM hands back to its host) is not timed as the next one's; the seconds waited."""
+    started = time.perf_counter()
+    os.sync()
+    while time.perf_counter() - started < limit:
+        before = _cpu_jiffies()
+        time.sleep(window)
+        after = _cpu_jiffies()
+        busy, idle = (a - b for a, b in zip(after, before, strict=True))
+        if idle >= idle_share * (busy + idle):
+            break
+    return time.perf_counter() - started
+
+
+def _cpu_jiffies() -> tuple[int, int]:
+    """(busy, idle) jiffies of all CPUs since boot, from /proc/stat (idle and iowait count as idle)."""
+    with open("/proc/stat") as stat:
+        fields = [int(value) for value in stat.readline().split()[1:]]
+    idle = fields[3] + fields[4]
+    return sum(fields) - idle, idle
 
 
 def startable(builders: dict[str, Callable[[], Any]], log: Callable[[str], None] = print,

@@ -39,6 +39,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                              "--image-size are unused)")
     parser.add_argument("--no-read", action="store_true",
                         help="skip reading each cache back into RAM (one at RSNA scale is larger than RAM)")
+    parser.add_argument("--settle", action="store_true",
+                        help="before each run, write back what the last one left and wait for idle CPUs "
+                             "(at RSNA scale a 20-GiB cache's aftermath otherwise slows the next contender)")
     return parser.parse_args(argv)
 
 
@@ -131,7 +134,8 @@ def main(argv: list[str] | None = None) -> dict:
             contenders[f"{fmt}-w{count}"] = partial(ingest_run, data, cache, count, fmt, slices,
                                                        read=not args.no_read, interval=interval)
         contenders[f"bare-w{count}"] = partial(bare_run, data, count, slices)
-    runs = common.interleaved(contenders, args.repeats)
+    settle = (lambda: print(f"  settled in {common.settle():.0f} s", flush=True)) if args.settle else None
+    runs = common.interleaved(contenders, args.repeats, before_each=settle)
     summary, found = common.summarise(runs), ratios(runs, workers, formats)
     results = {"slices": slices, "runs": runs, "summary": summary, "ratios": found}
     return common.report("ingest", args, results, table(summary, found))

@@ -41,8 +41,10 @@ def read_record(path: Path, benchmark: str) -> dict:
 def test_interleaving_and_spread():
     calls = []
     runs = common.interleaved({"a": lambda: calls.append("a") or {"x": 1.0},
-                               "b": lambda: calls.append("b") or {"x": 3.0}}, repeats=3, log=lambda _: None)
-    assert calls == ["a", "b"] * 3
+                               "b": lambda: calls.append("b") or {"x": 3.0}}, repeats=3, log=lambda _: None,
+                              before_each=lambda: calls.append("-"))
+    assert calls == ["-", "a", "-", "b"] * 3
+    assert 0 <= common.settle(idle_share=0.0, window=0.01) < 5  # an idle share of 0 is met at once
     assert common.summarise(runs)["b"]["x"] == {"median": 3.0, "min": 3.0, "max": 3.0, "spread_pct": 0.0}
     stats = common.spread([1.0, 2.0, 4.0])
     assert stats["median"] == 2.0 and stats["spread_pct"] == pytest.approx(75.0)
