@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import hashlib
 import io
 import json
 import os
@@ -529,13 +530,19 @@ class CacheReader:
 
     def array_path(self, seq: str, kind: str) -> Path:
         """An uncompressed .npy copy of `kind` ("levels" | "stacks") images of `seq`, written once beside the
-        cache (`<cache>.npy/`) and reused while the cache is the same (its cache_id is in the name)."""
+        cache (`<cache>.npy/`) and reused while the cache is the same (its cache_id is in the name). Beside a
+        read-only cache (a Kaggle input dataset) it goes to the user's cache folder instead (`npy_folder`)."""
         if kind not in ("levels", "stacks"):
             raise LumbarFastError(f"unknown array kind {kind!r}; choose levels or stacks")
+        name = f"{kind}-{self._checked(seq)}-{self.attrs['cache_id']}.npy"
         folder = Path(f"{self.path}.npy")
-        target = folder / f"{kind}-{self._checked(seq)}-{self.attrs['cache_id']}.npy"
+        if not (folder / name).exists() and not os.access(folder if folder.is_dir() else folder.parent,
+                                                          os.W_OK):
+            where = hashlib.sha1(os.path.abspath(self.path).encode()).hexdigest()[:8]
+            folder = npy_folder() / f"{self.path.name}-{where}"  # one per cache path: stale copies go
+        target = folder / name
         if not target.exists():
-            folder.mkdir(exist_ok=True)
+            folder.mkdir(parents=True, exist_ok=True)
             for stale in folder.glob(f"{kind}-{seq}-*.npy"):
                 if stale != target:  # another process may have just written the current one
                     stale.unlink(missing_ok=True)
@@ -628,6 +635,14 @@ def describe(reader: CacheReader) -> dict:
         "params": reader.attrs["params"],
         "source": reader.attrs["source"], "lumbar_fast_version": reader.attrs["lumbar_fast_version"],
     }
+
+
+def npy_folder() -> Path:
+    """Where the .npy copies of read-only caches go: $LUMBAR_FAST_NPY_DIR, else lumbar-fast/npy/ in the
+    user's cache folder ($XDG_CACHE_HOME or ~/.cache)."""
+    if os.environ.get("LUMBAR_FAST_NPY_DIR"):
+        return Path(os.environ["LUMBAR_FAST_NPY_DIR"])
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "lumbar-fast" / "npy"
 
 
 def _npy_bytes(path: Path) -> int:

@@ -198,28 +198,39 @@ class PredictSummary:
 def ingest_at_points(coordinates: pd.DataFrame, settings: IngestSettings, folder: Path,
                      workers: int | None = None, progress: bool = False) -> Path:
     """Ingest the DICOM folder of `settings` again with `coordinates` as its points: the crops cache in
-    `folder`, named by a digest of the points, so a rerun with the same points reuses (or resumes) it and
-    other points never meet a stale one."""
-    from lumbar_fast.ingest import ingest_with
+    `folder`, named by a digest of its settings and of the points, so a rerun with the same ones reuses (or
+    resumes) it and other ones never meet a stale one."""
+    from lumbar_fast.ingest import ingest_with, settings_digest
     from lumbar_fast.locator.locate import write_coordinates
 
     text = coordinates.to_csv(index=False, columns=list(rsna.COORDINATE_COLUMNS))
-    digest = hashlib.sha1(text.encode()).hexdigest()[:12]
-    points = folder / f"coordinates-{digest}.csv"
+    points = folder / f"coordinates-{hashlib.sha1(text.encode()).hexdigest()[:12]}.csv"
     write_coordinates(coordinates, points)
-    derived = folder / f"cache-{digest}.{settings.fmt}"
-    ingest_with(dataclasses.replace(settings, coordinates=str(points)), derived, workers, progress)
+    at_points = dataclasses.replace(settings, coordinates=str(points))
+    derived = folder / f"cache-{settings_digest(at_points)}.{settings.fmt}"
+    ingest_with(at_points, derived, workers, progress)
     return derived
 
 
-def located_cache(locator_runs: Sequence[Path], cache: CacheReader, out: Path, device: str) -> Path:
+def located_cache(locator_runs: Sequence[Path], cache: CacheReader, out: Path, device: str,
+                  allow_prior: bool = False) -> Path:
     """Locate the levels of every study of `cache` with locator runs, then ingest the cache's DICOM folder
     again with those points as coordinates and every other setting of the cache (`ingest_at_points`, in
-    `<out>.located/`): the derived cache's path."""
-    from lumbar_fast.locator.locate import locate
+    `<out>.located/`): the derived cache's path. With `allow_prior`, a run of a sequence the cache lacks
+    locates nothing (its rows take the prior)."""
+    from lumbar_fast.locator.locate import coordinates_of, located_series
 
-    coordinates = locate(list(locator_runs), cache, device)
+    coordinates = coordinates_of(located_series(list(locator_runs), cache, device, skip_absent=allow_prior))
     return ingest_at_points(coordinates, cache.settings(), out.with_name(f"{out.name}.located"))
+
+
+def runs_with_crops(runs: Sequence[ClassifierRun], cache: CacheReader) -> list[ClassifierRun]:
+    """The runs whose sequence the cache holds (--allow-prior: the rows of a sequence no study has take the
+    training prior); an error when there are none."""
+    present = [run for run in runs if run.sequence in cache.sequences()]
+    if not present:
+        raise LumbarFastError(f"cache {cache.path} has no crops of any run's sequence")
+    return present
 
 
 def check_sequences(runs: Sequence[ClassifierRun]) -> None:
@@ -243,14 +254,15 @@ def predict(run_paths: Sequence[Path], cache_path: Path, out: Path, allow_prior:
     cache = open_cache(cache_path)
     for run in runs:  # the located cache takes this cache's settings: refused before locating, not after
         check_fits(run.settings, cache, run.path, run.sequence)
-    derived = located_cache(locator_runs, cache, out, options.device) if locator_runs else None
+    derived = located_cache(locator_runs, cache, out, options.device, allow_prior) if locator_runs else None
     if derived is not None:
         cache = open_cache(derived)
-    check_runs(runs, cache)
+    classifying = runs_with_crops(runs, cache) if allow_prior else runs
+    check_runs(classifying, cache)
     solution = metrics.labels_to_rows(cache.study_labels())
     if not allow_prior:
         refuse_rows_without_crops(solution, cache)
-    crops = crop_predictions(runs, cache, None, options)
+    crops = crop_predictions(classifying, cache, None, options)
     result = fill_rows(solution, location_probabilities(crops), sequence_priors(runs))
     submission = result.submission()
     metrics.check_submission(submission)
@@ -260,8 +272,8 @@ def predict(run_paths: Sequence[Path], cache_path: Path, out: Path, allow_prior:
         out=out, studies=int(solution["study_id"].nunique()), rows=len(submission),
         filled_rows=int(result.filled.sum()),
         filled_studies=int(result.rows.loc[result.filled, "study_id"].nunique()), crops=len(crops),
-        runs={seq: len(group) for seq, group in runs_by_sequence(runs).items()},
+        runs={seq: len(group) for seq, group in runs_by_sequence(classifying).items()},
         device=str(resolve_device(options.device)),
-        flip_tta_runs=sum(run.hflip for run in runs) if options.tta else None,
+        flip_tta_runs=sum(run.hflip for run in classifying) if options.tta else None,
         seconds=time.perf_counter() - started,
         located_cache=derived)

@@ -5,8 +5,9 @@ The stages: ingest the test split's stacks at each locator's image size → loca
 level crops at the located points with the image settings the classifier runs trained on (size, slices per
 crop, crop widths, side convention, all recorded in the runs) → classify, write the CSV (`predict.predict`).
 The caches and the located points live in a temporary folder beside the CSV, or in `<out>.work/` with
-`keep` (where a rerun finds its caches finished and does not ingest again; the crops cache is named by its
-points). It reads only local files.
+`keep` (where a rerun finds its caches finished and does not ingest again; each cache is named by a digest
+of its settings and CSVs, so a rerun with other runs or an edited folder makes new ones). Locator runs of one
+sequence at several sizes join one choice: per level, the surest series' point. It reads only local files.
 """
 
 from __future__ import annotations
@@ -20,14 +21,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
 
-import pandas as pd
-
 from lumbar_fast import rsna
 from lumbar_fast.cache import CacheReader, ImageSettings, IngestSettings, error_lines, open_cache
 from lumbar_fast.classifier.runs import ClassifierRun, read_runs
 from lumbar_fast.errors import LumbarFastError
-from lumbar_fast.ingest import ingest_with
-from lumbar_fast.locator.locate import locate
+from lumbar_fast.ingest import ingest_with, settings_digest
+from lumbar_fast.locator.locate import coordinates_of, located_series
 from lumbar_fast.locator.runs import load_locator_checkpoint
 from lumbar_fast.predict import (
     InferenceOptions,
@@ -70,15 +69,30 @@ class FolderSummary:
         return "\n".join(lines)
 
 
-def unusable(cache: CacheReader) -> list[str]:
-    """What a test cache could not use: each study without a series of a type (whose rows then lack crops),
-    then its errors table (files and series, with the reason)."""
+def lacking_series(cache: CacheReader) -> list[str]:
+    """Each study of a test cache without a series of a type ("study 7: no Axial T2 series"): its rows of
+    that sequence have no crop."""
     studies = cache.study_labels()["study_id"]
-    lacking = [f"study {study}: no {rsna.SEQUENCES[seq].description} series"
-               for seq in rsna.SEQUENCES
-               for study in sorted(set(studies) - set(cache.stack_index(seq)["study_id"])
-                                   if seq in cache.sequences() else set(studies))]
-    return lacking + error_lines(cache.errors())
+    return [f"study {study}: no {rsna.SEQUENCES[seq].description} series"
+            for seq in rsna.SEQUENCES
+            for study in sorted(set(studies) - set(cache.stack_index(seq)["study_id"])
+                                if seq in cache.sequences() else set(studies))]
+
+
+def unusable(cache: CacheReader) -> list[str]:
+    """What a test cache could not use: the studies lacking a series type, then its errors table (files and
+    series, with the reason)."""
+    return lacking_series(cache) + error_lines(cache.errors())
+
+
+def refuse_lacking_series(stacks: CacheReader, data_dir: Path) -> None:
+    """Without --allow-prior: one line naming the first study without a series of a type, before locating
+    (the rows of that type would have no crop)."""
+    lacking = lacking_series(stacks)
+    if lacking:
+        raise LumbarFastError(f"the studies of {data_dir} lack {len(lacking)} series (first: {lacking[0]}); "
+                              "pass --allow-prior to fill their rows with the best constant "
+                              "prediction (from the training prior)")
 
 
 def runs_image_settings(runs: Sequence[ClassifierRun]) -> ImageSettings:
@@ -92,16 +106,15 @@ def runs_image_settings(runs: Sequence[ClassifierRun]) -> ImageSettings:
     return first.settings
 
 
-def locator_groups(locator_runs: Sequence[Path]) -> tuple[dict[int, list[Path]], set[str]]:
-    """The locator runs grouped by the stack image size each trained on (its cache's), and the sequences
-    they locate."""
-    groups: dict[int, list[Path]] = {}
-    sequences = set()
+def locator_groups(locator_runs: Sequence[Path]) -> dict[int, dict[str, list[Path]]]:
+    """The locator runs grouped by the stack image size each trained on (its cache's), then by the sequence
+    each locates."""
+    groups: dict[int, dict[str, list[Path]]] = {}
     for run in locator_runs:
         state = load_locator_checkpoint(Path(run))
-        groups.setdefault(ImageSettings.from_record(state["cache_settings"]).size, []).append(Path(run))
-        sequences.add(state["sequence"])
-    return groups, sequences
+        size = ImageSettings.from_record(state["cache_settings"]).size
+        groups.setdefault(size, {}).setdefault(state["sequence"], []).append(Path(run))
+    return groups
 
 
 @contextlib.contextmanager
@@ -139,28 +152,33 @@ def predict_folder(run_paths: Sequence[Path], data_dir: Path, out: Path, locator
     images = runs_image_settings(runs)
     if not locator_runs:
         raise LumbarFastError("--data needs --locators: test studies come without coordinates")
-    groups, located_sequences = locator_groups(locator_runs)
-    unlocated = [seq for seq in rsna.SEQUENCES if seq not in located_sequences]
+    groups = locator_groups(locator_runs)
+    unlocated = [seq for seq in rsna.SEQUENCES if all(seq not in group for group in groups.values())]
     if unlocated and not allow_prior:
         raise LumbarFastError(f"no locator run for {', '.join(unlocated)}: its rows would have no crop; give "
                               "one per sequence, or --allow-prior to fill them from the training prior")
     stages: dict[str, float] = {}
 
-    def timed(name: str, step: Callable[..., T], *args: object) -> T:
+    def timed(name: str, step: Callable[..., T], *args: object, **kwargs: object) -> T:
         started = time.perf_counter()
-        result = step(*args)
+        result = step(*args, **kwargs)
         stages[name] = stages.get(name, 0.0) + time.perf_counter() - started
         return result
 
     with work_folder(out, keep) as work:
         test_split = IngestSettings(data_dir=str(data_dir), split="test", images=images)
         located = []
-        for size, group in groups.items():
+        for size, by_sequence in groups.items():
             stacks = dataclasses.replace(test_split, images=dataclasses.replace(images, size=size))
-            path = work / f"stacks-{size}.zarr"
+            path = work / f"stacks-{size}-{settings_digest(stacks)}.zarr"
             timed("ingest stacks", ingest_with, stacks, path, workers, progress)
-            located.append(timed("locate", locate, group, open_cache(path), options.device, progress))
-        points = pd.concat(located, ignore_index=True)
+            cache = open_cache(path)
+            if not allow_prior:
+                refuse_lacking_series(cache, data_dir)
+            runs_of_size = [run for group in by_sequence.values() for run in group]
+            located += timed("locate", located_series, runs_of_size, cache, options.device, progress,
+                             skip_absent=True)
+        points = coordinates_of(located)  # one choice per level over every size's runs
         crops = timed("ingest crops", ingest_at_points, points, test_split, work, workers, progress)
         predicted = predict(run_paths, crops, out, allow_prior, options)
         stages["classify"] = predicted.seconds

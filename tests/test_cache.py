@@ -4,6 +4,7 @@ array_path (.npy written once, reused while the cache is the same) and lookup.""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -137,6 +138,22 @@ def test_array_path_writes_once_and_follows_the_cache(tmp_path):
     assert fresh != npy and not npy.exists() and np.load(fresh).shape[0] == 3
     with pytest.raises(LumbarFastError, match="unknown array kind"):
         rebuilt.array_path("sag_t2", "pngs")
+
+
+def test_array_path_of_a_read_only_cache_goes_to_the_user_cache_folder(tmp_path, monkeypatch):
+    """A cache on a read-only file system (os.access says so even to root) exports its .npy copies to
+    $LUMBAR_FAST_NPY_DIR, one folder per cache path, and cleans its stale ones there as beside a cache."""
+    shelf = tmp_path / "read-only"
+    shelf.mkdir()
+    reader = tiny_cache(shelf / "c.zarr", "zarr", [5, 6])
+    monkeypatch.setattr(cache.os, "access", lambda path, mode: Path(path) != shelf)
+    monkeypatch.setenv("LUMBAR_FAST_NPY_DIR", str(tmp_path / "user"))
+    npy = reader.array_path("sag_t2", "levels")
+    assert npy.parent.parent == tmp_path / "user" and npy.parent.name.startswith("c.zarr-")
+    np.testing.assert_array_equal(np.load(npy), reader.level_images("sag_t2"))
+    assert not (shelf / "c.zarr.npy").exists()
+    rebuilt = tiny_cache(shelf / "c.zarr", "zarr", [3])
+    assert rebuilt.array_path("sag_t2", "levels").parent == npy.parent and not npy.exists()
 
 
 def test_open_cache_refuses_what_is_not_a_finished_cache_of_this_schema(tmp_path):

@@ -48,32 +48,45 @@ def test_one_command_gives_the_submission_of_the_multi_command_path(trained_runs
     assert os.listdir(out.parent) == ["submission.csv"]  # the work folder went with the run
 
 
-def test_a_damaged_folder_still_gives_every_row_and_names_what_it_could_not_use(trained_runs, synth_cache,
-                                                                               synth_data, tmp_path, run_cli):
-    """One study lacks its Sagittal T2 series and another has a damaged file: without --allow-prior the
-    missing crops are refused (after the work, which leaves nothing behind); with it every study still gets
-    its 25 rows, and the summary says what was missing."""
-    locators = [train_locator(LocatorConfig(
-        sequence=seq, cache=str(synth_cache), run_dir=str(tmp_path / "locators" / seq),
-        model="test_efficientnet", pretrained=False, image_size=64, width=16, folds=3, epochs=1,
-        limit_series=2, max_slices=6, device="cpu", progress=False)) for seq in rsna.SEQUENCES]
-    data = tmp_path / "data"
+@pytest.fixture(scope="module")
+def every_locator(synth_cache, tmp_path_factory) -> list:
+    """A tiny locator run for each sequence (one epoch of 2 series at 64 px, CPU)."""
+    folder = tmp_path_factory.mktemp("locators")
+    return [train_locator(LocatorConfig(
+        sequence=seq, cache=str(synth_cache), run_dir=str(folder / seq), model="test_efficientnet",
+        pretrained=False, image_size=64, width=16, folds=3, epochs=1, limit_series=2, max_slices=6,
+        device="cpu", progress=False)) for seq in rsna.SEQUENCES]
+
+
+def copy_without(synth_data, data, series) -> pd.DataFrame:
+    """`synth_data` linked into `data`, its test_series_descriptions.csv without the rows `series` picks
+    (a function of the frame); the descriptions before the cut."""
     shutil.copytree(synth_data, data, copy_function=os.link)
     descriptions = pd.read_csv(data / "test_series_descriptions.csv")
-    studies = sorted(descriptions["study_id"].unique())
-    lacking = descriptions[(descriptions["study_id"] == studies[0])
-                           & (descriptions["series_description"] == "Sagittal T2/STIR")]
-    (data / "test_series_descriptions.csv").unlink()  # new files: the linked ones are synth_data's
-    descriptions.drop(lacking.index).to_csv(data / "test_series_descriptions.csv", index=False)
+    (data / "test_series_descriptions.csv").unlink()  # a new file: the linked one is synth_data's
+    descriptions[~series(descriptions)].to_csv(data / "test_series_descriptions.csv", index=False)
+    return descriptions
+
+
+def test_a_damaged_folder_still_gives_every_row_and_names_what_it_could_not_use(trained_runs, every_locator,
+                                                                               synth_data, tmp_path, run_cli):
+    """One study lacks its Sagittal T2 series and another has a damaged file: without --allow-prior the
+    missing series type is refused (before locating; nothing is left behind); with it every study still gets
+    its 25 rows, and the summary says what was missing."""
+    data = tmp_path / "data"
+    studies = sorted(pd.read_csv(synth_data / "test_series_descriptions.csv")["study_id"].unique())
+    copy_without(synth_data, data, lambda d: (d["study_id"] == studies[0])
+                 & (d["series_description"] == "Sagittal T2/STIR"))
     damaged = sorted((data / "test_images" / str(studies[1])).rglob("*.dcm"))[0]
     damaged.unlink()
     damaged.write_bytes(b"not a DICOM file")
     out = tmp_path / "submission.csv"
     args = ("predict", *trained_runs.values(), "--data", data, "--out", out, "--device", "cpu",
-            "--workers", 1, "--no-progress", *(arg for run in locators for arg in ("--locators", run)))
+            "--workers", 1, "--no-progress", *(arg for run in every_locator for arg in ("--locators", run)))
     code, _, stderr = run_cli(*args)
-    assert code == 2 and len(stderr.strip().splitlines()) == 1 and "lack crops" in stderr, stderr
-    assert sorted(os.listdir(tmp_path)) == ["data", "locators"]  # no CSV, no temporary work folder
+    assert code == 2 and len(stderr.strip().splitlines()) == 1, stderr
+    assert f"(first: study {studies[0]}: no Sagittal T2/STIR series); pass --allow-prior" in stderr, stderr
+    assert sorted(os.listdir(tmp_path)) == ["data"]  # no CSV, no temporary work folder
     code, stdout, stderr = run_cli(*args, "--allow-prior", "--keep")
     assert code == 0, stderr
     assert len(submission(out)) == 25 * len(studies)
@@ -81,8 +94,33 @@ def test_a_damaged_folder_still_gives_every_row_and_names_what_it_could_not_use(
     assert f"study {studies[0]}: no Sagittal T2/STIR series" in stdout
     assert f"{damaged}: not a DICOM file" in stdout
     work = tmp_path / "submission.csv.work"
-    (crops,) = work.glob("cache-*.zarr")  # named by its points
+    (crops,) = work.glob("cache-*.zarr")  # named by its settings and points
     assert f"work folder kept: {work}" in stdout and open_cache(crops).sequences()
+    shutil.copy(synth_data / "test_series_descriptions.csv", data)  # the series back: new caches, not refused
+    code, stdout, stderr = run_cli(*args, "--keep")
+    assert code == 0 and "could not use 1:" in stdout, stderr + stdout
+    assert len(list(work.glob("cache-*.zarr"))) == 2
+
+
+def test_a_series_type_no_study_has_takes_the_prior(trained_runs, every_locator, synth_data, tmp_path,
+                                                    run_cli):
+    """No study has an Axial T2 series: with --allow-prior every subarticular row holds the best constant
+    prediction of the ax_t2 runs' prior, and the other rows are predicted."""
+    data = tmp_path / "data"
+    descriptions = copy_without(synth_data, data, lambda d: d["series_description"] == "Axial T2")
+    out = tmp_path / "submission.csv"
+    code, stdout, stderr = run_cli(
+        "predict", *trained_runs.values(), "--data", data, "--out", out, "--device", "cpu", "--workers", 1,
+        "--no-progress", "--allow-prior", *(arg for run in every_locator for arg in ("--locators", run)))
+    assert code == 0, stderr
+    rows = submission(out)
+    assert len(rows) == 25 * descriptions["study_id"].nunique()
+    subarticular = rows["row_id"].str.contains("subarticular")
+    (ax_t2,) = (run for run in read_runs(list(trained_runs.values())) if run.sequence == "ax_t2")
+    columns = list(rsna.SUBMISSION_COLUMNS)
+    assert np.allclose(rows.loc[subarticular, columns], metrics.metric_optimal(ax_t2.prior), atol=1e-6)
+    assert not np.allclose(rows.loc[~subarticular, columns].std(), 0)  # the sagittal rows were classified
+    assert "runs: sag_t1 ×1, sag_t2 ×1;" in stdout and "no Axial T2 series" in stdout, stdout
 
 
 def test_bad_input_is_one_line(trained_runs, locator_runs, synth_data, tmp_path, run_cli):

@@ -75,10 +75,7 @@ def ingest_with(settings: IngestSettings, out: str | Path, workers: int | None =
     """`ingest` of typed settings: a cache at `out` made as `settings` say (paths resolved, the CSVs'
     digests taken now); `replace(reader.settings(), ...)` makes a cache like another one."""
     started = time.perf_counter()
-    params = replace(settings, data_dir=_resolved(settings.data_dir),
-                     coordinates=_resolved(settings.coordinates), labels=_resolved(settings.labels))
-    params.check()
-    params = replace(params, input_digests=input_digests(params))
+    params = resolved_settings(settings)
     out = Path(out)
     finished = _finished_summary(out, params)
     if finished is not None:
@@ -101,6 +98,21 @@ def ingest_with(settings: IngestSettings, out: str | Path, workers: int | None =
     summary.series_resumed = len(plan.tasks) - len(todo)
     summary.seconds = time.perf_counter() - started
     return summary
+
+
+def resolved_settings(settings: IngestSettings) -> IngestSettings:
+    """`settings` as the cache records them: checked, paths resolved, the CSVs' digests taken now."""
+    params = replace(settings, data_dir=_resolved(settings.data_dir),
+                     coordinates=_resolved(settings.coordinates), labels=_resolved(settings.labels))
+    params.check()
+    return replace(params, input_digests=input_digests(params))
+
+
+def settings_digest(settings: IngestSettings) -> str:
+    """12 hex digits naming what an ingest with `settings` would make (its recorded parameters, the CSVs'
+    contents included): a cache named by it is never taken for one of other settings."""
+    record = json.dumps(resolved_settings(settings).attrs(), sort_keys=True)
+    return hashlib.sha1(record.encode()).hexdigest()[:12]
 
 
 def _resolved(path: str | None) -> str | None:

@@ -31,12 +31,22 @@ def locate(runs: list[Path], cache: CacheReader, device: str = "auto",
            progress: bool = False) -> pd.DataFrame:
     """Coordinates (train_label_coordinates.csv format) for every study of `cache`, from locator runs;
     `device` auto, cuda or cpu; a progress bar per run on request."""
+    return coordinates_of(located_series(runs, cache, device, progress))
+
+
+def located_series(runs: list[Path], cache: CacheReader, device: str = "auto", progress: bool = False,
+                   skip_absent: bool = False) -> list[pd.DataFrame]:
+    """Each run's prediction table (decode.prediction_table, with its confidence) for every series of its
+    sequence in `cache`: what `coordinates_of` chooses from, so runs on caches of other image sizes can join
+    one choice. A run whose sequence the cache lacks is an error, or locates nothing with `skip_absent`."""
     target = resolve_device(device)
     tables = []
     for run in runs:
         state = load_locator_checkpoint(run)
         sequence = state["sequence"]
         if sequence not in cache.sequences():
+            if skip_absent:
+                continue
             raise LumbarFastError(f"cache {cache.path} has no {sequence} stacks for locator run {run}")
         check_cache(state, cache, run)
         model = checkpoint_model(state).to(target)
@@ -48,6 +58,11 @@ def locate(runs: list[Path], cache: CacheReader, device: str = "auto",
             heatmaps, slice_logits = model.predict(inputs, series.layout(target))
             prediction = decode_series(heatmaps, slice_logits)
             tables.append(prediction_table(series, prediction, stack_index, targets))
+    return tables
+
+
+def coordinates_of(tables: list[pd.DataFrame]) -> pd.DataFrame:
+    """Coordinates from `located_series` tables: per (study, condition, level) the surest series' point."""
     if not tables:
         return pd.DataFrame(columns=list(rsna.COORDINATE_COLUMNS))
     return to_coordinates_csv(pd.concat(tables, ignore_index=True))
