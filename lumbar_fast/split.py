@@ -97,7 +97,8 @@ def load_or_create_split(
     seed: int,
     split_file: str | os.PathLike | None = None,
 ) -> pd.DataFrame:
-    """The split to train on: `split_file` when given, else the one beside the cache, made on first use.
+    """The split to train on: `split_file` when given, else the one beside the cache, made on first use
+    (beside a read-only cache, made and not written: the run folder's split.csv keeps it).
 
     Any file used is validated against the studies of `study_labels_df` and `folds` (LumbarFastError).
     """
@@ -106,7 +107,10 @@ def load_or_create_split(
         return read_split(split_file, study_ids, folds)
     path = split_path_for(cache_path, folds, seed)
     if not path.exists():
-        write_split(make_split(study_labels_df, folds, seed), path)
+        made = make_split(study_labels_df, folds, seed)
+        if not os.access(path.parent, os.W_OK):
+            return made
+        write_split(made, path)
     return read_split(path, study_ids, folds)
 
 

@@ -76,6 +76,14 @@ def test_split_file_is_written_once_beside_the_cache_and_reused(tmp_path):
     pd.testing.assert_frame_equal(split.load_or_create_split(labels, cache, folds=3, seed=9), edited)
 
 
+def test_a_read_only_cache_folder_gets_its_split_made_and_not_written(tmp_path, monkeypatch):
+    monkeypatch.setattr(split.os, "access", lambda path, mode: path != tmp_path)  # as on a read-only mount
+    labels = study_labels()
+    made = split.load_or_create_split(labels, tmp_path / "cache.zarr", folds=3, seed=9)
+    pd.testing.assert_frame_equal(made, split.make_split(labels, folds=3, seed=9))
+    assert list(tmp_path.iterdir()) == []
+
+
 @pytest.mark.parametrize("change, message", [
     (lambda s: s.assign(study_id=s["study_id"].where(s.index != 0, 12345)), "not in the cache"),
     (lambda s: s.iloc[1:], "lacks studies of the cache"),
