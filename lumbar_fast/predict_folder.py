@@ -85,11 +85,14 @@ def unusable(cache: CacheReader) -> list[str]:
     return lacking_series(cache) + error_lines(cache.errors())
 
 
-def refuse_lacking_series(stacks: CacheReader, data_dir: Path) -> None:
-    """Without --allow-prior: one line naming the first study without a series of a type, before locating
-    (the rows of that type would have no crop)."""
+def check_stacks(stacks: CacheReader, data_dir: Path, allow_prior: bool) -> None:
+    """One-line errors before locating: a folder none of whose series could be used; without --allow-prior,
+    a study without a series of a type (the rows of that type would have no crop)."""
+    if not stacks.sequences():
+        first = next(iter(error_lines(stacks.errors())), "no series listed")
+        raise LumbarFastError(f"no series of {data_dir} could be used (first: {first})")
     lacking = lacking_series(stacks)
-    if lacking:
+    if lacking and not allow_prior:
         raise LumbarFastError(f"the studies of {data_dir} lack {len(lacking)} series (first: {lacking[0]}); "
                               "pass --allow-prior to fill their rows with the best constant "
                               "prediction (from the training prior)")
@@ -173,8 +176,7 @@ def predict_folder(run_paths: Sequence[Path], data_dir: Path, out: Path, locator
             path = work / f"stacks-{size}-{settings_digest(stacks)}.zarr"
             timed("ingest stacks", ingest_with, stacks, path, workers, progress)
             cache = open_cache(path)
-            if not allow_prior:
-                refuse_lacking_series(cache, data_dir)
+            check_stacks(cache, data_dir, allow_prior)
             runs_of_size = [run for group in by_sequence.values() for run in group]
             located += timed("locate", located_series, runs_of_size, cache, options.device, progress,
                              skip_absent=True)

@@ -126,7 +126,12 @@ def test_a_series_type_no_study_has_takes_the_prior(trained_runs, every_locator,
 def test_bad_input_is_one_line(trained_runs, locator_runs, synth_data, tmp_path, run_cli):
     runs = list(trained_runs.values())
     out = tmp_path / "s.csv"
+    empty = tmp_path / "empty"  # the CSV lists series, test_images/ holds none
+    (empty / "test_images").mkdir(parents=True)
+    shutil.copy(synth_data / "test_series_descriptions.csv", empty)
     cases = {
+        ("--data", empty, "--locators", locator_runs[0], "--allow-prior"): "could be used (first: "
+                                                                          f"{empty / 'test_images'}/",
         ("--data", tmp_path / "nowhere", "--locators", locator_runs[0]): "is not a folder",
         ("--data", tmp_path, "--locators", locator_runs[0]): "has no test_images",
         ("--data", synth_data): "--data needs --locators",
@@ -137,7 +142,7 @@ def test_bad_input_is_one_line(trained_runs, locator_runs, synth_data, tmp_path,
     for extra, message in cases.items():
         code, _, stderr = run_cli("predict", *runs, "--out", out, "--device", "cpu", *extra)
         assert code == 2 and len(stderr.strip().splitlines()) == 1 and message in stderr, (extra, stderr)
-    assert not out.exists() and os.listdir(tmp_path) == []
+    assert not out.exists() and os.listdir(tmp_path) == ["empty"]
 
 
 def test_runs_trained_on_caches_of_other_images_are_refused_before_any_work(trained_runs):
