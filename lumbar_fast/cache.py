@@ -538,8 +538,7 @@ class CacheReader:
         folder = Path(f"{self.path}.npy")
         if not (folder / name).exists() and not os.access(folder if folder.is_dir() else folder.parent,
                                                           os.W_OK):
-            where = hashlib.sha1(os.path.abspath(self.path).encode()).hexdigest()[:8]
-            folder = npy_folder() / f"{self.path.name}-{where}"  # one per cache path: stale copies go
+            folder = npy_folder(self.path)
         target = folder / name
         if not target.exists():
             folder.mkdir(parents=True, exist_ok=True)
@@ -637,18 +636,19 @@ def describe(reader: CacheReader) -> dict:
     }
 
 
-def npy_folder() -> Path:
-    """Where the .npy copies of read-only caches go: $LUMBAR_FAST_NPY_DIR, else lumbar-fast/npy/ in the
-    user's cache folder ($XDG_CACHE_HOME or ~/.cache)."""
-    if os.environ.get("LUMBAR_FAST_NPY_DIR"):
-        return Path(os.environ["LUMBAR_FAST_NPY_DIR"])
-    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "lumbar-fast" / "npy"
+def npy_folder(path: Path) -> Path:
+    """Where the .npy copies of a read-only cache at `path` go: a folder of its own (named by the cache's
+    absolute path, so its stale copies are cleaned as beside a cache) in $LUMBAR_FAST_NPY_DIR, else in
+    lumbar-fast/npy/ of the user's cache folder ($XDG_CACHE_HOME or ~/.cache)."""
+    root = Path(os.environ.get("LUMBAR_FAST_NPY_DIR")
+                or Path(os.environ.get("XDG_CACHE_HOME") or "~/.cache") / "lumbar-fast" / "npy")
+    where = hashlib.sha1(os.path.abspath(path).encode()).hexdigest()[:8]
+    return root.expanduser().absolute() / f"{Path(path).name}-{where}"
 
 
 def _npy_bytes(path: Path) -> int:
-    """Bytes of the .npy copies array_path wrote beside the cache."""
-    folder = Path(f"{path}.npy")
-    return disk_bytes(folder) if folder.is_dir() else 0
+    """Bytes of the .npy copies array_path wrote beside the cache (or, for a read-only one, in npy_folder)."""
+    return sum(disk_bytes(folder) for folder in (Path(f"{path}.npy"), npy_folder(path)) if folder.is_dir())
 
 
 def reason_counts(errors: pd.DataFrame) -> dict[str, int]:

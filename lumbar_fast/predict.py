@@ -160,8 +160,9 @@ def refuse_rows_without_crops(solution: pd.DataFrame, cache: CacheReader) -> Non
         first, studies = solution.loc[no_crop].iloc[0], solution.loc[no_crop, "study_id"].nunique()
         raise LumbarFastError(
             f"{studies} studies lack crops for {no_crop.sum()} rows (first: study {first.study_id}, "
-            f"{first.condition} {first.level}); locate them (--locators) or pass "
-            "--allow-prior to fill those rows with the best constant prediction (from the training prior)")
+            f"{first.condition} {first.level}; crops are cut at the cache's coordinates or at --locators' "
+            "points); pass --allow-prior to fill those rows with the best constant prediction (from the "
+            "training prior)")
 
 
 @dataclass
@@ -225,11 +226,13 @@ def located_cache(locator_runs: Sequence[Path], cache: CacheReader, out: Path, d
 
 
 def runs_with_crops(runs: Sequence[ClassifierRun], cache: CacheReader) -> list[ClassifierRun]:
-    """The runs whose sequence the cache holds (--allow-prior: the rows of a sequence no study has take the
-    training prior); an error when there are none."""
-    present = [run for run in runs if run.sequence in cache.sequences()]
+    """The runs of the sequences the cache has level crops of (--allow-prior: the rows of the others take the
+    training prior); an error when there are none, as a submission of priors alone is no prediction."""
+    present = [run for run in runs
+               if run.sequence in cache.sequences() and len(cache.level_labels(run.sequence))]
     if not present:
-        raise LumbarFastError(f"cache {cache.path} has no crops of any run's sequence")
+        raise LumbarFastError(f"cache {cache.path} has no level crops of any run's sequence: nothing to "
+                              "classify (crops are cut at the cache's coordinates or at --locators' points)")
     return present
 
 

@@ -6,7 +6,8 @@ level crops at the located points with the image settings the classifier runs tr
 crop, crop widths, side convention, all recorded in the runs) → classify, write the CSV (`predict.predict`).
 The caches and the located points live in a temporary folder beside the CSV, or in `<out>.work/` with
 `keep` (where a rerun finds its caches finished and does not ingest again; each cache is named by a digest
-of its settings and CSVs, so a rerun with other runs or an edited folder makes new ones). Locator runs of one
+of its settings and CSVs, so a rerun with other runs or edited CSVs makes new ones, each a full cache, while
+a rerun after DICOM files changed reuses the old). Locator runs of one
 sequence at several sizes join one choice: per level, the surest series' point. It reads only local files.
 """
 
@@ -181,6 +182,9 @@ def predict_folder(run_paths: Sequence[Path], data_dir: Path, out: Path, locator
             located += timed("locate", located_series, runs_of_size, cache, options.device, progress,
                              skip_absent=True)
         points = coordinates_of(located)  # one choice per level over every size's runs
+        if points.empty:
+            raise LumbarFastError(f"the locator runs located no level in {data_dir}: none of its studies has "
+                                  "a series of their sequences")
         crops = timed("ingest crops", ingest_at_points, points, test_split, work, workers, progress)
         predicted = predict(run_paths, crops, out, allow_prior, options)
         stages["classify"] = predicted.seconds

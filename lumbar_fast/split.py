@@ -4,7 +4,8 @@ A split is a table (study_id, fold), one row per study, so no study sits on both
 the studies' labels: studies are grouped by their worst grade per condition group (spinal, foraminal,
 subarticular; -1 when unlabelled), shuffled inside each stratum from the seed, and dealt to the folds in turn
 across all strata, so every stratum, however small, spreads over the folds with counts differing by at most
-one. It is written once beside the cache (`<cache>.split-k{K}-s{seed}.csv`) and reused, or given as a file.
+one. It is written once beside the cache (`<cache>.split-k{K}-s{seed}.csv`) and reused, or given as a file;
+beside a read-only cache it is made each time, not written (a run keeps its own copy).
 """
 
 from __future__ import annotations

@@ -131,8 +131,8 @@ def test_predict_writes_every_study_and_fills_missing_crops_only_when_allowed(tr
     out = tmp_path / "submission.csv"
     code, _, stderr = run_cli("predict", *runs, "--cache", synth_cache, "--out", out, "--device", "cpu")
     assert code == 2 and not out.exists()
-    assert re.fullmatch(r"error: \d+ studies lack crops for \d+ rows \(first: study \d+, \w+ l\d_[ls]\d\); "
-                        r"locate them \(--locators\) or pass --allow-prior .*\n", stderr), stderr
+    assert re.fullmatch(r"error: \d+ studies lack crops for \d+ rows \(first: study \d+, \w+ l\d_[ls]\d; "
+                        r"crops are cut at .*\); pass --allow-prior .*\n", stderr), stderr
     code, stdout, stderr = run_cli("predict", *runs, "--cache", synth_cache, "--out", out, "--allow-prior",
                                    "--device", "cpu")
     assert code == 0, stderr
@@ -178,7 +178,8 @@ def test_tta_follows_each_runs_flip_policy(trained_runs, synth_cache, tmp_path, 
     assert not np.allclose(plain, averaged)
 
 
-def test_predict_bad_input_is_one_line_error(trained_runs, synth_cache, tmp_path, run_cli):
+def test_predict_bad_input_is_one_line_error(trained_runs, synth_cache, make_cache, synth_data, tmp_path,
+                                             run_cli):
     runs = list(trained_runs.values())
     old = tmp_path / "old.zarr"
     shutil.copytree(synth_cache, old)
@@ -187,6 +188,8 @@ def test_predict_bad_input_is_one_line_error(trained_runs, synth_cache, tmp_path
         "no run for sequence(s) sag_t1": [*runs[1:], "--cache", synth_cache],
         "schema version 0": [*runs, "--cache", old],
         "does not exist": [*runs, tmp_path / "nowhere", "--cache", synth_cache],
+        # test studies without coordinates: --allow-prior would make a submission of priors alone
+        "no level crops of any run's sequence": [*runs, "--cache", make_cache(synth_data, split="test")],
     }
     for message, args in cases.items():
         code, _, stderr = run_cli("predict", *args, "--out", tmp_path / "s.csv", "--allow-prior")
