@@ -236,6 +236,19 @@ def runs_with_crops(runs: Sequence[ClassifierRun], cache: CacheReader) -> list[C
     return present
 
 
+def check_out(out: Path) -> None:
+    """Refuse an --out that holds something other than a submission (a labels CSV named by mistake), before
+    any work: predict replaces only a file of its own kind."""
+    if out.is_dir():
+        raise LumbarFastError(f"--out {out} is a folder; give the submission file's path")
+    if out.exists():
+        with open(out, encoding="utf-8-sig", errors="replace") as file:
+            header = file.readline().strip()
+        if header.split(",") != ["row_id", *rsna.SUBMISSION_COLUMNS]:
+            raise LumbarFastError(f"--out {out} exists and is not a submission (its first line: "
+                                  f"{header[:60]!r}); choose another path or remove it")
+
+
 def check_sequences(runs: Sequence[ClassifierRun]) -> None:
     """Refuse runs that do not cover every sequence: a submission needs all three."""
     missing = sorted(set(rsna.SEQUENCES) - {r.sequence for r in runs})
@@ -252,6 +265,7 @@ def predict(run_paths: Sequence[Path], cache_path: Path, out: Path, allow_prior:
     """
     options = options or InferenceOptions()
     started = time.perf_counter()
+    check_out(out)
     runs = read_runs(run_paths)
     check_sequences(runs)
     cache = open_cache(cache_path)

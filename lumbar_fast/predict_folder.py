@@ -32,6 +32,7 @@ from lumbar_fast.locator.runs import load_locator_checkpoint
 from lumbar_fast.predict import (
     InferenceOptions,
     PredictSummary,
+    check_out,
     check_sequences,
     ingest_at_points,
     predict,
@@ -151,6 +152,7 @@ def predict_folder(run_paths: Sequence[Path], data_dir: Path, out: Path, locator
     options = dataclasses.replace(options or InferenceOptions(), progress=progress)
     data_dir, out = Path(data_dir), Path(out)
     check_folder(data_dir)
+    check_out(out)
     runs = read_runs(run_paths)
     check_sequences(runs)
     images = runs_image_settings(runs)

@@ -2,6 +2,7 @@
 
 import dataclasses
 import importlib
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -95,3 +96,20 @@ def test_a_smoke_run_limit_of_zero_is_refused_before_any_work(config, limit):
     """An epoch of 0 batches left a run folder behind and ended on a misleading "no labelled items"."""
     with pytest.raises(LumbarFastError, match=f"--{limit.replace('_', '-')} must be at least 1"):
         config(sequence="sag_t2", cache="c.zarr", out="runs", **{limit: 0}).check()
+
+
+@pytest.mark.parametrize("config", [TrainConfig, LocatorConfig])
+@pytest.mark.parametrize("change, message", [
+    ({"lr": -1.0}, "--lr -1.0 must be a positive number"),  # torch's optimisers raise a traceback
+    ({"lr": float("nan")}, "--lr nan must be a positive number"),
+    ({"out": "c.zarr"}, "inside the cache c.zarr; choose another --out"),  # a run folder in the store
+    ({"out": None, "run_dir": "c.zarr/run"}, "inside the cache c.zarr; choose another --run-dir"),
+])
+def test_training_arguments_torch_or_the_cache_would_suffer_are_refused(config, change, message):
+    with pytest.raises(LumbarFastError, match=re.escape(message)):
+        config(**{"sequence": "sag_t2", "cache": "c.zarr", "out": "runs", **change}).check()
+
+
+def test_a_locator_decoder_of_no_channels_is_refused():
+    with pytest.raises(LumbarFastError, match="--width"):
+        LocatorConfig(sequence="sag_t2", cache="c.zarr", out="runs", width=0).check()

@@ -322,12 +322,18 @@ def test_locate_writes_points_that_ingest_accepts(ax_t2_run, synth_data, synth_c
     assert len(cache.level_labels("ax_t2")) == 10 * cache.stack_index("ax_t2")["study_id"].nunique()
 
 
-def test_bad_input_is_one_line(synth_cache, tmp_path, run_cli):
+def test_bad_input_is_one_line(ax_t2_run, synth_cache, tmp_path, run_cli):
     code, _, stderr = run_cli("train-locator", "--sequence", "sag_t2", "--cache", tmp_path / "nope",
                               "--out", tmp_path / "runs")
     assert code == 2 and stderr.startswith("error:") and len(stderr.strip().splitlines()) == 1
     code, _, stderr = run_cli("locate", tmp_path, "--cache", synth_cache, "--out", tmp_path / "x.csv")
     assert code == 2 and "not a run folder" in stderr
+    code, _, stderr = run_cli("locate", ax_t2_run, ax_t2_run, "--cache", synth_cache, "--out",
+                              tmp_path / "x.csv")
+    assert code == 2 and "is given twice; give each once" in stderr, stderr
+    code, _, stderr = run_cli("train", "--resume", ax_t2_run, "--device", "cpu")
+    assert code == 2 and len(stderr.strip().splitlines()) == 1, stderr
+    assert "is a locator run" in stderr and "`train-locator --resume` locator runs" in stderr
     with pytest.raises(LumbarFastError, match="no feature maps|unknown model"):
         Locator("no_such_model", 5)
 

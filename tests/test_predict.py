@@ -191,6 +191,11 @@ def test_predict_bad_input_is_one_line_error(trained_runs, synth_cache, make_cac
         # test studies without coordinates: --allow-prior would make a submission of priors alone
         "no level crops of any run's sequence": [*runs, "--cache", make_cache(synth_data, split="test")],
     }
+    labels = tmp_path / "train.csv"  # --out naming a file that is not a submission: kept
+    labels.write_text("study_id,spinal_canal_stenosis_l1_l2\n1,Normal/Mild\n")
+    code, _, stderr = run_cli("predict", *runs, "--cache", synth_cache, "--out", labels, "--allow-prior")
+    assert code == 2 and "exists and is not a submission (its first line: 'study_id," in stderr, stderr
+    assert labels.read_text() == "study_id,spinal_canal_stenosis_l1_l2\n1,Normal/Mild\n"
     for message, args in cases.items():
         code, _, stderr = run_cli("predict", *args, "--out", tmp_path / "s.csv", "--allow-prior")
         assert code == 2 and stderr.startswith("error:") and len(stderr.strip().splitlines()) == 1, stderr

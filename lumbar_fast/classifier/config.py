@@ -103,6 +103,7 @@ class TrainConfig(RunConfig):
         if (self.epochs < 1 or self.batch_size < 1 or self.patience < 1
                 or (self.limit_batches is not None and self.limit_batches < 1)):
             raise LumbarFastError("--epochs, --batch-size, --patience and --limit-batches must be at least 1")
+        self.check_lr(self.lr)
         if not 0 <= self.label_smoothing < 1:
             raise LumbarFastError(f"--label-smoothing {self.label_smoothing} is outside 0..1")
         if not 0 <= self.shift <= 0.5:

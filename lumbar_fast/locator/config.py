@@ -56,10 +56,11 @@ class LocatorConfig(RunConfig):
             raise LumbarFastError(f"a locator run's kind is {KIND!r}, not {self.kind!r}")
         if self.monitor not in MONITORS:
             raise LumbarFastError(f"--monitor must be one of {', '.join(MONITORS)}")
-        if (self.epochs < 1 or self.patience < 1 or self.max_slices < 3 or self.image_size < 32
-                or (self.limit_series is not None and self.limit_series < 1)):
-            raise LumbarFastError("--epochs, --patience and --limit-series must be at least 1, --max-slices "
-                                  "at least 3 and --image-size at least 32")
+        if (self.epochs < 1 or self.patience < 1 or self.width < 1 or self.max_slices < 3
+                or self.image_size < 32 or (self.limit_series is not None and self.limit_series < 1)):
+            raise LumbarFastError("--epochs, --patience, --width and --limit-series must be at least 1, "
+                                  "--max-slices at least 3 and --image-size at least 32")
+        self.check_lr(self.lr)
 
 
 def refuse_several_processes() -> None:

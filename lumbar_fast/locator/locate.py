@@ -39,6 +39,7 @@ def located_series(runs: list[Path], cache: CacheReader, device: str = "auto", p
     """Each run's prediction table (decode.prediction_table, with its confidence) for every series of its
     sequence in `cache`: what `coordinates_of` chooses from, so runs on caches of other image sizes can join
     one choice. A run whose sequence the cache lacks is an error, or locates nothing with `skip_absent`."""
+    refuse_repeats(runs)
     target = resolve_device(device)
     tables = []
     for run in runs:
@@ -59,6 +60,15 @@ def located_series(runs: list[Path], cache: CacheReader, device: str = "auto", p
             prediction = decode_series(heatmaps, slice_logits)
             tables.append(prediction_table(series, prediction, stack_index, targets))
     return tables
+
+
+def refuse_repeats(runs: list[Path]) -> None:
+    """One line for a run given twice (a shell glob repeated): it would only locate every series again."""
+    seen = set()
+    for run in runs:
+        if Path(run).resolve() in seen:
+            raise LumbarFastError(f"locator run {run} is given twice; give each once")
+        seen.add(Path(run).resolve())
 
 
 def coordinates_of(tables: list[pd.DataFrame]) -> pd.DataFrame:

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import math
+import os
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Protocol
 
 from lumbar_fast import rsna
@@ -39,6 +42,16 @@ class RunConfig:
             raise LumbarFastError("give exactly one of --out RUNS_DIR and --run-dir DIR")
         if not 0 <= self.fold < self.folds:
             raise LumbarFastError(f"--fold {self.fold} is outside 0..{self.folds - 1}")
+        where, cache = Path(os.path.abspath(self.out or self.run_dir)), Path(os.path.abspath(self.cache))
+        if where == cache or cache in where.parents:
+            raise LumbarFastError(f"the run would be written inside the cache {self.cache}; choose another "
+                                  f"{'--out' if self.out else '--run-dir'}")
+
+    @staticmethod
+    def check_lr(lr: float) -> None:
+        """Refuse a learning rate torch's optimisers refuse with a traceback (negative, NaN, infinite)."""
+        if not 0 < lr < math.inf:
+            raise LumbarFastError(f"--lr {lr} must be a positive number")
 
 
 class TaskConfig(Protocol):

@@ -50,11 +50,14 @@ def resume(run_dir: str | Path, read_config: Callable[[dict[str, Any]], C], prep
     finished run only repeats the task's closing step (`TrainingTask.finish`). `session` overrides how the
     run is carried out (device, progress), never what it is."""
     run = RunFolder.open_existing(Path(run_dir))
+    record = run.read_config()
     try:
-        config = dataclasses.replace(read_config(run.read_config()), **session)
+        config = dataclasses.replace(read_config(record), **session)
     except TypeError as exc:
-        raise LumbarFastError(f"{run_dir} was written by an incompatible version or another command: "
-                              f"{exc}") from None
+        kind = record.get("kind", "classifier")
+        raise LumbarFastError(f"{run_dir} is a {kind} run of another version or another command ({exc}): "
+                              "`train --resume` continues classifier runs, `train-locator --resume` locator "
+                              "runs") from None
     with distributed.process_group(resolve_device(config.device)):
         state = run.load_checkpoint(LAST)
         task = prepare(config, run)
