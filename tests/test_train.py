@@ -309,7 +309,7 @@ def test_slice_view_gives_each_label_its_whole_slice(learning_cache, tmp_path):
         assert np.array_equal(images[items.rows[i], :, :, middle], stacks[labelled.loc[i, "stack_row"]])
 
 
-def test_resume_after_a_kill_equals_an_uninterrupted_run(learning_cache, tmp_path, run_cli):
+def test_resume_after_a_kill_equals_an_uninterrupted_run(learning_cache, tmp_path, run_cli, capsys):
     """A training process SIGKILLs itself right after committing epoch 1; --resume it, and compare with a run
     that was never interrupted: the same weights and metrics, bit for bit (CPU, same seed). The killed run
     was given its cache by a path relative to another folder: it records it resolved."""
@@ -333,7 +333,9 @@ def test_resume_after_a_kill_equals_an_uninterrupted_run(learning_cache, tmp_pat
     expected = without_timings(RunFolder(whole).read_metrics())
     assert without_timings(RunFolder(killed).read_metrics()) == expected and len(expected) == 3
     assert (killed / "val_predictions.csv").read_text() == (whole / "val_predictions.csv").read_text()
+    capsys.readouterr()
     assert resume(killed) == killed and len(RunFolder(killed).read_metrics()) == 3  # finished: nothing to do
+    assert f"{killed} had finished (3 epochs, the best epoch " in capsys.readouterr().out
 
 
 def cli_error(capsys, *args: str) -> str:

@@ -62,6 +62,11 @@ def resume(run_dir: str | Path, read_config: Callable[[dict[str, Any]], C], prep
         state = run.load_checkpoint(LAST)
         task = prepare(config, run)
         run_state = restore(run, task, state)
+        if run_state.start_epoch >= config.epochs or run_state.stopper.should_stop:
+            line = (f"{run.path} had finished ({run_state.start_epoch} epochs, the best epoch "
+                    f"{run_state.stopper.best_epoch + 1}): nothing left to train; its closing step is "
+                    "repeated")
+            distributed.on_main(lambda: print(line, flush=True))
         return fit(run, task, run_state)
 
 
