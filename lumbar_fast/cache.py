@@ -590,6 +590,17 @@ def open_cache(path: str | Path) -> CacheReader:
     return CacheReader(path, store, attrs)
 
 
+def open_training_cache(path: str | Path) -> CacheReader:
+    """`open_cache` for training: a cache without labels (the test split, ingested without --labels) is
+    refused in one line, not by the split or the items it leaves empty."""
+    reader = open_cache(path)
+    settings = reader.settings()
+    if settings.split != "train" and settings.labels is None:
+        raise LumbarFastError(f"{path} is a cache of the {settings.split} split, without labels: train on "
+                              "one of the train split (or ingested with --labels)")
+    return reader
+
+
 def check_fits(trained: ImageSettings, reader: CacheReader, run: Path, sequence: str,
                fields: tuple[str, ...] = ("size", "channels", "crop_mm", "canonical_side")) -> None:
     """Refuse, in one line, a cache whose images differ from those a run of `sequence` trained on (its

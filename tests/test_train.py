@@ -347,7 +347,8 @@ def cli_error(capsys, *args: str) -> str:
     return err
 
 
-def test_bad_input_is_a_one_line_error_and_leaves_no_run(synth_cache, tmp_path, capsys):
+def test_bad_input_is_a_one_line_error_and_leaves_no_run(synth_cache, make_cache, synth_data, tmp_path,
+                                                         capsys):
     run = tmp_path / "run"
     base = ["--run-dir", str(run), "--model", "test_efficientnet", "--no-pretrained", "--device", "cpu"]
     missing = str(tmp_path / "no.zarr")
@@ -363,6 +364,9 @@ def test_bad_input_is_a_one_line_error_and_leaves_no_run(synth_cache, tmp_path, 
     zarr.open_group(other, mode="r+").attrs["schema_version"] = SCHEMA_VERSION + 1
     assert "schema version" in cli_error(capsys, "--sequence", "sag_t2", "--cache", str(other), *base)
     assert "--sequence and --cache" in cli_error(capsys, "--sequence", "sag_t2")
+    test_split = str(make_cache(synth_data, split="test"))
+    assert "a cache of the test split, without labels" in cli_error(capsys, "--sequence", "sag_t2", "--cache",
+                                                                    test_split, *base)
     assert not run.exists()
     run.mkdir()
     (run / "notes.txt").write_text("someone else's")

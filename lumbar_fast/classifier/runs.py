@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 
 from lumbar_fast import recipes, rsna
-from lumbar_fast.cache import ImageSettings, open_cache
+from lumbar_fast.cache import ImageSettings, open_training_cache
 from lumbar_fast.calibration import read_temperature
 from lumbar_fast.classifier.config import TrainConfig
 from lumbar_fast.classifier.task import prepare_classifier
@@ -28,7 +28,8 @@ def train(config: TrainConfig) -> Path:
     """Start a new run for `config` (its `auto` values resolved by the recipe and the cache's slices per
     crop); returns its folder."""
     config.check()
-    return loop.start(config.resolved(open_cache(config.cache).slices_per_crop()), prepare_classifier)
+    slices = open_training_cache(config.cache).slices_per_crop()
+    return loop.start(config.resolved(slices), prepare_classifier)
 
 
 def resume(run_dir: str | Path, **session: Any) -> Path:

@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from lumbar_fast import distributed, recipes, rsna, testhooks
-from lumbar_fast.cache import ImageSettings, open_cache
+from lumbar_fast.cache import ImageSettings, open_training_cache
 from lumbar_fast.calibration import calibrate, write_calibration
 from lumbar_fast.classifier.config import MONITORS, PANELS, TrainConfig
 from lumbar_fast.classifier.items import (
@@ -126,7 +126,7 @@ def prepare_classifier(config: TrainConfig, run: RunFolder) -> ClassifierTask:
     amp_dtype = amp_dtype_for(config.amp, device)
     if config.cuda_graphs:
         check_cuda_graphs(device, amp_dtype, distributed.world_size(), config.pooling)
-    cache = open_cache(config.cache)
+    cache = open_training_cache(config.cache)
     if config.sequence not in cache.sequences():
         raise LumbarFastError(f"the cache {cache.path} has no items for sequence {config.sequence}")
     seed_everything(config.seed)

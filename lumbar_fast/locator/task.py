@@ -15,7 +15,7 @@ import pandas as pd
 import torch
 
 from lumbar_fast import distributed
-from lumbar_fast.cache import ImageSettings, open_cache
+from lumbar_fast.cache import ImageSettings, open_training_cache
 from lumbar_fast.errors import LumbarFastError
 from lumbar_fast.loaders.gpu import resolve_device
 from lumbar_fast.loaders.series import SeriesLoader, SeriesLoaderConfig
@@ -142,7 +142,7 @@ def prepare_locator(config: LocatorConfig, run: RunFolder) -> LocatorTask:
     """Open the cache, split, build data, model, optimiser and schedule (all input checks before training)."""
     device = distributed.rank_device(resolve_device(config.device))
     amp_dtype = amp_dtype_for(config.amp, device)
-    cache = open_cache(config.cache)
+    cache = open_training_cache(config.cache)
     data = load_data(cache, config.sequence)
     split = distributed.on_main(load_or_create_split, cache.study_labels(), cache.path, config.folds,
                                 config.split_seed, config.split_file)
