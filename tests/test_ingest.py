@@ -508,6 +508,10 @@ def test_rerun_is_a_no_op_and_other_parameters_or_schema_are_refused(tiny_data, 
     assert code == 2 and "other parameters (size changed)" in err
     with pytest.raises(CacheError, match="crop_mm changed"):
         ingest(tiny_data, out, size=32, crop_mm={"ax_t2": 30.0}, progress=False)
+    with pytest.raises(CacheError, match=r"\(format changed\)"):  # the option's name, not the field's
+        ingest(tiny_data, out, size=32, fmt="hdf5", progress=False)
+    with pytest.raises(CacheError, match=r"\(split changed: train, not test\)"):  # not its CSVs
+        ingest(tiny_data, out, size=32, split="test", progress=False)
     assert cache.open_cache(out).attrs["cache_id"] == before
     old = shutil.copytree(out, tmp_path / "old.zarr")
     zarr.open_group(old, mode="r+").attrs["schema_version"] = cache.SCHEMA_VERSION - 1

@@ -197,12 +197,18 @@ def _finished_summary(out: Path, params: IngestSettings) -> IngestSummary | None
                          error_reasons=cache.reason_counts(errors))
 
 
+#: a recorded parameter's name as the ingest command calls it, where they differ
+PARAMETER_NAMES = {"fmt": "format"}
+
+
 def _changes(made: dict, wanted: dict) -> str:
     """What differs between a cache's recorded parameters and a rerun's, by name (CSVs by their role)."""
+    if made["split"] != wanted["split"]:  # its CSVs differ as a consequence: not worth naming
+        return f"split changed: {made['split']}, not {wanted['split']}"
     digests = made["params"].get("input_digests")
     if digests is None:
         return "made by an earlier version, which kept no digests of its input CSVs"
-    changed = [f"{key} changed" for key, value in wanted["params"].items()
+    changed = [f"{PARAMETER_NAMES.get(key, key)} changed" for key, value in wanted["params"].items()
                if key != "input_digests" and value != made["params"].get(key)]
     changed += [_csv_change(name, digests.get(name), digest)
                 for name, digest in wanted["params"]["input_digests"].items() if digests.get(name) != digest]
