@@ -10,6 +10,7 @@ acquired (a sagittal stack always from the right to the left side).
 
 from __future__ import annotations
 
+import os
 import warnings
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -210,9 +211,12 @@ def level_crop(images: list[np.ndarray], index: int, x: float, y: float, spacing
 
 
 def _read_file(path: Path) -> pydicom.Dataset:
-    """The dataset of one file; DicomReadError for a folder, an empty file or what pydicom cannot parse."""
+    """The dataset of one file; DicomReadError for a folder, a link to nothing, an empty or unreadable file
+    or what pydicom cannot parse."""
     if path.is_dir():
         raise DicomReadError("a folder, not a DICOM file")
+    if path.is_symlink() and not path.exists():
+        raise DicomReadError(f"a symbolic link to nothing ({os.readlink(path)})")
     if path.stat().st_size == 0:
         raise DicomReadError("empty file (0 bytes)")
     try:

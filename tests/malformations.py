@@ -163,6 +163,11 @@ def folder(path: Path) -> None:
     (path / "inside.txt").write_text("a folder named like a slice")
 
 
+def dangling_link(path: Path) -> None:
+    path.unlink()
+    path.symlink_to(path.with_name("moved-away.dcm"))
+
+
 SIZE = "pixel data does not match the header"
 IOP = "ImageOrientationPatient"
 PI = "PhotometricInterpretation"
@@ -241,4 +246,6 @@ MALFORMATIONS: list[Malformation] = [
     Malformation("file: header cut short", "not a readable DICOM file|no pixel data",
                  replace=truncate_header),
     Malformation("file: a folder named .dcm", "a folder, not a DICOM file", replace=folder),
+    Malformation("file: a link to nothing", r"a symbolic link to nothing \(.*moved-away\.dcm\)",
+                 replace=dangling_link),
 ]

@@ -92,7 +92,7 @@ def fuzzed(clean, tmp_path_factory) -> tuple[Path, Path, list[Damage], tuple[int
         if path != lonely:
             path.unlink()
     MALFORMATIONS[0].damage(lonely)
-    shutil.copytree(damaged, deleted)
+    shutil.copytree(damaged, deleted, symlinks=True)  # a link to nothing stays one
     for path in [damage.path for damage in damages] + [lonely]:
         _remove(deleted / path.relative_to(damaged))
     return damaged, deleted, damages, (series_id, lonely)
