@@ -192,6 +192,9 @@ def cache_format(path: Path) -> str:
         return "hdf5"
     if not path.exists():
         raise CacheError(f"no cache at {path}")
+    if (path / "config.json").is_file():
+        raise CacheError(f"{path} is a run folder, not a cache (its config.json names the cache it "
+                         "trained on)")
     raise CacheError(f"{path} is not a lumbar-fast cache (neither a Zarr store nor an HDF5 file)")
 
 

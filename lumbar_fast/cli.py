@@ -58,6 +58,9 @@ def main(argv: list[str] | None = None) -> None:
     except click.exceptions.Abort:
         click.echo("aborted", err=True)
         sys.exit(130)
+    except click.exceptions.NoArgsIsHelpError as exc:  # `lumbar-fast` alone: its help, as `--help` gives it
+        click.echo(exc.ctx.get_help() if exc.ctx else exc.format_message())
+        sys.exit(0)
     except click.UsageError as exc:  # a wrong option or value: one line, with where to look
         where = exc.ctx.command_path if exc.ctx else "lumbar-fast"
         click.echo(f"error: {exc.format_message()} (see `{where} --help`)", err=True)

@@ -162,6 +162,9 @@ def test_open_cache_refuses_what_is_not_a_finished_cache_of_this_schema(tmp_path
     (tmp_path / "folder").mkdir()
     with pytest.raises(CacheError, match="not a lumbar-fast cache"):
         cache.open_cache(tmp_path / "folder")
+    (tmp_path / "folder" / "config.json").write_text("{}")  # a run folder given for its cache
+    with pytest.raises(CacheError, match="is a run folder, not a cache"):
+        cache.open_cache(tmp_path / "folder")
     zarr.open_group(tmp_path / "unfinished.zarr", mode="w").create_array("x", shape=(1,), dtype="uint8")
     with pytest.raises(CacheError, match="not a finished lumbar-fast cache"):
         cache.open_cache(tmp_path / "unfinished.zarr")

@@ -63,6 +63,8 @@ def test_every_command_has_help():
         result = run_cli(name, "--help")
         assert result.returncode == 0, (name, result.stderr)
         assert "Usage:" in result.stdout
+    alone = run_cli()  # `lumbar-fast` with nothing: the help, not an error
+    assert alone.returncode == 0 and alone.stdout.startswith("Usage: lumbar-fast") and not alone.stderr
 
 
 def test_unknown_sequence_is_one_line_error():

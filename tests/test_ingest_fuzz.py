@@ -174,6 +174,6 @@ def test_one_batch_of_damaged_files(clean, fuzzed, make_cache, run_cli, tmp_path
     assert f"lumbar-fast info {out} --errors" in result.stdout
     code, listed, _ = run_cli("info", out, "--errors")
     assert code == 0 and listed.splitlines() == lines
-    code, _, _ = run_cli("info", out, "--csv", tmp_path / "errors.csv")
+    code, _, _ = run_cli("info", out, "--csv", tmp_path / "new" / "errors.csv")  # its folder made
     assert code == 0
-    pd.testing.assert_frame_equal(pd.read_csv(tmp_path / "errors.csv", keep_default_na=False), errors)
+    pd.testing.assert_frame_equal(pd.read_csv(tmp_path / "new" / "errors.csv", keep_default_na=False), errors)

@@ -384,7 +384,8 @@ def test_without_test_studies_the_layout_is_still_whole(make_synth, run_cli, tmp
     (lambda d: [d / "new", "--studies", "1", "--pitfall", "rle=2"], "outside [0, 1]"),
     (lambda d: [d / "new", "--studies", "1", "--pitfall", "nope=0.1"], "unknown pitfall"),
     (lambda d: [d / "new", "--studies", "1", "--pitfall", "rle"], "NAME=RATE"),
-    (lambda d: [d / "new", "--studies", "1", "--image-size", "8"], "outside 64..1024"),
+    (lambda d: [d / "file.txt", "--studies", "1"], "file.txt exists and is not a folder"),
+    (lambda d: [d / "new", "--studies", "1", "--image-size", "8"], "--image-size 8 is outside 64..1024"),
     (lambda d: [d / "new", "--studies", "1", "--workers", "0"], "at least 1"),
 ])
 def test_cli_bad_input_is_one_line_error(tmp_path, run_cli, make_args, message):

@@ -25,6 +25,7 @@ def command(cache: Path, as_json: bool, list_errors: bool, csv_file: Path | None
         for line in error_lines(errors) if list_errors else []:
             click.echo(line)
         if csv_file:
+            csv_file.parent.mkdir(parents=True, exist_ok=True)
             errors.to_csv(csv_file, index=False)
             click.echo(f"wrote {len(errors)} error(s) to {csv_file}", err=list_errors)
         return

@@ -29,7 +29,8 @@ from lumbar_fast.commands.options import inference_options
                    "ingest --coordinates into a derived cache: beside --out with --cache, in the work folder "
                    "with --data) instead of the cache's own.")
 @click.option("--keep", is_flag=True, help="--data: keep the caches and located points in <out>.work/ (a "
-              "rerun reuses them) instead of a temporary folder.")
+              "rerun reuses the caches of the same settings and CSVs; it locates again) instead of a "
+              "temporary folder.")
 @click.option("--workers", type=click.IntRange(min=1), help="--data: ingest worker processes (default: every "
               "core).")
 @click.option("--progress/--no-progress", default=True, show_default=True, help="--data: progress bars.")

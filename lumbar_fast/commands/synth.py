@@ -33,7 +33,7 @@ def parse_rates(specs: tuple[str, ...], base: PitfallRates) -> PitfallRates:
               help="Number of test studies (test_images/, sample_submission.csv and an answer key).")
 @click.option("--seed", type=int, default=0, show_default=True, help="Same seed, same data set.")
 @click.option("--image-size", type=int, default=PhantomOptions.image_size, show_default=True,
-              help="Base Rows = Columns of every slice (series deviate at the varied_size rate).")
+              help="Base Rows = Columns of every slice, 64..1024 (series deviate at the varied_size rate).")
 @click.option("--size-spread", type=click.Choice(SIZE_SPREADS), default=PhantomOptions.size_spread,
               show_default=True, help="base: every series at --image-size; rsna: each series draws its size "
               "from the competition's spread (mostly 384-512, some 256-640), for timing at the real cost.")
@@ -42,7 +42,8 @@ def parse_rates(specs: tuple[str, ...], base: PitfallRates) -> PitfallRates:
               help="real: a latent severity graded by a noisy rater, with the answer key "
                    f"{ANSWER_KEY_NAME} (the best possible score); easy: disjoint classes labelled exactly.")
 @click.option("--signal", type=float, default=1.0, show_default=True,
-              help="Scales the narrowing the pixels show (labels, answer key unchanged); lower is subtler.")
+              help="Scales the narrowing the pixels show, 0..2 (labels, answer key unchanged); lower is "
+              "subtler.")
 @click.option("--balanced", is_flag=True, help="Equal class frequencies instead of the real ones.")
 @click.option("--no-pitfalls", is_flag=True,
               help="Clean data: 12-bit, uncompressed, ordered, one stack, base size, all labels present.")

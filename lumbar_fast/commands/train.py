@@ -57,7 +57,8 @@ from lumbar_fast.commands import options
 @click.option("--workers", default=2, show_default=True, help="Loader worker processes.")
 @options.session_options("Seed of model init, shuffling, augmentation.",
                          click.option("--limit-batches", type=click.IntRange(min=1),
-                                      help="Stop each epoch after N batches (smoke runs)."))
+                                      help="Stop each epoch's training and validation after N batches "
+                                      "(smoke runs; evaluate then sees more validation items)."))
 @click.option("--nproc", type=click.IntRange(min=1), default=1, show_default=True,
               help="Train with N processes (one per GPU) on this machine: re-launches this command under "
               "`torchrun --standalone --nproc-per-node N`. --batch-size is per process.")

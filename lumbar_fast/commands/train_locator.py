@@ -27,7 +27,8 @@ from lumbar_fast.commands import options
 @options.amp_option
 @options.session_options("Seed of model init, order, augmentation.",
                          click.option("--limit-series", type=click.IntRange(min=1),
-                                      help="Stop each epoch after N series (smoke runs)."))
+                                      help="Train each epoch on N series (smoke runs; validation "
+                                      "sees every series)."))
 def command(model, no_pretrained, image_size, width, epochs, lr, patience, monitor, max_slices, no_augment,
             amp, device, seed, limit_series, resume_dir, no_progress, **run) -> None:
     """Train a sequence's locator: which slice holds each level's point, and where on it."""

@@ -92,7 +92,8 @@ def _prepare_out_dir(out_dir: str | Path, n_studies: int, n_test_studies: int) -
         raise LumbarFastError(f"--test-studies must be 0 or more (got {n_test_studies})")
     root = Path(out_dir)
     if root.exists() and (not root.is_dir() or any(root.iterdir())):
-        raise LumbarFastError(f"{root} exists and is not an empty folder; choose a new output folder")
+        what = "an empty folder" if root.is_dir() else "a folder"
+        raise LumbarFastError(f"{root} exists and is not {what}; choose a new output folder")
     try:
         root.mkdir(parents=True, exist_ok=True)
     except OSError as exc:

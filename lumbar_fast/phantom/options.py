@@ -81,9 +81,9 @@ class PhantomOptions:
 
     def __post_init__(self) -> None:
         if not 64 <= self.image_size <= 1024:
-            raise LumbarFastError(f"image size {self.image_size} is outside 64..1024")
+            raise LumbarFastError(f"--image-size {self.image_size} is outside 64..1024")
         if not 0.0 <= self.signal <= 2.0:
-            raise LumbarFastError(f"signal {self.signal} is outside 0..2")
+            raise LumbarFastError(f"--signal {self.signal} is outside 0..2")
         if self.difficulty not in DIFFICULTIES:
             raise LumbarFastError(f"difficulty {self.difficulty!r} is not one of {', '.join(DIFFICULTIES)}")
         if self.size_spread not in SIZE_SPREADS:
