@@ -354,6 +354,7 @@ def set_row0(column: str, value: str):
     ("train_series_descriptions.csv", lambda t: "", "is not a readable CSV (EmptyDataError"),
     ("train.csv", lambda t: pd.concat([t, t.iloc[[0]]]), "row 4: study"),
     ("train.csv", set_row0("spinal_canal_stenosis_l1_l2", "Awful"), "row 1: unknown severity 'Awful'"),
+    ("train.csv", lambda t: t.iloc[:0], "lists no study (a header alone)"),
     ("train_label_coordinates.csv", set_row0("instance_number", ""),
      "instance_number, row 1: empty, needs an integer"),
     ("train_label_coordinates.csv", set_row0("x", "left"), "column x, row 1: 'left' is not a number"),

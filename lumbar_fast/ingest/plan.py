@@ -118,6 +118,8 @@ def read_study_labels(path: str | Path | None, studies: list[int], listed: set[i
         return cache.typed_table(table.assign(**{c: rsna.MISSING for c in rsna.LABEL_COLUMNS}),
                                  cache.STUDY_LABEL_COLUMNS), []
     raw = read_csv(path, rsna.LABELS_CSV, "labels")
+    if raw.empty:  # every label would be missing, and training would fail much later
+        raise DataError(f"labels file {path} lists no study (a header alone)")
     twice = np.flatnonzero(raw["study_id"].duplicated().to_numpy())
     if len(twice):
         raise DataError(f"labels file {path}, row {twice[0] + 1}: study {raw['study_id'].iloc[twice[0]]} is "
