@@ -73,7 +73,13 @@ SEQUENCES: dict[str, Sequence] = {
     "sag_t2": Sequence("sag_t2", "Sagittal T2/STIR", ("spinal_canal_stenosis",)),
     "ax_t2": Sequence("ax_t2", "Axial T2", ("left_subarticular_stenosis", "right_subarticular_stenosis")),
 }
-SEQUENCE_FROM_DESCRIPTION = {seq.description: seq.name for seq in SEQUENCES.values()}
+SEQUENCE_FROM_DESCRIPTION = {seq.description.casefold(): seq.name for seq in SEQUENCES.values()}
+
+
+def sequence_of_description(description: object) -> str | None:
+    """The sequence a series_description names, regardless of case and of spaces around or doubled inside it
+    (a hand-edited CSV's ' sagittal t1'); None for any other text."""
+    return SEQUENCE_FROM_DESCRIPTION.get(" ".join(str(description).split()).casefold())
 SEQUENCE_OF_CONDITION = {cond: seq.name for seq in SEQUENCES.values() for cond in seq.conditions}
 
 #: train.csv label columns, `{condition}_{level}`, in the competition's order

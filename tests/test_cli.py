@@ -72,6 +72,15 @@ def test_unknown_sequence_is_one_line_error():
         get_sequence("sag_t3")
 
 
+def test_series_descriptions_match_regardless_of_case_and_spaces():
+    from lumbar_fast.rsna import sequence_of_description
+
+    assert sequence_of_description("Sagittal T2/STIR") == "sag_t2"
+    assert sequence_of_description(" sagittal  t1 ") == "sag_t1"
+    assert sequence_of_description("AXIAL T2") == "ax_t2"
+    assert sequence_of_description("Coronal T1") is None and sequence_of_description(float("nan")) is None
+
+
 def test_label_columns_are_the_competitions():
     assert len(LABEL_COLUMNS) == 25
     assert LABEL_COLUMNS[0] == "spinal_canal_stenosis_l1_l2"

@@ -158,7 +158,7 @@ def test_damaged_files_are_reported_and_the_rest_is_ingested(synth_data, synth_c
     descriptions = pd.read_csv(synth_data / "train_series_descriptions.csv")
     for row in descriptions.itertuples():
         folder = synth_data / "train_images" / str(row.study_id) / str(row.series_id)
-        files[rsna.SEQUENCE_FROM_DESCRIPTION[row.series_description]] += len(list(folder.glob("*.dcm")))
+        files[rsna.sequence_of_description(row.series_description)] += len(list(folder.glob("*.dcm")))
     ingested = {seq: len(reader.stack_index(seq)) for seq in reader.sequences()}
     assert sum(files.values()) - sum(ingested.values()) == len(damaged)
 

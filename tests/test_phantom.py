@@ -93,7 +93,7 @@ def test_csv_files_have_the_competition_layout(synth_data):
 
     series = read_csv(synth_data, "train_series_descriptions.csv")
     assert list(series.columns) == ["study_id", "series_id", "series_description"]
-    assert set(series.series_description) == set(rsna.SEQUENCE_FROM_DESCRIPTION)
+    assert set(series.series_description) == {seq.description for seq in rsna.SEQUENCES.values()}
     assert set(series.study_id) == set(train.study_id)
 
     test_series = read_csv(synth_data, "test_series_descriptions.csv")
@@ -230,7 +230,7 @@ def test_coordinates_point_inside_existing_instances_of_the_right_series(synth_d
         for row in read_csv(synth_data, f"{split}_label_coordinates.csv").itertuples():
             ds = pydicom.dcmread(instance_path(synth_data, split, row), stop_before_pixels=True)
             assert 0 <= row.x < ds.Columns and 0 <= row.y < ds.Rows
-            sequence = rsna.SEQUENCE_FROM_DESCRIPTION[series.at[row.series_id, "series_description"]]
+            sequence = rsna.sequence_of_description(series.at[row.series_id, "series_description"])
             assert rsna.SEQUENCE_OF_CONDITION[rsna.CONDITION_FROM_TITLE[row.condition]] == sequence
 
 

@@ -81,7 +81,7 @@ def plan_ingest(params: IngestSettings) -> IngestPlan:
     tasks = []
     for row in descriptions.sort_values(["study_id", "series_id"]).itertuples(index=False):
         folder = images / str(row.study_id) / str(row.series_id)
-        sequence = rsna.SEQUENCE_FROM_DESCRIPTION.get(row.series_description)
+        sequence = rsna.sequence_of_description(row.series_description)
         problem = (f"unknown series description: {row.series_description!r}" if sequence is None
                    else "series folder missing" if not folder.is_dir() else None)
         if problem:
@@ -142,7 +142,7 @@ def _level_labels(coordinates: pd.DataFrame, listed: pd.DataFrame, descriptions:
     """Coordinate rows of the cache's studies (and of studies the descriptions do not list) grouped by
     (study, series), with their severities; rows that cannot be used become error rows, a row listed twice is
     cropped once."""
-    series_sequence = {(s, r): rsna.SEQUENCE_FROM_DESCRIPTION.get(d) for s, r, d in
+    series_sequence = {(s, r): rsna.sequence_of_description(d) for s, r, d in
                        descriptions[list(DESCRIPTION_COLUMNS)].itertuples(index=False)}
     severities = study_labels.set_index("study_id")
     limited_out = set(listed["study_id"]) - set(severities.index)
