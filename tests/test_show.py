@@ -207,7 +207,8 @@ def test_grid_shows_random_crops_of_one_class(reader, synth_cache, tmp_path, cap
     out = tmp_path / "grid.png"
     main(["show", str(synth_cache), "--grid", "--condition", "spinal_canal_stenosis", "--severity", "Severe",
           "--n", str(n), "--seed", "3", "--out", str(out)])
-    assert f"wrote {out}" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert f"wrote {out}" in printed and f": {n} of {len(of_class)} crops" in printed  # what --n found
 
     columns, rows = math.ceil(math.sqrt(n)), math.ceil(n / math.ceil(math.sqrt(n)))
     tile, gap = show.GALLERY_TILE, show.GAP

@@ -38,6 +38,7 @@ def command(cache: Path, study: int | None, sequences: tuple[str, ...], points: 
         panels, title = show.class_grid(open_cache(cache), show.parse_condition(condition),
                                         show.parse_severity(severity), count, seed)
         picture = show.render_gallery(panels, out, title)
+        click.echo(title)  # how many crops there were: --n may ask for more
     else:
         if study is None:
             raise LumbarFastError("give --study ID for a contact sheet, or --grid for a grid of one class")
