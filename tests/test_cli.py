@@ -2,6 +2,7 @@
 
 import dataclasses
 import importlib
+import importlib.util
 import re
 import subprocess
 import sys
@@ -124,3 +125,14 @@ def test_training_arguments_torch_or_the_cache_would_suffer_are_refused(config, 
 def test_a_locator_decoder_of_no_channels_is_refused():
     with pytest.raises(LumbarFastError, match="--width"):
         LocatorConfig(sequence="sag_t2", cache="c.zarr", out="runs", width=0).check()
+
+
+TOOLS = sorted((Path(__file__).parents[1] / "tools").glob("*.py"))
+
+
+@pytest.mark.parametrize("script", TOOLS, ids=lambda p: p.name)
+def test_every_tool_imports(script, monkeypatch):
+    """The tools run by hand only: an import a refactor broke (calibrate_phantom.py's, once) shows here."""
+    monkeypatch.syspath_prepend(str(script.parent))  # as `python tools/x.py` runs it: its siblings import
+    spec = importlib.util.spec_from_file_location(f"tools_{script.stem}", script)
+    spec.loader.exec_module(importlib.util.module_from_spec(spec))

@@ -16,8 +16,9 @@ from dataclasses import replace
 import numpy as np
 
 from lumbar_fast import rsna
+from lumbar_fast.metrics import metric_optimal
 from lumbar_fast.phantom import grading
-from lumbar_fast.phantom.answer_key import TERMS, best_prediction, expected_losses
+from lumbar_fast.phantom.answer_key import TERMS, expected_losses
 from lumbar_fast.phantom.options import REAL_FREQUENCIES
 
 #: 6th place RSNA 2024, best single model, cross-validation (DESIGN.md section 7)
@@ -30,7 +31,7 @@ def best_and_prior(n_studies: int, draws: int, seed: int) -> tuple[dict[str, flo
     study, conditions, p = grading.simulate(np.random.default_rng(seed), n_studies, REAL_FREQUENCIES)
     labelled = np.ones(len(study), dtype=bool)
     prior = np.array([REAL_FREQUENCIES[rsna.CONDITION_GROUP[c]] for c in conditions])
-    best = expected_losses(study, conditions, labelled, p, best_prediction(p), draws, seed + 1)
+    best = expected_losses(study, conditions, labelled, p, metric_optimal(p), draws, seed + 1)
     return best, expected_losses(study, conditions, labelled, p, prior, draws, seed + 1)
 
 
