@@ -59,6 +59,16 @@ def test_usage_errors_are_one_line(argv, message):
     assert message in result.stderr and "--help" in result.stderr
 
 
+def test_a_torchrun_launch_checks_its_arguments_first(tmp_path):
+    """Under --nproc each process would print the error, then torchrun its own traceback wall."""
+    train = ("train", "--nproc", "2", "--device", "cpu", "--sequence", "sag_t2", "--out", str(tmp_path))
+    for extra, message in ((("--cache", str(tmp_path / "no.zarr")), "no cache at"),
+                           (("--cache", "c.zarr", "--lr", "-1"), "--lr -1.0 must be a positive number")):
+        result = run_cli(*train, *extra)
+        assert result.returncode == 2 and result.stderr == f"error: {result.stderr[7:]}", result.stderr
+        assert message in result.stderr and result.stderr.count("\n") == 1, result.stderr
+
+
 def test_every_command_has_help():
     for name in COMMANDS:
         result = run_cli(name, "--help")

@@ -68,13 +68,7 @@ def command(model, weights, no_pretrained, pooling, window_stride, window_paddin
             seed, limit_batches, resume_dir, no_progress, nproc, **run) -> None:
     """Train one sequence's classifier; writes a run folder (config, metrics, curves, checkpoints).
     Under torchrun each process trains on its share of every epoch (DistributedDataParallel)."""
-    if nproc > 1:  # before the training stack's imports: this process only waits for torchrun's
-        if resume_dir is not None:
-            options.resume_session()  # refuses here, once, what each process would refuse
-        relaunch_under_torchrun(nproc, device)
-        return
     from lumbar_fast.classifier.config import TrainConfig
-    from lumbar_fast.classifier.runs import resume, train
 
     config = partial(
         TrainConfig, **run, model=model, weights=weights, pretrained=not no_pretrained, pooling=pooling,
@@ -84,6 +78,18 @@ def command(model, weights, no_pretrained, pooling, window_stride, window_paddin
         cuda_graphs=cuda_graphs, compile=compile_, view=view, control=control,
         augment="none" if no_augment else augment, shift=shift, loader=loader, workers=workers,
         device=device, seed=seed, limit_batches=limit_batches, progress=not no_progress)
+    if nproc > 1:  # this process only waits for torchrun's, and refuses here, once, what each would refuse
+        if resume_dir is not None:
+            options.resume_session()
+        elif run["sequence"] is not None and run["cache"] is not None:
+            from lumbar_fast.cache import open_training_cache
+
+            config().check()
+            open_training_cache(run["cache"])
+        relaunch_under_torchrun(nproc, device)
+        return
+    from lumbar_fast.classifier.runs import resume, train
+
     announce(options.start_or_resume(resume_dir, run, resume, lambda: train(config())))
 
 
