@@ -303,8 +303,9 @@ def parse_severity(text: str) -> int:
 
 
 def parse_condition(text: str) -> str:
-    """A condition given as a label-column name or its coordinates-CSV title."""
-    condition = rsna.CONDITION_FROM_TITLE.get(text, text)
+    """A condition given as a label-column name or its coordinates-CSV title, in any case."""
+    titles = {title.casefold(): name for title, name in rsna.CONDITION_FROM_TITLE.items()}
+    condition = titles.get(text.casefold(), text.casefold())
     if condition not in rsna.CONDITIONS:
         raise LumbarFastError(f"unknown condition {text!r}; choose one of {', '.join(rsna.CONDITIONS)}")
     return condition

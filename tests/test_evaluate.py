@@ -3,6 +3,7 @@ ingest → train three runs → predict → score gives the competition score ev
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 from pathlib import Path
@@ -14,9 +15,11 @@ import pytest
 from lumbar_fast import metrics, rsna
 from lumbar_fast.cache import open_cache
 from lumbar_fast.classifier.config import TrainConfig
-from lumbar_fast.classifier.runs import train
+from lumbar_fast.classifier.runs import read_runs, train
+from lumbar_fast.errors import LumbarFastError
 from lumbar_fast.evaluate import (
     EvaluateOptions,
+    evaluation_cache,
     item_losses,
     localisation_figures,
     phantom_limits,
@@ -175,6 +178,7 @@ def test_bad_input_is_one_line_error(trained_runs, tmp_path, run_cli):
     runs = list(trained_runs.values())
     cases = {
         "does not exist": [tmp_path / "nowhere", "--out", tmp_path / "r"],
+        "run folder " + str(Path(__file__)) + " is a file": [Path(__file__), "--out", tmp_path / "r"],
         "both sag_t2 fold 0": [runs[1], runs[1], "--out", tmp_path / "r"],
         "no-cache.zarr": [runs[0], "--cache", tmp_path / "no-cache.zarr", "--out", tmp_path / "r"],
         "'--out': Directory": [runs[0], "--out", Path(__file__)],  # a file: refused before any work
@@ -183,6 +187,17 @@ def test_bad_input_is_one_line_error(trained_runs, tmp_path, run_cli):
         code, _, stderr = run_cli("evaluate", *args)
         assert code == 2 and stderr.startswith("error:") and len(stderr.strip().splitlines()) == 1, stderr
         assert message in stderr
+
+
+def test_runs_no_one_cache_fits_are_told_to_go_separately(trained_runs):
+    runs = read_runs(list(trained_runs.values()))
+    assert evaluation_cache(runs, None).path == runs[0].cache  # one cache: theirs
+    moved = dataclasses.replace(runs[1], cache=Path("elsewhere.zarr"))
+    with pytest.raises(LumbarFastError, match="different caches .*; give --cache"):
+        evaluation_cache([runs[0], moved], None)
+    smaller = dataclasses.replace(moved, settings=dataclasses.replace(moved.settings, size=32))
+    with pytest.raises(LumbarFastError, match="caches of different images .* separate calls"):
+        evaluation_cache([runs[0], smaller], None)
 
 
 # -- locator runs ----------------------------------------------------------------------------------------

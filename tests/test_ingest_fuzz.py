@@ -5,6 +5,7 @@ every untouched series is byte-identical to a clean ingest."""
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
 import subprocess
@@ -174,6 +175,8 @@ def test_one_batch_of_damaged_files(clean, fuzzed, make_cache, run_cli, tmp_path
     assert f"lumbar-fast info {out} --errors" in result.stdout
     code, listed, _ = run_cli("info", out, "--errors")
     assert code == 0 and listed.splitlines() == lines
+    code, listed, _ = run_cli("info", out, "--errors", "--json")  # the same rows, as JSON
+    assert code == 0 and [row["reason"] for row in json.loads(listed)] == errors["reason"].tolist()
     code, _, _ = run_cli("info", out, "--csv", tmp_path / "new" / "errors.csv")  # its folder made
     assert code == 0
     pd.testing.assert_frame_equal(pd.read_csv(tmp_path / "new" / "errors.csv", keep_default_na=False), errors)

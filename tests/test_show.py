@@ -244,3 +244,13 @@ def test_bad_input_is_a_one_line_error(reader, synth_cache, tmp_path, capsys, ar
 def test_a_sequence_the_study_lacks_is_a_user_error(reader):
     with pytest.raises(LumbarFastError, match="study 1 has no sag_t1 series"):
         show.study_sections(reader, 1, "sag_t1", None)
+
+
+def test_conditions_in_any_case_and_png_paths_only(synth_cache, tmp_path, capsys):
+    assert show.parse_condition("Spinal_Canal_Stenosis") == show.parse_condition("spinal canal stenosis") \
+        == "spinal_canal_stenosis"
+    with pytest.raises(SystemExit) as exit_info:  # PNG bytes in a .jpg file
+        main(["show", str(synth_cache), "--grid", "--condition", "spinal_canal_stenosis", "--severity",
+              "Severe", "--out", str(tmp_path / "grid.jpg")])
+    assert exit_info.value.code == 2 and "give a path ending in .png" in capsys.readouterr().err
+    assert not (tmp_path / "grid.jpg").exists()

@@ -56,7 +56,7 @@ class ClassifierRun:
 def read_run(path: Path) -> ClassifierRun:
     """A classifier run folder checked for use: config, best.pt, the level view; one-line errors otherwise."""
     if not path.is_dir():
-        raise LumbarFastError(f"run folder {path} does not exist")
+        raise LumbarFastError(f"run folder {path} " + ("is a file" if path.exists() else "does not exist"))
     if not (path / CONFIG).is_file():
         raise LumbarFastError(f"{path} is not a run folder (no {CONFIG})")
     folder = RunFolder(path)
@@ -90,7 +90,8 @@ def read_runs(paths: Sequence[Path]) -> list[ClassifierRun]:
         key = (run.sequence, run.fold)
         if key in seen:
             raise LumbarFastError(f"runs {seen[key]} and {run.path} are both {run.sequence} fold {run.fold}; "
-                                  "give each once")
+                                  "give one run per sequence and fold (a second would count its studies "
+                                  "twice)")
         seen[key] = run.path
     return runs
 

@@ -17,7 +17,7 @@ from lumbar_fast.commands.options import inference_options
                    "locator_predictions.csv (locator runs).")
 @click.option("--cache", "cache_path", type=click.Path(path_type=Path),
               help="Cache to evaluate on (default: the one the runs trained on).")
-@click.option("--bootstrap", "n_boot", default=1000, show_default=True, type=click.IntRange(min=10),
+@click.option("--bootstrap", "n_boot", default=1000, show_default=True, type=click.IntRange(10, 10000),
               help="Bootstrap replicates (studies resampled) for the 95 % intervals.")
 @click.option("--seed", default=0, show_default=True, help="Seed of the bootstrap.")
 @click.option("--gallery", "gallery_items", default=12, show_default=True, type=click.IntRange(min=1),

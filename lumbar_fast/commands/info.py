@@ -22,7 +22,9 @@ def command(cache: Path, as_json: bool, list_errors: bool, csv_file: Path | None
     reader = open_cache(cache)
     if list_errors or csv_file:
         errors = reader.errors()
-        for line in error_lines(errors) if list_errors else []:
+        if list_errors and as_json:  # the rows as JSON records, as --json promises
+            click.echo(errors.to_json(orient="records", indent=1))
+        for line in error_lines(errors) if list_errors and not as_json else []:
             click.echo(line)
         if csv_file:
             csv_file.parent.mkdir(parents=True, exist_ok=True)

@@ -30,6 +30,8 @@ def command(cache: Path, study: int | None, sequences: tuple[str, ...], points: 
     from lumbar_fast import show
     from lumbar_fast.cache import open_cache
 
+    if out.suffix.lower() != ".png":  # a .jpg would hold PNG bytes
+        raise LumbarFastError(f"--out {out}: show writes PNG images; give a path ending in .png")
     if grid:
         if study is not None or sequences or points is not None:
             raise LumbarFastError("--grid draws crops across studies: drop --study, --sequence and --points")
