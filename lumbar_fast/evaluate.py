@@ -175,7 +175,7 @@ def competition(crops: pd.DataFrame, cache: CacheReader, runs: Sequence[Classifi
     study_ids, conditions = solution["study_id"].to_numpy(), solution["condition"].to_numpy()
     y = solution["severity"].to_numpy(dtype=np.int64)
     p_model = filled.probabilities
-    p_prior = np.stack([priors[rsna.SEQUENCE_OF_CONDITION[c]] for c in conditions])
+    p_prior = validating_priors(solution, crops, priors)
     predictions = {"score": p_model, "prior_score": p_prior,
                    "constant_score": metrics.metric_optimal(p_prior)}
 
@@ -192,6 +192,19 @@ def competition(crops: pd.DataFrame, cache: CacheReader, runs: Sequence[Classifi
         "intervals": metrics.bootstrap_intervals(study_ids, scores, options.n_boot, options.seed),
         "limits": phantom_limits(cache, common, model, prior),
     }
+
+
+def validating_priors(solution: pd.DataFrame, crops: pd.DataFrame,
+                      priors: dict[str, np.ndarray]) -> np.ndarray:
+    """(N, 3): each submission row's prior baseline, the training prior of the run that validated its study
+    and sequence (a run of another fold trained on that study: its prior would know the study's labels);
+    the sequence's mean prior where the study has no crop of it."""
+    sequences = solution["condition"].map(rsna.SEQUENCE_OF_CONDITION)
+    own = crops.groupby(["study_id", "sequence"])[list(PRIOR_COLUMNS)].mean()
+    keys = pd.MultiIndex.from_arrays([solution["study_id"], sequences])
+    found = own.reindex(keys).to_numpy(dtype=np.float64)
+    fallback = np.stack([priors[seq] for seq in sequences])
+    return np.where(np.isnan(found), fallback, found)
 
 
 def phantom_limits(cache: CacheReader, studies: np.ndarray, model: dict[str, float],

@@ -320,3 +320,15 @@ def test_on_a_real_difficulty_phantom_the_score_stands_beside_the_best_possible(
     assert "| best possible | gap closed |" in competition_markdown(score)
     assert phantom_limits(open_cache(make_cache(make_synth(6, seed=21), size=32, channels=3, workers=1)),
                           studies, prior, prior) is None  # an easy phantom has no answer key
+
+
+def test_each_rows_prior_baseline_is_its_validating_runs():
+    """Another fold's run trained on the study: its prior would hold the study's own labels."""
+    from lumbar_fast.evaluate import PRIOR_COLUMNS, validating_priors
+
+    solution = pd.DataFrame({"study_id": [1, 2, 3], "condition": ["spinal_canal_stenosis"] * 3})
+    crops = pd.DataFrame({"study_id": [1, 1, 2], "sequence": ["sag_t2"] * 3})
+    crops[list(PRIOR_COLUMNS)] = [[0.8, 0.1, 0.1], [0.8, 0.1, 0.1], [0.6, 0.3, 0.1]]  # folds 0, 0, 1
+    mean = np.array([0.7, 0.2, 0.1])
+    got = validating_priors(solution, crops, {"sag_t2": mean})
+    np.testing.assert_allclose(got, [[0.8, 0.1, 0.1], [0.6, 0.3, 0.1], mean])  # study 3: no crop
