@@ -320,7 +320,21 @@ def evaluate(run_paths: Sequence[Path], out_dir: Path, cache_path: Path | None =
     record = json.dumps(report.record(), indent=2) + "\n"
     atomic_write(out_dir / REPORT_JSON, lambda tmp: tmp.write_text(record))
     atomic_write(out_dir / REPORT_MD, lambda tmp: tmp.write_text(report_markdown(report)))
+    remove_stale_files(out_dir, report)
     return report
+
+
+def remove_stale_files(out_dir: Path, report: Report) -> None:
+    """Once the new report is written: remove what an earlier report in `out_dir` wrote and this one did not
+    (another sequence's gallery, the other kind of runs' predictions), so the folder holds one report."""
+    kept = set(report.classifiers.galleries.values()) if report.classifiers else set()
+    stale = [path for path in out_dir.glob("most_wrong_*.png") if path.name not in kept]
+    if report.classifiers is None:
+        stale += [out_dir / PREDICTIONS_CSV, out_dir / CONFUSION_PNG]
+    if report.localisation is None:
+        stale.append(out_dir / LOCATOR_PREDICTIONS_CSV)
+    for path in stale:
+        path.unlink(missing_ok=True)
 
 
 def report_settings(options: EvaluateOptions) -> ReportSettings:

@@ -160,9 +160,14 @@ def test_runs_of_every_fold_give_out_of_fold_predictions(trained_runs, synth_cac
                               limit_batches=1))
             for k in (1, 2)]
     out = tmp_path / "report"
+    out.mkdir()  # an earlier report of other runs, and a file of the user's
+    for name in ("most_wrong_ax_t2.png", "locator_predictions.csv", "notes.txt"):
+        (out / name).write_text("earlier")
     code, stdout, stderr = run_cli("evaluate", trained_runs["sag_t2"], *more, "--out", out, "--bootstrap", 20,
                                    "--device", "cpu")
     assert code == 0, stderr
+    assert sorted(path.name for path in out.iterdir()) == [  # one report's files, and the user's kept
+        "confusion.png", "most_wrong_sag_t2.png", "notes.txt", "predictions.csv", "report.json", "report.md"]
     report = json.loads((out / "report.json").read_text())
     figures = report["sequences"]["sag_t2"]
     assert figures["coverage"] == "out-of-fold, all 3 folds" and "out-of-fold" in stdout
