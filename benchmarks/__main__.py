@@ -11,11 +11,17 @@ BENCHMARKS = ("data", "decode", "ingest", "loader", "pipeline", "train")
 
 
 def main(argv: list[str]) -> None:
+    usage = f"usage: python -m benchmarks {{{','.join(BENCHMARKS)}}} [ARGS...] (NAME --help: its options)"
+    if argv[:1] in (["-h"], ["--help"]):
+        print(usage)
+        return
     if not argv or argv[0] not in BENCHMARKS:
-        sys.exit(f"usage: python -m benchmarks {{{','.join(BENCHMARKS)}}} [ARGS...]")
+        sys.exit(usage)
     name, arguments = argv[0], argv[1:]
     sys.argv[1:] = arguments  # the JSON record's command reads `python -m benchmarks.NAME ARGS...`
-    importlib.import_module(f"benchmarks.{name}").main(arguments)
+    from benchmarks.common import run_main  # lumbar_fast.errors and the standard library: nothing heavy
+
+    run_main(lambda: importlib.import_module(f"benchmarks.{name}").main(arguments))
 
 
 if __name__ == "__main__":

@@ -90,11 +90,11 @@ def skipped_lines(skipped: dict[str, str]) -> str:
 
 
 def spread(values: Sequence[float]) -> dict[str, float]:
-    """Median, minimum, maximum and the half-range as a percentage of the median."""
+    """Median, minimum, maximum, the half-range as a percentage of the median, and how many values."""
     median = statistics.median(values)
     low, high = min(values), max(values)
     half_range = 100.0 * (high - low) / 2 / median if median else 0.0
-    return {"median": median, "min": low, "max": high, "spread_pct": half_range}
+    return {"median": median, "min": low, "max": high, "spread_pct": half_range, "n": len(values)}
 
 
 def summarise(runs: dict[str, list[dict[str, float]]]) -> dict[str, dict[str, dict[str, float]]]:
@@ -112,12 +112,17 @@ def paired_ratio(runs: dict[str, list[dict[str, float]]], numerator: str, denomi
 
 def ratio_cell(stats: dict[str, float]) -> str:
     """A paired ratio as a table cell: median × and its ± half-range in percent."""
-    return f"{stats['median']:.2f}× ±{stats['spread_pct']:.0f}%"
+    return f"{stats['median']:.2f}×{plus_minus(stats)}"
 
 
 def cell(stats: dict[str, float], digits: int = 0) -> str:
     """One table cell: the median with its ± half-range in percent."""
-    return f"{stats['median']:.{digits}f} ±{stats['spread_pct']:.0f}%"
+    return f"{stats['median']:.{digits}f}{plus_minus(stats)}"
+
+
+def plus_minus(stats: dict[str, float]) -> str:
+    """" ±N%" of a spread(), or nothing for one value (records before `n` was kept: always shown)."""
+    return "" if stats.get("n", 2) == 1 else f" ±{stats['spread_pct']:.0f}%"
 
 
 def ratio(numerator: float, denominator: float) -> float:
@@ -176,10 +181,33 @@ def versions() -> dict[str, str]:
 
 
 # -- running and reporting -----------------------------------------------------------------------------------
-def base_parser(description: str, repeats: int = 5) -> argparse.ArgumentParser:
-    """The options every benchmark takes: repeats, where to write JSON, where to keep its generated data."""
-    parser = argparse.ArgumentParser(description=description)
-    parser.add_argument("--repeats", type=int, default=repeats,
+def count(minimum: int = 1) -> Callable[[str], int]:
+    """An argparse type: an integer of at least `minimum` (a count of 0 workers or repeats fails later, in a
+    traceback)."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"{value} is less than {minimum}")
+        return value
+    return parse
+
+
+def run_main(main: Callable[[], object]) -> None:
+    """A benchmark's entry point: its one-line errors (bad arguments, a failed step) as `error: …`, exit 2."""
+    try:
+        main()
+    except LumbarFastError as exc:
+        sys.exit(f"error: {exc}")
+
+
+def base_parser(doc: str, repeats: int = 5) -> argparse.ArgumentParser:
+    """The options every benchmark takes: repeats, where to write JSON, where to keep its generated data;
+    `doc`'s first paragraph describes it."""
+    parser = argparse.ArgumentParser(description=" ".join(doc.split("\n\n")[0].split()))
+    parser.add_argument("--repeats", type=count(), default=repeats,
                         help="interleaved repeats per contender (≥ 5 for figures worth reporting)")
     parser.add_argument("--json", type=Path, help="write the results here as JSON")
     parser.add_argument("--workdir", type=Path, default=Path(tempfile.gettempdir()) / "lumbar-fast-bench",
@@ -190,8 +218,8 @@ def base_parser(description: str, repeats: int = 5) -> argparse.ArgumentParser:
 def add_size_options(parser: argparse.ArgumentParser) -> None:
     """The sizes of a benchmark's data: the synth DICOM slices and the cache's crops (the defaults are the
     real data's and the recipe's; gpu_check.sh --dry-run makes both small)."""
-    parser.add_argument("--image-size", type=int, default=512, help="synth DICOM slice size (pixels)")
-    parser.add_argument("--size", type=int, default=224, help="crop size of the cache (ingest --size)")
+    parser.add_argument("--image-size", type=count(64), default=512, help="synth DICOM slice size (pixels)")
+    parser.add_argument("--size", type=count(8), default=224, help="crop size of the cache (ingest --size)")
 
 
 #: run argv[1:], report [exit status, wall seconds, peak RSS KiB of its largest process] as JSON on stdout
@@ -199,6 +227,19 @@ _MEASURE = ("import json, os, subprocess, sys, time; start = time.perf_counter()
             "child = subprocess.Popen(sys.argv[1:], stdout=subprocess.DEVNULL); "
             "_, status, usage = os.wait4(child.pid, 0); seconds = time.perf_counter() - start; "
             "print(json.dumps([os.waitstatus_to_exitcode(status), seconds, usage.ru_maxrss]))")
+
+
+def last_line(text: str) -> str:
+    """A failed command's last non-empty line of stderr: its one-line error, or a traceback's last line."""
+    lines = [line for line in text.splitlines() if line.strip()]
+    return lines[-1] if lines else "no message"
+
+
+def run_step(command: Sequence[str]) -> None:
+    """Run a preparation command (synth, ingest); LumbarFastError with its last stderr line if it fails."""
+    result = subprocess.run(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    if result.returncode != 0:
+        raise LumbarFastError(f"{' '.join(command)} failed ({result.returncode}): {last_line(result.stderr)}")
 
 
 def run_measured(command: Sequence[str]) -> dict[str, float]:
@@ -212,10 +253,10 @@ def run_measured(command: Sequence[str]) -> dict[str, float]:
     result = subprocess.run([sys.executable, "-c", _MEASURE, *command], env=importable_env(),
                             capture_output=True, text=True)
     if result.returncode != 0 or not result.stdout.strip():
-        raise RuntimeError(f"measuring {' '.join(command)} failed:\n{result.stderr[-2000:]}")
+        raise LumbarFastError(f"measuring {' '.join(command)} failed: {last_line(result.stderr)}")
     status, seconds, peak_kib = json.loads(result.stdout.strip().splitlines()[-1])
     if status != 0:
-        raise RuntimeError(f"{' '.join(command)} failed ({status}):\n{result.stderr[-2000:]}")
+        raise LumbarFastError(f"{' '.join(command)} failed ({status}): {last_line(result.stderr)}")
     return {"seconds": seconds, "peak_rss_mib": peak_kib / 1024}
 
 
@@ -302,9 +343,14 @@ def summary_markdown(record: dict[str, Any]) -> str:
 
 
 def main(paths: Sequence[str]) -> None:
-    """Print the Markdown of each JSON record named (the ones missing are named as such)."""
+    """Print the Markdown of each JSON record named (the ones missing are named as such; exit 1 then)."""
+    if not paths or paths[0] in ("-h", "--help"):
+        print("usage: python -m benchmarks.common RECORD.json...  (the Markdown of benchmark JSON records)")
+        return
     for path in map(Path, paths):
         print(summary_markdown(json.loads(path.read_text())) if path.exists() else f"## {path}: missing\n")
+    if not all(map(os.path.exists, paths)):
+        sys.exit(1)
 
 
 if __name__ == "__main__":

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import shutil
-import subprocess
 import sys
 import time
 from dataclasses import dataclass
@@ -17,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from benchmarks.common import add_size_options
+from benchmarks.common import add_size_options, count, run_main, run_step
 from lumbar_fast import rsna
 from lumbar_fast.cache import CacheReader, open_cache
 
@@ -40,7 +39,7 @@ def synth_data(workdir: Path, studies: int, seed: int = 0, image_size: int = 512
         command = lumbar_fast_command("synth", str(folder), "--studies", str(studies), "--seed", str(seed),
                                       "--image-size", str(image_size), "--no-pitfalls", "--quiet",
                                       *workers_option(workers))
-        subprocess.run(command, check=True, stdout=subprocess.DEVNULL)
+        run_step(command)
         (folder / DONE).touch()
     return folder
 
@@ -55,7 +54,7 @@ def ingested_cache(data: Path, workdir: Path, fmt: str = "zarr", slices: int = 3
     if not (workdir / f"{cache.name}{DONE}").exists():
         shutil.rmtree(cache, ignore_errors=True)
         command = [*ingest_command(data, cache, workers, fmt), "--channels", str(slices), "--size", str(size)]
-        subprocess.run(command, check=True, stdout=subprocess.DEVNULL)
+        run_step(command)
         (workdir / f"{cache.name}{DONE}").touch()
     return cache
 
@@ -111,9 +110,9 @@ def main(argv: list[str] | None = None) -> None:
     """Make the synth data and its cache ahead of the benchmarks (gpu_check.sh times this step apart)."""
     parser = argparse.ArgumentParser(description="synth data + ingest cache for the benchmarks")
     parser.add_argument("--workdir", type=Path, required=True)
-    parser.add_argument("--studies", type=int, required=True)
+    parser.add_argument("--studies", type=count(), required=True)
     parser.add_argument("--slices", default="3", help="comma list: a cache per slices-per-crop count")
-    parser.add_argument("--workers", type=int, default=None,
+    parser.add_argument("--workers", type=count(), default=None,
                         help="processes for synth and ingest (default: every core; 1 for a tiny data set, "
                              "where starting a pool costs more than it saves)")
     add_size_options(parser)
@@ -126,4 +125,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pydicom
 
+from benchmarks.common import count, run_main
 from lumbar_fast.dicom import decode_pixels, resize, to_uint8
 from lumbar_fast.processes import pool_context
 
@@ -43,10 +44,10 @@ def bare_loop(data: Path, workers: int, size: int = 224) -> int:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description="the bare decode+resize loop over a data set's slices")
     parser.add_argument("data", type=Path)
-    parser.add_argument("--workers", type=int, default=1)
+    parser.add_argument("--workers", type=count(), default=1)
     args = parser.parse_args(argv)
     bare_loop(args.data, args.workers)
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

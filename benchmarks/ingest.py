@@ -29,11 +29,12 @@ FORMATS = ("zarr", "hdf5")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = common.base_parser(__doc__.splitlines()[0])
+    parser = common.base_parser(__doc__)
     parser.add_argument("--workers", default="1,2", help="comma-separated worker counts")
     parser.add_argument("--formats", default=",".join(FORMATS), help="cache formats: zarr, hdf5")
-    parser.add_argument("--studies", type=int, default=8, help="synth studies to ingest")
-    parser.add_argument("--image-size", type=int, default=512, help="synth base image size (pixels)")
+    parser.add_argument("--studies", type=common.count(), default=8, help="synth studies to ingest")
+    parser.add_argument("--image-size", type=common.count(64), default=512,
+                        help="synth base image size (pixels)")
     parser.add_argument("--data", type=Path,
                         help="an RSNA-layout folder to ingest instead of a synth one (then --studies and "
                              "--image-size are unused)")
@@ -42,7 +43,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--settle", action="store_true",
                         help="before each run, write back what the last one left and wait for idle CPUs "
                              "(at RSNA scale a 20-GiB cache's aftermath otherwise slows the next contender)")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    try:
+        args.workers = [common.count()(text) for text in args.workers.split(",")]
+    except argparse.ArgumentTypeError as exc:
+        parser.error(f"argument --workers: {exc}")
+    unknown = set(filter(None, args.formats.split(","))) - set(FORMATS)
+    if unknown:
+        parser.error(f"unknown format(s) {', '.join(sorted(unknown))}; choose from {', '.join(FORMATS)}")
+    if args.data is not None and not args.data.is_dir():
+        parser.error(f"--data {args.data} is not a folder")
+    return args
 
 
 def read_seconds(cache: Path) -> float:
@@ -120,7 +131,7 @@ def table(summary: dict, found: dict[str, dict[str, float]]) -> str:
 
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
-    workers = [int(count) for count in args.workers.split(",")]
+    workers = args.workers
     formats = [fmt for fmt in args.formats.split(",") if fmt]
     data = args.data or synth_data(args.workdir, args.studies, image_size=args.image_size)
     slices = len(dicom_files(data))
@@ -142,4 +153,4 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    common.run_main(main)

@@ -24,6 +24,7 @@ import numpy as np
 import torch
 
 from benchmarks import common
+from benchmarks.common import count
 from benchmarks.data import LevelItems, prepared_items
 from benchmarks.peers import (
     PeerLoader,
@@ -42,16 +43,17 @@ FIGURES = ("first_epoch_img_s", "steady_img_s")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = common.base_parser(__doc__.splitlines()[0])
+    parser = common.base_parser(__doc__)
     parser.add_argument("--contenders", default=",".join(CONTENDERS), help="comma-separated subset of "
                         + ", ".join(CONTENDERS))
     parser.add_argument("--device", default="cpu", help="cpu or cuda")
-    parser.add_argument("--workers", type=int, default=2, help="worker processes of every contender")
-    parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--studies", type=int, default=8, help="synth studies behind the cache")
+    parser.add_argument("--workers", type=count(), default=2, help="worker processes of every contender")
+    parser.add_argument("--batch-size", type=count(), default=32)
+    parser.add_argument("--studies", type=count(), default=8, help="synth studies behind the cache")
     parser.add_argument("--sequence", default="ax_t2")
-    parser.add_argument("--items", type=int, default=512, help="items per epoch (cycling the cache's items)")
-    parser.add_argument("--epochs", type=int, default=2,
+    parser.add_argument("--items", type=count(), default=512,
+                        help="items per epoch (cycling the cache's items)")
+    parser.add_argument("--epochs", type=count(), default=2,
                         help="epochs per repeat: the first, then steady ones")
     common.add_size_options(parser)
     args = parser.parse_args(argv)
@@ -151,4 +153,4 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    common.run_main(main)

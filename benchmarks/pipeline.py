@@ -28,6 +28,7 @@ import numpy as np
 import pandas as pd
 
 from benchmarks import common
+from benchmarks.common import count
 from benchmarks.data import DONE, level_items, lumbar_fast_command, workers_option
 from benchmarks.decode import dicom_files
 from benchmarks.ingest import measured_ingest
@@ -54,20 +55,24 @@ RSNA_TRAIN_STUDIES = 1975
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = common.base_parser(__doc__.splitlines()[0], repeats=1)
+    parser = common.base_parser(__doc__, repeats=1)
     parser.add_argument("--stages", default=",".join(STAGES), help=f"comma list of {', '.join(STAGES)}")
-    parser.add_argument("--studies", type=int, default=40, help="train studies synthesised")
-    parser.add_argument("--test-studies", type=int, default=10, help="test studies (predict's input)")
-    parser.add_argument("--scale-to", type=int, default=0,
+    parser.add_argument("--studies", type=count(), default=40, help="train studies synthesised")
+    parser.add_argument("--test-studies", type=count(0), default=10, help="test studies (predict's input)")
+    parser.add_argument("--scale-to", type=count(0), default=0,
                         help="train studies after linking the synthesised ones again under new ids (0: none)")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--workers", type=int, default=None, help="ingest and synth processes (every core)")
+    parser.add_argument("--seed", type=count(0), default=0)
+    parser.add_argument("--workers", type=count(), default=None,
+                        help="ingest and synth processes (every core)")
     parser.add_argument("--model", default="test_efficientnet", help="classifier and locator backbone")
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--train-batches", type=int, default=20, help="classifier batches timed per sequence")
-    parser.add_argument("--batch-size", type=int, default=32, help="the classifiers' (the default's 32)")
-    parser.add_argument("--locator-series", type=int, default=12, help="locator series timed per sequence")
-    parser.add_argument("--loader-items", type=int, default=512, help="items the loader's cost is timed on")
+    parser.add_argument("--train-batches", type=count(), default=20,
+                        help="classifier batches timed per sequence")
+    parser.add_argument("--batch-size", type=count(), default=32, help="the classifiers' (the default's 32)")
+    parser.add_argument("--locator-series", type=count(), default=12,
+                        help="locator series timed per sequence")
+    parser.add_argument("--loader-items", type=count(), default=512,
+                        help="items the loader's cost is timed on")
     args = parser.parse_args(argv)
     unknown = set(args.stages.split(",")) - set(STAGES)
     if unknown:
@@ -348,4 +353,4 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    common.run_main(main)

@@ -24,6 +24,7 @@ import torch
 from torch import nn
 
 from benchmarks import common
+from benchmarks.common import count
 from benchmarks.data import LevelItems, prepared_items
 from benchmarks.peers import PeerLoader, SeedDicomDataset
 from lumbar_fast.classifier.config import TrainConfig
@@ -36,27 +37,33 @@ SEED_BATCH_SIZE = 32
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = common.base_parser(__doc__.splitlines()[0])
+    parser = common.base_parser(__doc__)
     parser.add_argument("--device", default="cpu", help="cpu or cuda")
     parser.add_argument("--model", default="tf_efficientnetv2_s", help="any timm model (random init)")
-    parser.add_argument("--batch-size", type=int, default=128)
+    parser.add_argument("--batch-size", type=count(), default=128)
     parser.add_argument("--amp", default="auto", help="bf16, fp16, none or auto (bf16 on recent GPUs)")
     parser.add_argument("--loaders", default="dali,torch", help="comma-separated: dali, torch")
     parser.add_argument("--modes", default=None, help="eager,graphs (default: both on CUDA, eager on CPU)")
-    parser.add_argument("--steps", type=int, default=30, help="steps per timed window")
-    parser.add_argument("--warmup", type=int, default=10, help="steps before the first window")
-    parser.add_argument("--workers", type=int, default=4, help="loader worker processes")
-    parser.add_argument("--studies", type=int, default=30, help="synth studies behind the cache")
+    parser.add_argument("--steps", type=count(), default=30, help="steps per timed window")
+    parser.add_argument("--warmup", type=count(0), default=10, help="steps before the first window")
+    parser.add_argument("--workers", type=count(), default=4, help="loader worker processes")
+    parser.add_argument("--studies", type=count(), default=30, help="synth studies behind the cache")
     parser.add_argument("--sequence", default="ax_t2")
-    parser.add_argument("--slices", type=int, default=3, help="slices per crop: 3 for the plain model, more "
+    parser.add_argument("--slices", type=count(), default=3,
+                        help="slices per crop: 3 for the plain model, more "
                         "for the multi-slice one (the seed-recipe epoch comparison runs at 3 only)")
-    parser.add_argument("--items", type=int, default=4096,
+    parser.add_argument("--items", type=count(), default=4096,
                         help="training items per epoch (cycling the cache)")
-    parser.add_argument("--epoch-items", type=int, default=1024, help="items of the full-epoch comparison "
+    parser.add_argument("--epoch-items", type=count(0), default=1024,
+                        help="items of the full-epoch comparison "
                         "(0: skip it)")
-    parser.add_argument("--epoch-repeats", type=int, default=5, help="interleaved repeats of the full epoch")
+    parser.add_argument("--epoch-repeats", type=count(), default=5,
+                        help="interleaved repeats of the full epoch")
     common.add_size_options(parser)
     args = parser.parse_args(argv)
+    unknown = set(filter(None, args.loaders.split(","))) - {"dali", "torch"}
+    if unknown:  # a typo would be a contender skipped, and the rest run as if asked for
+        parser.error(f"unknown loader(s) {', '.join(sorted(unknown))}; choose from dali, torch")
     if 0 < args.epoch_items < SEED_BATCH_SIZE:
         parser.error(f"--epoch-items must be 0 or at least one batch of the seed recipe ({SEED_BATCH_SIZE})")
     return args
@@ -216,4 +223,4 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    common.run_main(main)

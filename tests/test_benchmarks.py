@@ -17,6 +17,7 @@ import pytest
 
 from benchmarks import common, ingest, pipeline
 from benchmarks import data as bench_data
+from lumbar_fast.errors import LumbarFastError
 
 REPO = Path(__file__).resolve().parents[1]
 STUDIES = "2"
@@ -45,9 +46,11 @@ def test_interleaving_and_spread():
                               before_each=lambda: calls.append("-"))
     assert calls == ["-", "a", "-", "b"] * 3
     assert 0 <= common.settle(idle_share=0.0, window=0.01) < 5  # an idle share of 0 is met at once
-    assert common.summarise(runs)["b"]["x"] == {"median": 3.0, "min": 3.0, "max": 3.0, "spread_pct": 0.0}
+    assert common.summarise(runs)["b"]["x"] == {"median": 3.0, "min": 3.0, "max": 3.0, "spread_pct": 0.0,
+                                                "n": 3}
     stats = common.spread([1.0, 2.0, 4.0])
     assert stats["median"] == 2.0 and stats["spread_pct"] == pytest.approx(75.0)
+    assert common.cell(stats) == "2 ±75%" and common.cell(common.spread([5.0])) == "5"  # one run: no spread
     assert common.markdown_table(["a", "b"], [[1, 2]]).splitlines()[2] == "| 1 | 2 |"
 
 
@@ -57,8 +60,8 @@ def test_run_measured_reports_the_child_peak_memory():
     baseline = common.run_measured([sys.executable, "-c", "import numpy"])
     assert measured["peak_rss_mib"] > baseline["peak_rss_mib"] + 60 and measured["seconds"] > 0
     assert baseline["peak_rss_mib"] < 100  # not this (large) test process's own high-water mark
-    with pytest.raises(RuntimeError, match="failed"):
-        common.run_measured([sys.executable, "-c", "raise SystemExit(3)"])
+    with pytest.raises(LumbarFastError, match=r"failed \(1\): the last line"):
+        common.run_measured([sys.executable, "-c", "import sys; sys.exit('a traceback\\nthe last line')"])
 
 
 def test_python_m_benchmarks_refuses_an_unknown_name_in_one_line():
@@ -70,6 +73,31 @@ def test_python_m_benchmarks_refuses_an_unknown_name_in_one_line():
         message = str(exit_info.value.code)
         assert message.startswith("usage: python -m benchmarks {data,") and "\n" not in message
 
+
+@pytest.mark.parametrize("argv, message", [
+    (["ingest", "--workers", "0"], "argument --workers: 0 is less than 1"),
+    (["ingest", "--repeats", "0"], "argument --repeats: 0 is less than 1"),
+    (["ingest", "--formats", "parquet"], "unknown format(s) parquet"),
+    (["ingest", "--data", "/nonexistent"], "--data /nonexistent is not a folder"),
+    (["train", "--loaders", "bogus"], "unknown loader(s) bogus"),
+    (["loader", "--studies", "x"], "argument --studies: 'x' is not an integer"),
+])
+def test_benchmark_arguments_are_refused_in_one_line(argv, message, capsys):
+    """Before any data is made: a count of 0 or an unknown name ended in a traceback (or ran the rest)."""
+    from benchmarks.__main__ import main
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    assert exit_info.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_a_failed_benchmark_step_is_one_line():
+    def failing() -> None:
+        raise LumbarFastError("lumbar-fast synth … failed (2): error: no space left")
+
+    with pytest.raises(SystemExit) as exit_info:
+        common.run_main(failing)
+    assert exit_info.value.code == "error: lumbar-fast synth … failed (2): error: no space left"
 
 def test_ingest_benchmark(workdir, capsys):
     """On a given folder (as at RSNA scale): every contender measured, each cache read back, then removed."""
