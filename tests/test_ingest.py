@@ -385,7 +385,8 @@ def test_csv_row_problems_are_error_rows_and_the_rest_is_ingested(tiny_data, mak
     labelled = coordinates[coordinates["series_id"] == twice.series_id].index
     coordinates.loc[labelled[1], "x"] = float("nan")
     coordinates.loc[labelled[2], "y"] = 10_000.0
-    stray = coordinates.iloc[[0]].assign(study_id=999_999)
+    stray = coordinates[coordinates["series_id"] == coordinates["series_id"].iloc[0]].iloc[:2].assign(
+        study_id=999_999)  # two points of one series no description lists
     pd.concat([coordinates, coordinates.iloc[[labelled[0]]], stray]).to_csv(
         root / "train_label_coordinates.csv", index=False)
     pd.concat([labels, labels.iloc[[0]].assign(study_id=999_999)]).to_csv(root / "train.csv", index=False)
@@ -407,6 +408,8 @@ def test_csv_row_problems_are_error_rows_and_the_rest_is_ingested(tiny_data, mak
     crops = pd.concat([reader.level_labels(seq) for seq in reader.sequences()])
     assert (crops["series_id"] == twice.series_id).sum() == len(labelled) - 2
     assert 999_999 not in set(reader.study_labels()["study_id"])
+    assert reader.errors()["reason"].tolist().count(
+        "labelled series not listed in the series descriptions: 2 coordinate row(s)") == 1  # one per series
 
 
 def test_an_empty_descriptions_csv_is_a_data_error(tiny_data, tmp_path):

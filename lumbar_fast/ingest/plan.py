@@ -150,7 +150,11 @@ def _level_labels(coordinates: pd.DataFrame, listed: pd.DataFrame, descriptions:
     errors = [error_row(row.study_id, row.series_id, "", f"coordinate row listed {count} times: cropped once")
               for row, count in _repeated(rows)]
     grouped: dict[tuple[int, int], list[LevelLabel]] = {}
+    unlisted: dict[tuple[int, int], int] = {}  # one error row per series, not one per point
     for row in rows.drop_duplicates().sort_values(list(COORDINATE_COLUMNS)[:5]).itertuples(index=False):
+        if (row.study_id, row.series_id) not in series_sequence:
+            unlisted[row.study_id, row.series_id] = unlisted.get((row.study_id, row.series_id), 0) + 1
+            continue
         condition, level = rsna.CONDITION_FROM_TITLE.get(row.condition), rsna.LEVEL_FROM_TITLE.get(row.level)
         problem = _label_problem(row, condition, level, series_sequence)
         if problem:
@@ -159,6 +163,8 @@ def _level_labels(coordinates: pd.DataFrame, listed: pd.DataFrame, descriptions:
         severity = int(severities.at[row.study_id, f"{condition}_{level}"])
         grouped.setdefault((row.study_id, row.series_id), []).append(
             LevelLabel(condition, level, int(row.instance_number), float(row.x), float(row.y), severity))
+    errors += [error_row(study, series, "", f"labelled series not listed in the series descriptions: {count} "
+                         "coordinate row(s)") for (study, series), count in unlisted.items()]
     return grouped, errors
 
 
@@ -171,10 +177,8 @@ def _repeated(rows: pd.DataFrame) -> list[tuple[object, int]]:
 
 def _label_problem(row, condition: str | None, level: str | None,
                    series_sequence: dict[tuple[int, int], str | None]) -> str | None:
-    """Why a coordinate row cannot become a level crop, or None when it can."""
+    """Why a coordinate row of a listed series cannot become a level crop, or None when it can."""
     key = (row.study_id, row.series_id)
-    if key not in series_sequence:
-        return "labelled series not listed in the series descriptions"
     if condition is None or level is None:
         return f"unknown condition or level: {row.condition!r} {row.level!r}"
     if not (np.isfinite(row.x) and np.isfinite(row.y)):
