@@ -43,7 +43,8 @@ TITLE_TEXT = (120, 200, 255)
 MARKER_COLOURS = {"label": (255, 0, 0), "points": (0, 255, 0)}
 MARKER_TEXT = {"label": (255, 255, 0), "points": (160, 255, 160)}
 MARKER_RADIUS = 3
-LEGEND = "captions #slice i<instance number>; red dot: labelled point; green cross: --points"
+LEGEND = "captions #slice i<instance number>; red dot: labelled point"
+POINTS_LEGEND = "; green cross: --points"
 
 #: columns a --points file needs (train_label_coordinates.csv format; condition and level name the marker)
 POINT_COLUMNS = {"study_id": INT, "series_id": INT, "instance_number": INT, "x": FLOAT, "y": FLOAT}
@@ -434,6 +435,7 @@ def study_sheet(reader: CacheReader, study_id: int, sequences: Sequence[str] = (
         rsna.get_sequence(seq)
         if seq not in reader.sequences():
             raise LumbarFastError(f"the cache has no {seq} stacks (it has {', '.join(reader.sequences())})")
+    chosen = bool(sequences)
     if not sequences:
         sequences = [s for s in reader.sequences() if (reader.stack_index(s).study_id == study_id).any()]
         if not sequences:
@@ -442,7 +444,10 @@ def study_sheet(reader: CacheReader, study_id: int, sequences: Sequence[str] = (
         points = points[points.study_id == study_id]
     sections = [section for seq in sequences for section in study_sections(reader, study_id, seq, points)]
     unplaced = 0 if points is None else int((_point_rows(points, _cached_slices(reader)) < 0).sum())
-    return layout(sections, SHEET_WIDTH, SHEET_TILE, f"study {study_id}: {LEGEND}"), unplaced
+    absent = [] if chosen else [rsna.SEQUENCES[s].description for s in rsna.SEQUENCES if s not in sequences]
+    title = (f"study {study_id}: {LEGEND}{POINTS_LEGEND if points is not None else ''}"
+             + (f"; no {', '.join(absent)} series" if absent else ""))
+    return layout(sections, SHEET_WIDTH, SHEET_TILE, title), unplaced
 
 
 def _cached_slices(reader: CacheReader) -> pd.DataFrame:

@@ -140,6 +140,7 @@ def test_contact_sheet_draws_every_label_where_it_maps(reader, tmp_path, seq):
     study = int(labels.study_id.iloc[0])
     labels = labels[labels.study_id == study]
     plan, unplaced = show.study_sheet(reader, study, [seq])
+    assert plan.texts[0][2] == f"study {study}: {show.LEGEND}"  # no --points: no cross in the legend
     out = tmp_path / "sheet.png"
     picture = show.draw(plan)
     show.save_png(picture, out)
@@ -186,6 +187,7 @@ def test_points_file_draws_green_crosses_where_they_map(reader, tmp_path):
     pd.concat([points, off_cache, sagittal]).to_csv(csv, index=False)
 
     plan, unplaced = show.study_sheet(reader, study, [seq], show.read_points(csv))
+    assert plan.texts[0][2].endswith("green cross: --points")
     out = tmp_path / "sheet.png"
     show.save_png(show.draw(plan), out)
     assert unplaced == 1
@@ -244,6 +246,16 @@ def test_bad_input_is_a_one_line_error(reader, synth_cache, tmp_path, capsys, ar
 def test_a_sequence_the_study_lacks_is_a_user_error(reader):
     with pytest.raises(LumbarFastError, match="study 1 has no sag_t1 series"):
         show.study_sections(reader, 1, "sag_t1", None)
+
+
+def test_a_sheet_of_every_sequence_names_those_the_study_lacks(reader):
+    study = int(reader.study_labels().study_id.iloc[0])
+    has = [seq for seq in reader.sequences() if (reader.stack_index(seq).study_id == study).any()]
+    title = show.study_sheet(reader, study)[0].texts[0][2]
+    lacking = [rsna.SEQUENCES[seq].description for seq in rsna.SEQUENCES if seq not in has]
+    assert title.endswith(f"; no {', '.join(lacking)} series") if lacking else title.endswith(show.LEGEND)
+    title = show.study_sheet(reader, study, has[:1])[0].texts[0][2]  # one asked for: nothing to say
+    assert title.endswith(show.LEGEND)
 
 
 def test_conditions_in_any_case_and_png_paths_only(synth_cache, tmp_path, capsys):
