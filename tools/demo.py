@@ -3,9 +3,9 @@
 synth (phantom RSNA folder) → ingest (cache) → info → train one model per sequence → evaluate (report table).
 It trains the default recipe on the default phantom (real difficulty, the real class balance), shrinking only
 what sets its time: a tiny timm model from random weights, 32-pixel crops, 300 studies, validated on a third
-of them (so that every class has at least 15 validation items); the real defaults (tf_efficientnetv2_s, 224,
-ImageNet weights) stay for real use. The commands run in this one process (as `lumbar-fast …` would run
-them), so that torch is imported once.
+of them (so that every class has at least 20 validation items: sag_t2's severe class, the rarest); the real
+defaults (tf_efficientnetv2_s, 224, ImageNet weights) stay for real use. The commands run in this one process
+(as `lumbar-fast …` would run them), so that torch is imported once.
 """
 
 from __future__ import annotations
