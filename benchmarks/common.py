@@ -200,7 +200,8 @@ def run_main(main: Callable[[], object]) -> None:
     try:
         main()
     except LumbarFastError as exc:
-        sys.exit(f"error: {exc}")
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(2)
 
 
 def base_parser(doc: str, repeats: int = 5) -> argparse.ArgumentParser:
@@ -236,8 +237,10 @@ def last_line(text: str) -> str:
 
 
 def run_step(command: Sequence[str]) -> None:
-    """Run a preparation command (synth, ingest); LumbarFastError with its last stderr line if it fails."""
+    """Run a preparation command (synth, ingest); LumbarFastError with its last stderr line if it fails, after
+    its whole stderr (a one-shot GPU machine's log keeps the traceback)."""
     result = subprocess.run(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    sys.stderr.write(result.stderr)
     if result.returncode != 0:
         raise LumbarFastError(f"{' '.join(command)} failed ({result.returncode}): {last_line(result.stderr)}")
 

@@ -310,6 +310,7 @@ def evaluate(run_paths: Sequence[Path], out_dir: Path, cache_path: Path | None =
     if not run_paths:
         raise LumbarFastError("give at least one run folder")
     classifier_paths, locator_paths = locator_runs_apart(run_paths)
+    earlier_report = (out_dir / REPORT_JSON).is_file()  # its files may be pruned; no one else's
     located = evaluate_locators(locator_paths, cache_path, options) if locator_paths else None
     classifiers = (evaluate_classifiers(classifier_paths, out_dir, cache_path, options) if classifier_paths
                    else None)
@@ -320,12 +321,13 @@ def evaluate(run_paths: Sequence[Path], out_dir: Path, cache_path: Path | None =
     record = json.dumps(report.record(), indent=2) + "\n"
     atomic_write(out_dir / REPORT_JSON, lambda tmp: tmp.write_text(record))
     atomic_write(out_dir / REPORT_MD, lambda tmp: tmp.write_text(report_markdown(report)))
-    remove_stale_files(out_dir, report)
+    if earlier_report:
+        remove_stale_files(out_dir, report)
     return report
 
 
 def remove_stale_files(out_dir: Path, report: Report) -> None:
-    """Once the new report is written: remove what an earlier report in `out_dir` wrote and this one did not
+    """Once the new report is written over an earlier one: remove what that report wrote and this one did not
     (another sequence's gallery, the other kind of runs' predictions), so the folder holds one report."""
     kept = set(report.classifiers.galleries.values()) if report.classifiers else set()
     stale = [path for path in out_dir.glob("most_wrong_*.png") if path.name not in kept]

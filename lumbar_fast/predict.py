@@ -241,10 +241,13 @@ def check_out(out: Path) -> None:
     any work: predict replaces only a file of its own kind."""
     if out.is_dir():
         raise LumbarFastError(f"--out {out} is a folder; give the submission file's path")
-    if out.exists():
+    if out.exists() and out.stat().st_size:
         with open(out, encoding="utf-8-sig", errors="replace") as file:
             header = file.readline().strip()
-        if header.split(",") != ["row_id", *rsna.SUBMISSION_COLUMNS]:
+        fields = [field.strip().strip('"').strip() for field in header.split(",")]
+        if fields[:1] == [""]:  # pandas' index column
+            fields = fields[1:]
+        if fields != ["row_id", *rsna.SUBMISSION_COLUMNS]:
             raise LumbarFastError(f"--out {out} exists and is not a submission (its first line: "
                                   f"{header[:60]!r}); choose another path or remove it")
 

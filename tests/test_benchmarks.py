@@ -91,13 +91,14 @@ def test_benchmark_arguments_are_refused_in_one_line(argv, message, capsys):
     assert exit_info.value.code == 2 and message in capsys.readouterr().err
 
 
-def test_a_failed_benchmark_step_is_one_line():
+def test_a_failed_benchmark_step_is_one_line(capsys):
     def failing() -> None:
         raise LumbarFastError("lumbar-fast synth … failed (2): error: no space left")
 
     with pytest.raises(SystemExit) as exit_info:
         common.run_main(failing)
-    assert exit_info.value.code == "error: lumbar-fast synth … failed (2): error: no space left"
+    assert exit_info.value.code == 2
+    assert capsys.readouterr().err == "error: lumbar-fast synth … failed (2): error: no space left\n"
 
 def test_ingest_benchmark(workdir, capsys):
     """On a given folder (as at RSNA scale): every contender measured, each cache read back, then removed."""

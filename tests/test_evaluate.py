@@ -161,7 +161,7 @@ def test_runs_of_every_fold_give_out_of_fold_predictions(trained_runs, synth_cac
             for k in (1, 2)]
     out = tmp_path / "report"
     out.mkdir()  # an earlier report of other runs, and a file of the user's
-    for name in ("most_wrong_ax_t2.png", "locator_predictions.csv", "notes.txt"):
+    for name in ("most_wrong_ax_t2.png", "locator_predictions.csv", "notes.txt", "report.json"):
         (out / name).write_text("earlier")
     code, stdout, stderr = run_cli("evaluate", trained_runs["sag_t2"], *more, "--out", out, "--bootstrap", 20,
                                    "--device", "cpu")
@@ -244,11 +244,13 @@ def test_localisation_figures_of_perfect_points_have_exact_intervals(synth_cache
 
 def test_locator_runs_of_every_fold_are_reported_out_of_fold(locator_runs, tmp_path, run_cli):
     out = tmp_path / "report"
+    out.mkdir()
+    (out / "predictions.csv").write_text("the user's own")  # no earlier report here: nothing is pruned
     code, stdout, stderr = run_cli("evaluate", *locator_runs, "--out", out, "--bootstrap", 20,
                                    "--device", "cpu")
     assert code == 0, stderr
     report = json.loads((out / "report.json").read_text())
-    assert "sequences" not in report and not (out / "predictions.csv").exists()
+    assert "sequences" not in report and (out / "predictions.csv").read_text() == "the user's own"
     figures = report["localisation"]["sequences"]["sag_t2"]
     assert figures["coverage"] == "out-of-fold, all 3 folds"
     evaluations = [evaluate_run(run, device="cpu") for run in locator_runs]

@@ -670,3 +670,14 @@ def test_info_tells_the_truth(synth_data, synth_cache, run_cli):
                                                                                 "ax_t2": 50}
     code, text, _ = run_cli("info", str(synth_cache))
     assert code == 0 and f"errors      {len(damaged)}" in text and f"schema {cache.SCHEMA_VERSION}" in text
+
+
+def test_a_series_listed_twice_in_two_spellings_of_one_type_is_ingested_once(tiny_data, tmp_path):
+    from lumbar_fast.ingest.plan import _unique_series
+
+    descriptions = pd.read_csv(tiny_data / "train_series_descriptions.csv")
+    twice = pd.concat([descriptions, descriptions.iloc[[0]].assign(
+        series_description=descriptions["series_description"].iloc[0].lower() + " ")])
+    kept, errors = _unique_series(twice)
+    assert len(kept) == len(descriptions) and [e["reason"] for e in errors] == [
+        "series listed 2 times in the series descriptions: ingested once"]

@@ -297,3 +297,17 @@ def test_predict_with_locators_keeps_every_setting_of_the_cache(synth_data, make
     assert not open_cache(derived).settings().images.canonical_side
     assert open_cache(derived).level_labels("ax_t2")["study_id"].nunique() == 3
     assert (tmp_path / "located.csv").read_text() == (tmp_path / "manual.csv").read_text()
+
+
+def test_an_earlier_submission_in_any_csv_dialect_may_be_replaced(tmp_path):
+    from lumbar_fast.predict import check_out
+
+    header = ",".join(["row_id", *rsna.SUBMISSION_COLUMNS])
+    quoted = ",".join(f'"{name}"' for name in ["row_id", *rsna.SUBMISSION_COLUMNS])
+    for text in ("", header + "\n", "\ufeff" + header + "\r\n", quoted + "\n", "," + header + "\n",
+                 header.replace(",", ", ") + "\n"):
+        (tmp_path / "s.csv").write_text(text, encoding="utf-8")
+        check_out(tmp_path / "s.csv")  # an empty file (mktemp), a BOM, quotes, pandas' index, spaces
+    (tmp_path / "s.csv").write_text("study_id,x\n")
+    with pytest.raises(LumbarFastError, match="is not a submission"):
+        check_out(tmp_path / "s.csv")

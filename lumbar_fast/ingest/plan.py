@@ -93,10 +93,13 @@ def plan_ingest(params: IngestSettings) -> IngestPlan:
 
 
 def _unique_series(descriptions: pd.DataFrame) -> tuple[pd.DataFrame, list[dict]]:
-    """One row per (study, series): a series listed twice with one description is ingested once, with
-    different ones not at all; each is an error row."""
+    """One row per (study, series): a series listed twice with one description (as matched: case and spaces
+    aside) is ingested once, with different ones not at all; each is an error row."""
     keys = ["study_id", "series_id"]
-    seen = descriptions.groupby(keys)["series_description"].agg(["size", "nunique", "unique"])
+    named = descriptions.assign(
+        sequence=[rsna.sequence_of_description(d) or str(d) for d in descriptions["series_description"]])
+    seen = named.groupby(keys).agg(size=("sequence", "size"), nunique=("sequence", "nunique"),
+                                   unique=("series_description", "unique"))
     errors = [error_row(study, series, "", f"series listed {row['size']} times in the series descriptions: "
                          + ("ingested once" if row["nunique"] == 1 else
                             f"not ingested (descriptions {', '.join(map(repr, row['unique']))})"))

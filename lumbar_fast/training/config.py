@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -42,7 +41,7 @@ class RunConfig:
             raise LumbarFastError("give exactly one of --out RUNS_DIR and --run-dir DIR")
         if not 0 <= self.fold < self.folds:
             raise LumbarFastError(f"--fold {self.fold} is outside 0..{self.folds - 1}")
-        where, cache = Path(os.path.abspath(self.out or self.run_dir)), Path(os.path.abspath(self.cache))
+        where, cache = Path(self.out or self.run_dir).resolve(), Path(self.cache).resolve()
         if where == cache or cache in where.parents:
             raise LumbarFastError(f"the run would be written inside the cache {self.cache}; choose another "
                                   f"{'--out' if self.out else '--run-dir'}")
