@@ -19,7 +19,7 @@ def main(argv: list[str]) -> None:
         sys.exit(usage)
     name, arguments = argv[0], argv[1:]
     sys.argv[1:] = arguments  # the JSON record's command reads `python -m benchmarks.NAME ARGS...`
-    from benchmarks.common import run_main  # lumbar_fast.errors and the standard library: nothing heavy
+    from benchmarks.arguments import run_main  # lumbar_fast.errors and the standard library: nothing heavy
 
     run_main(lambda: importlib.import_module(f"benchmarks.{name}").main(arguments))
 

@@ -22,6 +22,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from benchmarks.arguments import count, run_main  # noqa: F401 (the benchmarks' entry points)
 from lumbar_fast.errors import LumbarFastError
 from lumbar_fast.report import markdown_table  # noqa: F401 (the benchmarks' tables: common.markdown_table)
 
@@ -181,29 +182,6 @@ def versions() -> dict[str, str]:
 
 
 # -- running and reporting -----------------------------------------------------------------------------------
-def count(minimum: int = 1) -> Callable[[str], int]:
-    """An argparse type: an integer of at least `minimum` (a count of 0 workers or repeats fails later, in a
-    traceback)."""
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-        if value < minimum:
-            raise argparse.ArgumentTypeError(f"{value} is less than {minimum}")
-        return value
-    return parse
-
-
-def run_main(main: Callable[[], object]) -> None:
-    """A benchmark's entry point: its one-line errors (bad arguments, a failed step) as `error: …`, exit 2."""
-    try:
-        main()
-    except LumbarFastError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        sys.exit(2)
-
-
 def base_parser(doc: str, repeats: int = 5) -> argparse.ArgumentParser:
     """The options every benchmark takes: repeats, where to write JSON, where to keep its generated data;
     `doc`'s first paragraph describes it."""

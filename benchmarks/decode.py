@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pydicom
 
-from benchmarks.common import count, run_main
+from benchmarks.arguments import count, run_main
 from lumbar_fast.dicom import decode_pixels, resize, to_uint8
 from lumbar_fast.processes import pool_context
 
