@@ -90,7 +90,7 @@ def evaluation_cache(runs: Sequence[ClassifierRun], cache_path: Path | None) -> 
     """`cache_path`, or the one cache the runs trained on (several: ask for --cache)."""
     if cache_path is None:
         caches = sorted({str(run.cache) for run in runs})
-        if len(caches) > 1 and len({json.dumps(run.settings.record(), sort_keys=True) for run in runs}) > 1:
+        if len(caches) > 1 and any(run.settings != runs[0].settings for run in runs):
             raise LumbarFastError(f"the runs trained on caches of different images ({', '.join(caches)}): no "
                                   "one cache fits them all; evaluate them in separate calls")
         if len(caches) > 1:

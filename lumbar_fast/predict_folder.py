@@ -7,8 +7,8 @@ crop, crop widths, side convention, all recorded in the runs) → classify, writ
 The caches and the located points live in a temporary folder beside the CSV, or in `<out>.work/` with
 `keep` (where a rerun finds its caches finished and does not ingest again; each cache is named by a digest
 of its settings and CSVs, so a rerun with other runs or edited CSVs makes new ones, each a full cache, while
-a rerun after DICOM files changed reuses the old). Locator runs of one
-sequence at several sizes join one choice: per level, the surest series' point. It reads only local files.
+a rerun after DICOM files changed reuses the old). Locator runs of one sequence at several sizes join one
+choice: per level, the surest series' point. It reads only local files.
 """
 
 from __future__ import annotations
@@ -111,15 +111,16 @@ def runs_image_settings(runs: Sequence[ClassifierRun]) -> ImageSettings:
     return first.settings
 
 
-def locator_groups(locator_runs: Sequence[Path]) -> dict[int, dict[str, list[Path]]]:
-    """The locator runs grouped by the stack image size each trained on (its cache's), then by the sequence
-    each locates."""
-    groups: dict[int, dict[str, list[Path]]] = {}
+def locator_groups(locator_runs: Sequence[Path]) -> tuple[dict[int, list[Path]], set[str]]:
+    """The locator runs grouped by the stack image size each trained on (its cache's), and the sequences
+    they locate."""
+    groups: dict[int, list[Path]] = {}
+    sequences = set()
     for run in locator_runs:
         state = load_locator_checkpoint(Path(run))
-        size = ImageSettings.from_record(state["cache_settings"]).size
-        groups.setdefault(size, {}).setdefault(state["sequence"], []).append(Path(run))
-    return groups
+        groups.setdefault(ImageSettings.from_record(state["cache_settings"]).size, []).append(Path(run))
+        sequences.add(state["sequence"])
+    return groups, sequences
 
 
 @contextlib.contextmanager
@@ -158,8 +159,8 @@ def predict_folder(run_paths: Sequence[Path], data_dir: Path, out: Path, locator
     images = runs_image_settings(runs)
     if not locator_runs:
         raise LumbarFastError("--data needs --locators: test studies come without coordinates")
-    groups = locator_groups(locator_runs)
-    unlocated = [seq for seq in rsna.SEQUENCES if all(seq not in group for group in groups.values())]
+    groups, located_sequences = locator_groups(locator_runs)
+    unlocated = [seq for seq in rsna.SEQUENCES if seq not in located_sequences]
     if unlocated and not allow_prior:
         raise LumbarFastError(f"no locator run for {', '.join(unlocated)}: its rows would have no crop; give "
                               "one per sequence, or --allow-prior to fill them from the training prior")
@@ -174,14 +175,13 @@ def predict_folder(run_paths: Sequence[Path], data_dir: Path, out: Path, locator
     with work_folder(out, keep) as work:
         test_split = IngestSettings(data_dir=str(data_dir), split="test", images=images)
         located = []
-        for size, by_sequence in groups.items():
+        for size, group in groups.items():
             stacks = dataclasses.replace(test_split, images=dataclasses.replace(images, size=size))
             path = work / f"stacks-{size}-{settings_digest(stacks)}.zarr"
             timed("ingest stacks", ingest_with, stacks, path, workers, progress)
             cache = open_cache(path)
             check_stacks(cache, data_dir, allow_prior)
-            runs_of_size = [run for group in by_sequence.values() for run in group]
-            located += timed("locate", located_series, runs_of_size, cache, options.device, progress,
+            located += timed("locate", located_series, group, cache, options.device, progress,
                              skip_absent=True)
         points = coordinates_of(located)  # one choice per level over every size's runs
         if points.empty:
